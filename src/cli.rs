@@ -1,0 +1,29 @@
+//! Command line: `enc [serve]`.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "enc",
+    version,
+    about = "External node classifier for Puppet, with the metrics form and operations endpoints.",
+    long_about = "External node classifier for Puppet, with the metrics form and operations \
+                  endpoints.\n\nEvery option can also be set by the environment variable shown \
+                  beside it; the command line wins.",
+    after_help = "Without a subcommand, enc serves HTTP (as `enc serve`)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API, Swagger UI and operations endpoints (the default).
+    Serve,
+}

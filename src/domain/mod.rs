@@ -1,0 +1,17 @@
+//! Pure domain types: what enc stores and serves, independent of HTTP and storage.
+
+mod names;
+mod resources;
+mod validation;
+
+pub use names::{Certname, ClassName, ClusterName, EnvironmentName, GroupName, ParamName};
+pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeGroup, Stored};
+pub use validation::{FieldError, Fields};
+
+use std::collections::BTreeMap;
+
+/// Top-scope variables or a class's parameters: name -> any JSON value.
+pub type Parameters = BTreeMap<ParamName, serde_json::Value>;
+
+/// Puppet classes with their parameters.
+pub type Classes = BTreeMap<ClassName, Parameters>;

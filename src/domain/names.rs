@@ -1,0 +1,212 @@
+//! Validated names. Each type can only hold a value that follows its rule, so code that
+//! receives one never checks again.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+fn is_lower_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
+}
+
+fn check_certname(s: &str) -> Result<(), String> {
+    if (1..=253).contains(&s.len()) && s.chars().all(is_lower_name_char) {
+        Ok(())
+    } else {
+        Err("must be 1 to 253 characters of lowercase letters, digits, '.', '-' or '_'".into())
+    }
+}
+
+fn check_environment(s: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    if (1..=255).contains(&s.len()) && s.chars().all(ok) {
+        Ok(())
+    } else {
+        Err("must be 1 to 255 characters of lowercase letters, digits or '_' (Puppet's environment name rule)".into())
+    }
+}
+
+fn check_group(s: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if (1..=255).contains(&s.len()) && s.chars().all(ok) {
+        Ok(())
+    } else {
+        Err("must be 1 to 255 characters of letters, digits, '.', '-' or '_'".into())
+    }
+}
+
+fn check_class(s: &str) -> Result<(), String> {
+    let segment_ok = |seg: &str| {
+        let mut chars = seg.chars();
+        chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if s.len() <= 255 && s.split("::").all(segment_ok) {
+        Ok(())
+    } else {
+        Err("must be segments of a lowercase letter followed by lowercase letters, digits or '_', joined by '::' (e.g. roles::base_server)".into())
+    }
+}
+
+fn check_parameter(s: &str) -> Result<(), String> {
+    let mut chars = s.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if s.len() <= 255 && first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err("must start with a lowercase letter or '_' followed by letters, digits or '_'".into())
+    }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $check:path, $example:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, example = $example)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts `s` if it follows the rule, or says why not.
+            pub fn parse(s: &str) -> Result<Self, String> {
+                $check(s).map(|()| Self(s.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $check(&s).map(|()| Self(s))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A Puppet certname: the node's unique name.
+    Certname,
+    check_certname,
+    "web01.example.com"
+);
+name_type!(
+    /// A Puppet environment name.
+    EnvironmentName,
+    check_environment,
+    "production"
+);
+name_type!(
+    /// The name of a Puppet cluster (a set of Puppet servers sharing environments).
+    ClusterName,
+    check_certname,
+    "puppet-eu-west-1"
+);
+name_type!(
+    /// The name of a node group.
+    GroupName,
+    check_group,
+    "web_servers"
+);
+name_type!(
+    /// A Puppet class name such as `roles::base_server`.
+    ClassName,
+    check_class,
+    "profile::nginx"
+);
+name_type!(
+    /// A class parameter or top-scope variable name.
+    ParamName,
+    check_parameter,
+    "worker_processes"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certnames() {
+        for ok in [
+            "web01",
+            "web01.example.com",
+            "a",
+            "db-1_x",
+            &"a".repeat(253),
+        ] {
+            assert!(Certname::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Web01", "web 01", "web/01", "wéb", &"a".repeat(254)] {
+            assert!(Certname::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn environments() {
+        assert!(EnvironmentName::parse("production_2").is_ok());
+        for bad in ["", "Production", "prod-1", "prod.1"] {
+            assert!(EnvironmentName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clusters_and_groups() {
+        assert!(ClusterName::parse("puppet-eu.1_a").is_ok());
+        assert!(ClusterName::parse("Puppet").is_err());
+        assert!(GroupName::parse("Web_Servers-1.a").is_ok());
+        assert!(GroupName::parse("web servers").is_err());
+        assert!(GroupName::parse("").is_err());
+    }
+
+    #[test]
+    fn classes() {
+        for ok in ["ntp", "roles::base_server", "a1::b_2::c"] {
+            assert!(ClassName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "::ntp",
+            "ntp::",
+            "Ntp",
+            "1ntp",
+            "roles:::x",
+            "roles::1x",
+            "a-b",
+        ] {
+            assert!(ClassName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parameters() {
+        for ok in ["port", "_private", "maxConn_2"] {
+            assert!(ParamName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Port", "1port", "max-conn", "a::b"] {
+            assert!(ParamName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deserialize_checks_the_rule() {
+        assert!(serde_json::from_str::<Certname>("\"web01\"").is_ok());
+        assert!(serde_json::from_str::<Certname>("\"WEB01\"").is_err());
+    }
+}

@@ -1,0 +1,145 @@
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
+
+use super::{Certname, Classes, ClusterName, EnvironmentName, GroupName, Parameters};
+
+/// A Puppet environment as offered by one Puppet cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Environment {
+    pub environment_name: EnvironmentName,
+    pub puppet_cluster_name: ClusterName,
+    #[schema(example = "Production code for the EU fleet")]
+    pub description: Option<String>,
+}
+
+impl Environment {
+    pub fn key(&self) -> EnvironmentKey {
+        EnvironmentKey {
+            environment_name: self.environment_name.clone(),
+            puppet_cluster_name: self.puppet_cluster_name.clone(),
+        }
+    }
+}
+
+/// Environments are identified by their name together with their cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EnvironmentKey {
+    pub environment_name: EnvironmentName,
+    pub puppet_cluster_name: ClusterName,
+}
+
+impl std::fmt::Display for EnvironmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.environment_name, self.puppet_cluster_name)
+    }
+}
+
+/// A set of classes and parameters shared by nodes, optionally inheriting from a parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeGroup {
+    pub name: GroupName,
+    #[schema(example = "Every web server")]
+    pub description: Option<String>,
+    pub parent: Option<GroupName>,
+    #[schema(value_type = Object, example = json!({"profile::nginx": {"worker_processes": 4}}))]
+    pub classes: Classes,
+    #[schema(value_type = Object, example = json!({"datacenter": "eu-west-1"}))]
+    pub parameters: Parameters,
+}
+
+/// A Puppet node (agent), identified by its certname.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub unique_name: Certname,
+    pub node_group_name: Option<GroupName>,
+    pub environment_name: EnvironmentName,
+    pub puppet_cluster_name: ClusterName,
+    #[schema(value_type = Object, example = json!({"profile::monitoring": {}}))]
+    pub classes: Classes,
+    #[schema(value_type = Object, example = json!({"role": "frontend"}))]
+    pub parameters: Parameters,
+}
+
+impl Node {
+    pub fn environment_key(&self) -> EnvironmentKey {
+        EnvironmentKey {
+            environment_name: self.environment_name.clone(),
+            puppet_cluster_name: self.puppet_cluster_name.clone(),
+        }
+    }
+}
+
+/// What the store adds to every object it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Meta {
+    /// Increases by one on every change; sent as the `ETag` and checked against `If-Match`.
+    #[schema(example = 1, minimum = 1)]
+    pub version: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Meta {
+    /// The metadata of an object created now.
+    pub fn first() -> Self {
+        let now = now();
+        Self {
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The metadata of the next version of an object, changed now.
+    pub fn next(&self) -> Self {
+        Self {
+            version: self.version + 1,
+            created_at: self.created_at,
+            updated_at: now().max(self.updated_at),
+        }
+    }
+}
+
+/// Milliseconds are plenty for audit timestamps and keep them readable.
+fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// An object as stored: the object itself plus its metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Stored<T> {
+    #[serde(flatten)]
+    pub item: T,
+    #[serde(flatten)]
+    pub meta: Meta,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_version_keeps_creation_time() {
+        let first = Meta::first();
+        let next = first.next();
+        assert_eq!(next.version, 2);
+        assert_eq!(next.created_at, first.created_at);
+        assert!(next.updated_at >= first.updated_at);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let json = serde_json::to_value(Meta::first()).unwrap();
+        let created = json["created_at"].as_str().unwrap();
+        assert!(created.ends_with('Z'), "{created}");
+        assert!(DateTime::parse_from_rfc3339(created).is_ok());
+    }
+}

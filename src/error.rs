@@ -1,0 +1,262 @@
+//! One error type for every handler, answered as `application/problem+json` (RFC 9457).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::FieldError;
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:enc:problem:validation")]
+    pub problem_type: String,
+    #[schema(example = "Invalid request")]
+    pub title: String,
+    #[schema(example = 422)]
+    pub status: u16,
+    #[schema(example = "the request has invalid fields")]
+    pub detail: String,
+    /// Per-field problems, for validation errors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error("the store is unavailable, try again shortly")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AppError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use AppError::*;
+        match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        use StoreError::*;
+        match e {
+            NotFound { .. } => AppError::NotFound(e.to_string()),
+            AlreadyExists { .. } | StillReferenced { .. } => AppError::Conflict(e.to_string()),
+            VersionMismatch { .. } => AppError::PreconditionFailed(e.to_string()),
+            MissingReference {
+                field,
+                kind,
+                ref key,
+            } => AppError::invalid(field, format!("{kind} {key} does not exist")),
+            Cycle { ref chain } => AppError::invalid(
+                "parent",
+                format!("would make a cycle: {}", chain.join(" -> ")),
+            ),
+            InvalidCursor => AppError::BadRequest(e.to_string()),
+            Unavailable(_) => AppError::Unavailable(e),
+            Internal(_) => AppError::Internal(Box::new(e)),
+        }
+    }
+}
+
+/// The error and every cause under it, for one log field.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        match &self {
+            AppError::Internal(_) => tracing::error!(error = %cause_chain(&self), "request failed"),
+            AppError::Unavailable(_) => {
+                tracing::warn!(error = %cause_chain(&self), "store unavailable");
+            }
+            _ => {}
+        }
+        let detail = match &self {
+            AppError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        let errors = match self {
+            AppError::Validation(errors) => errors,
+            _ => Vec::new(),
+        };
+        problem_response(
+            status,
+            &Problem {
+                problem_type: format!("urn:enc:problem:{slug}"),
+                title: title.to_owned(),
+                status: status.as_u16(),
+                detail,
+                errors,
+            },
+        )
+    }
+}
+
+fn problem_response(status: StatusCode, problem: &Problem) -> Response {
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The problems any read can answer with, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+pub enum ReadProblems {
+    #[response(
+        status = 400,
+        description = "Malformed request",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(#[to_schema] Problem),
+    #[response(
+        status = 404,
+        description = "Not found",
+        content_type = "application/problem+json"
+    )]
+    NotFound(#[to_schema] Problem),
+    #[response(
+        status = 422,
+        description = "Invalid parameters",
+        content_type = "application/problem+json"
+    )]
+    Invalid(#[to_schema] Problem),
+    #[response(
+        status = 503,
+        description = "Store unavailable; retry after the `Retry-After` seconds",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(#[to_schema] Problem),
+}
+
+/// The problems any write can answer with, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+pub enum WriteProblems {
+    #[response(
+        status = 400,
+        description = "Malformed request",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(#[to_schema] Problem),
+    #[response(
+        status = 404,
+        description = "Not found",
+        content_type = "application/problem+json"
+    )]
+    NotFound(#[to_schema] Problem),
+    #[response(
+        status = 409,
+        description = "Conflict: exists already, or still referenced",
+        content_type = "application/problem+json"
+    )]
+    Conflict(#[to_schema] Problem),
+    #[response(
+        status = 412,
+        description = "`If-Match` names another version",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(#[to_schema] Problem),
+    #[response(
+        status = 413,
+        description = "Body over 1 MiB",
+        content_type = "application/problem+json"
+    )]
+    PayloadTooLarge(#[to_schema] Problem),
+    #[response(
+        status = 415,
+        description = "Body is not JSON",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(#[to_schema] Problem),
+    #[response(
+        status = 422,
+        description = "Invalid fields, each named in `errors`",
+        content_type = "application/problem+json"
+    )]
+    Invalid(#[to_schema] Problem),
+    #[response(
+        status = 503,
+        description = "Store unavailable; retry after the `Retry-After` seconds",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(#[to_schema] Problem),
+}

@@ -1,0 +1,140 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ListResponse, page_request, parse_filter, parse_name, stored};
+use crate::AppState;
+use crate::domain::{ClusterName, Environment, EnvironmentKey, EnvironmentName, Fields, Stored};
+use crate::error::{AppError, ReadProblems, WriteProblems};
+use crate::extract::{IfMatch, Json, Path, Query};
+use crate::store::EnvironmentFilter;
+
+/// An environment as clients send it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"environment_name": "production", "puppet_cluster_name": "puppet-eu-west-1"}))]
+pub struct EnvironmentBody {
+    #[schema(example = "production")]
+    environment_name: Option<String>,
+    #[schema(example = "puppet-eu-west-1")]
+    puppet_cluster_name: Option<String>,
+    description: Option<String>,
+}
+
+impl EnvironmentBody {
+    fn into_domain(self) -> Result<Environment, AppError> {
+        let mut f = Fields::default();
+        let name = f.required(
+            "environment_name",
+            self.environment_name,
+            EnvironmentName::parse,
+        );
+        let cluster = f.required(
+            "puppet_cluster_name",
+            self.puppet_cluster_name,
+            ClusterName::parse,
+        );
+        let description = f.description(self.description);
+        f.finish(|| {
+            Some(Environment {
+                environment_name: name?,
+                puppet_cluster_name: cluster?,
+                description,
+            })
+        })
+        .map_err(AppError::Validation)
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only environments of this Puppet cluster.
+    puppet_cluster_name: Option<String>,
+}
+
+fn key(environment_name: &str, puppet_cluster_name: &str) -> Result<EnvironmentKey, AppError> {
+    Ok(EnvironmentKey {
+        environment_name: parse_name("environment_name", environment_name, EnvironmentName::parse)?,
+        puppet_cluster_name: parse_name(
+            "puppet_cluster_name",
+            puppet_cluster_name,
+            ClusterName::parse,
+        )?,
+    })
+}
+
+/// Create an environment for a Puppet cluster.
+#[utoipa::path(post, path = "/environment/", tag = "environments",
+    request_body = EnvironmentBody,
+    responses(
+        (status = 201, description = "Created", body = Stored<Environment>,
+            headers(("ETag" = String), ("Location" = String))),
+        WriteProblems,
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<EnvironmentBody>,
+) -> Result<Response, AppError> {
+    let created = state.store.create_environment(body.into_domain()?).await?;
+    let location = format!(
+        "/environment/{}/{}",
+        created.item.environment_name, created.item.puppet_cluster_name
+    );
+    Ok(stored(StatusCode::CREATED, &created, Some(location)))
+}
+
+/// List environments, optionally of one Puppet cluster.
+#[utoipa::path(get, path = "/environment", tag = "environments", params(ListQuery),
+    responses((status = 200, body = ListResponse<Stored<Environment>>), ReadProblems))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<ListResponse<Stored<Environment>>>, AppError> {
+    let filter = EnvironmentFilter {
+        puppet_cluster_name: parse_filter(
+            "puppet_cluster_name",
+            query.puppet_cluster_name,
+            ClusterName::parse,
+        )?,
+    };
+    let page = page_request(query.limit, query.cursor)?;
+    let page = state.store.list_environments(&filter, &page).await?;
+    Ok(axum::Json(page.into()))
+}
+
+/// Read one environment.
+#[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}",
+    tag = "environments",
+    params(("environment_name" = String, Path), ("puppet_cluster_name" = String, Path)),
+    responses((status = 200, body = Stored<Environment>, headers(("ETag" = String))), ReadProblems))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path((environment_name, puppet_cluster_name)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let key = key(&environment_name, &puppet_cluster_name)?;
+    let env = state.store.get_environment(&key).await?;
+    Ok(stored(StatusCode::OK, &env, None))
+}
+
+/// Delete an environment; refused (409) while nodes use it.
+#[utoipa::path(delete, path = "/environment/{environment_name}/{puppet_cluster_name}",
+    tag = "environments",
+    params(("environment_name" = String, Path), ("puppet_cluster_name" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
+    responses((status = 204, description = "Deleted"), WriteProblems))]
+pub async fn delete(
+    State(state): State<AppState>,
+    IfMatch(expected): IfMatch,
+    Path((environment_name, puppet_cluster_name)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    let key = key(&environment_name, &puppet_cluster_name)?;
+    state.store.delete_environment(&key, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,84 @@
+//! HTTP handlers, one module per resource.
+
+pub mod environments;
+pub mod health;
+pub mod node_groups;
+pub mod nodes;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::Stored;
+use crate::error::AppError;
+use crate::extract::etag;
+use crate::store::{Page, PageRequest};
+
+/// Items per page when the client names no `limit`.
+const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit` accepted.
+const MAX_LIMIT: usize = 1000;
+
+/// One page of a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListResponse<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> From<Page<T>> for ListResponse<T> {
+    fn from(page: Page<T>) -> Self {
+        Self {
+            items: page.items,
+            next_cursor: page.next_cursor,
+        }
+    }
+}
+
+fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequest, AppError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AppError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    Ok(PageRequest { limit, cursor })
+}
+
+/// A stored object as a JSON response with its `ETag` (and `Location` when created).
+fn stored<T: Serialize>(
+    status: StatusCode,
+    object: &Stored<T>,
+    location: Option<String>,
+) -> Response {
+    let mut response = (status, axum::Json(object)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(tag) = HeaderValue::from_str(&etag(object.meta.version)) {
+        headers.insert(header::ETAG, tag);
+    }
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Parses a name from a path or query; a name that breaks the rules can't name anything.
+fn parse_name<T>(
+    field: &str,
+    raw: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, AppError> {
+    parse(raw).map_err(|message| AppError::invalid(field, message))
+}
+
+/// Parses an optional filter value.
+fn parse_filter<T>(
+    field: &str,
+    raw: Option<String>,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, AppError> {
+    raw.map(|raw| parse_name(field, &raw, parse)).transpose()
+}

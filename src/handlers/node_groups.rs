@@ -1,0 +1,175 @@
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ListResponse, page_request, parse_name, stored};
+use crate::AppState;
+use crate::domain::{Fields, GroupName, NodeGroup, Stored};
+use crate::error::{AppError, ReadProblems, WriteProblems};
+use crate::extract::{IfMatch, Json, Path, Query};
+
+/// A node group as clients send it. The existing clients' shape `{name, class_, parameters}`
+/// means one class `class_` whose parameters are `parameters`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "name": "web_servers",
+    "parent": "base",
+    "classes": {"profile::nginx": {"worker_processes": 4}},
+    "parameters": {"tier": "web"}
+}))]
+pub struct NodeGroupBody {
+    /// Required on create; on replace, if given, it must match the path.
+    #[schema(example = "web_servers")]
+    name: Option<String>,
+    description: Option<String>,
+    /// The group this one inherits classes and parameters from.
+    parent: Option<String>,
+    /// Class name -> that class's parameters.
+    #[schema(value_type = Option<Object>)]
+    classes: Option<BTreeMap<String, Option<BTreeMap<String, Value>>>>,
+    /// Top-scope variables; with `class_`, that class's parameters instead.
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<BTreeMap<String, Value>>,
+    /// Legacy: a single class name (use `classes`).
+    #[schema(deprecated)]
+    class_: Option<String>,
+}
+
+impl NodeGroupBody {
+    fn into_domain(self, path_name: Option<&GroupName>) -> Result<NodeGroup, AppError> {
+        let mut f = Fields::default();
+        let name = match path_name {
+            Some(path) => {
+                if self.name.as_ref().is_some_and(|n| n != path.as_str()) {
+                    f.error("name", "must match the name in the path");
+                }
+                Some(path.clone())
+            }
+            None => f.required("name", self.name, GroupName::parse),
+        };
+        let description = f.description(self.description);
+        let parent = f.optional("parent", self.parent, GroupName::parse);
+        let parameters = self.parameters.unwrap_or_default();
+        let (classes, parameters) = match self.class_ {
+            Some(class) => {
+                if self.classes.is_some() {
+                    f.error("class_", "give either class_ or classes, not both");
+                }
+                let classes = f.classes("class_", BTreeMap::from([(class, Some(parameters))]));
+                (classes, BTreeMap::new())
+            }
+            None => (
+                f.classes("classes", self.classes.unwrap_or_default()),
+                f.parameters("parameters", parameters),
+            ),
+        };
+        f.finish(|| {
+            Some(NodeGroup {
+                name: name?,
+                description,
+                parent,
+                classes,
+                parameters,
+            })
+        })
+        .map_err(AppError::Validation)
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn group_name(raw: &str) -> Result<GroupName, AppError> {
+    parse_name("node_group_name", raw, GroupName::parse)
+}
+
+/// Create a node group.
+#[utoipa::path(post, path = "/nodegroup/", tag = "node groups",
+    request_body = NodeGroupBody,
+    responses(
+        (status = 201, description = "Created", body = Stored<NodeGroup>,
+            headers(("ETag" = String), ("Location" = String))),
+        WriteProblems,
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<NodeGroupBody>,
+) -> Result<Response, AppError> {
+    let created = state
+        .store
+        .create_node_group(body.into_domain(None)?)
+        .await?;
+    let location = format!("/nodegroup/{}", created.item.name);
+    Ok(stored(StatusCode::CREATED, &created, Some(location)))
+}
+
+/// List node groups.
+#[utoipa::path(get, path = "/nodegroup", tag = "node groups", params(ListQuery),
+    responses((status = 200, body = ListResponse<Stored<NodeGroup>>), ReadProblems))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<ListResponse<Stored<NodeGroup>>>, AppError> {
+    let page = page_request(query.limit, query.cursor)?;
+    Ok(axum::Json(
+        state.store.list_node_groups(&page).await?.into(),
+    ))
+}
+
+/// Read one node group.
+#[utoipa::path(get, path = "/nodegroup/{node_group_name}", tag = "node groups",
+    params(("node_group_name" = String, Path)),
+    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), ReadProblems))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    let group = state.store.get_node_group(&group_name(&name)?).await?;
+    Ok(stored(StatusCode::OK, &group, None))
+}
+
+/// Replace a node group; refused (422) if its parent is missing or would make a cycle.
+#[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups",
+    params(("node_group_name" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "Replace only if at this version")),
+    request_body = NodeGroupBody,
+    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+pub async fn replace(
+    State(state): State<AppState>,
+    IfMatch(expected): IfMatch,
+    Path(name): Path<String>,
+    Json(body): Json<NodeGroupBody>,
+) -> Result<Response, AppError> {
+    let group = body.into_domain(Some(&group_name(&name)?))?;
+    let replaced = state.store.replace_node_group(group, expected).await?;
+    Ok(stored(StatusCode::OK, &replaced, None))
+}
+
+/// Delete a node group; refused (409) while nodes or child groups use it.
+#[utoipa::path(delete, path = "/nodegroup/{node_group_name}", tag = "node groups",
+    params(("node_group_name" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
+    responses((status = 204, description = "Deleted"), WriteProblems))]
+pub async fn delete(
+    State(state): State<AppState>,
+    IfMatch(expected): IfMatch,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    state
+        .store
+        .delete_node_group(&group_name(&name)?, expected)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
