@@ -260,3 +260,41 @@ pub enum WriteProblems {
     )]
     Unavailable(#[to_schema] Problem),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: AppError) -> (StatusCode, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause() {
+        let secret = "table arn:aws:dynamodb:secret-detail";
+        let (status, problem) = body(AppError::Internal(secret.into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!problem.to_string().contains("secret"), "{problem}");
+        assert_eq!(problem["status"], 500);
+    }
+
+    #[tokio::test]
+    async fn unavailable_asks_to_retry() {
+        let e = AppError::Unavailable(StoreError::Unavailable("connection refused".into()));
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn cause_chains_are_joined() {
+        let e = StoreError::Internal(Box::new(std::io::Error::other("disk full")));
+        assert_eq!(cause_chain(&e), "the store failed: disk full");
+    }
+}

@@ -600,7 +600,10 @@ impl Store for EmbeddedStore {
             if let Some(group) = &filter.node_group_name {
                 let g = group.as_str();
                 let by_group = txn.open_table(NODES_BY_GROUP)?;
-                let lower = lower.map(|n| (g, n));
+                let lower = match lower {
+                    Bound::Excluded(n) => Bound::Excluded((g, n)),
+                    _ => Bound::Included((g, "")),
+                };
                 for entry in by_group.range::<(&str, &str)>((lower, Bound::Unbounded))? {
                     let key = entry?.0;
                     let (entry_group, name) = key.value();

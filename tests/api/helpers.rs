@@ -1,0 +1,224 @@
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use enc::store::Store;
+use enc::store::embedded::EmbeddedStore;
+use enc::{AppState, app};
+
+/// A store of the backend under test, with whatever keeps it alive.
+pub(crate) struct TestStore {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) dir: TempDir,
+}
+
+impl TestStore {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
+        Self { store, dir }
+    }
+}
+
+pub(crate) struct TestApp {
+    pub(crate) router: Router,
+    pub(crate) backing: TestStore,
+}
+
+pub(crate) struct TestResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl TestResponse {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status and the problem+json shape, returning the problem.
+    #[track_caller]
+    pub(crate) fn problem(&self, status: StatusCode) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let problem = self.json();
+        assert_eq!(problem["status"], status.as_u16());
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:enc:problem:"),
+            "{problem}"
+        );
+        assert!(!problem["title"].as_str().unwrap().is_empty());
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+        problem
+    }
+
+    /// Asserts a 422 naming exactly these fields, in order.
+    #[track_caller]
+    pub(crate) fn invalid_fields(&self) -> Vec<String> {
+        let problem = self.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        problem["errors"]
+            .as_array()
+            .expect("errors array")
+            .iter()
+            .map(|e| {
+                assert!(!e["message"].as_str().unwrap().is_empty());
+                e["field"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[track_caller]
+    pub(crate) fn ok(&self, status: StatusCode) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        if self.body.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+}
+
+impl TestApp {
+    pub(crate) fn new() -> Self {
+        Self::on(TestStore::new())
+    }
+
+    pub(crate) fn on(backing: TestStore) -> Self {
+        let router = app(AppState::new(backing.store.clone()));
+        Self { router, backing }
+    }
+
+    pub(crate) async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(tag) = if_match {
+            builder = builder.header(header::IF_MATCH, tag);
+        }
+        let body = match body {
+            Some(json) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    pub(crate) async fn get(&self, uri: &str) -> TestResponse {
+        self.request(Method::GET, uri, None, None).await
+    }
+
+    pub(crate) async fn post(&self, uri: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, uri, Some(&body), None).await
+    }
+
+    pub(crate) async fn put(&self, uri: &str, body: Value, if_match: Option<&str>) -> TestResponse {
+        self.request(Method::PUT, uri, Some(&body), if_match).await
+    }
+
+    pub(crate) async fn delete(&self, uri: &str, if_match: Option<&str>) -> TestResponse {
+        self.request(Method::DELETE, uri, None, if_match).await
+    }
+
+    pub(crate) async fn env(&self, name: &str, cluster: &str) -> Value {
+        self.post(
+            "/environment/",
+            json!({"environment_name": name, "puppet_cluster_name": cluster}),
+        )
+        .await
+        .ok(StatusCode::CREATED)
+    }
+
+    pub(crate) async fn group(&self, body: Value) -> Value {
+        self.post("/nodegroup/", body).await.ok(StatusCode::CREATED)
+    }
+
+    pub(crate) async fn node(&self, name: &str, group: Option<&str>) -> Value {
+        self.post(
+            "/nodes/",
+            json!({
+                "unique_name": name,
+                "node_group_name": group,
+                "environment_name": "production",
+                "puppet_cluster_name": "eu",
+            }),
+        )
+        .await
+        .ok(StatusCode::CREATED)
+    }
+
+    /// Every item of a listing, following cursors.
+    pub(crate) async fn all(&self, collection: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut uri = format!("{collection}?limit=1000");
+        loop {
+            let page = self.get(&uri).await.ok(StatusCode::OK);
+            items.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => uri = format!("{collection}?limit=1000&cursor={cursor}"),
+                None => return items,
+            }
+        }
+    }
+
+    /// Everything stored, to show that a refused request changed nothing.
+    pub(crate) async fn dump(&self) -> Value {
+        json!({
+            "environments": self.all("/environment").await,
+            "node_groups": self.all("/nodegroup").await,
+            "nodes": self.all("/nodes").await,
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary, driving the same router the service serves.
+
+mod binary;
+mod environments;
+mod errors;
+mod helpers;
+mod node_groups;
+mod nodes;
+mod openapi;
+mod pagination;
+mod persistence;
+mod store_conformance;
