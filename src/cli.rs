@@ -26,4 +26,18 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API, Swagger UI and operations endpoints (the default).
     Serve,
+    /// DynamoDB table definitions.
+    Dynamodb {
+        #[command(subcommand)]
+        action: DynamodbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DynamodbCommand {
+    /// Print every table as DynamoDB CreateTable input (JSON), named with ENC_TABLE_PREFIX.
+    Tables,
+    /// Create the tables that do not exist yet (for DynamoDB Local and development; in AWS
+    /// the tables come from CloudFormation).
+    CreateTables,
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 pub enum StoreKind {
     /// One redb file under `ENC_DATA_DIR`; needs no AWS.
     Embedded,
+    /// Amazon DynamoDB (credentials and region from the standard AWS chain).
+    Dynamodb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +47,42 @@ pub struct Config {
     #[arg(long, env = "ENC_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
+    /// DynamoDB endpoint to use instead of AWS's, e.g. DynamoDB Local `http://127.0.0.1:8000`.
+    #[arg(long, env = "ENC_DYNAMODB_ENDPOINT", global = true)]
+    pub dynamodb_endpoint: Option<String>,
+
+    /// Prefix of the DynamoDB table names (`<prefix>nodes`, `<prefix>node_groups`, ...).
+    #[arg(long, env = "ENC_TABLE_PREFIX", default_value = "enc-", global = true)]
+    pub table_prefix: String,
+
+    /// Milliseconds to open a connection to DynamoDB.
+    #[arg(
+        long,
+        env = "ENC_DYNAMODB_CONNECT_TIMEOUT_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub dynamodb_connect_timeout_ms: u64,
+
+    /// Milliseconds one DynamoDB call may take, retries included; past it the request
+    /// answers 503.
+    #[arg(
+        long,
+        env = "ENC_DYNAMODB_TIMEOUT_MS",
+        default_value_t = 3000,
+        global = true
+    )]
+    pub dynamodb_timeout_ms: u64,
+
+    /// Attempts per DynamoDB call (standard retry mode, with backoff).
+    #[arg(
+        long,
+        env = "ENC_DYNAMODB_MAX_ATTEMPTS",
+        default_value_t = 3,
+        global = true
+    )]
+    pub dynamodb_max_attempts: u32,
+
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(
         long,
@@ -66,6 +104,16 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn dynamodb(&self) -> crate::store::dynamodb::DynamoSettings {
+        crate::store::dynamodb::DynamoSettings {
+            endpoint: self.dynamodb_endpoint.clone(),
+            table_prefix: self.table_prefix.clone(),
+            connect_timeout: Duration::from_millis(self.dynamodb_connect_timeout_ms),
+            operation_timeout: Duration::from_millis(self.dynamodb_timeout_ms),
+            max_attempts: self.dynamodb_max_attempts.max(1),
+        }
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
     }

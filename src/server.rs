@@ -9,11 +9,13 @@ use tokio::sync::oneshot;
 
 use crate::config::{Config, StoreKind};
 use crate::store::Store;
+use crate::store::dynamodb::DynamoStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::{AppState, app};
 
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store {
+        StoreKind::Dynamodb => Ok(Arc::new(DynamoStore::connect(&config.dynamodb()).await)),
         StoreKind::Embedded => {
             let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
                 format!(
@@ -31,7 +33,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let backend = store.backend();
     let listener = TcpListener::bind(config.listen)
         .await

@@ -13,8 +13,8 @@ use redb::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    Cursor, EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Store, StoreError,
-    check_version,
+    Cursor, EnvironmentFilter, Kind, MAX_REFERRERS, NodeFilter, Page, PageRequest, Store,
+    StoreError, check_version, referrers,
 };
 use crate::domain::{
     Certname, Environment, EnvironmentKey, GroupName, Meta, Node, NodeGroup, Stored,
@@ -36,9 +36,6 @@ const NODES_BY_ENVIRONMENT: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("nodes_by_environment");
 const GROUPS_BY_PARENT: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("groups_by_parent");
-
-/// How many referrers a refused delete names.
-const MAX_REFERRERS: usize = 10;
 
 macro_rules! internal_from {
     ($($t:ty),*) => {$(
@@ -246,17 +243,6 @@ fn check_parent(txn: &WriteTransaction, group: &NodeGroup) -> Result<(), StoreEr
         next = require_group(txn, "parent", &name)?.item.parent;
     }
     Ok(())
-}
-
-/// Describes who still refers to an object: `what` and the first names, then "more".
-fn referrers(what: &str, mut names: Vec<String>) -> Vec<String> {
-    let more = names.len() > MAX_REFERRERS;
-    names.truncate(MAX_REFERRERS);
-    let mut out: Vec<String> = names.into_iter().map(|n| format!("{what} {n}")).collect();
-    if more {
-        out.push("more".to_owned());
-    }
-    out
 }
 
 /// Up to `MAX_REFERRERS + 1` second parts of the keys of `index` whose first part is `first`.

@@ -1,6 +1,7 @@
 //! Storage: one trait that every backend implements with the same semantics.
 
 mod cursor;
+pub mod dynamodb;
 pub mod embedded;
 
 pub use cursor::Cursor;
@@ -188,4 +189,19 @@ pub(crate) fn check_version(
         }),
         _ => Ok(()),
     }
+}
+
+/// How many referrers a refused delete names.
+pub(crate) const MAX_REFERRERS: usize = 10;
+
+/// Describes who still refers to an object: `what` and up to `MAX_REFERRERS` names, then
+/// "more" if `names` holds more than that.
+pub(crate) fn referrers(what: &str, mut names: Vec<String>) -> Vec<String> {
+    let more = names.len() > MAX_REFERRERS;
+    names.truncate(MAX_REFERRERS);
+    let mut out: Vec<String> = names.into_iter().map(|n| format!("{what} {n}")).collect();
+    if more {
+        out.push("more".to_owned());
+    }
+    out
 }

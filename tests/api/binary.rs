@@ -207,3 +207,37 @@ fn a_bad_setting_is_refused_at_start() {
             || String::from_utf8_lossy(&out.stderr).contains("listen")
     );
 }
+
+#[test]
+fn dynamodb_tables_prints_create_table_inputs() {
+    let out = Command::new(BIN)
+        .args(["dynamodb", "tables"])
+        .env("ENC_TABLE_PREFIX", "enc-prod-")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["TableName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "enc-prod-environments",
+            "enc-prod-node_groups",
+            "enc-prod-nodes"
+        ]
+    );
+    for table in tables.as_array().unwrap() {
+        assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+        assert!(
+            !table["GlobalSecondaryIndexes"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -5,7 +5,7 @@ use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn create_read_list_delete() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let created = app
         .post(
             "/environment/",
@@ -69,7 +69,7 @@ async fn create_read_list_delete() {
 
 #[tokio::test]
 async fn both_collection_paths_work() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.post(
         "/environment",
         json!({"environment_name": "a", "puppet_cluster_name": "c"}),
@@ -90,7 +90,7 @@ async fn both_collection_paths_work() {
 
 #[tokio::test]
 async fn duplicates_are_conflicts() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     let before = app.dump().await;
     let problem = app
@@ -111,7 +111,7 @@ async fn duplicates_are_conflicts() {
 
 #[tokio::test]
 async fn names_follow_puppet_rules() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let fields = app
         .post(
             "/environment/",
@@ -130,7 +130,7 @@ async fn names_follow_puppet_rules() {
 
 #[tokio::test]
 async fn delete_while_nodes_use_it_is_refused() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     app.node("web01", None).await;
     app.node("web02", None).await;
@@ -159,7 +159,7 @@ async fn delete_while_nodes_use_it_is_refused() {
 
 #[tokio::test]
 async fn delete_honours_if_match() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     app.delete("/environment/production/eu", Some("\"7\""))
         .await

@@ -19,7 +19,7 @@ fn raw(
 
 #[tokio::test]
 async fn malformed_json_is_400() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for body in ["{", "{\"unique_name\": }", "", "nul"] {
         app.send(raw(Method::POST, "/nodes/", Some("application/json"), body))
             .await
@@ -29,7 +29,7 @@ async fn malformed_json_is_400() {
 
 #[tokio::test]
 async fn non_object_json_is_422() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for body in ["[]", "42", "\"node\"", "null"] {
         let fields = app
             .send(raw(
@@ -46,7 +46,7 @@ async fn non_object_json_is_422() {
 
 #[tokio::test]
 async fn non_json_body_is_415() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.send(raw(Method::POST, "/environment/", None, "{}"))
         .await
         .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -65,7 +65,7 @@ async fn non_json_body_is_415() {
 
 #[tokio::test]
 async fn bodies_over_one_mebibyte_are_413() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let big = json!({"name": "big", "description": "x".repeat(1024 * 1024)}).to_string();
     app.send(raw(
         Method::POST,
@@ -89,7 +89,7 @@ async fn bodies_over_one_mebibyte_are_413() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let problem = app
         .get("/no/such/thing")
         .await
@@ -115,7 +115,7 @@ async fn unknown_routes_and_methods() {
 
 #[tokio::test]
 async fn bad_query_strings_are_400() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for uri in [
         "/nodes?limit=abc",
         "/nodes?limit=-1",
@@ -133,7 +133,7 @@ async fn bad_query_strings_are_400() {
 
 #[tokio::test]
 async fn hostile_paths_never_break_the_service() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for uri in [
         "/nodes/%FF%FE",
         "/nodes/..%2F..%2Fetc%2Fpasswd",
@@ -154,7 +154,7 @@ async fn hostile_paths_never_break_the_service() {
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     assert_eq!(
         app.get("/healthz").await.ok(StatusCode::OK),
         json!({"status": "ok"})

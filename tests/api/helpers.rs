@@ -1,4 +1,6 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -9,17 +11,69 @@ use tempfile::TempDir;
 use tower::ServiceExt;
 
 use enc::store::Store;
+use enc::store::dynamodb::tables::create_tables;
+use enc::store::dynamodb::{DynamoSettings, DynamoStore};
 use enc::store::embedded::EmbeddedStore;
 use enc::{AppState, app};
 
-/// A store of the backend under test, with whatever keeps it alive.
+/// A store of the backend under test, with whatever keeps it alive. The backend is the
+/// embedded store unless `ENC_TEST_STORE=dynamodb`, which `scripts/test` sets (with
+/// `ENC_TEST_DYNAMODB_ENDPOINT`) for its second pass against DynamoDB Local.
 pub(crate) struct TestStore {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) dir: TempDir,
 }
 
+pub(crate) fn dynamodb_under_test() -> bool {
+    match std::env::var("ENC_TEST_STORE").as_deref() {
+        Ok("dynamodb") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("ENC_TEST_STORE={other}: expected embedded or dynamodb"),
+    }
+}
+
+/// A table prefix no other test uses.
+pub(crate) fn unique_prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}-{}-",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A DynamoDB store on fresh tables at `endpoint`.
+pub(crate) async fn dynamodb_store(endpoint: &str, timeout: Duration) -> DynamoStore {
+    let prefix = unique_prefix();
+    let settings = DynamoSettings {
+        endpoint: Some(endpoint.to_owned()),
+        table_prefix: prefix.clone(),
+        connect_timeout: Duration::from_millis(500),
+        operation_timeout: timeout,
+        max_attempts: 3,
+    };
+    let store = DynamoStore::connect(&settings).await;
+    create_tables(store.client(), &prefix)
+        .await
+        .expect("create tables");
+    store
+}
+
 impl TestStore {
-    pub(crate) fn new() -> Self {
+    pub(crate) async fn new() -> Self {
+        if !dynamodb_under_test() {
+            return Self::embedded();
+        }
+        let endpoint = std::env::var("ENC_TEST_DYNAMODB_ENDPOINT").expect(
+            "ENC_TEST_STORE=dynamodb needs ENC_TEST_DYNAMODB_ENDPOINT (scripts/test sets both)",
+        );
+        Self {
+            store: Arc::new(dynamodb_store(&endpoint, Duration::from_secs(10)).await),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub(crate) fn embedded() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
         Self { store, dir }
@@ -110,8 +164,8 @@ impl TestResponse {
 }
 
 impl TestApp {
-    pub(crate) fn new() -> Self {
-        Self::on(TestStore::new())
+    pub(crate) async fn new() -> Self {
+        Self::on(TestStore::new().await)
     }
 
     pub(crate) fn on(backing: TestStore) -> Self {

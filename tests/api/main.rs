@@ -1,6 +1,7 @@
 //! Integration tests: one binary, driving the same router the service serves.
 
 mod binary;
+mod dynamodb_faults;
 mod environments;
 mod errors;
 mod helpers;

@@ -5,7 +5,7 @@ use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn create_read_replace_delete() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let created = app
         .post(
             "/nodegroup/",
@@ -53,7 +53,7 @@ async fn create_read_replace_delete() {
 
 #[tokio::test]
 async fn seed_shape_means_one_class_with_parameters() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let body = app
         .group(json!({"name": "web", "class_": "profile::nginx", "parameters": {"workers": 4}}))
         .await;
@@ -77,7 +77,7 @@ async fn seed_shape_means_one_class_with_parameters() {
 
 #[tokio::test]
 async fn both_collection_paths_work() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.post("/nodegroup", json!({"name": "a"}))
         .await
         .ok(StatusCode::CREATED);
@@ -92,7 +92,7 @@ async fn both_collection_paths_work() {
 
 #[tokio::test]
 async fn class_and_parameter_names_are_checked() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let fields = app
         .post(
             "/nodegroup/",
@@ -119,7 +119,7 @@ async fn class_and_parameter_names_are_checked() {
 
 #[tokio::test]
 async fn parent_must_exist() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let problem = app
         .post("/nodegroup/", json!({"name": "web", "parent": "base"}))
         .await
@@ -136,7 +136,7 @@ async fn parent_must_exist() {
 
 #[tokio::test]
 async fn cycles_are_refused_and_change_nothing() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.group(json!({"name": "a"})).await;
     app.group(json!({"name": "b", "parent": "a"})).await;
     app.group(json!({"name": "c", "parent": "b"})).await;
@@ -170,7 +170,7 @@ async fn cycles_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn delete_while_used_is_refused_and_names_users() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     app.group(json!({"name": "base"})).await;
     app.group(json!({"name": "web", "parent": "base"})).await;
@@ -216,7 +216,7 @@ async fn delete_while_used_is_refused_and_names_users() {
 
 #[tokio::test]
 async fn replace_moves_the_parent_reference() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.group(json!({"name": "a"})).await;
     app.group(json!({"name": "b"})).await;
     app.group(json!({"name": "child", "parent": "a"})).await;
@@ -234,7 +234,7 @@ async fn replace_moves_the_parent_reference() {
 
 #[tokio::test]
 async fn put_name_must_match_path_and_target_must_exist() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.group(json!({"name": "a"})).await;
     let fields = app
         .put("/nodegroup/a", json!({"name": "b"}), None)

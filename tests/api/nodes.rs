@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::helpers::TestApp;
 
 async fn seeded() -> TestApp {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     app.env("staging", "eu").await;
     app.env("production", "us").await;

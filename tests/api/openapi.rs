@@ -8,7 +8,7 @@ use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn served_document_is_the_generated_one() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let served = app.get("/api-docs/openapi.json").await.ok(StatusCode::OK);
     let generated: Value = serde_json::to_value(ApiDoc::openapi()).unwrap();
     assert_eq!(served, generated);
@@ -23,7 +23,7 @@ fn openapi_snapshot() {
 
 #[tokio::test]
 async fn every_documented_operation_is_routed() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
@@ -48,7 +48,7 @@ async fn every_documented_operation_is_routed() {
 
 #[tokio::test]
 async fn swagger_ui_is_served_offline() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let redirect = app.get("/swagger-ui").await;
     assert!(redirect.status.is_redirection(), "{}", redirect.status);
     let page = app.get("/swagger-ui/").await;

@@ -26,7 +26,7 @@ async fn pages(app: &TestApp, collection: &str, query: &str, key: &str) -> Vec<V
 
 #[tokio::test]
 async fn nodes_across_pages_with_nothing_lost_or_repeated() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     app.group(json!({"name": "odd"})).await;
     let mut expected = Vec::new();
@@ -54,7 +54,7 @@ async fn nodes_across_pages_with_nothing_lost_or_repeated() {
 
 #[tokio::test]
 async fn writes_between_pages_do_not_repeat_items() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.env("production", "eu").await;
     for name in ["b", "d", "f"] {
         app.node(name, None).await;
@@ -81,7 +81,7 @@ async fn writes_between_pages_do_not_repeat_items() {
 
 #[tokio::test]
 async fn groups_and_environments_across_pages() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let mut groups = Vec::new();
     for i in 0..12 {
         let name = format!("g{i:02}");
@@ -111,7 +111,7 @@ async fn groups_and_environments_across_pages() {
 
 #[tokio::test]
 async fn a_cursor_from_another_listing_is_400() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for i in 0..3 {
         app.group(json!({"name": format!("g{i}")})).await;
     }

@@ -9,7 +9,7 @@ use crate::helpers::{TestApp, TestStore};
 
 #[tokio::test]
 async fn data_survives_closing_and_reopening_the_store() {
-    let app = TestApp::new();
+    let app = TestApp::on(TestStore::embedded());
     app.env("production", "eu").await;
     app.group(json!({"name": "base", "classes": {"ntp": {"servers": ["a", "b"]}}}))
         .await;
@@ -48,7 +48,7 @@ async fn data_survives_closing_and_reopening_the_store() {
 
 #[tokio::test]
 async fn a_second_open_of_the_same_file_is_refused() {
-    let backing = TestStore::new();
+    let backing = TestStore::embedded();
     let second = EmbeddedStore::open(backing.dir.path());
     assert!(
         second.is_err(),

@@ -10,7 +10,7 @@ use enc::domain::{
 };
 use enc::store::{EnvironmentFilter, Kind, NodeFilter, PageRequest, StoreError};
 
-use crate::helpers::TestStore;
+use crate::helpers::{TestStore, dynamodb_under_test};
 
 fn env(name: &str, cluster: &str) -> Environment {
     Environment {
@@ -54,7 +54,7 @@ fn page(limit: usize, cursor: Option<String>) -> PageRequest {
 }
 
 async fn seeded() -> TestStore {
-    let t = TestStore::new();
+    let t = TestStore::new().await;
     t.store
         .create_environment(env("production", "eu"))
         .await
@@ -431,7 +431,12 @@ async fn concurrent_conditional_writes_have_one_winner() {
 
 #[tokio::test]
 async fn ping_answers() {
-    let t = TestStore::new();
+    let t = TestStore::new().await;
     t.store.ping().await.unwrap();
-    assert!(!t.store.backend().is_empty());
+    let expected = if dynamodb_under_test() {
+        "dynamodb"
+    } else {
+        "embedded"
+    };
+    assert_eq!(t.store.backend(), expected);
 }
