@@ -4,7 +4,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_filter, parse_name, stored};
+use super::{ListResponse, page_request, parse_filter, parse_name, stored, within_size};
 use crate::AppState;
 use crate::domain::{ClusterName, Environment, EnvironmentKey, EnvironmentName, Fields, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
@@ -82,7 +82,10 @@ pub async fn create(
     State(state): State<AppState>,
     Json(body): Json<EnvironmentBody>,
 ) -> Result<Response, AppError> {
-    let created = state.store.create_environment(body.into_domain()?).await?;
+    let created = state
+        .store
+        .create_environment(within_size(body.into_domain()?)?)
+        .await?;
     let location = format!(
         "/environment/{}/{}",
         created.item.environment_name, created.item.puppet_cluster_name

@@ -48,6 +48,21 @@ fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequ
     Ok(PageRequest { limit, cursor })
 }
 
+/// The largest object enc keeps, as JSON: within DynamoDB's 400 KB item limit with room for
+/// the store's own attributes, and the same for every backend.
+pub const MAX_OBJECT_BYTES: usize = 350 * 1024;
+
+/// Refuses an object too large to store (413), before any store sees it.
+fn within_size<T: Serialize>(object: T) -> Result<T, AppError> {
+    let size = serde_json::to_vec(&object).map_or(usize::MAX, |json| json.len());
+    if size > MAX_OBJECT_BYTES {
+        return Err(AppError::PayloadTooLarge(format!(
+            "the object is {size} bytes as JSON; at most {MAX_OBJECT_BYTES} can be stored"
+        )));
+    }
+    Ok(object)
+}
+
 /// A stored object as a JSON response with its `ETag` (and `Location` when created).
 fn stored<T: Serialize>(
     status: StatusCode,

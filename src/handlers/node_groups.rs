@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_name, stored};
+use super::{ListResponse, page_request, parse_name, stored, within_size};
 use crate::AppState;
 use crate::domain::{Fields, GroupName, NodeGroup, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
@@ -109,7 +109,7 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let created = state
         .store
-        .create_node_group(body.into_domain(None)?)
+        .create_node_group(within_size(body.into_domain(None)?)?)
         .await?;
     let location = format!("/nodegroup/{}", created.item.name);
     Ok(stored(StatusCode::CREATED, &created, Some(location)))
@@ -152,7 +152,7 @@ pub async fn replace(
     Path(name): Path<String>,
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
-    let group = body.into_domain(Some(&group_name(&name)?))?;
+    let group = within_size(body.into_domain(Some(&group_name(&name)?))?)?;
     let replaced = state.store.replace_node_group(group, expected).await?;
     Ok(stored(StatusCode::OK, &replaced, None))
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_filter, parse_name, stored};
+use super::{ListResponse, page_request, parse_filter, parse_name, stored, within_size};
 use crate::AppState;
 use crate::domain::{Certname, ClusterName, EnvironmentName, Fields, GroupName, Node, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
@@ -112,7 +112,10 @@ pub async fn create(
     State(state): State<AppState>,
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
-    let created = state.store.create_node(body.into_domain(None)?).await?;
+    let created = state
+        .store
+        .create_node(within_size(body.into_domain(None)?)?)
+        .await?;
     let location = format!("/nodes/{}", created.item.unique_name);
     Ok(stored(StatusCode::CREATED, &created, Some(location)))
 }
@@ -167,7 +170,7 @@ pub async fn replace(
     Path(name): Path<String>,
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
-    let node = body.into_domain(Some(&certname(&name)?))?;
+    let node = within_size(body.into_domain(Some(&certname(&name)?))?)?;
     let replaced = state.store.replace_node(node, expected).await?;
     Ok(stored(StatusCode::OK, &replaced, None))
 }

@@ -164,3 +164,39 @@ async fn health_and_readiness() {
         json!({"status": "ready"})
     );
 }
+
+#[tokio::test]
+async fn objects_too_large_for_any_store_are_413() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    let big = "x".repeat(360 * 1024);
+    app.post(
+        "/nodegroup/",
+        json!({"name": "g", "parameters": {"blob": big}}),
+    )
+    .await
+    .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    app.post(
+        "/nodes/",
+        json!({"unique_name": "n", "environment_name": "production", "puppet_cluster_name": "eu", "parameters": {"blob": big}}),
+    )
+    .await
+    .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    app.node("n", None).await;
+    app.put(
+        "/nodes/n",
+        json!({"environment_name": "production", "puppet_cluster_name": "eu", "parameters": {"blob": big}}),
+        None,
+    )
+    .await
+    .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    // Just under the limit is stored, on every backend.
+    let fits = "x".repeat(300 * 1024);
+    let group = app
+        .group(json!({"name": "g", "parameters": {"blob": fits}}))
+        .await;
+    assert_eq!(
+        group["parameters"]["blob"].as_str().unwrap().len(),
+        300 * 1024
+    );
+}
