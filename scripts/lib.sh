@@ -79,3 +79,23 @@ dynamodb_local_credentials() {
   export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=us-east-1
   unset AWS_SESSION_TOKEN AWS_PROFILE
 }
+
+# A virtualenv in the cache with scripts/requirements-test.txt; sets ENC_TEST_PYTHON.
+ensure_python_tools() {
+  local venv="$ENC_CACHE/venv" stamp
+  stamp="$venv/.installed-$(sha256sum scripts/requirements-test.txt | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "installing Python test tools into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt >&2
+    touch "$stamp"
+  fi
+  export ENC_TEST_PYTHON="$venv/bin/python"
+}
+
+# Debian's Puppet 7, for the ENC contract test; sets ENC_TEST_PUPPET.
+ensure_puppet() {
+  command -v puppet >/dev/null || ensure_apt puppet
+  ENC_TEST_PUPPET=$(command -v puppet)
+  export ENC_TEST_PUPPET
+}

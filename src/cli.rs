@@ -26,6 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API, Swagger UI and operations endpoints (the default).
     Serve,
+    /// Print a node's classification as YAML for Puppet (`external_nodes = enc classify`,
+    /// `node_terminus = exec`). Exits non-zero for an unknown node.
+    Classify {
+        /// The node's certname, as Puppet passes it.
+        certname: String,
+    },
+    /// Exit 0 if the local server answers /healthz (for container health checks).
+    Healthcheck,
     /// DynamoDB table definitions.
     Dynamodb {
         #[command(subcommand)]

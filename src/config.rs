@@ -92,6 +92,29 @@ pub struct Config {
     )]
     pub shutdown_grace_seconds: u64,
 
+    /// Base URL of the enc service that `enc classify` asks (through the load balancer in AWS).
+    #[arg(
+        long,
+        env = "ENC_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+
+    /// Seconds `enc classify` waits for the service before falling back to its cache.
+    #[arg(
+        long,
+        env = "ENC_CLASSIFY_TIMEOUT",
+        default_value_t = 10,
+        global = true
+    )]
+    pub classify_timeout: u64,
+
+    /// Directory where `enc classify` keeps each node's last good answer, used (with a warning)
+    /// when the service is unreachable, times out or fails. No cache when unset.
+    #[arg(long, env = "ENC_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
     /// Log format. `RUST_LOG` filters what is logged (default `info`).
     #[arg(
         long,

@@ -1,7 +1,9 @@
 //! enc: an external node classifier for Puppet, with the metrics form and operations
 //! endpoints, on an embedded store or DynamoDB.
 
+pub mod classify;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -11,6 +13,7 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod yaml;
 
 use std::ops::Deref;
 use std::sync::Arc;

@@ -1,27 +1,50 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 
 use enc::cli::{Cli, Command, DynamodbCommand};
 use enc::store::dynamodb::{DynamoStore, tables};
-use enc::{server, telemetry};
+use enc::{classify, client, server, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.config.log_format);
+    let config = cli.config;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => server::serve(cli.config, server::shutdown_signal()).await,
-        Command::Dynamodb {
-            action: DynamodbCommand::Tables,
-        } => {
-            let definitions = tables::definitions(&cli.config.table_prefix);
+        Command::Serve => report(server::serve(config, server::shutdown_signal()).await),
+        Command::Classify { certname } => classify::run(&config, &certname).await,
+        Command::Healthcheck => {
+            if client::healthcheck(&config).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Dynamodb { action } => report(dynamodb(action, &config).await),
+    }
+}
+
+async fn dynamodb(action: DynamodbCommand, config: &enc::config::Config) -> anyhow::Result<()> {
+    match action {
+        DynamodbCommand::Tables => {
+            let definitions = tables::definitions(&config.table_prefix);
             println!("{}", serde_json::to_string_pretty(&definitions)?);
             Ok(())
         }
-        Command::Dynamodb {
-            action: DynamodbCommand::CreateTables,
-        } => {
-            let store = DynamoStore::connect(&cli.config.dynamodb()).await;
-            tables::create_tables(store.client(), &cli.config.table_prefix).await
+        DynamodbCommand::CreateTables => {
+            let store = DynamoStore::connect(&config.dynamodb()).await;
+            tables::create_tables(store.client(), &config.table_prefix).await
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enc: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -13,17 +13,18 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
-use crate::handlers::{environments, health, node_groups, nodes};
+use crate::handlers::{classification, environments, health, node_groups, nodes};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "enc",
-        description = "External node classifier for Puppet: nodes, node groups and environments.",
+        description = "External node classifier for Puppet: nodes, node groups, environments and the classification Puppet asks for.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
         nodes::create, nodes::list, nodes::get, nodes::replace, nodes::delete,
+        classification::get,
         node_groups::create, node_groups::list, node_groups::get, node_groups::replace,
         node_groups::delete,
         environments::create, environments::list, environments::get, environments::delete,
@@ -31,6 +32,7 @@ use crate::handlers::{environments, health, node_groups, nodes};
     ),
     tags(
         (name = "nodes", description = "Puppet nodes, by certname"),
+        (name = "classification", description = "What Puppet gets for a node: merged classes, parameters and environment"),
         (name = "node groups", description = "Classes and parameters shared by nodes, with inheritance"),
         (name = "environments", description = "Puppet environments per Puppet cluster"),
         (name = "operations", description = "Health and readiness"),
@@ -66,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/nodes/{unique_name}",
             get(nodes::get).put(nodes::replace).delete(nodes::delete),
+        )
+        .route(
+            "/nodes/{unique_name}/classification",
+            get(classification::get),
         )
         .route(
             "/nodegroup/{node_group_name}",

@@ -1,9 +1,11 @@
 //! Pure domain types: what enc stores and serves, independent of HTTP and storage.
 
+mod classification;
 mod names;
 mod resources;
 mod validation;
 
+pub use classification::{Classification, Explanation, Source, classify};
 pub use names::{Certname, ClassName, ClusterName, EnvironmentName, GroupName, ParamName};
 pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeGroup, Stored};
 pub use validation::{FieldError, Fields};

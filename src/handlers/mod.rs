@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod classification;
 pub mod environments;
 pub mod health;
 pub mod node_groups;

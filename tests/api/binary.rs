@@ -2,27 +2,79 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_enc");
+use crate::helpers::{dynamodb_under_test, unique_prefix};
 
-struct Enc {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_enc");
+
+/// Where a started enc keeps its data: a directory for the embedded store, or (in the
+/// DynamoDB pass) fresh tables on DynamoDB Local, created by `enc dynamodb create-tables`.
+pub(crate) struct EncData {
+    dir: tempfile::TempDir,
+    table_prefix: String,
+}
+
+impl EncData {
+    pub(crate) fn new() -> EncData {
+        let data = EncData {
+            dir: tempfile::tempdir().unwrap(),
+            table_prefix: unique_prefix(),
+        };
+        if dynamodb_under_test() {
+            let out = data
+                .command()
+                .args(["dynamodb", "create-tables"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        data
+    }
+
+    /// The enc binary with a clean environment pointing at this data.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("ENC_DATA_DIR", self.dir.path())
+            .env("RUST_LOG", "warn");
+        if dynamodb_under_test() {
+            command
+                .env("ENC_STORE", "dynamodb")
+                .env(
+                    "ENC_DYNAMODB_ENDPOINT",
+                    std::env::var("ENC_TEST_DYNAMODB_ENDPOINT").unwrap(),
+                )
+                .env("ENC_TABLE_PREFIX", &self.table_prefix);
+            for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+                if let Ok(value) = std::env::var(name) {
+                    command.env(name, value);
+                }
+            }
+        }
+        command
+    }
+}
+
+pub(crate) struct Enc {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Enc {
-    fn start(data_dir: &Path, grace_seconds: u64) -> Enc {
+    pub(crate) fn start(data: &EncData, grace_seconds: u64) -> Enc {
         let addr = free_addr();
-        let child = Command::new(BIN)
-            .env_clear()
+        let child = data
+            .command()
             .env("ENC_LISTEN", addr.to_string())
-            .env("ENC_DATA_DIR", data_dir)
             .env("ENC_SHUTDOWN_GRACE_SECONDS", grace_seconds.to_string())
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -40,13 +92,17 @@ impl Enc {
         panic!("enc did not become healthy on {addr}");
     }
 
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     fn try_http(&self, request: &str) -> std::io::Result<(u16, String)> {
         let mut stream = TcpStream::connect(self.addr)?;
         stream.write_all(request.as_bytes())?;
         read_response(&mut stream)
     }
 
-    fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    pub(crate) fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let request = match body {
             Some(b) => format!(
                 "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
@@ -57,7 +113,7 @@ impl Enc {
         self.try_http(&request).expect("HTTP exchange")
     }
 
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -65,7 +121,7 @@ impl Enc {
         assert!(status.success());
     }
 
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -87,7 +143,7 @@ impl Drop for Enc {
     }
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -115,8 +171,8 @@ const ENV: &str = r#"{"environment_name":"production","puppet_cluster_name":"eu"
 
 #[test]
 fn serves_over_tcp_stops_on_sigterm_and_keeps_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut enc = Enc::start(dir.path(), 5);
+    let data = EncData::new();
+    let mut enc = Enc::start(&data, 5);
     let (status, body) = enc.http("POST", "/environment/", Some(ENV));
     assert_eq!(status, 201, "{body}");
     let (status, body) = enc.http("GET", "/environment/production/eu", None);
@@ -128,15 +184,14 @@ fn serves_over_tcp_stops_on_sigterm_and_keeps_data() {
     enc.terminate();
     assert!(enc.wait(Duration::from_secs(10)).success());
 
-    let enc = Enc::start(dir.path(), 5);
+    let enc = Enc::start(&data, 5);
     let (status, body) = enc.http("GET", "/environment/production/eu", None);
     assert_eq!(status, 200, "data survives a restart: {body}");
 }
 
 #[test]
 fn finishes_a_request_in_flight_when_told_to_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut enc = Enc::start(dir.path(), 10);
+    let mut enc = Enc::start(&EncData::new(), 10);
     let mut stream = TcpStream::connect(enc.addr).unwrap();
     let head = format!(
         "POST /environment/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -160,8 +215,7 @@ fn finishes_a_request_in_flight_when_told_to_stop() {
 
 #[test]
 fn the_grace_period_bounds_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut enc = Enc::start(dir.path(), 1);
+    let mut enc = Enc::start(&EncData::new(), 1);
     let mut stream = TcpStream::connect(enc.addr).unwrap();
     stream
         .write_all(b"POST /environment/ HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")

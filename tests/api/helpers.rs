@@ -276,3 +276,43 @@ impl TestApp {
         })
     }
 }
+
+/// An external program the tests use: `$var` when set (scripts/test sets it), else `default`.
+pub(crate) fn tool(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Parses YAML the way a YAML 1.1 reader does (PyYAML, the rules Puppet's Ruby parser
+/// follows) and returns it as JSON. Ruby object tags, as in Puppet's own output, load as
+/// plain mappings.
+pub(crate) fn yaml_1_1(yaml: &str) -> Value {
+    use std::io::Write;
+    const SCRIPT: &str = r#"
+import json, sys, yaml
+class Loader(yaml.SafeLoader):
+    pass
+Loader.add_multi_constructor("!ruby/", lambda loader, suffix, node: loader.construct_mapping(node, deep=True))
+print(json.dumps(yaml.load(sys.stdin, Loader=Loader)))
+"#;
+    let python = tool("ENC_TEST_PYTHON", "python3");
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python} (with PyYAML; scripts/test installs it): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyYAML failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, driving the same router the service serves.
 
 mod binary;
+mod classification;
 mod dynamodb_faults;
 mod environments;
 mod errors;
@@ -10,4 +11,5 @@ mod nodes;
 mod openapi;
 mod pagination;
 mod persistence;
+mod puppet;
 mod store_conformance;

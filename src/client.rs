@@ -1,0 +1,103 @@
+//! A small HTTP(S) client for the commands that talk to a running enc.
+
+use std::time::Duration;
+
+use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no answer from {url} within {seconds} s")]
+    Timeout { url: String, seconds: f64 },
+    #[error("could not reach {url}: {reason}")]
+    Failed { url: String, reason: String },
+}
+
+pub struct Fetched {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// GETs `url`, answering within `timeout` or failing.
+pub async fn get(url: &str, accept: &str, timeout: Duration) -> Result<Fetched, FetchError> {
+    let failed = |reason: String| FetchError::Failed {
+        url: url.to_owned(),
+        reason,
+    };
+    let request = Request::get(url)
+        .header(header::ACCEPT, accept)
+        .header(
+            header::USER_AGENT,
+            concat!("enc/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| failed(e.to_string()))?;
+    let exchange = async {
+        if url.starts_with("https:") {
+            let tls = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .map_err(|e| format!("no CA certificates: {e}"))?
+                .https_only()
+                .enable_http1()
+                .build();
+            send(Client::builder(TokioExecutor::new()).build(tls), request).await
+        } else {
+            send(
+                Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+                request,
+            )
+            .await
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result.map_err(failed),
+        Err(_) => Err(FetchError::Timeout {
+            url: url.to_owned(),
+            seconds: timeout.as_secs_f64(),
+        }),
+    }
+}
+
+async fn send<C: Connect + Clone + Send + Sync + 'static>(
+    client: Client<C, Empty<Bytes>>,
+    request: Request<Empty<Bytes>>,
+) -> Result<Fetched, String> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| crate::error::cause_chain(&e))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Fetched { status, body })
+}
+
+/// `enc healthcheck`: asks this host's server, on the port it listens on, for /healthz.
+pub async fn healthcheck(config: &Config) -> bool {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    match get(&url, "application/json", Duration::from_secs(3)).await {
+        Ok(f) if f.status == StatusCode::OK => true,
+        Ok(f) => {
+            eprintln!("enc: {url} answered {}", f.status);
+            false
+        }
+        Err(e) => {
+            eprintln!("enc: {e}");
+            false
+        }
+    }
+}

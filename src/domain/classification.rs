@@ -1,0 +1,179 @@
+//! The merged classification Puppet asks for: a node's group chain, root first, then the node
+//! itself; nearer wins, key by key.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{
+    Certname, ClassName, Classes, EnvironmentName, GroupName, Node, NodeGroup, ParamName,
+    Parameters,
+};
+
+/// Where a class or value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Source {
+    NodeGroup(GroupName),
+    Node(Certname),
+}
+
+/// What Puppet receives for a node.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Classification {
+    #[schema(value_type = String, example = "web01.example.com")]
+    pub name: Certname,
+    #[schema(value_type = String, example = "production")]
+    pub environment: EnvironmentName,
+    #[schema(value_type = Object, example = json!({"ntp": {"servers": ["0.pool.ntp.org"]}, "profile::nginx": {"worker_processes": 8}}))]
+    pub classes: Classes,
+    #[schema(value_type = Object, example = json!({"datacenter": "eu-west-1", "role": "frontend"}))]
+    pub parameters: Parameters,
+}
+
+/// For every class, class parameter and top-scope parameter: where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct Explanation {
+    /// The nearest group (or the node) that declares each class.
+    #[schema(value_type = Object)]
+    pub classes: BTreeMap<ClassName, Source>,
+    #[schema(value_type = Object)]
+    pub class_parameters: BTreeMap<ClassName, BTreeMap<ParamName, Source>>,
+    #[schema(value_type = Object)]
+    pub parameters: BTreeMap<ParamName, Source>,
+}
+
+/// Merges `groups` (the node's group first, then its parent, up to the root) and the node.
+pub fn classify(node: &Node, groups: &[NodeGroup]) -> (Classification, Explanation) {
+    let layers = groups
+        .iter()
+        .rev()
+        .map(|g| (Source::NodeGroup(g.name.clone()), &g.classes, &g.parameters))
+        .chain(std::iter::once((
+            Source::Node(node.unique_name.clone()),
+            &node.classes,
+            &node.parameters,
+        )));
+    let mut classes = Classes::new();
+    let mut parameters = Parameters::new();
+    let mut why = Explanation::default();
+    for (source, layer_classes, layer_parameters) in layers {
+        for (class, class_parameters) in layer_classes {
+            let merged = classes.entry(class.clone()).or_default();
+            why.classes.insert(class.clone(), source.clone());
+            let sources = why.class_parameters.entry(class.clone()).or_default();
+            for (name, value) in class_parameters {
+                merged.insert(name.clone(), value.clone());
+                sources.insert(name.clone(), source.clone());
+            }
+        }
+        for (name, value) in layer_parameters {
+            parameters.insert(name.clone(), value.clone());
+            why.parameters.insert(name.clone(), source.clone());
+        }
+    }
+    let classification = Classification {
+        name: node.unique_name.clone(),
+        environment: node.environment_name.clone(),
+        classes,
+        parameters,
+    };
+    (classification, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn group(name: &str, parent: Option<&str>, classes: Value, parameters: Value) -> NodeGroup {
+        serde_json::from_value(json!({
+            "name": name, "description": null, "parent": parent,
+            "classes": classes, "parameters": parameters
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn four_levels_and_the_node_nearer_wins() {
+        // root <- platform <- web <- web_eu, and the node on top.
+        let chain = [
+            group(
+                "web_eu",
+                Some("web"),
+                json!({"nginx": {"listen": 8443}}),
+                json!({"region": "eu", "tier": "web-eu"}),
+            ),
+            group(
+                "web",
+                Some("platform"),
+                json!({"nginx": {"listen": 443, "workers": 8}}),
+                json!({"tier": "web"}),
+            ),
+            group(
+                "platform",
+                Some("root"),
+                json!({"ntp": {"servers": ["b"]}, "monitoring": {}}),
+                json!({"owner": "platform"}),
+            ),
+            group(
+                "root",
+                None,
+                json!({"ntp": {"servers": ["a"], "iburst": true}}),
+                json!({"owner": "root", "tier": "base", "dc": "x"}),
+            ),
+        ];
+        let node: Node = serde_json::from_value(json!({
+            "unique_name": "web01", "node_group_name": "web_eu",
+            "environment_name": "production", "puppet_cluster_name": "eu",
+            "classes": {"nginx": {"workers": 16}, "hotfix": {}},
+            "parameters": {"dc": "eu-1"}
+        }))
+        .unwrap();
+        let (c, why) = classify(&node, &chain);
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({
+                "name": "web01",
+                "environment": "production",
+                "classes": {
+                    "hotfix": {},
+                    "monitoring": {},
+                    "nginx": {"listen": 8443, "workers": 16},
+                    "ntp": {"servers": ["b"], "iburst": true}
+                },
+                "parameters": {"dc": "eu-1", "owner": "platform", "region": "eu", "tier": "web-eu"}
+            })
+        );
+        let g = |n: &str| json!({"kind": "node_group", "name": n});
+        let node_source = json!({"kind": "node", "name": "web01"});
+        assert_eq!(
+            serde_json::to_value(&why).unwrap(),
+            json!({
+                "classes": {"hotfix": node_source, "monitoring": g("platform"), "nginx": node_source, "ntp": g("platform")},
+                "class_parameters": {
+                    "hotfix": {},
+                    "monitoring": {},
+                    "nginx": {"listen": g("web_eu"), "workers": node_source},
+                    "ntp": {"servers": g("platform"), "iburst": g("root")}
+                },
+                "parameters": {"dc": node_source, "owner": g("platform"), "region": g("web_eu"), "tier": g("web_eu")}
+            })
+        );
+    }
+
+    #[test]
+    fn a_node_without_a_group_is_just_itself() {
+        let node: Node = serde_json::from_value(json!({
+            "unique_name": "db01", "node_group_name": null,
+            "environment_name": "staging", "puppet_cluster_name": "eu",
+            "classes": {}, "parameters": {}
+        }))
+        .unwrap();
+        let (c, why) = classify(&node, &[]);
+        assert!(c.classes.is_empty() && c.parameters.is_empty());
+        assert_eq!(c.environment.as_str(), "staging");
+        assert_eq!(why, Explanation::default());
+    }
+}

@@ -1,0 +1,182 @@
+//! The ENC contract, end to end: real Puppet 7 runs `enc classify` against a running enc.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::binary::{BIN, Enc, EncData};
+use crate::classification::{chain_requests, expected_classes, expected_parameters};
+use crate::helpers::{tool, yaml_1_1};
+
+const NODE: &str = "web01.example.com";
+
+fn seeded() -> (EncData, Enc) {
+    let data = EncData::new();
+    let enc = Enc::start(&data, 5);
+    for (path, body) in chain_requests() {
+        let (status, answer) = enc.http("POST", path, Some(&body.to_string()));
+        assert_eq!(status, 201, "{answer}");
+    }
+    (data, enc)
+}
+
+/// `puppet node find` with the exec terminus, in throwaway Puppet directories.
+fn puppet_find(certname: &str, url: &str, cache: &Path, dirs: &Path) -> Output {
+    let dir = |name: &str| dirs.join(name).display().to_string();
+    std::fs::create_dir_all(dirs.join("code/environments/production")).unwrap();
+    Command::new(tool("ENC_TEST_PUPPET", "puppet"))
+        .args(["node", "find", certname, "--terminus", "exec"])
+        .args(["--external_nodes", &format!("{BIN} classify")])
+        .args(["--render-as", "yaml"])
+        .args(["--confdir", &dir("conf"), "--vardir", &dir("var")])
+        .args(["--codedir", &dir("code"), "--logdir", &dir("log")])
+        .env("ENC_URL", url)
+        .env("ENC_CACHE_DIR", cache)
+        .env("ENC_CLASSIFY_TIMEOUT", "5")
+        .output()
+        .expect("puppet runs (scripts/test installs Debian's puppet package)")
+}
+
+/// What Puppet made of the node: its YAML output, as JSON.
+#[track_caller]
+fn puppet_node(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "puppet failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("--- !ruby/object:Puppet::Node"),
+        "{stdout}"
+    );
+    yaml_1_1(&stdout)
+}
+
+#[track_caller]
+fn assert_classified(node: &Value) {
+    assert_eq!(node["name"], NODE);
+    assert_eq!(node["environment"], "production");
+    assert_eq!(node["classes"], expected_classes());
+    // Puppet adds its own facts to the parameters; ours must all be there, unchanged.
+    for (name, value) in expected_parameters().as_object().unwrap() {
+        assert_eq!(&node["parameters"][name], value, "parameter {name}");
+    }
+}
+
+#[test]
+fn puppet_gets_the_classification_and_falls_back_to_the_cache() {
+    let (_data, mut enc) = seeded();
+    let puppet_dirs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+
+    let found = puppet_find(NODE, &enc.url(), cache.path(), puppet_dirs.path());
+    assert_classified(&puppet_node(&found));
+
+    let unknown = puppet_find(
+        "nobody.example.com",
+        &enc.url(),
+        cache.path(),
+        puppet_dirs.path(),
+    );
+    assert!(
+        !unknown.status.success(),
+        "an unknown node must fail the lookup"
+    );
+
+    enc.terminate();
+    assert!(enc.wait(Duration::from_secs(10)).success());
+    let cached = puppet_find(NODE, &enc.url(), cache.path(), puppet_dirs.path());
+    assert_classified(&puppet_node(&cached));
+    let without_cache = tempfile::tempdir().unwrap();
+    let failed = puppet_find(NODE, &enc.url(), without_cache.path(), puppet_dirs.path());
+    assert!(
+        !failed.status.success(),
+        "no service and no cache must fail"
+    );
+}
+
+fn classify(certname: &str, url: &str, cache: Option<&Path>, timeout_seconds: u64) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .args(["classify", certname])
+        .env("ENC_URL", url)
+        .env("ENC_CLASSIFY_TIMEOUT", timeout_seconds.to_string());
+    if let Some(cache) = cache {
+        command.env("ENC_CACHE_DIR", cache);
+    }
+    command.output().unwrap()
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn classify_command_contract() {
+    let (_data, mut enc) = seeded();
+    let cache = tempfile::tempdir().unwrap();
+
+    let ok = classify(NODE, &enc.url(), Some(cache.path()), 5);
+    assert!(ok.status.success());
+    assert!(ok.stderr.is_empty(), "{:?}", stderr_lines(&ok));
+    let (_, served) = enc.http(
+        "GET",
+        &format!("/nodes/{NODE}/classification?format=yaml"),
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), served);
+
+    for bad in ["nobody", "Not A Certname"] {
+        let out = classify(bad, &enc.url(), Some(cache.path()), 5);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(out.stdout.is_empty());
+        let lines = stderr_lines(&out);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("enc: "), "{lines:?}");
+    }
+
+    // A service that accepts connections but never answers: the timeout bounds the wait.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let asked = Instant::now();
+    let cached = classify(NODE, &silent_url, Some(cache.path()), 1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(cached.status.success());
+    assert_eq!(cached.stdout, ok.stdout);
+    let lines = stderr_lines(&cached);
+    assert!(
+        lines.len() == 1 && lines[0].contains("warning") && lines[0].contains("cached"),
+        "{lines:?}"
+    );
+    let uncached = classify(NODE, &silent_url, None, 1);
+    assert_eq!(uncached.status.code(), Some(1));
+    assert!(stderr_lines(&uncached)[0].contains("no answer"));
+
+    // healthcheck follows the server's ENC_LISTEN.
+    let health = |addr: &str| {
+        Command::new(BIN)
+            .env_clear()
+            .env("ENC_LISTEN", addr)
+            .arg("healthcheck")
+            .status()
+            .unwrap()
+    };
+    assert!(health(&enc.addr.to_string()).success());
+    let any_interface = format!("0.0.0.0:{}", enc.addr.port());
+    assert!(health(&any_interface).success());
+    enc.terminate();
+    assert!(enc.wait(Duration::from_secs(10)).success());
+    assert!(!health(&enc.addr.to_string()).success());
+}
