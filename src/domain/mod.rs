@@ -1,13 +1,18 @@
 //! Pure domain types: what enc stores and serves, independent of HTTP and storage.
 
+mod activity;
 mod classification;
 mod names;
 mod resources;
 mod validation;
 
+pub use activity::{
+    Activity, ActivityType, EARLIEST, Hours, MAX_DESCRIPTION as MAX_ACTIVITY_DESCRIPTION, Summary,
+    Total, parse_work_date, summarize,
+};
 pub use classification::{Classification, Explanation, Source, classify};
-pub use names::{Certname, ClassName, ClusterName, EnvironmentName, GroupName, ParamName};
-pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeGroup, Stored};
+pub use names::{Certname, ClassName, ClusterName, EnvironmentName, GroupName, Label, ParamName};
+pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeGroup, Stored, now};
 pub use validation::{FieldError, Fields};
 
 use std::collections::BTreeMap;

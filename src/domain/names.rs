@@ -61,6 +61,16 @@ fn check_parameter(s: &str) -> Result<(), String> {
     }
 }
 
+fn check_label(s: &str) -> Result<(), String> {
+    let length = s.chars().count();
+    let trimmed = s.trim() == s;
+    if (1..=100).contains(&length) && trimmed && !s.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err("must be 1 to 100 characters, without surrounding spaces or control characters".into())
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $check:path, $example:literal) => {
         $(#[$doc])*
@@ -138,9 +148,24 @@ name_type!(
     "worker_processes"
 );
 
+name_type!(
+    /// A person's, customer's or project's name as typed into the metrics form.
+    Label,
+    check_label,
+    "ACME Corp"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(Label::parse("ACME Corp / Ünïcode & <b>").is_ok());
+        for bad in ["", " padded", "padded ", "tab\tinside", &"x".repeat(101)] {
+            assert!(Label::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn certnames() {

@@ -103,13 +103,14 @@ impl Meta {
     }
 }
 
-/// Milliseconds are plenty for audit timestamps and keep them readable.
-fn now() -> DateTime<Utc> {
+/// The current time to the millisecond: plenty for audit timestamps, and what every store
+/// keeps exactly.
+pub fn now() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
-fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 

@@ -13,11 +13,11 @@ use redb::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    Cursor, EnvironmentFilter, Kind, MAX_REFERRERS, NodeFilter, Page, PageRequest, Store,
-    StoreError, check_version, referrers,
+    ActivityFilter, Cursor, EnvironmentFilter, Kind, MAX_REFERRERS, NodeFilter, Page, PageRequest,
+    Store, StoreError, check_version, referrers,
 };
 use crate::domain::{
-    Certname, Environment, EnvironmentKey, GroupName, Meta, Node, NodeGroup, Stored,
+    Activity, Certname, Environment, EnvironmentKey, GroupName, Meta, Node, NodeGroup, Stored,
 };
 
 const BACKEND: &str = "embedded";
@@ -36,6 +36,10 @@ const NODES_BY_ENVIRONMENT: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("nodes_by_environment");
 const GROUPS_BY_PARENT: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("groups_by_parent");
+/// (date, id) -> Activity: listed in date order, then creation order (ids are UUIDv7).
+const ACTIVITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("activities");
+/// id -> date, to find an activity by id.
+const ACTIVITY_DATES: TableDefinition<&str, &str> = TableDefinition::new("activity_dates");
 
 macro_rules! internal_from {
     ($($t:ty),*) => {$(
@@ -70,6 +74,8 @@ impl EmbeddedStore {
         txn.open_table(NODES_BY_GROUP)?;
         txn.open_table(NODES_BY_ENVIRONMENT)?;
         txn.open_table(GROUPS_BY_PARENT)?;
+        txn.open_table(ACTIVITIES)?;
+        txn.open_table(ACTIVITY_DATES)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -113,11 +119,11 @@ async fn blocking<R: Send + 'static>(
         .map_err(|e| StoreError::Internal(Box::new(e)))?
 }
 
-fn encode<T: Serialize>(stored: &Stored<T>) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(stored).map_err(|e| StoreError::Internal(Box::new(e)))
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Internal(Box::new(e)))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Stored<T>, StoreError> {
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Internal(Box::new(e)))
 }
 
@@ -329,8 +335,8 @@ impl Store for EmbeddedStore {
         filter: &EnvironmentFilter,
         page_request: &PageRequest,
     ) -> Result<Page<Stored<Environment>>, StoreError> {
-        const LISTING: &str = "environments";
-        let start: Option<(String, String)> = after(LISTING, page_request)?;
+        let listing = filter.listing();
+        let start: Option<(String, String)> = after(&listing, page_request)?;
         let (filter, limit) = (filter.clone(), page_request.limit);
         self.read(move |txn| {
             let table = txn.open_table(ENVIRONMENTS)?;
@@ -352,7 +358,7 @@ impl Store for EmbeddedStore {
                     }
                 }
             }
-            Ok(page(items, limit, LISTING, |e: &Stored<Environment>| {
+            Ok(page(items, limit, &listing, |e: &Stored<Environment>| {
                 (
                     e.item.environment_name.to_string(),
                     e.item.puppet_cluster_name.to_string(),
@@ -570,8 +576,8 @@ impl Store for EmbeddedStore {
         filter: &NodeFilter,
         page_request: &PageRequest,
     ) -> Result<Page<Stored<Node>>, StoreError> {
-        const LISTING: &str = "nodes";
-        let start: Option<String> = after(LISTING, page_request)?;
+        let listing = filter.listing();
+        let start: Option<String> = after(&listing, page_request)?;
         let (filter, limit) = (filter.clone(), page_request.limit);
         self.read(move |txn| {
             let nodes = txn.open_table(NODES)?;
@@ -610,7 +616,7 @@ impl Store for EmbeddedStore {
                     }
                 }
             }
-            Ok(page(items, limit, LISTING, |n: &Stored<Node>| {
+            Ok(page(items, limit, &listing, |n: &Stored<Node>| {
                 n.item.unique_name.to_string()
             }))
         })
@@ -667,6 +673,83 @@ impl Store for EmbeddedStore {
             nodes.remove(name.as_str())?;
             drop(nodes);
             index_node(txn, &current.item, false)
+        })
+        .await
+    }
+
+    async fn create_activity(&self, activity: Activity) -> Result<Activity, StoreError> {
+        self.write(move |txn| {
+            let mut dates = txn.open_table(ACTIVITY_DATES)?;
+            if dates.get(activity.id.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: Kind::Activity,
+                    key: activity.id.clone(),
+                });
+            }
+            let date = activity.date.to_string();
+            dates.insert(activity.id.as_str(), date.as_str())?;
+            txn.open_table(ACTIVITIES)?.insert(
+                (date.as_str(), activity.id.as_str()),
+                encode(&activity)?.as_slice(),
+            )?;
+            Ok(activity)
+        })
+        .await
+    }
+
+    async fn get_activity(&self, id: &str) -> Result<Activity, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let not_found = || StoreError::NotFound {
+                kind: Kind::Activity,
+                key: id.clone(),
+            };
+            let date = match txn.open_table(ACTIVITY_DATES)?.get(id.as_str())? {
+                Some(date) => date.value().to_owned(),
+                None => return Err(not_found()),
+            };
+            let table = txn.open_table(ACTIVITIES)?;
+            let found = table.get((date.as_str(), id.as_str()))?;
+            found
+                .map(|v| decode(v.value()))
+                .transpose()?
+                .ok_or_else(not_found)
+        })
+        .await
+    }
+
+    async fn list_activities(
+        &self,
+        filter: &ActivityFilter,
+        page_request: &PageRequest,
+    ) -> Result<Page<Activity>, StoreError> {
+        let listing = filter.listing();
+        let start: Option<(String, String)> = after(&listing, page_request)?;
+        let (filter, limit) = (filter.clone(), page_request.limit);
+        self.read(move |txn| {
+            let table = txn.open_table(ACTIVITIES)?;
+            let from = filter.from.map(|d| d.to_string());
+            let lower = match (&start, &from) {
+                (Some((date, id)), _) => Bound::Excluded((date.as_str(), id.as_str())),
+                (None, Some(from)) => Bound::Included((from.as_str(), "")),
+                (None, None) => Bound::Unbounded,
+            };
+            let mut items = Vec::new();
+            for entry in table.range::<(&str, &str)>((lower, Bound::Unbounded))? {
+                let activity: Activity = decode(entry?.1.value())?;
+                if filter.to.is_some_and(|to| activity.date > to) {
+                    break;
+                }
+                if filter.matches(&activity) {
+                    items.push(activity);
+                    if items.len() > limit {
+                        break;
+                    }
+                }
+            }
+            Ok(page(items, limit, &listing, |a: &Activity| {
+                (a.date.to_string(), a.id.clone())
+            }))
         })
         .await
     }

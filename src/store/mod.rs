@@ -8,9 +8,11 @@ pub use cursor::Cursor;
 
 use async_trait::async_trait;
 
+use chrono::NaiveDate;
+
 use crate::domain::{
-    Certname, ClusterName, Environment, EnvironmentKey, EnvironmentName, GroupName, Node,
-    NodeGroup, Stored,
+    Activity, Certname, ClusterName, Environment, EnvironmentKey, EnvironmentName, GroupName,
+    Label, Node, NodeGroup, Stored,
 };
 
 /// Boxed error source kept for logs; never shown to clients.
@@ -22,6 +24,7 @@ pub enum Kind {
     Node,
     NodeGroup,
     Environment,
+    Activity,
 }
 
 impl std::fmt::Display for Kind {
@@ -30,6 +33,7 @@ impl std::fmt::Display for Kind {
             Kind::Node => "node",
             Kind::NodeGroup => "node group",
             Kind::Environment => "environment",
+            Kind::Activity => "activity",
         })
     }
 }
@@ -98,7 +102,28 @@ pub struct NodeFilter {
     pub node_group_name: Option<GroupName>,
 }
 
+impl EnvironmentFilter {
+    /// Names this listing in its cursors: a cursor only continues the listing it came from.
+    pub fn listing(&self) -> String {
+        format!(
+            "environments?cluster={:?}",
+            self.puppet_cluster_name.as_ref().map(|c| c.as_str())
+        )
+    }
+}
+
 impl NodeFilter {
+    /// Names this listing in its cursors: a cursor only continues the listing it came from.
+    pub fn listing(&self) -> String {
+        let name = |n: Option<&str>| format!("{n:?}");
+        format!(
+            "nodes?environment={}&cluster={}&group={}",
+            name(self.environment_name.as_ref().map(|n| n.as_str())),
+            name(self.puppet_cluster_name.as_ref().map(|n| n.as_str())),
+            name(self.node_group_name.as_ref().map(|n| n.as_str())),
+        )
+    }
+
     pub fn matches(&self, node: &Node) -> bool {
         self.environment_name
             .as_ref()
@@ -111,6 +136,39 @@ impl NodeFilter {
                 .node_group_name
                 .as_ref()
                 .is_none_or(|g| node.node_group_name.as_ref() == Some(g))
+    }
+}
+
+/// Which activities to list: all filters must match; dates are inclusive.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityFilter {
+    pub customer: Option<Label>,
+    pub project: Option<Label>,
+    pub engineer: Option<Label>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl ActivityFilter {
+    /// Names this listing in its cursors: a cursor only continues the listing it came from.
+    pub fn listing(&self) -> String {
+        let name = |n: Option<&Label>| format!("{:?}", n.map(|l| l.as_str()));
+        format!(
+            "activities?customer={}&project={}&engineer={}&from={:?}&to={:?}",
+            name(self.customer.as_ref()),
+            name(self.project.as_ref()),
+            name(self.engineer.as_ref()),
+            self.from,
+            self.to,
+        )
+    }
+
+    pub fn matches(&self, a: &Activity) -> bool {
+        self.customer.as_ref().is_none_or(|c| *c == a.customer)
+            && self.project.as_ref().is_none_or(|p| *p == a.project)
+            && self.engineer.as_ref().is_none_or(|e| *e == a.engineer)
+            && self.from.is_none_or(|f| a.date >= f)
+            && self.to.is_none_or(|t| a.date <= t)
     }
 }
 
@@ -171,6 +229,16 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<u64>,
     ) -> Result<Stored<Node>, StoreError>;
     async fn delete_node(&self, name: &Certname, expected: Option<u64>) -> Result<(), StoreError>;
+
+    /// Records an activity; its id is new, so this never conflicts.
+    async fn create_activity(&self, activity: Activity) -> Result<Activity, StoreError>;
+    async fn get_activity(&self, id: &str) -> Result<Activity, StoreError>;
+    /// Activities by date, then in the order they were recorded.
+    async fn list_activities(
+        &self,
+        filter: &ActivityFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Activity>, StoreError>;
 }
 
 /// Refuses a write whose `If-Match` version is not the stored one.

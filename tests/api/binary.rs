@@ -282,7 +282,8 @@ fn dynamodb_tables_prints_create_table_inputs() {
         [
             "enc-prod-environments",
             "enc-prod-node_groups",
-            "enc-prod-nodes"
+            "enc-prod-nodes",
+            "enc-prod-activities"
         ]
     );
     for table in tables.as_array().unwrap() {

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use enc::domain::{
-    Certname, ClassName, ClusterName, Environment, EnvironmentKey, EnvironmentName, GroupName,
-    Node, NodeGroup, ParamName,
+    Activity, ActivityType, Certname, ClassName, ClusterName, Environment, EnvironmentKey,
+    EnvironmentName, GroupName, Hours, Label, Node, NodeGroup, ParamName,
 };
-use enc::store::{EnvironmentFilter, Kind, NodeFilter, PageRequest, StoreError};
+use enc::store::{
+    ActivityFilter, EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, StoreError,
+};
 
 use crate::helpers::{TestStore, dynamodb_under_test};
 
@@ -439,4 +441,168 @@ async fn ping_answers() {
         "embedded"
     };
     assert_eq!(t.store.backend(), expected);
+}
+
+fn activity(engineer: &str, customer: &str, project: &str, date: &str, hours: f64) -> Activity {
+    Activity {
+        id: uuid::Uuid::now_v7().to_string(),
+        engineer: Label::parse(engineer).unwrap(),
+        customer: Label::parse(customer).unwrap(),
+        project: Label::parse(project).unwrap(),
+        activity_type: ActivityType::Support,
+        date: date.parse().unwrap(),
+        hours: Hours::from_f64(hours).unwrap(),
+        description: "did things".into(),
+        created_at: enc::domain::now(),
+    }
+}
+
+#[tokio::test]
+async fn activities_are_kept_and_found_by_id() {
+    let t = TestStore::new().await;
+    let a = activity("alice", "ACME", "Web", "2026-11-02", 1.25);
+    assert_eq!(t.store.create_activity(a.clone()).await.unwrap(), a);
+    let read = t.store.get_activity(&a.id).await.unwrap();
+    assert_eq!(read, a);
+    assert!(matches!(
+        t.store.create_activity(a.clone()).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        t.store.get_activity("no-such-id").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn activities_list_by_date_with_filters_and_pages() {
+    let t = TestStore::new().await;
+    let s = &t.store;
+    let entries = [
+        activity("alice", "ACME", "Web", "2026-11-03", 1.0),
+        activity("bob", "ACME", "Web", "2026-11-01", 2.0),
+        activity("alice", "ACME", "Ops", "2026-11-02", 0.5),
+        activity("carol", "Globex", "Web", "2026-11-02", 3.0),
+        activity("alice", "Globex", "Ops", "2026-11-05", 4.0),
+        activity("bob", "ACME", "Web", "2026-11-02", 0.25),
+    ];
+    for e in &entries {
+        s.create_activity(e.clone()).await.unwrap();
+    }
+    let ids = |page: &Page<Activity>| page.items.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    let expect = |indexes: &[usize]| {
+        indexes
+            .iter()
+            .map(|&i| entries[i].id.clone())
+            .collect::<Vec<_>>()
+    };
+    let label = |s: &str| Some(Label::parse(s).unwrap());
+    let date = |s: &str| Some(s.parse().unwrap());
+
+    // By date, then in the order recorded.
+    let all = s
+        .list_activities(&ActivityFilter::default(), &page(100, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&all), expect(&[1, 2, 3, 5, 0, 4]));
+
+    for (filter, expected) in [
+        (
+            ActivityFilter {
+                customer: label("ACME"),
+                ..Default::default()
+            },
+            vec![1, 2, 5, 0],
+        ),
+        (
+            ActivityFilter {
+                customer: label("ACME"),
+                from: date("2026-11-02"),
+                to: date("2026-11-02"),
+                ..Default::default()
+            },
+            vec![2, 5],
+        ),
+        (
+            ActivityFilter {
+                customer: label("ACME"),
+                project: label("Web"),
+                engineer: label("bob"),
+                ..Default::default()
+            },
+            vec![1, 5],
+        ),
+        (
+            ActivityFilter {
+                engineer: label("alice"),
+                ..Default::default()
+            },
+            vec![2, 0, 4],
+        ),
+        (
+            ActivityFilter {
+                project: label("Ops"),
+                ..Default::default()
+            },
+            vec![2, 4],
+        ),
+        (
+            ActivityFilter {
+                from: date("2026-11-03"),
+                ..Default::default()
+            },
+            vec![0, 4],
+        ),
+        (
+            ActivityFilter {
+                to: date("2026-11-01"),
+                ..Default::default()
+            },
+            vec![1],
+        ),
+        (
+            ActivityFilter {
+                customer: label("Nobody"),
+                ..Default::default()
+            },
+            vec![],
+        ),
+    ] {
+        let listed = s.list_activities(&filter, &page(100, None)).await.unwrap();
+        assert_eq!(ids(&listed), expect(&expected), "{filter:?}");
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = s
+            .list_activities(&ActivityFilter::default(), &page(4, cursor))
+            .await
+            .unwrap();
+        seen.extend(ids(&p));
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expect(&[1, 2, 3, 5, 0, 4]));
+
+    let groups = s.list_node_groups(&page(1, None)).await.unwrap();
+    assert!(groups.next_cursor.is_none());
+    let first = s
+        .list_activities(&ActivityFilter::default(), &page(1, None))
+        .await
+        .unwrap();
+    let cursor = first.next_cursor.unwrap();
+    let filtered = ActivityFilter {
+        customer: label("ACME"),
+        ..Default::default()
+    };
+    assert!(
+        matches!(
+            s.list_activities(&filtered, &page(1, Some(cursor))).await,
+            Err(StoreError::InvalidCursor)
+        ),
+        "a cursor of the unfiltered listing is not one of the customer listing"
+    );
 }

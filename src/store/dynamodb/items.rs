@@ -10,8 +10,7 @@ use aws_sdk_dynamodb::types::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
-use super::tables::{ITEM_TYPE, REF_COUNT, SORT_KEY};
-use crate::domain::Stored;
+use super::tables::{DATE_ID, ITEM_TYPE, REF_COUNT, SORT_KEY};
 use crate::store::StoreError;
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -19,7 +18,7 @@ pub(super) type Item = HashMap<String, AttributeValue>;
 /// Fields kept as JSON text, so any JSON value round-trips exactly.
 const JSON_FIELDS: [&str; 2] = ["classes", "parameters"];
 /// Attributes the store keeps for itself, never part of an object.
-const INTERNAL: [&str; 3] = [ITEM_TYPE, SORT_KEY, REF_COUNT];
+const INTERNAL: [&str; 4] = [ITEM_TYPE, SORT_KEY, REF_COUNT, DATE_ID];
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -34,11 +33,8 @@ fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
 }
 
 /// An object as an item: strings as S, numbers as N, nulls left out, maps as JSON text.
-pub(super) fn to_item<T: Serialize>(
-    stored: &Stored<T>,
-    item_type: &str,
-) -> Result<Item, StoreError> {
-    let Value::Object(fields) = serde_json::to_value(stored).map_err(internal)? else {
+pub(super) fn to_item<T: Serialize>(object: &T, item_type: &str) -> Result<Item, StoreError> {
+    let Value::Object(fields) = serde_json::to_value(object).map_err(internal)? else {
         return Err(StoreError::Internal(
             "objects serialize as JSON objects".into(),
         ));
@@ -57,7 +53,7 @@ pub(super) fn to_item<T: Serialize>(
     Ok(item)
 }
 
-pub(super) fn from_item<T: DeserializeOwned>(item: &Item) -> Result<Stored<T>, StoreError> {
+pub(super) fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     let mut fields = Map::new();
     for (name, attribute) in item {
         if INTERNAL.contains(&name.as_str()) {
@@ -320,7 +316,7 @@ pub(super) fn adjust_references(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Meta, NodeGroup};
+    use crate::domain::{Meta, NodeGroup, Stored};
     use serde_json::json;
 
     #[test]

@@ -23,13 +23,15 @@ use self::items::{
     Item, Outcome, adjust_references, delete_versioned, from_item, is_validation_error, n, outcome,
     put_new, put_versioned, ref_count, s, sdk_error, to_item, update_versioned,
 };
-use self::tables::{ENVIRONMENTS, Index, NODE_GROUPS, NODES, REF_COUNT, SORT_KEY, Table};
+use self::tables::{
+    ACTIVITIES, DATE_ID, ENVIRONMENTS, Index, NODE_GROUPS, NODES, REF_COUNT, SORT_KEY, Table,
+};
 use super::{
-    Cursor, EnvironmentFilter, Kind, MAX_REFERRERS, NodeFilter, Page, PageRequest, Store,
-    StoreError, check_version, referrers,
+    ActivityFilter, Cursor, EnvironmentFilter, Kind, MAX_REFERRERS, NodeFilter, Page, PageRequest,
+    Store, StoreError, check_version, referrers,
 };
 use crate::domain::{
-    Certname, Environment, EnvironmentKey, GroupName, Meta, Node, NodeGroup, Stored,
+    Activity, Certname, Environment, EnvironmentKey, GroupName, Meta, Node, NodeGroup, Stored,
 };
 
 const BACKEND: &str = "dynamodb";
@@ -55,6 +57,7 @@ pub struct DynamoStore {
     environments: String,
     node_groups: String,
     nodes: String,
+    activities: String,
 }
 
 /// What a failed condition of one transaction action means.
@@ -171,9 +174,12 @@ macro_rules! retrying {
 struct Listing<'a> {
     table: &'static Table,
     table_name: &'a str,
-    cursor_name: &'static str,
+    /// Names the listing (and its filters) in cursors, as `*Filter::listing` does.
+    cursor_name: String,
     index: &'static Index,
     partition: String,
+    /// Inclusive bounds on the index's sort key.
+    range: Option<(String, String)>,
     filters: Vec<(&'static str, String)>,
 }
 
@@ -204,6 +210,7 @@ impl DynamoStore {
             environments: ENVIRONMENTS.name(prefix),
             node_groups: NODE_GROUPS.name(prefix),
             nodes: NODES.name(prefix),
+            activities: ACTIVITIES.name(prefix),
             client,
         }
     }
@@ -231,7 +238,7 @@ impl DynamoStore {
         key: Item,
         kind: Kind,
         name: String,
-    ) -> Result<(Stored<T>, Item), StoreError> {
+    ) -> Result<(T, Item), StoreError> {
         let item = self
             .get(table, key)
             .await?
@@ -279,13 +286,13 @@ impl DynamoStore {
         &self,
         listing: Listing<'_>,
         page: &PageRequest,
-    ) -> Result<Page<Stored<T>>, StoreError> {
+    ) -> Result<Page<T>, StoreError> {
         let key_attributes = listing.table.key_attributes(Some(listing.index));
         let mut start = match &page.cursor {
             None => None,
             Some(text) => {
                 let key: BTreeMap<String, String> =
-                    Cursor::decode(BACKEND, listing.cursor_name, text)?;
+                    Cursor::decode(BACKEND, &listing.cursor_name, text)?;
                 let valid = key.len() == key_attributes.len()
                     && key_attributes
                         .iter()
@@ -301,6 +308,13 @@ impl DynamoStore {
             listing.index.partition.to_owned(),
         )]);
         let mut values = Item::from([(":pk".to_owned(), s(listing.partition))]);
+        let mut key_condition = "#pk = :pk".to_owned();
+        if let Some((low, high)) = listing.range {
+            names.insert("#sk".to_owned(), listing.index.sort.to_owned());
+            values.insert(":lo".to_owned(), s(low));
+            values.insert(":hi".to_owned(), s(high));
+            key_condition.push_str(" AND #sk BETWEEN :lo AND :hi");
+        }
         let mut conditions = Vec::new();
         for (i, (attribute, value)) in listing.filters.into_iter().enumerate() {
             names.insert(format!("#f{i}"), attribute.to_owned());
@@ -321,7 +335,7 @@ impl DynamoStore {
                 .query()
                 .table_name(listing.table_name)
                 .index_name(listing.index.name)
-                .key_condition_expression("#pk = :pk")
+                .key_condition_expression(&key_condition)
                 .set_filter_expression(filter.clone())
                 .set_expression_attribute_names(Some(names.clone()))
                 .set_expression_attribute_values(Some(values.clone()))
@@ -352,7 +366,7 @@ impl DynamoStore {
                         _ => None,
                     })
                     .collect();
-                Cursor::encode(BACKEND, listing.cursor_name, key)
+                Cursor::encode(BACKEND, &listing.cursor_name, key)
             })
         } else {
             None
@@ -383,9 +397,10 @@ impl DynamoStore {
         Listing {
             table: &NODES,
             table_name: &self.nodes,
-            cursor_name: "nodes",
+            cursor_name: filter.listing(),
             index: NODES.index_named(index),
             partition,
+            range: None,
             filters,
         }
     }
@@ -570,9 +585,10 @@ impl Store for DynamoStore {
         let listing = Listing {
             table: &ENVIRONMENTS,
             table_name: &self.environments,
-            cursor_name: "environments",
+            cursor_name: filter.listing(),
             index: ENVIRONMENTS.index_named(index),
             partition,
+            range: None,
             filters: Vec::new(),
         };
         self.list(listing, page).await
@@ -685,9 +701,10 @@ impl Store for DynamoStore {
         let listing = Listing {
             table: &NODE_GROUPS,
             table_name: &self.node_groups,
-            cursor_name: "node_groups",
+            cursor_name: "node_groups".to_owned(),
             index: NODE_GROUPS.index_named("ordered"),
             partition: "node_group".to_owned(),
+            range: None,
             filters: Vec::new(),
         };
         self.list(listing, page).await
@@ -772,9 +789,10 @@ impl Store for DynamoStore {
                             Listing {
                                 table: &NODE_GROUPS,
                                 table_name: &self.node_groups,
-                                cursor_name: "node_groups",
+                                cursor_name: "node_groups".to_owned(),
                                 index: NODE_GROUPS.index_named("by_parent"),
                                 partition: name.to_string(),
+                                range: None,
                                 filters: Vec::new(),
                             },
                             &PageRequest {
@@ -925,5 +943,70 @@ impl Store for DynamoStore {
             }
             .await
         )
+    }
+
+    async fn create_activity(&self, activity: Activity) -> Result<Activity, StoreError> {
+        let mut item = to_item(&activity, "activity")?;
+        item.insert(DATE_ID.into(), s(activity.date_id()));
+        let put = put_new(&self.activities, ACTIVITIES.partition, item)?;
+        retrying!(
+            async {
+                self.commit(vec![(put.clone(), Role::Main)], activity.clone(), || {
+                    Some(StoreError::AlreadyExists {
+                        kind: Kind::Activity,
+                        key: activity.id.clone(),
+                    })
+                })
+                .await
+            }
+            .await
+        )
+    }
+
+    async fn get_activity(&self, id: &str) -> Result<Activity, StoreError> {
+        let key = Item::from([("id".to_owned(), s(id))]);
+        let (activity, _) = self
+            .get_object(&self.activities, key, Kind::Activity, id.to_owned())
+            .await?;
+        Ok(activity)
+    }
+
+    async fn list_activities(
+        &self,
+        filter: &ActivityFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Activity>, StoreError> {
+        let customer = filter
+            .customer
+            .as_ref()
+            .map(|c| ("customer", c.to_string()));
+        let project = filter.project.as_ref().map(|p| ("project", p.to_string()));
+        let engineer = filter
+            .engineer
+            .as_ref()
+            .map(|e| ("engineer", e.to_string()));
+        let (index, partition, filters) = match (customer, engineer, project) {
+            (Some(c), e, p) => ("by_customer", c.1, [e, p].into_iter().flatten().collect()),
+            (None, Some(e), p) => ("by_engineer", e.1, p.into_iter().collect()),
+            (None, None, Some(p)) => ("by_project", p.1, Vec::new()),
+            (None, None, None) => ("ordered", "activity".to_owned(), Vec::new()),
+        };
+        // `<date>#<id>` sorts between `<from>` and `<to>~` exactly when the date is in range.
+        let low = filter
+            .from
+            .map_or_else(|| "0".to_owned(), |d| d.to_string());
+        let high = filter
+            .to
+            .map_or_else(|| "~".to_owned(), |d| format!("{d}~"));
+        let listing = Listing {
+            table: &ACTIVITIES,
+            table_name: &self.activities,
+            cursor_name: filter.listing(),
+            index: ACTIVITIES.index_named(index),
+            partition,
+            range: Some((low, high)),
+            filters,
+        };
+        self.list(listing, page).await
     }
 }

@@ -101,7 +101,39 @@ pub const NODES: Table = Table {
     ],
 };
 
-pub const ALL: [&Table; 3] = [&ENVIRONMENTS, &NODE_GROUPS, &NODES];
+/// Activities' sort key in every index: `<date>#<id>`, so a date range is a key range and
+/// entries of one day keep the order they were recorded in (ids are UUIDv7).
+pub const DATE_ID: &str = "date_id";
+
+pub const ACTIVITIES: Table = Table {
+    suffix: "activities",
+    partition: "id",
+    sort: None,
+    indexes: &[
+        Index {
+            name: "ordered",
+            partition: ITEM_TYPE,
+            sort: DATE_ID,
+        },
+        Index {
+            name: "by_customer",
+            partition: "customer",
+            sort: DATE_ID,
+        },
+        Index {
+            name: "by_project",
+            partition: "project",
+            sort: DATE_ID,
+        },
+        Index {
+            name: "by_engineer",
+            partition: "engineer",
+            sort: DATE_ID,
+        },
+    ],
+};
+
+pub const ALL: [&Table; 4] = [&ENVIRONMENTS, &NODE_GROUPS, &NODES, &ACTIVITIES];
 
 impl Table {
     pub fn name(&self, prefix: &str) -> String {
