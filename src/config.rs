@@ -83,6 +83,11 @@ pub struct Config {
     )]
     pub dynamodb_max_attempts: u32,
 
+    /// Browser origins allowed to call enc across origins, comma-separated (e.g. a metrics form
+    /// hosted on `https://forms.example.com`). No CORS when empty.
+    #[arg(long, env = "ENC_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(
         long,

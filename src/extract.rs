@@ -1,7 +1,7 @@
 //! Extractors whose rejections are problem documents, so malformed input gets the same
 //! answer shape as every other error.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde::de::{self, DeserializeOwned, Visitor};
@@ -32,6 +32,18 @@ impl From<QueryRejection> for AppError {
 impl From<PathRejection> for AppError {
     fn from(r: PathRejection) -> Self {
         AppError::BadRequest(r.body_text())
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge(format!(
+                "the request body is larger than {MAX_BODY_BYTES} bytes"
+            ))
+        } else {
+            AppError::BadRequest(r.body_text())
+        }
     }
 }
 

@@ -19,20 +19,53 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::HeaderValue;
 
 use crate::store::Store;
 
 /// What every handler shares.
 pub struct App {
     pub store: Arc<dyn Store>,
+    /// Origins allowed cross-origin requests; none means no CORS.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            cors_origins: Vec::new(),
+        }
+    }
+
+    /// Allows these origins (`scheme://host[:port]`) cross-origin requests.
+    pub fn with_cors_origins(mut self, origins: &[String]) -> anyhow::Result<Self> {
+        for origin in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+            let (scheme, rest) = origin.split_once("://").unwrap_or(("", ""));
+            if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains('/') {
+                anyhow::bail!(
+                    "ENC_CORS_ORIGINS: {origin:?} is not an origin such as https://forms.example.com"
+                );
+            }
+            self.cors_origins.push(HeaderValue::from_str(origin)?);
+        }
+        Ok(self)
+    }
 }
 
 #[derive(Clone)]
 pub struct AppState(Arc<App>);
 
 impl AppState {
+    /// State with this store and no CORS.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self(Arc::new(App { store }))
+        App::new(store).into()
+    }
+}
+
+impl From<App> for AppState {
+    fn from(app: App) -> Self {
+        Self(Arc::new(app))
     }
 }
 

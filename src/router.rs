@@ -2,10 +2,14 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use tower::util::option_layer;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -13,7 +17,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
-use crate::handlers::{classification, environments, health, node_groups, nodes};
+use crate::handlers::{
+    activities, classification, environments, health, metrics_form, node_groups, nodes,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +34,8 @@ use crate::handlers::{classification, environments, health, node_groups, nodes};
         node_groups::create, node_groups::list, node_groups::get, node_groups::replace,
         node_groups::delete,
         environments::create, environments::list, environments::get, environments::delete,
+        metrics_form::form, metrics_form::submit, activities::entries, activities::entries_csv,
+        activities::summary, activities::report,
         health::healthz, health::readyz,
     ),
     tags(
@@ -35,6 +43,7 @@ use crate::handlers::{classification, environments, health, node_groups, nodes};
         (name = "classification", description = "What Puppet gets for a node: merged classes, parameters and environment"),
         (name = "node groups", description = "Classes and parameters shared by nodes, with inheritance"),
         (name = "environments", description = "Puppet environments per Puppet cluster"),
+        (name = "metrics form", description = "Work engineers record for customer projects. `GET /metrics-form` and `/metrics-form/report` are HTML pages for people; the rest is JSON or CSV."),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -51,7 +60,23 @@ fn collection(
         .route(&format!("{path}/"), routes)
 }
 
+/// CORS for the configured origins, if any.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::IF_MATCH])
+            .expose_headers([header::ETAG, header::LOCATION])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
+    let cors = cors(&state.cors_origins);
     let mut router = Router::new();
     router = collection(router, "/nodes", get(nodes::list).post(nodes::create));
     router = collection(
@@ -83,12 +108,21 @@ pub fn router(state: AppState) -> Router {
             "/environment/{environment_name}/{puppet_cluster_name}",
             get(environments::get).delete(environments::delete),
         )
+        .route(
+            "/metrics-form",
+            get(metrics_form::form).post(metrics_form::submit),
+        )
+        .route("/metrics-form/entries", get(activities::entries))
+        .route("/metrics-form/entries.csv", get(activities::entries_csv))
+        .route("/metrics-form/summary", get(activities::summary))
+        .route("/metrics-form/report", get(activities::report))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(option_layer(cors))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -11,7 +11,7 @@ use crate::config::{Config, StoreKind};
 use crate::store::Store;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::embedded::EmbeddedStore;
-use crate::{AppState, app};
+use crate::{App, app};
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store {
@@ -35,18 +35,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let backend = store.backend();
+    let state = App::new(store).with_cors_origins(&config.cors_origins)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, store = backend, "enc listening");
 
     let (stopping_tx, stopping_rx) = oneshot::channel();
-    let server =
-        axum::serve(listener, app(AppState::new(store))).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-            let _ = stopping_tx.send(());
-        });
+    let server = axum::serve(listener, app(state.into())).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = stopping_tx.send(());
+    });
     let grace = config.shutdown_grace();
     let deadline = async move {
         if stopping_rx.await.is_ok() {

@@ -1,8 +1,10 @@
 //! HTTP handlers, one module per resource.
 
+pub mod activities;
 pub mod classification;
 pub mod environments;
 pub mod health;
+pub mod metrics_form;
 pub mod node_groups;
 pub mod nodes;
 

@@ -1,0 +1,325 @@
+//! What the metrics form recorded: listings, CSV, sums and the report page.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::metrics_form::today;
+use super::{ListResponse, page_request};
+use crate::AppState;
+use crate::domain::{Activity, Label, Summary, Total, summarize};
+use crate::error::{AppError, ReadProblems};
+use crate::extract::Query;
+use crate::store::{ActivityFilter, PageRequest};
+
+/// Days a summary covers when no range is given: the last 30, today included.
+const DEFAULT_DAYS: u64 = 30;
+
+/// Which entries: every filter given must match; dates are inclusive (`YYYY-MM-DD`).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RangeQuery {
+    customer: Option<String>,
+    project: Option<String>,
+    engineer: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EntriesQuery {
+    customer: Option<String>,
+    project: Option<String>,
+    engineer: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// Items per page, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+impl RangeQuery {
+    /// The filter; with `default_range`, a missing range is the last 30 days.
+    fn filter(self, default_range: bool) -> Result<ActivityFilter, AppError> {
+        let mut errors = crate::domain::Fields::default();
+        let given = |raw: Option<String>| raw.filter(|r| !r.trim().is_empty());
+        let label = |errors: &mut crate::domain::Fields, name: &str, raw: Option<String>| {
+            errors.optional(name, given(raw).map(|r| r.trim().to_owned()), Label::parse)
+        };
+        let date = |errors: &mut crate::domain::Fields, name: &str, raw: Option<String>| {
+            errors.optional(name, given(raw), |d| {
+                NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+                    .map_err(|_| "must be a date such as 2026-11-22".to_owned())
+            })
+        };
+        let mut filter = ActivityFilter {
+            customer: label(&mut errors, "customer", self.customer),
+            project: label(&mut errors, "project", self.project),
+            engineer: label(&mut errors, "engineer", self.engineer),
+            from: date(&mut errors, "from", self.from),
+            to: date(&mut errors, "to", self.to),
+        };
+        if default_range {
+            let to = *filter.to.get_or_insert_with(today);
+            filter
+                .from
+                .get_or_insert(to - chrono::Days::new(DEFAULT_DAYS - 1));
+        }
+        if let (Some(from), Some(to)) = (filter.from, filter.to)
+            && from > to
+        {
+            errors.error("from", "must not be after to");
+        }
+        errors.finish(|| Some(filter)).map_err(AppError::Validation)
+    }
+}
+
+/// Every entry the filter selects, read a page at a time.
+async fn all_entries(state: &AppState, filter: &ActivityFilter) -> Result<Vec<Activity>, AppError> {
+    let mut entries = Vec::new();
+    let mut page = PageRequest {
+        limit: 1000,
+        cursor: None,
+    };
+    loop {
+        let batch = state.store.list_activities(filter, &page).await?;
+        entries.extend(batch.items);
+        match batch.next_cursor {
+            Some(cursor) => page.cursor = Some(cursor),
+            None => return Ok(entries),
+        }
+    }
+}
+
+/// List recorded activities by date, filtered and paginated.
+#[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", params(EntriesQuery),
+    responses((status = 200, body = ListResponse<Activity>), ReadProblems))]
+pub async fn entries(
+    State(state): State<AppState>,
+    Query(q): Query<EntriesQuery>,
+) -> Result<axum::Json<ListResponse<Activity>>, AppError> {
+    let page = page_request(q.limit, q.cursor)?;
+    let range = RangeQuery {
+        customer: q.customer,
+        project: q.project,
+        engineer: q.engineer,
+        from: q.from,
+        to: q.to,
+    };
+    let filter = range.filter(false)?;
+    Ok(axum::Json(
+        state.store.list_activities(&filter, &page).await?.into(),
+    ))
+}
+
+/// The columns of the CSV export, in order.
+const CSV_HEADER: [&str; 9] = [
+    "date",
+    "engineer",
+    "customer",
+    "project",
+    "activity_type",
+    "hours",
+    "description",
+    "id",
+    "created_at",
+];
+
+/// One RFC 4180 cell. A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, or a
+/// tab or carriage return first) is prefixed with `'` so it stays text.
+fn csv_cell(value: &str) -> String {
+    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value
+    }
+}
+
+fn csv(entries: &[Activity]) -> String {
+    let mut out = CSV_HEADER.join(",");
+    out.push_str("\r\n");
+    for a in entries {
+        let row = [
+            a.date.to_string(),
+            a.engineer.to_string(),
+            a.customer.to_string(),
+            a.project.to_string(),
+            a.activity_type.to_string(),
+            a.hours.to_string(),
+            a.description.clone(),
+            a.id.clone(),
+            a.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ];
+        let cells: Vec<String> = row.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The same selection as `/metrics-form/entries`, all of it, as CSV (RFC 4180).
+#[utoipa::path(get, path = "/metrics-form/entries.csv", tag = "metrics form", params(RangeQuery),
+    responses((status = 200, description = "CSV with a header row", content_type = "text/csv", body = String), ReadProblems))]
+pub async fn entries_csv(
+    State(state): State<AppState>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, AppError> {
+    let entries = all_entries(&state, &q.filter(false)?).await?;
+    let mut response = csv(&entries).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"activities.csv\""),
+    );
+    Ok(response)
+}
+
+/// Hours summed over a date range (default: the last 30 days).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SummaryResponse {
+    #[schema(value_type = String, format = Date)]
+    from: NaiveDate,
+    #[schema(value_type = String, format = Date)]
+    to: NaiveDate,
+    #[serde(flatten)]
+    summary: Summary,
+}
+
+async fn summary_of(state: &AppState, q: RangeQuery) -> Result<SummaryResponse, AppError> {
+    let filter = q.filter(true)?;
+    let entries = all_entries(state, &filter).await?;
+    Ok(SummaryResponse {
+        from: filter.from.unwrap_or_default(),
+        to: filter.to.unwrap_or_default(),
+        summary: summarize(&entries),
+    })
+}
+
+/// Hours summed by customer, project and engineer over a date range.
+#[utoipa::path(get, path = "/metrics-form/summary", tag = "metrics form", params(RangeQuery),
+    responses((status = 200, body = SummaryResponse), ReadProblems))]
+pub async fn summary(
+    State(state): State<AppState>,
+    Query(q): Query<RangeQuery>,
+) -> Result<axum::Json<SummaryResponse>, AppError> {
+    Ok(axum::Json(summary_of(&state, q).await?))
+}
+
+struct Bar {
+    label: String,
+    hours: f64,
+    width: u32,
+    y: u32,
+}
+
+/// How many customers the chart shows.
+const MAX_BARS: usize = 15;
+const BAR_PITCH: u32 = 28;
+const BAR_SPACE: f64 = 380.0;
+
+#[derive(Template)]
+#[template(path = "report.html")]
+struct ReportPage {
+    from: NaiveDate,
+    to: NaiveDate,
+    range_query: String,
+    summary: Summary,
+    bars: Vec<Bar>,
+    chart_height: u32,
+    tables: Vec<(&'static str, &'static str, &'static str, Vec<Total>)>,
+}
+
+/// The summary as a page: tables, a bar chart of hours per customer, links to the CSV.
+#[utoipa::path(get, path = "/metrics-form/report", tag = "metrics form", params(RangeQuery),
+    responses((status = 200, description = "The report, as HTML", content_type = "text/html", body = String)))]
+pub async fn report(
+    State(state): State<AppState>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, AppError> {
+    let SummaryResponse { from, to, summary } = summary_of(&state, q).await?;
+    let max = summary
+        .by_customer
+        .first()
+        .map_or(1.0, |t| t.hours.max(0.25));
+    let bars: Vec<Bar> = summary
+        .by_customer
+        .iter()
+        .take(MAX_BARS)
+        .zip(0u32..)
+        .map(|(t, i)| Bar {
+            label: t.name.clone(),
+            hours: t.hours,
+            width: ((t.hours / max) * BAR_SPACE).round().max(1.0) as u32,
+            y: i * BAR_PITCH,
+        })
+        .collect();
+    let page = ReportPage {
+        from,
+        to,
+        range_query: format!("from={from}&to={to}"),
+        chart_height: bars.len() as u32 * BAR_PITCH + 4,
+        bars,
+        tables: vec![
+            (
+                "By customer",
+                "by-customer",
+                "Customer",
+                summary.by_customer.clone(),
+            ),
+            (
+                "By project",
+                "by-project",
+                "Customer / project",
+                summary.by_project.clone(),
+            ),
+            (
+                "By engineer",
+                "by-engineer",
+                "Engineer",
+                summary.by_engineer.clone(),
+            ),
+        ],
+        summary,
+    };
+    let html = page.render().map_err(|e| AppError::Internal(Box::new(e)))?;
+    Ok((StatusCode::OK, Html(html)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_quoted_and_defused() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_cell("=SUM(A1:A9)"), "'=SUM(A1:A9)");
+        assert_eq!(csv_cell("+1"), "'+1");
+        assert_eq!(csv_cell("-2"), "'-2");
+        assert_eq!(csv_cell("@cmd"), "'@cmd");
+        assert_eq!(
+            csv_cell("=HYPERLINK(\"x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\""
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! The metrics form: engineers record work for customer projects, by HTML form or JSON.
+
+use askama::Template;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use bytes::Bytes;
+use chrono::NaiveDate;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::domain::{
+    Activity, ActivityType, FieldError, Fields, Hours, Label, MAX_ACTIVITY_DESCRIPTION, now,
+    parse_work_date,
+};
+use crate::error::{AppError, Problem};
+use crate::extract::{Query, parse_body};
+use crate::store::StoreError;
+
+/// An activity as the form or a JSON client sends it.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "engineer": "alice", "customer": "ACME Corp", "project": "Website relaunch",
+    "activity_type": "development", "date": "2026-11-20", "hours": 2.5,
+    "description": "Migrated the staging database"
+}))]
+pub struct ActivityBody {
+    engineer: Option<String>,
+    customer: Option<String>,
+    project: Option<String>,
+    /// consulting, development, deployment, incident, maintenance, meeting, support or other
+    activity_type: Option<String>,
+    /// `YYYY-MM-DD`; today when absent.
+    date: Option<String>,
+    /// 0.25 to 24 in steps of 0.25.
+    #[schema(value_type = Option<f64>)]
+    hours: Option<HoursField>,
+    /// Up to 2,000 characters.
+    description: Option<String>,
+}
+
+/// Hours as JSON sends them (a number) or as a form does (text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum HoursField {
+    Number(f64),
+    Text(String),
+}
+
+impl ActivityBody {
+    fn into_activity(self, today: NaiveDate) -> Result<Activity, Vec<FieldError>> {
+        let mut f = Fields::default();
+        let text = |raw: Option<String>| raw.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        let engineer = f.required("engineer", text(self.engineer), Label::parse);
+        let customer = f.required("customer", text(self.customer), Label::parse);
+        let project = f.required("project", text(self.project), Label::parse);
+        let activity_type = f.required(
+            "activity_type",
+            text(self.activity_type),
+            ActivityType::parse,
+        );
+        let date = match text(self.date) {
+            None => Some(today),
+            Some(raw) => parse_work_date(&raw, today)
+                .map_err(|e| f.error("date", e))
+                .ok(),
+        };
+        let hours = match self.hours {
+            None => {
+                f.error("hours", "is required");
+                None
+            }
+            Some(HoursField::Number(n)) => Hours::from_f64(n).map_err(|e| f.error("hours", e)).ok(),
+            Some(HoursField::Text(t)) if t.trim().is_empty() => {
+                f.error("hours", "is required");
+                None
+            }
+            Some(HoursField::Text(t)) => Hours::parse(&t).map_err(|e| f.error("hours", e)).ok(),
+        };
+        let description = self.description.unwrap_or_default().trim_end().to_owned();
+        if description.chars().count() > MAX_ACTIVITY_DESCRIPTION {
+            f.error(
+                "description",
+                format!("must be at most {MAX_ACTIVITY_DESCRIPTION} characters"),
+            );
+        }
+        f.finish(|| {
+            Some(Activity {
+                id: uuid::Uuid::now_v7().to_string(),
+                engineer: engineer?,
+                customer: customer?,
+                project: project?,
+                activity_type: activity_type?,
+                date: date?,
+                hours: hours?,
+                description,
+                created_at: now(),
+            })
+        })
+    }
+}
+
+pub(super) fn today() -> NaiveDate {
+    now().date_naive()
+}
+
+/// One field of the page: what was entered, and what is wrong with it.
+#[derive(Debug, Default)]
+struct Field {
+    name: &'static str,
+    label: &'static str,
+    autocomplete: &'static str,
+    value: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "metrics_form.html")]
+struct FormPage {
+    saved: Option<String>,
+    has_errors: bool,
+    text_fields: [Field; 3],
+    activity_type: Field,
+    date: Field,
+    hours: Field,
+    description: Field,
+    types: Vec<(&'static str, String)>,
+    max_date: String,
+}
+
+impl FormPage {
+    fn new(values: &ActivityBody, errors: &[FieldError], saved: Option<String>) -> Self {
+        let field = |name: &'static str,
+                     label: &'static str,
+                     autocomplete: &'static str,
+                     value: &Option<String>| Field {
+            name,
+            label,
+            autocomplete,
+            value: value.clone().unwrap_or_default(),
+            error: errors
+                .iter()
+                .find(|e| e.field == name)
+                .map(|e| format!("{} {}", label, e.message)),
+        };
+        let hours = match &values.hours {
+            Some(HoursField::Number(n)) => Some(n.to_string()),
+            Some(HoursField::Text(t)) => Some(t.clone()),
+            None => None,
+        };
+        let today = today();
+        FormPage {
+            saved,
+            has_errors: !errors.is_empty(),
+            text_fields: [
+                field("engineer", "Engineer", "name", &values.engineer),
+                field("customer", "Customer", "organization", &values.customer),
+                field("project", "Project", "off", &values.project),
+            ],
+            activity_type: field(
+                "activity_type",
+                "Activity type",
+                "off",
+                &values.activity_type,
+            ),
+            date: field(
+                "date",
+                "Date",
+                "off",
+                &values.date.clone().or(Some(today.to_string())),
+            ),
+            hours: field("hours", "Hours", "off", &hours),
+            description: field("description", "Description", "off", &values.description),
+            types: ActivityType::ALL
+                .iter()
+                .map(|t| {
+                    let name = t.as_str();
+                    (name, format!("{}{}", name[..1].to_uppercase(), &name[1..]))
+                })
+                .collect(),
+            max_date: (today + chrono::Days::new(1)).to_string(),
+        }
+    }
+
+    fn render_html(&self, status: StatusCode) -> Result<Response, AppError> {
+        let html = self.render().map_err(|e| AppError::Internal(Box::new(e)))?;
+        Ok((status, Html(html)).into_response())
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FormQuery {
+    /// The id of the entry just saved, to confirm it.
+    saved: Option<String>,
+}
+
+/// The HTML form (works without JavaScript).
+#[utoipa::path(get, path = "/metrics-form", tag = "metrics form", params(FormQuery),
+    responses((status = 200, description = "The form, as HTML", content_type = "text/html", body = String)))]
+pub async fn form(
+    State(state): State<AppState>,
+    Query(query): Query<FormQuery>,
+) -> Result<Response, AppError> {
+    let saved = match query.saved.filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
+        Some(id) => match state.store.get_activity(&id).await {
+            Ok(a) => Some(a),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    // After a save, keep who and for whom: the next entry is usually the same.
+    let values = saved
+        .as_ref()
+        .map_or_else(ActivityBody::default, |a| ActivityBody {
+            engineer: Some(a.engineer.to_string()),
+            customer: Some(a.customer.to_string()),
+            project: Some(a.project.to_string()),
+            activity_type: Some(a.activity_type.to_string()),
+            ..ActivityBody::default()
+        });
+    let confirmation = saved.map(|a| {
+        format!(
+            "{} h of {} for {} / {} by {} on {}.",
+            a.hours, a.activity_type, a.customer, a.project, a.engineer, a.date
+        )
+    });
+    FormPage::new(&values, &[], confirmation).render_html(StatusCode::OK)
+}
+
+/// Record an activity. A form post answers 303 back to the form (or 422 with the form and
+/// its errors); a JSON post answers 201 with the entry (or problem+json).
+#[utoipa::path(post, path = "/metrics-form", tag = "metrics form",
+    request_body(content(
+        (ActivityBody = "application/json"),
+        (ActivityBody = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 201, description = "Recorded (JSON)", body = Activity),
+        (status = 303, description = "Recorded (form): back to the form, which confirms it",
+            headers(("Location" = String))),
+        (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid: the form with its errors (HTML), or problem+json",
+            content((Problem = "application/problem+json"), (String = "text/html"))),
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body?;
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match media.as_str() {
+        "application/x-www-form-urlencoded" => {
+            let values: ActivityBody = serde_urlencoded::from_bytes(&body)
+                .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))?;
+            match values.clone().into_activity(today()) {
+                Ok(activity) => {
+                    let saved = state.store.create_activity(activity).await?;
+                    // `Redirect::to` is 303 See Other: the browser GETs the form again.
+                    Ok(Redirect::to(&format!("/metrics-form?saved={}", saved.id)).into_response())
+                }
+                Err(errors) => FormPage::new(&values, &errors, None).render_html(StatusCode::UNPROCESSABLE_ENTITY),
+            }
+        }
+        "application/json" => {
+            let value = serde_json::from_slice(&body)
+                .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?;
+            let values: ActivityBody = parse_body(value)?;
+            let activity = values.into_activity(today()).map_err(AppError::Validation)?;
+            let saved = state.store.create_activity(activity).await?;
+            Ok((StatusCode::CREATED, axum::Json(saved)).into_response())
+        }
+        _ => Err(AppError::UnsupportedMediaType(
+            "send the activity as a form (application/x-www-form-urlencoded) or as application/json".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(hours: Option<HoursField>) -> ActivityBody {
+        ActivityBody {
+            engineer: Some(" alice ".into()),
+            customer: Some("ACME".into()),
+            project: Some("Web".into()),
+            activity_type: Some("support".into()),
+            date: None,
+            hours,
+            description: Some("fixed it  \n".into()),
+        }
+    }
+
+    #[test]
+    fn trims_and_defaults_the_date() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let a = body(Some(HoursField::Text("1.5".into())))
+            .into_activity(today)
+            .unwrap();
+        assert_eq!(a.engineer.as_str(), "alice");
+        assert_eq!(a.date, today);
+        assert_eq!(a.hours.quarters(), 6);
+        assert_eq!(a.description, "fixed it");
+        assert!(
+            body(Some(HoursField::Number(0.3)))
+                .into_activity(today)
+                .is_err()
+        );
+        let errors = body(None).into_activity(today).unwrap_err();
+        assert_eq!(errors[0].field, "hours");
+    }
+}
