@@ -99,3 +99,11 @@ ensure_puppet() {
   ENC_TEST_PUPPET=$(command -v puppet)
   export ENC_TEST_PUPPET
 }
+
+# Debian's Chromium and its driver, for the browser tests; sets ENC_TEST_CHROMIUM/CHROMEDRIVER.
+ensure_chromium() {
+  { command -v chromium && command -v chromedriver; } >/dev/null || ensure_apt chromium chromium-driver
+  ENC_TEST_CHROMIUM=$(command -v chromium)
+  ENC_TEST_CHROMEDRIVER=$(command -v chromedriver)
+  export ENC_TEST_CHROMIUM ENC_TEST_CHROMEDRIVER
+}

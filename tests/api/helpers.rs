@@ -14,7 +14,7 @@ use enc::store::Store;
 use enc::store::dynamodb::tables::create_tables;
 use enc::store::dynamodb::{DynamoSettings, DynamoStore};
 use enc::store::embedded::EmbeddedStore;
-use enc::{AppState, app};
+use enc::{App, AppState, app};
 
 /// A store of the backend under test, with whatever keeps it alive. The backend is the
 /// embedded store unless `ENC_TEST_STORE=dynamodb`, which `scripts/test` sets (with
@@ -171,6 +171,33 @@ impl TestApp {
     pub(crate) fn on(backing: TestStore) -> Self {
         let router = app(AppState::new(backing.store.clone()));
         Self { router, backing }
+    }
+
+    /// An app that allows these origins cross-origin requests.
+    pub(crate) async fn with_cors(origins: &[&str]) -> Self {
+        let backing = TestStore::new().await;
+        let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
+        let state = App::new(backing.store.clone())
+            .with_cors_origins(&origins)
+            .unwrap();
+        Self {
+            router: app(state.into()),
+            backing,
+        }
+    }
+
+    /// POSTs a urlencoded form.
+    pub(crate) async fn post_form(&self, uri: &str, fields: &[(&str, &str)]) -> TestResponse {
+        let body = serde_urlencoded::to_string(fields).unwrap();
+        let request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        self.send(request).await
+    }
+
+    pub(crate) fn text(response: &TestResponse) -> String {
+        String::from_utf8(response.body.to_vec()).unwrap()
     }
 
     pub(crate) async fn send(&self, request: Request<Body>) -> TestResponse {

@@ -1,11 +1,13 @@
 //! Integration tests: one binary, driving the same router the service serves.
 
 mod binary;
+mod browser;
 mod classification;
 mod dynamodb_faults;
 mod environments;
 mod errors;
 mod helpers;
+mod metrics_form;
 mod node_groups;
 mod nodes;
 mod openapi;

@@ -1,0 +1,103 @@
+"""Drives headless Chromium through the metrics form like an engineer would.
+
+Usage: metrics_form.py BASE_URL SCREENSHOT_DIR
+Exits non-zero, saying what was wrong, if the form does not behave.
+"""
+
+import datetime
+import os
+import sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+BASE, SHOTS = sys.argv[1], sys.argv[2]
+os.makedirs(SHOTS, exist_ok=True)
+os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
+
+options = Options()
+options.binary_location = os.environ.get("ENC_TEST_CHROMIUM", "/usr/bin/chromium")
+for arg in (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--window-size=1100,1000",
+):
+    options.add_argument(arg)
+service = Service(os.environ.get("ENC_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
+driver = webdriver.Chrome(service=service, options=options)
+wait = WebDriverWait(driver, 10)
+
+
+def check(condition, what):
+    if not condition:
+        driver.save_screenshot(os.path.join(SHOTS, "failure.png"))
+        sys.exit(f"browser: {what} (page: {driver.current_url})")
+
+
+def field(name):
+    return driver.find_element(By.ID, name)
+
+
+def type_into(name, text):
+    element = field(name)
+    element.clear()
+    element.send_keys(text)
+
+
+try:
+    driver.get(f"{BASE}/metrics-form")
+    # enc's day is UTC's; read the date the form offers so midnight cannot race the check.
+    today = field("date").get_attribute("value")
+    utc_today = datetime.datetime.now(datetime.timezone.utc).date()
+    check(abs((datetime.date.fromisoformat(today) - utc_today).days) <= 1, f"the date defaults to today, not {today}")
+    type_into("engineer", "dana")
+    type_into("customer", "Browser Co")
+    type_into("project", "Rollout")
+    Select(field("activity_type")).select_by_value("deployment")
+    type_into("hours", "3.25")
+    type_into("description", "Rolled out the new release")
+    driver.save_screenshot(os.path.join(SHOTS, "01-filled.png"))
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    saved = wait.until(ec.visibility_of_element_located((By.ID, "saved")))
+    expected = f"Saved: 3.25 h of deployment for Browser Co / Rollout by dana on {today}."
+    check(saved.text == expected, f"confirmation {saved.text!r}, expected {expected!r}")
+    driver.save_screenshot(os.path.join(SHOTS, "02-saved.png"))
+
+    # An invalid entry: no engineer, a fifth of an hour.
+    type_into("engineer", "")
+    type_into("hours", "0.2")
+    type_into("description", "kept across the error")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "problems")))
+    check("Engineer is required" in field("engineer-error").text, "engineer error shown by its field")
+    check("steps of 0.25" in field("hours-error").text, "hours error shown by its field")
+    check(field("engineer").get_attribute("aria-invalid") == "true", "engineer marked invalid")
+    check(field("customer").get_attribute("value") == "Browser Co", "customer kept")
+    check(field("hours").get_attribute("value") == "0.2", "hours kept")
+    check(field("description").get_attribute("value") == "kept across the error", "description kept")
+    check(len(driver.find_elements(By.ID, "saved")) == 0, "no confirmation for an invalid entry")
+    driver.save_screenshot(os.path.join(SHOTS, "03-invalid.png"))
+
+    driver.get(f"{BASE}/metrics-form/report")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#by-customer tbody tr")
+    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    check(["Browser Co", "3.25", "1"] in cells, f"the report counts the entry: {cells}")
+    bars = driver.find_elements(By.CSS_SELECTOR, "svg.chart rect")
+    check(len(bars) >= 1, "the chart has a bar")
+    csv_link = driver.find_element(By.PARTIAL_LINK_TEXT, "CSV")
+    check("/metrics-form/entries.csv?" in csv_link.get_attribute("href"), "the report links to the CSV")
+    driver.save_screenshot(os.path.join(SHOTS, "04-report.png"))
+
+    driver.set_window_size(390, 900)
+    driver.get(f"{BASE}/metrics-form")
+    width = driver.execute_script("return document.documentElement.scrollWidth")
+    check(width <= 390, f"no sideways scrolling on a phone (page is {width}px wide)")
+    driver.save_screenshot(os.path.join(SHOTS, "05-phone.png"))
+finally:
+    driver.quit()
+print("browser: the form, its errors and the report behave")
