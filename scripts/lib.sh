@@ -107,3 +107,10 @@ ensure_chromium() {
   ENC_TEST_CHROMEDRIVER=$(command -v chromedriver)
   export ENC_TEST_CHROMIUM ENC_TEST_CHROMEDRIVER
 }
+
+# promtool, from Debian's prometheus package, checks the /metrics exposition; sets ENC_TEST_PROMTOOL.
+ensure_promtool() {
+  command -v promtool >/dev/null || ensure_apt prometheus
+  ENC_TEST_PROMTOOL=$(command -v promtool)
+  export ENC_TEST_PROMTOOL
+}

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod store;
@@ -21,21 +22,35 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::HeaderValue;
 
+use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::store::instrumented::Instrumented;
 
 /// What every handler shares.
 pub struct App {
+    /// The store, timed and traced.
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
     /// Origins allowed cross-origin requests; none means no CORS.
     pub cors_origins: Vec<HeaderValue>,
+    /// Whether spans are exported, so incoming `traceparent` headers are read.
+    pub trace_context: bool,
 }
 
 impl App {
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Self {
-            store,
+            store: Arc::new(Instrumented::new(store, metrics.clone())),
+            metrics,
             cors_origins: Vec::new(),
+            trace_context: false,
         }
+    }
+
+    pub fn with_trace_context(mut self, enabled: bool) -> Self {
+        self.trace_context = enabled;
+        self
     }
 
     /// Allows these origins (`scheme://host[:port]`) cross-origin requests.

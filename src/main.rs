@@ -9,10 +9,17 @@ use enc::{classify, client, server, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
     let config = cli.config;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => report(server::serve(config, server::shutdown_signal()).await),
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Only the server exports traces; the client commands just log.
+    let telemetry = telemetry::init(config.log_format, matches!(command, Command::Serve));
+    match command {
+        Command::Serve => {
+            let served =
+                server::serve(config, telemetry.tracing(), server::shutdown_signal()).await;
+            telemetry.shutdown();
+            report(served)
+        }
         Command::Classify { certname } => classify::run(&config, &certname).await,
         Command::Healthcheck => {
             if client::healthcheck(&config).await {

@@ -1,7 +1,7 @@
 //! Every route in one place, and the OpenAPI document that describes them.
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::{Router, middleware};
 use std::time::Duration;
 
 use axum::http::{HeaderValue, Method, Uri, header};
@@ -10,16 +10,15 @@ use axum::routing::{MethodRouter, get};
 use tower::util::option_layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::AppState;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
     activities, classification, environments, health, metrics_form, node_groups, nodes,
 };
+use crate::{AppState, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,7 +35,7 @@ use crate::handlers::{
         environments::create, environments::list, environments::get, environments::delete,
         metrics_form::form, metrics_form::submit, activities::entries, activities::entries_csv,
         activities::summary, activities::report,
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, health::metrics,
     ),
     tags(
         (name = "nodes", description = "Puppet nodes, by certname"),
@@ -44,7 +43,7 @@ use crate::handlers::{
         (name = "node groups", description = "Classes and parameters shared by nodes, with inheritance"),
         (name = "environments", description = "Puppet environments per Puppet cluster"),
         (name = "metrics form", description = "Work engineers record for customer projects. `GET /metrics-form` and `/metrics-form/report` are HTML pages for people; the rest is JSON or CSV."),
-        (name = "operations", description = "Health and readiness"),
+        (name = "operations", description = "Health, readiness and Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;
@@ -116,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics-form/entries.csv", get(activities::entries_csv))
         .route("/metrics-form/summary", get(activities::summary))
         .route("/metrics-form/report", get(activities::report))
+        .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
@@ -124,7 +124,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(option_layer(cors))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::observe,
+        ))
         .with_state(state)
 }
 

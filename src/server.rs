@@ -31,11 +31,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// Serves until `shutdown` completes, then gives in-flight requests the grace period.
 pub async fn serve(
     config: Config,
+    trace_context: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let backend = store.backend();
-    let state = App::new(store).with_cors_origins(&config.cors_origins)?;
+    let state = App::new(store)
+        .with_cors_origins(&config.cors_origins)?
+        .with_trace_context(trace_context);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -1,19 +1,269 @@
-//! Logging: human text or one JSON object per line, filtered by `RUST_LOG`.
+//! Logs, traces and per-request observation.
+//!
+//! Logs are human text or one JSON object per line, filtered by `RUST_LOG`. Traces go over
+//! OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, and cost
+//! nothing otherwise. Every request gets an id, a server span, metrics and one log event.
 
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Instrument;
+use tracing::Level;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::AppState;
 use crate::config::LogFormat;
+use crate::metrics::UNMATCHED;
 
-pub fn init(format: LogFormat) {
+pub const REQUEST_ID: &str = "x-request-id";
+/// Longest incoming request id kept; longer or odd ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// What was set up; shut it down to flush the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported, so incoming `traceparent` headers matter.
+    pub fn tracing(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("enc: flushing traces failed: {e}");
+        }
+    }
+}
+
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+}
+
+fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "enc".to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(
+            BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build(),
+        )
+        .with_resource(resource)
+        .build())
+}
+
+/// Sets up logging, and with `traces` and an OTLP endpoint configured, span export.
+pub fn init(format: LogFormat, traces: bool) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let provider = if traces && otlp_configured() {
+        match tracer_provider() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("enc: OpenTelemetry export is off: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // RUST_LOG filters the logs only: quieting them must not switch tracing off.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("enc"))
+            .with_filter(Targets::new().with_target("enc", Level::INFO))
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .try_init(),
     };
     if let Err(e) = result {
-        eprintln!("logging was already set up: {e}");
+        eprintln!("enc: logging was already set up: {e}");
+    }
+    Telemetry { provider }
+}
+
+/// An incoming request id worth keeping: short, of plain characters.
+fn usable_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(REQUEST_ID)?;
+    let text = value.to_str().ok()?;
+    let plain =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '+' | '=');
+    ((1..=MAX_REQUEST_ID).contains(&text.len()) && text.chars().all(plain)).then(|| value.clone())
+}
+
+/// Method names as labels: the standard ones, and `other` for anything a client invents.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Keeps `http_requests_in_flight` right even when a request is dropped half way.
+struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Every request: an id (kept from `x-request-id` or made), a server span (child of an
+/// incoming `traceparent`), metrics by matched route, one log event, the id on the response.
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = usable_request_id(request.headers()).unwrap_or_else(|| {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("a uuid is a header value")
+    });
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    let request_id = id.to_str().unwrap_or_default().to_owned();
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, |p| p.as_str())
+        .to_owned();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = %route,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    if state.trace_context {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
+
+    state.metrics.http_in_flight.inc();
+    let in_flight = InFlight(state.metrics.http_in_flight.clone());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    drop(in_flight);
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    // As an integer attribute, as the HTTP semantic conventions have it.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[method, &route, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[method, &route])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            method,
+            route = %route,
+            path = %path,
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = %request_id,
+            store = state.store.backend(),
+            "request"
+        );
+    });
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(id: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_str(id).unwrap());
+        h
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        assert!(usable_request_id(&headers("abc-123_x.y:z")).is_some());
+        assert!(usable_request_id(&headers("Root=1-5f84c7a5-6c4e1b2f3a9d8e7c6b5a4f3e")).is_some());
+        assert!(usable_request_id(&headers(&"a".repeat(129))).is_none());
+        assert!(usable_request_id(&headers("has space")).is_none());
+        assert!(usable_request_id(&headers("<script>")).is_none());
+        assert!(usable_request_id(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn odd_methods_share_a_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 }

@@ -103,15 +103,35 @@ pub async fn get(
     Query(query): Query<ClassificationQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let name = parse_name("unique_name", &name, Certname::parse)?;
+    let result = classification(&state, &name, query, &headers).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(AppError::NotFound(_)) => "not_found",
+        Err(_) => "error",
+    };
+    state
+        .metrics
+        .classifications
+        .with_label_values(&[outcome])
+        .inc();
+    result
+}
+
+async fn classification(
+    state: &AppState,
+    name: &str,
+    query: ClassificationQuery,
+    headers: &HeaderMap,
+) -> Result<Response, AppError> {
+    let name = parse_name("unique_name", name, Certname::parse)?;
     let node = state.store.get_node(&name).await?.item;
-    let chain = group_chain(&state, node.node_group_name.as_ref()).await?;
+    let chain = group_chain(state, node.node_group_name.as_ref()).await?;
     let (classification, explanation) = classify(&node, &chain);
     let body = ClassificationResponse {
         classification,
         explain: query.explain.then_some(explanation),
     };
-    if !wants_yaml(query.format, &headers) {
+    if !wants_yaml(query.format, headers) {
         return Ok(axum::Json(body).into_response());
     }
     let value = serde_json::to_value(&body).map_err(|e| AppError::Internal(Box::new(e)))?;

@@ -31,3 +31,17 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, AppEr
     })?;
     Ok(Json(Status { status: "ready" }))
 }
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String),
+))]
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -255,6 +255,25 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
+    let result = record(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok(r) if r.status().is_redirection() || r.status() == StatusCode::CREATED => "saved",
+        Ok(_) | Err(AppError::Validation(_)) => "invalid",
+        Err(_) => "error",
+    };
+    state
+        .metrics
+        .form_submissions
+        .with_label_values(&[outcome])
+        .inc();
+    result
+}
+
+async fn record(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
     let body = body?;
     let media = headers
         .get(header::CONTENT_TYPE)

@@ -3,6 +3,7 @@
 mod cursor;
 pub mod dynamodb;
 pub mod embedded;
+pub mod instrumented;
 
 pub use cursor::Cursor;
 

@@ -1,8 +1,9 @@
 //! The real binary, over real TCP: start, serve, stop on SIGTERM, start again.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -66,20 +67,47 @@ impl EncData {
 pub(crate) struct Enc {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
 }
 
 impl Enc {
     pub(crate) fn start(data: &EncData, grace_seconds: u64) -> Enc {
+        Enc::start_with(data, grace_seconds, &[], false)
+    }
+
+    /// Starts enc with extra environment; with `capture`, its stderr (the logs) is kept
+    /// for `logs()` instead of shown.
+    pub(crate) fn start_with(
+        data: &EncData,
+        grace_seconds: u64,
+        env: &[(&str, &str)],
+        capture: bool,
+    ) -> Enc {
         let addr = free_addr();
-        let child = data
-            .command()
+        let mut command = data.command();
+        command
             .env("ENC_LISTEN", addr.to_string())
             .env("ENC_SHUTDOWN_GRACE_SECONDS", grace_seconds.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start enc");
-        let enc = Enc { child, addr };
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
+        let mut child = command.spawn().expect("start enc");
+        let logs = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut all = logs.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        let enc = Enc { child, addr, logs };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok((200, _)) =
@@ -90,6 +118,16 @@ impl Enc {
             sleep(Duration::from_millis(50));
         }
         panic!("enc did not become healthy on {addr}");
+    }
+
+    /// What enc logged so far (with `capture`).
+    pub(crate) fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends a raw request (with whatever headers) and returns status and body.
+    pub(crate) fn send_raw(&self, request: &str) -> (u16, String) {
+        self.try_http(request).expect("HTTP exchange")
     }
 
     pub(crate) fn url(&self) -> String {

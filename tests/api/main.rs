@@ -10,6 +10,7 @@ mod helpers;
 mod metrics_form;
 mod node_groups;
 mod nodes;
+mod observability;
 mod openapi;
 mod pagination;
 mod persistence;

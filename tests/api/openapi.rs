@@ -43,7 +43,7 @@ async fn every_documented_operation_is_routed() {
             count += 1;
         }
     }
-    assert_eq!(count, 23);
+    assert_eq!(count, 24);
 }
 
 #[tokio::test]
