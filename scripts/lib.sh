@@ -13,15 +13,18 @@ ensure_apt() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing ${missing[*]}" >&2
-  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+  if ! command -v apt-get >/dev/null || { [ ${#sudo[@]} -gt 0 ] && ! sudo -n true 2>/dev/null; }; then
     echo "error: need the Debian packages ${missing[*]}; install them (apt-get install ${missing[*]})" >&2
     return 1
   fi
   if [ -z "${ENC_APT_UPDATED:-}" ]; then
-    apt-get update -qq >&2
+    "${sudo[@]}" apt-get update -qq >&2
     ENC_APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 ensure_java() {
@@ -113,4 +116,8 @@ ensure_promtool() {
   command -v promtool >/dev/null || ensure_apt prometheus
   ENC_TEST_PROMTOOL=$(command -v promtool)
   export ENC_TEST_PROMTOOL
+}
+
+ensure_shellcheck() {
+  command -v shellcheck >/dev/null || ensure_apt shellcheck
 }
