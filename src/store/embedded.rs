@@ -88,6 +88,24 @@ impl EmbeddedStore {
         blocking(move || f(&db.begin_read()?)).await
     }
 
+    /// The object stored under `key` in a table keyed by name.
+    async fn get_named<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        kind: Kind,
+        key: String,
+    ) -> Result<T, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(table)?;
+            let found = table.get(key.as_str())?;
+            match found {
+                Some(v) => decode(v.value()),
+                None => Err(StoreError::NotFound { kind, key }),
+            }
+        })
+        .await
+    }
+
     /// Runs `f` in one write transaction: committed if it succeeds, aborted if not.
     async fn write<R: Send + 'static>(
         &self,
@@ -436,19 +454,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_node_group(&self, name: &GroupName) -> Result<Stored<NodeGroup>, StoreError> {
-        let name = name.clone();
-        self.read(move |txn| {
-            let table = txn.open_table(NODE_GROUPS)?;
-            let found = table.get(name.as_str())?;
-            match found {
-                Some(v) => decode(v.value()),
-                None => Err(StoreError::NotFound {
-                    kind: Kind::NodeGroup,
-                    key: name.to_string(),
-                }),
-            }
-        })
-        .await
+        self.get_named(NODE_GROUPS, Kind::NodeGroup, name.to_string())
+            .await
     }
 
     async fn list_node_groups(
@@ -556,19 +563,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_node(&self, name: &Certname) -> Result<Stored<Node>, StoreError> {
-        let name = name.clone();
-        self.read(move |txn| {
-            let table = txn.open_table(NODES)?;
-            let found = table.get(name.as_str())?;
-            match found {
-                Some(v) => decode(v.value()),
-                None => Err(StoreError::NotFound {
-                    kind: Kind::Node,
-                    key: name.to_string(),
-                }),
-            }
-        })
-        .await
+        self.get_named(NODES, Kind::Node, name.to_string()).await
     }
 
     async fn list_nodes(

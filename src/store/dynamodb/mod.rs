@@ -282,6 +282,29 @@ impl DynamoStore {
         }
     }
 
+    /// Commits a create (the new item's action first), trying again on conflicts; a failed
+    /// condition on the new item means it exists already.
+    async fn create<R: Clone>(
+        &self,
+        actions: Vec<(TransactWriteItem, Role)>,
+        created: R,
+        kind: Kind,
+        key: String,
+    ) -> Result<R, StoreError> {
+        retrying!(
+            async {
+                self.commit(actions.clone(), created.clone(), || {
+                    Some(StoreError::AlreadyExists {
+                        kind,
+                        key: key.clone(),
+                    })
+                })
+                .await
+            }
+            .await
+        )
+    }
+
     async fn list<T: DeserializeOwned>(
         &self,
         listing: Listing<'_>,
@@ -544,18 +567,9 @@ impl Store for DynamoStore {
         );
         item.insert(REF_COUNT.into(), n(0));
         let put = put_new(&self.environments, ENVIRONMENTS.partition, item)?;
-        retrying!(
-            async {
-                self.commit(vec![(put.clone(), Role::Main)], stored.clone(), || {
-                    Some(StoreError::AlreadyExists {
-                        kind: Kind::Environment,
-                        key: key.to_string(),
-                    })
-                })
-                .await
-            }
+        let actions = vec![(put, Role::Main)];
+        self.create(actions, stored, Kind::Environment, key.to_string())
             .await
-        )
     }
 
     async fn get_environment(
@@ -668,18 +682,8 @@ impl Store for DynamoStore {
             self.parent_reference(&mut refs, parent, 1);
             actions.extend(refs.into_actions()?);
         }
-        retrying!(
-            async {
-                self.commit(actions.clone(), stored.clone(), || {
-                    Some(StoreError::AlreadyExists {
-                        kind: Kind::NodeGroup,
-                        key: name.to_string(),
-                    })
-                })
-                .await
-            }
+        self.create(actions, stored, Kind::NodeGroup, name.to_string())
             .await
-        )
     }
 
     async fn get_node_group(&self, name: &GroupName) -> Result<Stored<NodeGroup>, StoreError> {
@@ -849,18 +853,7 @@ impl Store for DynamoStore {
         let mut refs = References::default();
         self.node_references(&mut refs, &stored.item, 1);
         actions.extend(refs.into_actions()?);
-        retrying!(
-            async {
-                self.commit(actions.clone(), stored.clone(), || {
-                    Some(StoreError::AlreadyExists {
-                        kind: Kind::Node,
-                        key: name.clone(),
-                    })
-                })
-                .await
-            }
-            .await
-        )
+        self.create(actions, stored, Kind::Node, name.clone()).await
     }
 
     async fn get_node(&self, name: &Certname) -> Result<Stored<Node>, StoreError> {
@@ -949,18 +942,9 @@ impl Store for DynamoStore {
         let mut item = to_item(&activity, "activity")?;
         item.insert(DATE_ID.into(), s(activity.date_id()));
         let put = put_new(&self.activities, ACTIVITIES.partition, item)?;
-        retrying!(
-            async {
-                self.commit(vec![(put.clone(), Role::Main)], activity.clone(), || {
-                    Some(StoreError::AlreadyExists {
-                        kind: Kind::Activity,
-                        key: activity.id.clone(),
-                    })
-                })
-                .await
-            }
+        let id = activity.id.clone();
+        self.create(vec![(put, Role::Main)], activity, Kind::Activity, id)
             .await
-        )
     }
 
     async fn get_activity(&self, id: &str) -> Result<Activity, StoreError> {
