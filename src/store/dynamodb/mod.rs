@@ -246,6 +246,21 @@ impl DynamoStore {
         Ok((from_item(&item)?, item))
     }
 
+    /// The stored object and its item, refused unless at the `expected` version (If-Match).
+    async fn current<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: Item,
+        kind: Kind,
+        name: String,
+        expected: Option<u64>,
+    ) -> Result<(Stored<T>, Item), StoreError> {
+        let (current, item): (Stored<T>, Item) =
+            self.get_object(table, key, kind, name.clone()).await?;
+        check_version(kind, &name, expected, current.meta.version)?;
+        Ok((current, item))
+    }
+
     /// Runs one transaction; `Some(())` when committed, `None` when it should be retried.
     async fn transact(
         &self,
@@ -616,14 +631,14 @@ impl Store for DynamoStore {
         retrying!(
             async {
                 let (current, item): (Stored<Environment>, _) = self
-                    .get_object(
+                    .current(
                         &self.environments,
                         env_key(key),
                         Kind::Environment,
                         key.to_string(),
+                        expected,
                     )
                     .await?;
-                check_version(Kind::Environment, key, expected, current.meta.version)?;
                 if ref_count(&item) > 0 {
                     let names = self
                         .node_names(NodeFilter {
@@ -723,14 +738,14 @@ impl Store for DynamoStore {
         retrying!(
             async {
                 let (current, _): (Stored<NodeGroup>, _) = self
-                    .get_object(
+                    .current(
                         &self.node_groups,
                         group_key(name.as_str()),
                         Kind::NodeGroup,
                         name.to_string(),
+                        expected,
                     )
                     .await?;
-                check_version(Kind::NodeGroup, &name, expected, current.meta.version)?;
                 let ancestors = self.ancestors(&group).await?;
                 let stored = Stored {
                     item: group.clone(),
@@ -773,14 +788,14 @@ impl Store for DynamoStore {
         retrying!(
             async {
                 let (current, item): (Stored<NodeGroup>, _) = self
-                    .get_object(
+                    .current(
                         &self.node_groups,
                         group_key(name.as_str()),
                         Kind::NodeGroup,
                         name.to_string(),
+                        expected,
                     )
                     .await?;
-                check_version(Kind::NodeGroup, name, expected, current.meta.version)?;
                 if ref_count(&item) > 0 {
                     let nodes = self
                         .node_names(NodeFilter {
@@ -885,14 +900,14 @@ impl Store for DynamoStore {
         retrying!(
             async {
                 let (current, _): (Stored<Node>, _) = self
-                    .get_object(
+                    .current(
                         &self.nodes,
                         node_key(name.as_str()),
                         Kind::Node,
                         name.to_string(),
+                        expected,
                     )
                     .await?;
-                check_version(Kind::Node, &name, expected, current.meta.version)?;
                 let stored = Stored {
                     item: node.clone(),
                     meta: current.meta.next(),
@@ -914,14 +929,14 @@ impl Store for DynamoStore {
         retrying!(
             async {
                 let (current, _): (Stored<Node>, _) = self
-                    .get_object(
+                    .current(
                         &self.nodes,
                         node_key(name.as_str()),
                         Kind::Node,
                         name.to_string(),
+                        expected,
                     )
                     .await?;
-                check_version(Kind::Node, name, expected, current.meta.version)?;
                 let delete = delete_versioned(
                     &self.nodes,
                     node_key(name.as_str()),
