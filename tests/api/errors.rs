@@ -1,21 +1,7 @@
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::TestApp;
-
-fn raw(
-    method: Method,
-    uri: &str,
-    content_type: Option<&str>,
-    body: impl Into<Body>,
-) -> Request<Body> {
-    let mut builder = Request::builder().method(method).uri(uri);
-    if let Some(ct) = content_type {
-        builder = builder.header(header::CONTENT_TYPE, ct);
-    }
-    builder.body(body.into()).unwrap()
-}
+use crate::helpers::{TestApp, raw};
 
 #[tokio::test]
 async fn malformed_json_is_400() {

@@ -80,6 +80,20 @@ impl TestStore {
     }
 }
 
+/// A request with any method, content type (or none) and body, for malformed-input tests.
+pub(crate) fn raw(
+    method: Method,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, ct);
+    }
+    builder.body(body.into()).unwrap()
+}
+
 pub(crate) struct TestApp {
     pub(crate) router: Router,
     pub(crate) backing: TestStore,

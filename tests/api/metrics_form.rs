@@ -2,7 +2,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestResponse};
+use crate::helpers::{TestApp, TestResponse, raw};
 
 fn valid() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -216,21 +216,21 @@ async fn json_posts_answer_201_or_problems() {
         "hours as a JSON string are read too"
     );
     let wrong = app
-        .send(
-            Request::post("/metrics-form")
-                .header(header::CONTENT_TYPE, "text/plain")
-                .body(Body::from("hours=1"))
-                .unwrap(),
-        )
+        .send(raw(
+            Method::POST,
+            "/metrics-form",
+            Some("text/plain"),
+            "hours=1",
+        ))
         .await;
     wrong.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let malformed = app
-        .send(
-            Request::post("/metrics-form")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{"))
-                .unwrap(),
-        )
+        .send(raw(
+            Method::POST,
+            "/metrics-form",
+            Some("application/json"),
+            "{",
+        ))
         .await;
     malformed.problem(StatusCode::BAD_REQUEST);
     assert_eq!(
