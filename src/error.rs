@@ -118,6 +118,10 @@ impl From<StoreError> for AppError {
                 "parent",
                 format!("would make a cycle: {}", chain.join(" -> ")),
             ),
+            TooDeep { depth, max } => AppError::invalid(
+                "parent",
+                format!("would make a chain of {depth} node groups; at most {max} are allowed"),
+            ),
             InvalidCursor => AppError::BadRequest(e.to_string()),
             Unavailable(_) => AppError::Unavailable(e),
             Internal(_) => AppError::Internal(Box::new(e)),

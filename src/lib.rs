@@ -24,12 +24,13 @@ use axum::http::HeaderValue;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::store::engine::Engine;
 use crate::store::instrumented::Instrumented;
 
 /// What every handler shares.
 pub struct App {
-    /// The store, timed and traced.
-    pub store: Arc<dyn Store>,
+    /// The store, its engine timed and traced.
+    pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     /// Origins allowed cross-origin requests; none means no CORS.
     pub cors_origins: Vec<HeaderValue>,
@@ -38,10 +39,11 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(Instrumented::new(engine, metrics.clone()));
         Self {
-            store: Arc::new(Instrumented::new(store, metrics.clone())),
+            store: Arc::new(Store::new(engine)),
             metrics,
             cors_origins: Vec::new(),
             trace_context: false,
@@ -72,9 +74,9 @@ impl App {
 pub struct AppState(Arc<App>);
 
 impl AppState {
-    /// State with this store and no CORS.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        App::new(store).into()
+    /// State over this engine, with no CORS.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        App::new(engine).into()
     }
 }
 

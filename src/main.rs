@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use enc::cli::{Cli, Command, DynamodbCommand};
-use enc::store::dynamodb::{DynamoStore, tables};
+use enc::store::dynamodb::{DynamoDb, tables};
 use enc::{classify, client, server, telemetry};
 
 #[tokio::main]
@@ -40,7 +40,7 @@ async fn dynamodb(action: DynamodbCommand, config: &enc::config::Config) -> anyh
             Ok(())
         }
         DynamodbCommand::CreateTables => {
-            let store = DynamoStore::connect(&config.dynamodb()).await;
+            let store = DynamoDb::connect(&config.dynamodb()).await;
             tables::create_tables(store.client(), &config.table_prefix).await
         }
     }

@@ -54,8 +54,8 @@ impl Metrics {
         );
         let store_duration = histogram(
             "store_operation_duration_seconds",
-            "Time of store operations, by backend, operation and outcome.",
-            &["backend", "operation", "outcome"],
+            "Time of storage engine calls (one redb transaction or one DynamoDB request), by backend, operation, record kind and outcome.",
+            &["backend", "operation", "record", "outcome"],
         );
         let classifications = counter(
             "classifications_total",

@@ -8,16 +8,16 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, StoreKind};
-use crate::store::Store;
-use crate::store::dynamodb::DynamoStore;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::dynamodb::DynamoDb;
+use crate::store::embedded::Embedded;
+use crate::store::engine::Engine;
 use crate::{App, app};
 
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     match config.store {
-        StoreKind::Dynamodb => Ok(Arc::new(DynamoStore::connect(&config.dynamodb()).await)),
+        StoreKind::Dynamodb => Ok(Arc::new(DynamoDb::connect(&config.dynamodb()).await)),
         StoreKind::Embedded => {
-            let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
+            let store = Embedded::open(&config.data_dir).with_context(|| {
                 format!(
                     "opening the embedded store in {}",
                     config.data_dir.display()

@@ -45,7 +45,7 @@ pub struct Explanation {
 }
 
 /// Merges `groups` (the node's group first, then its parent, up to the root) and the node.
-pub fn classify(node: &Node, groups: &[NodeGroup]) -> (Classification, Explanation) {
+pub fn classify(node: &Node, groups: &[&NodeGroup]) -> (Classification, Explanation) {
     let layers = groups
         .iter()
         .rev()
@@ -131,6 +131,7 @@ mod tests {
             "parameters": {"dc": "eu-1"}
         }))
         .unwrap();
+        let chain: Vec<&NodeGroup> = chain.iter().collect();
         let (c, why) = classify(&node, &chain);
         assert_eq!(
             serde_json::to_value(&c).unwrap(),

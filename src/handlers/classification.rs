@@ -1,5 +1,3 @@
-use std::collections::HashSet;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +9,6 @@ use crate::AppState;
 use crate::domain::{Certname, Classification, Explanation, NodeGroup, classify};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Path, Query};
-use crate::store::StoreError;
 
 pub const YAML: &str = "application/yaml";
 const YAML_TYPES: [&str; 4] = [YAML, "application/x-yaml", "text/yaml", "text/x-yaml"];
@@ -56,35 +53,6 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
     }
 }
 
-/// The node's group, its parent, and so on up to the root.
-async fn group_chain(
-    state: &AppState,
-    first: Option<&crate::domain::GroupName>,
-) -> Result<Vec<NodeGroup>, AppError> {
-    let mut chain = Vec::new();
-    let mut seen = HashSet::new();
-    let mut next = first.cloned();
-    while let Some(name) = next {
-        if !seen.insert(name.clone()) {
-            return Err(AppError::Internal(
-                format!("node group {name} is its own ancestor").into(),
-            ));
-        }
-        let group = state
-            .store
-            .get_node_group(&name)
-            .await
-            .map_err(|e| match e {
-                // References are kept intact by the store, so a gap is a fault, not a 404.
-                StoreError::NotFound { .. } => AppError::Internal(Box::new(e)),
-                other => other.into(),
-            })?;
-        next = group.item.parent.clone();
-        chain.push(group.item);
-    }
-    Ok(chain)
-}
-
 /// The merged classification of a node: what Puppet gets on every agent run.
 ///
 /// Classes and parameters merge from the root of the node's group chain down to its group,
@@ -124,9 +92,9 @@ async fn classification(
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
     let name = parse_name("unique_name", name, Certname::parse)?;
-    let node = state.store.get_node(&name).await?.item;
-    let chain = group_chain(state, node.node_group_name.as_ref()).await?;
-    let (classification, explanation) = classify(&node, &chain);
+    let (node, chain) = state.store.node_with_groups(&name).await?;
+    let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
+    let (classification, explanation) = classify(&node.item, &chain);
     let body = ClassificationResponse {
         classification,
         explain: query.explain.then_some(explanation),

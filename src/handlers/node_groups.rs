@@ -27,7 +27,9 @@ pub struct NodeGroupBody {
     #[schema(example = "web_servers")]
     name: Option<String>,
     description: Option<String>,
-    /// The group this one inherits classes and parameters from.
+    /// The group this one inherits classes and parameters from. It must exist, must not
+    /// make a cycle, and a chain holds at most 32 groups, counting every group below this one
+    /// (422 otherwise).
     parent: Option<String>,
     /// Class name -> that class's parameters.
     #[schema(value_type = Option<Object>)]
@@ -140,7 +142,8 @@ pub async fn get(
     Ok(stored(StatusCode::OK, &group, None))
 }
 
-/// Replace a node group; refused (422) if its parent is missing or would make a cycle.
+/// Replace a node group; refused (422) if its parent is missing, would make a cycle, or would
+/// make a chain deeper than 32 groups.
 #[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups",
     params(("node_group_name" = String, Path),
         ("If-Match" = Option<String>, Header, description = "Replace only if at this version")),

@@ -2,7 +2,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::StoreError;
+use super::{Result, StoreError};
 
 /// An opaque pagination cursor: the position after the last item returned, tagged with the
 /// backend and listing it belongs to so that a cursor from elsewhere is refused.
@@ -27,7 +27,7 @@ impl<K: Serialize + DeserializeOwned> Cursor<K> {
         URL_SAFE_NO_PAD.encode(json)
     }
 
-    pub fn decode(backend: &str, listing: &str, text: &str) -> Result<K, StoreError> {
+    pub fn decode(backend: &str, listing: &str, text: &str) -> Result<K> {
         let bytes = URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| StoreError::InvalidCursor)?;

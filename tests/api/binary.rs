@@ -25,8 +25,10 @@ impl EncData {
             table_prefix: unique_prefix(),
         };
         if dynamodb_under_test() {
+            // Setup waits as long as DynamoDB Local needs while it warms up beside other tests.
             let out = data
                 .command()
+                .env("ENC_DYNAMODB_TIMEOUT_MS", "30000")
                 .args(["dynamodb", "create-tables"])
                 .output()
                 .unwrap();

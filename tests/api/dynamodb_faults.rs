@@ -73,10 +73,10 @@ async fn an_outage_answers_503_in_time_and_enc_recovers_by_itself() {
 
     let timeout = Duration::from_millis(1500);
     let store = dynamodb_store(&format!("http://127.0.0.1:{port}"), timeout).await;
-    let app = TestApp::on(TestStore {
-        store: Arc::new(store),
-        dir: tempfile::tempdir().unwrap(),
-    });
+    let app = TestApp::on(TestStore::over(
+        Arc::new(store),
+        tempfile::tempdir().unwrap(),
+    ));
     app.env("production", "eu").await;
     app.get("/readyz").await.ok(StatusCode::OK);
 

@@ -12,15 +12,17 @@ use tower::ServiceExt;
 
 use enc::store::Store;
 use enc::store::dynamodb::tables::create_tables;
-use enc::store::dynamodb::{DynamoSettings, DynamoStore};
-use enc::store::embedded::EmbeddedStore;
+use enc::store::dynamodb::{DynamoDb, DynamoSettings};
+use enc::store::embedded::Embedded;
+use enc::store::engine::Engine;
 use enc::{App, AppState, app};
 
 /// A store of the backend under test, with whatever keeps it alive. The backend is the
 /// embedded store unless `ENC_TEST_STORE=dynamodb`, which `scripts/test` sets (with
 /// `ENC_TEST_DYNAMODB_ENDPOINT`) for its second pass against DynamoDB Local.
 pub(crate) struct TestStore {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) store: Arc<Store>,
     pub(crate) dir: TempDir,
 }
 
@@ -42,41 +44,58 @@ pub(crate) fn unique_prefix() -> String {
     )
 }
 
-/// A DynamoDB store on fresh tables at `endpoint`.
-pub(crate) async fn dynamodb_store(endpoint: &str, timeout: Duration) -> DynamoStore {
-    let prefix = unique_prefix();
-    let settings = DynamoSettings {
+/// DynamoDB Local's settings for tables with this prefix; calls may take `timeout`.
+pub(crate) fn dynamodb_settings(endpoint: &str, prefix: &str, timeout: Duration) -> DynamoSettings {
+    DynamoSettings {
         endpoint: Some(endpoint.to_owned()),
-        table_prefix: prefix.clone(),
+        table_prefix: prefix.to_owned(),
         connect_timeout: Duration::from_millis(500),
         operation_timeout: timeout,
         max_attempts: 3,
-    };
-    let store = DynamoStore::connect(&settings).await;
-    create_tables(store.client(), &prefix)
+    }
+}
+
+/// Time enough for a setup call while DynamoDB Local warms up next to other tests.
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A DynamoDB engine on fresh tables at `endpoint`, whose calls may take `timeout`. The
+/// tables are created with setup's own, longer timeout.
+pub(crate) async fn dynamodb_store(endpoint: &str, timeout: Duration) -> DynamoDb {
+    let prefix = unique_prefix();
+    let setup = DynamoDb::connect(&dynamodb_settings(endpoint, &prefix, SETUP_TIMEOUT)).await;
+    create_tables(setup.client(), &prefix)
         .await
         .expect("create tables");
-    store
+    DynamoDb::connect(&dynamodb_settings(endpoint, &prefix, timeout)).await
+}
+
+/// The DynamoDB Local endpoint of the DynamoDB pass.
+pub(crate) fn dynamodb_endpoint() -> String {
+    std::env::var("ENC_TEST_DYNAMODB_ENDPOINT")
+        .expect("ENC_TEST_STORE=dynamodb needs ENC_TEST_DYNAMODB_ENDPOINT (scripts/test sets both)")
 }
 
 impl TestStore {
+    pub(crate) fn over(engine: Arc<dyn Engine>, dir: TempDir) -> Self {
+        Self {
+            store: Arc::new(Store::new(engine.clone())),
+            engine,
+            dir,
+        }
+    }
+
     pub(crate) async fn new() -> Self {
         if !dynamodb_under_test() {
             return Self::embedded();
         }
-        let endpoint = std::env::var("ENC_TEST_DYNAMODB_ENDPOINT").expect(
-            "ENC_TEST_STORE=dynamodb needs ENC_TEST_DYNAMODB_ENDPOINT (scripts/test sets both)",
-        );
-        Self {
-            store: Arc::new(dynamodb_store(&endpoint, Duration::from_secs(10)).await),
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        let engine = dynamodb_store(&dynamodb_endpoint(), Duration::from_secs(10)).await;
+        Self::over(Arc::new(engine), tempfile::tempdir().expect("temp dir"))
     }
 
     pub(crate) fn embedded() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
-        Self { store, dir }
+        let engine = Arc::new(Embedded::open(dir.path()).expect("open store"));
+        Self::over(engine, dir)
     }
 }
 
@@ -183,7 +202,7 @@ impl TestApp {
     }
 
     pub(crate) fn on(backing: TestStore) -> Self {
-        let router = app(AppState::new(backing.store.clone()));
+        let router = app(AppState::new(backing.engine.clone()));
         Self { router, backing }
     }
 
@@ -191,7 +210,7 @@ impl TestApp {
     pub(crate) async fn with_cors(origins: &[&str]) -> Self {
         let backing = TestStore::new().await;
         let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
-        let state = App::new(backing.store.clone())
+        let state = App::new(backing.engine.clone())
             .with_cors_origins(&origins)
             .unwrap();
         Self {

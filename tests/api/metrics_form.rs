@@ -508,7 +508,7 @@ async fn cors_only_for_configured_origins() {
         None
     );
     assert!(
-        enc::App::new(default.backing.store.clone())
+        enc::App::new(default.backing.engine.clone())
             .with_cors_origins(&["forms.example.com".into()])
             .is_err()
     );

@@ -169,6 +169,49 @@ async fn cycles_are_refused_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn chains_are_at_most_32_groups_deep() {
+    let app = TestApp::new().await;
+    app.group(json!({"name": "g1"})).await;
+    for level in 2..=32 {
+        let parent = format!("g{}", level - 1);
+        app.group(json!({"name": format!("g{level}"), "parent": parent}))
+            .await;
+    }
+    app.group(json!({"name": "top"})).await;
+    app.group(json!({"name": "side", "parent": "g31"})).await;
+    let before = app.dump().await;
+    let too_deep = [
+        // A 33rd level below the deepest group.
+        app.post("/nodegroup/", json!({"name": "g33", "parent": "g32"}))
+            .await,
+        // g1 and the 31 groups below it, moved under another root.
+        app.put("/nodegroup/g1", json!({"parent": "top"}), None)
+            .await,
+    ];
+    for response in too_deep {
+        let problem = response.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["errors"][0]["field"], "parent", "{problem}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("33") && message.contains("32"),
+            "{message}"
+        );
+    }
+    assert_eq!(app.dump().await, before);
+    let document = app.get("/api-docs/openapi.json").await.ok(StatusCode::OK);
+    let documented = &document["components"]["schemas"]["NodeGroupBody"]["properties"]["parent"];
+    let limit = format!("at most {} groups", enc::store::enc::MAX_DEPTH);
+    assert!(
+        documented["description"].as_str().unwrap().contains(&limit),
+        "{documented}"
+    );
+    // A group with no children may move to the 32nd level.
+    app.put("/nodegroup/top", json!({"parent": "g31"}), None)
+        .await
+        .ok(StatusCode::OK);
+}
+
+#[tokio::test]
 async fn delete_while_used_is_refused_and_names_users() {
     let app = TestApp::new().await;
     app.env("production", "eu").await;

@@ -74,9 +74,10 @@ async fn metrics_count_exactly_what_happened() {
         (r#"classifications_total{outcome="not_found"}"#.to_owned(), 1.0),
         (r#"metrics_form_submissions_total{outcome="saved"}"#.to_owned(), 1.0),
         (r#"metrics_form_submissions_total{outcome="invalid"}"#.to_owned(), 1.0),
-        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="create_environment",outcome="ok"}}"#), 1.0),
-        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="create_environment",outcome="refused"}}"#), 1.0),
-        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="get_node",outcome="not_found"}}"#), 1.0),
+        // One commit per write (the refused one too); one snapshot read per classification.
+        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="commit",outcome="ok",record="environment"}}"#), 1.0),
+        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="commit",outcome="refused",record="environment"}}"#), 1.0),
+        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="get_many",outcome="ok",record="node"}}"#), 1.0),
         // The scrape itself is the one request in flight.
         ("http_requests_in_flight".to_owned(), 1.0),
         (r#"enc_build_info{git_sha="unknown",version="0.1.0"}"#.to_owned(), 1.0),
@@ -345,9 +346,17 @@ async fn spans_reach_an_otlp_endpoint_with_parents_and_the_callers_trace() {
     );
     let store = spans
         .iter()
-        .find(|s| s.name == "store.get_node" && s.parent_span_id == server.span_id)
+        .find(|s| s.name == "store.get" && s.parent_span_id == server.span_id)
         .expect("a store span under the request span");
     assert_eq!(store.trace_id, server.trace_id);
+    assert_eq!(
+        attribute(store, "record"),
+        Some(AnyValue::StringValue("node".into()))
+    );
+    assert_eq!(
+        attribute(store, "db.collection.name"),
+        Some(AnyValue::StringValue("nodes".into()))
+    );
     assert_eq!(
         attribute(store, "outcome"),
         Some(AnyValue::StringValue("not_found".into()))

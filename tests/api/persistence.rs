@@ -3,7 +3,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use enc::store::embedded::EmbeddedStore;
+use enc::store::embedded::Embedded;
 
 use crate::helpers::{TestApp, TestStore};
 
@@ -25,15 +25,20 @@ async fn data_survives_closing_and_reopening_the_store() {
     let before = app.dump().await;
 
     let TestApp { router, backing } = app;
-    let TestStore { store, dir } = backing;
+    let TestStore { engine, store, dir } = backing;
     drop(router);
-    assert_eq!(Arc::strong_count(&store), 1, "nothing else holds the store");
     drop(store);
+    assert_eq!(
+        Arc::strong_count(&engine),
+        1,
+        "nothing else holds the store"
+    );
+    drop(engine);
 
-    let reopened = TestApp::on(TestStore {
-        store: Arc::new(EmbeddedStore::open(dir.path()).expect("reopen")),
+    let reopened = TestApp::on(TestStore::over(
+        Arc::new(Embedded::open(dir.path()).expect("reopen")),
         dir,
-    });
+    ));
     assert_eq!(reopened.dump().await, before);
     assert_eq!(
         reopened.get("/nodes/web01").await.header("etag"),
@@ -49,7 +54,7 @@ async fn data_survives_closing_and_reopening_the_store() {
 #[tokio::test]
 async fn a_second_open_of_the_same_file_is_refused() {
     let backing = TestStore::embedded();
-    let second = EmbeddedStore::open(backing.dir.path());
+    let second = Embedded::open(backing.dir.path());
     assert!(
         second.is_err(),
         "two writers on one file must not both open it"

@@ -256,6 +256,47 @@ def test_data_stack_tables_are_what_enc_defines():
         assert props["DeletionProtectionEnabled"] == {"Fn::If": ["IsProd", True, False]}
 
 
+# The DynamoDB calls the service makes (src/store/dynamodb, but for tables.rs, which only the
+# `enc dynamodb` commands use), as the IAM actions they need.
+SDK_CALLS = {
+    "get_item": "dynamodb:GetItem",
+    "transact_get_items": "dynamodb:GetItem",
+    "query": "dynamodb:Query",
+    "scan": "dynamodb:Scan",
+}
+TRANSACTION_ACTIONS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+}
+
+
+def test_the_task_role_allows_exactly_the_dynamodb_calls_enc_makes():
+    sources = [p for p in (ROOT / "src/store/dynamodb").glob("*.rs") if p.name != "tables.rs"]
+    code = "\n".join(p.read_text() for p in sources)
+    calls = set(re.findall(r"\.client\s*\.(\w+)\(\)", code))
+    assert calls, "no SDK calls found: has the client moved?"
+    unknown = calls - set(SDK_CALLS) - {"transact_write_items"}
+    assert not unknown, f"map these calls to IAM actions: {unknown}"
+    needed = {SDK_CALLS[c] for c in calls if c in SDK_CALLS}
+    if "transact_write_items" in calls:
+        needed |= {a for b, a in TRANSACTION_ACTIONS.items() if re.search(rf"\b{b}::builder\(", code)}
+    role = resources("service")["TaskRole"]["Properties"]
+    granted = {}
+    for policy in role["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"]
+            for action in [actions] if isinstance(actions, str) else actions:
+                if action.startswith("dynamodb:"):
+                    resources_ = statement["Resource"]
+                    resources_ = resources_ if isinstance(resources_, list) else [resources_]
+                    granted.setdefault(action, set()).update(sub(r, Stage="dev") for r in resources_)
+    assert set(granted) == needed, f"granted {sorted(granted)}, needed {sorted(needed)}"
+    tables = "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/enc-dev-"
+    assert granted["dynamodb:Scan"] == {tables + "node_groups"}, "Scan only the groups table"
+
+
 def test_health_checks_use_routes_that_exist():
     paths = openapi_paths() | {"/api-docs/openapi.json"}  # the document itself
     service = resources("service")

@@ -1,6 +1,8 @@
-//! The DynamoDB table design, in one place. `enc dynamodb tables` prints it as CreateTable
-//! input, `enc dynamodb create-tables` creates it, and the CloudFormation data stack must
-//! match it. Every key attribute is a string.
+//! The DynamoDB tables, made from the record kinds' descriptions: a table per `table` name
+//! (kinds may share one), keyed by its kinds' key fields, with a global secondary index per
+//! listing. `enc dynamodb tables` prints them as CreateTable input, `enc dynamodb
+//! create-tables` creates them, and the CloudFormation data stack must match them. Every key
+//! attribute is a string; every index projects all attributes; billing is on demand.
 
 use std::time::Duration;
 
@@ -11,13 +13,8 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::{Value, json};
 
-/// A global secondary index; every index projects all attributes.
-#[derive(Debug)]
-pub struct Index {
-    pub name: &'static str,
-    pub partition: &'static str,
-    pub sort: &'static str,
-}
+use crate::store::KINDS;
+use crate::store::record::{Index, RecordKind};
 
 #[derive(Debug)]
 pub struct Table {
@@ -25,147 +22,52 @@ pub struct Table {
     pub suffix: &'static str,
     pub partition: &'static str,
     pub sort: Option<&'static str>,
-    pub indexes: &'static [Index],
+    pub indexes: Vec<&'static Index>,
+    /// The kinds it holds; the first one's key is the table's.
+    pub kinds: Vec<&'static RecordKind>,
 }
 
-/// Every item carries `item_type` (constant per table) so the `ordered` index lists a whole
-/// table in key order with a Query instead of a Scan.
-pub const ITEM_TYPE: &str = "item_type";
-/// Environments' `ordered` sort key: `<environment_name>/<puppet_cluster_name>`.
-pub const SORT_KEY: &str = "sort_key";
-/// How many nodes (and, for groups, child groups) refer to an environment or group; a delete
-/// is conditional on it being zero.
-pub const REF_COUNT: &str = "ref_count";
-
-pub const ENVIRONMENTS: Table = Table {
-    suffix: "environments",
-    partition: "environment_name",
-    sort: Some("puppet_cluster_name"),
-    indexes: &[
-        Index {
-            name: "ordered",
-            partition: ITEM_TYPE,
-            sort: SORT_KEY,
-        },
-        Index {
-            name: "by_cluster",
-            partition: "puppet_cluster_name",
-            sort: SORT_KEY,
-        },
-    ],
-};
-
-pub const NODE_GROUPS: Table = Table {
-    suffix: "node_groups",
-    partition: "name",
-    sort: None,
-    indexes: &[
-        Index {
-            name: "ordered",
-            partition: ITEM_TYPE,
-            sort: "name",
-        },
-        Index {
-            name: "by_parent",
-            partition: "parent",
-            sort: "name",
-        },
-    ],
-};
-
-pub const NODES: Table = Table {
-    suffix: "nodes",
-    partition: "unique_name",
-    sort: None,
-    indexes: &[
-        Index {
-            name: "ordered",
-            partition: ITEM_TYPE,
-            sort: "unique_name",
-        },
-        Index {
-            name: "by_group",
-            partition: "node_group_name",
-            sort: "unique_name",
-        },
-        Index {
-            name: "by_environment",
-            partition: "environment_name",
-            sort: "unique_name",
-        },
-        Index {
-            name: "by_cluster",
-            partition: "puppet_cluster_name",
-            sort: "unique_name",
-        },
-    ],
-};
-
-/// Activities' sort key in every index: `<date>#<id>`, so a date range is a key range and
-/// entries of one day keep the order they were recorded in (ids are UUIDv7).
-pub const DATE_ID: &str = "date_id";
-
-pub const ACTIVITIES: Table = Table {
-    suffix: "activities",
-    partition: "id",
-    sort: None,
-    indexes: &[
-        Index {
-            name: "ordered",
-            partition: ITEM_TYPE,
-            sort: DATE_ID,
-        },
-        Index {
-            name: "by_customer",
-            partition: "customer",
-            sort: DATE_ID,
-        },
-        Index {
-            name: "by_project",
-            partition: "project",
-            sort: DATE_ID,
-        },
-        Index {
-            name: "by_engineer",
-            partition: "engineer",
-            sort: DATE_ID,
-        },
-    ],
-};
-
-pub const ALL: [&Table; 4] = [&ENVIRONMENTS, &NODE_GROUPS, &NODES, &ACTIVITIES];
+/// Every table, in the order their kinds are listed.
+pub fn tables() -> Vec<Table> {
+    let mut tables: Vec<Table> = Vec::new();
+    for kind in KINDS {
+        let at = match tables.iter().position(|t| t.suffix == kind.table) {
+            Some(at) => at,
+            None => {
+                tables.push(Table {
+                    suffix: kind.table,
+                    partition: kind.key[0],
+                    sort: kind.key.get(1).copied(),
+                    indexes: Vec::new(),
+                    kinds: Vec::new(),
+                });
+                tables.len() - 1
+            }
+        };
+        let table = &mut tables[at];
+        assert_eq!(
+            (table.partition, table.sort),
+            (kind.key[0], kind.key.get(1).copied()),
+            "kinds sharing {} must share its key",
+            kind.table
+        );
+        table.kinds.push(kind);
+        table.indexes.extend(kind.indexes.iter());
+    }
+    tables
+}
 
 impl Table {
     pub fn name(&self, prefix: &str) -> String {
         format!("{prefix}{}", self.suffix)
     }
 
-    pub fn index_named(&self, name: &str) -> &'static Index {
-        self.indexes
-            .iter()
-            .find(|i| i.name == name)
-            .unwrap_or_else(|| panic!("{} has no index {name}", self.suffix))
-    }
-
-    /// The key attributes of the table, then those the index adds: what a cursor holds.
-    pub fn key_attributes(&self, index: Option<&Index>) -> Vec<&'static str> {
-        let mut keys: Vec<&'static str> = [Some(self.partition), self.sort]
+    fn attribute_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = [Some(self.partition), self.sort]
             .into_iter()
             .flatten()
             .collect();
-        if let Some(index) = index {
-            for k in [index.partition, index.sort] {
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
-        keys
-    }
-
-    fn attribute_names(&self) -> Vec<&'static str> {
-        let mut names = self.key_attributes(None);
-        for index in self.indexes {
+        for index in &self.indexes {
             for k in [index.partition, index.sort] {
                 if !names.contains(&k) {
                     names.push(k);
@@ -202,7 +104,12 @@ impl Table {
 
 /// Every table's CreateTable input.
 pub fn definitions(prefix: &str) -> Value {
-    Value::Array(ALL.iter().map(|t| t.create_table_input(prefix)).collect())
+    Value::Array(
+        tables()
+            .iter()
+            .map(|t| t.create_table_input(prefix))
+            .collect(),
+    )
 }
 
 fn key_schema(
@@ -228,7 +135,8 @@ fn key_schema(
 
 /// Creates every table that does not exist yet and waits until all are active.
 pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> {
-    for table in ALL {
+    let tables = tables();
+    for table in &tables {
         let name = table.name(prefix);
         let mut request = client
             .create_table()
@@ -243,7 +151,7 @@ pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> 
                     .build()?,
             );
         }
-        for index in table.indexes {
+        for index in &table.indexes {
             request = request.global_secondary_indexes(
                 GlobalSecondaryIndex::builder()
                     .index_name(index.name)
@@ -267,7 +175,7 @@ pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> 
             Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {name}"))),
         }
     }
-    for table in ALL {
+    for table in &tables {
         let name = table.name(prefix);
         for _ in 0..120 {
             let described = client.describe_table().table_name(&name).send().await?;
@@ -286,21 +194,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursor_keys_cover_table_and_index() {
-        assert_eq!(NODES.key_attributes(None), ["unique_name"]);
+    fn the_four_tables_of_enc() {
+        let names: Vec<_> = tables().iter().map(|t| t.suffix).collect();
         assert_eq!(
-            NODES.key_attributes(Some(NODES.index_named("by_group"))),
-            ["unique_name", "node_group_name"]
+            names,
+            ["environments", "node_groups", "nodes", "activities"]
         );
+        let groups = tables()
+            .into_iter()
+            .find(|t| t.suffix == "node_groups")
+            .unwrap();
         assert_eq!(
-            ENVIRONMENTS.key_attributes(Some(ENVIRONMENTS.index_named("by_cluster"))),
-            ["environment_name", "puppet_cluster_name", "sort_key"]
+            groups.kinds.len(),
+            2,
+            "groups share their table with the tree's generation"
         );
     }
 
     #[test]
     fn definitions_declare_exactly_the_key_attributes() {
-        for table in ALL {
+        for table in tables() {
             let input = table.create_table_input("enc-dev-");
             assert!(input["TableName"].as_str().unwrap().starts_with("enc-dev-"));
             let declared: Vec<_> = input["AttributeDefinitions"]
@@ -311,7 +224,7 @@ mod tests {
                 .collect();
             let mut used: Vec<String> = vec![table.partition.to_owned()];
             used.extend(table.sort.map(str::to_owned));
-            for i in table.indexes {
+            for i in &table.indexes {
                 used.push(i.partition.to_owned());
                 used.push(i.sort.to_owned());
             }

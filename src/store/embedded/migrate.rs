@@ -1,0 +1,111 @@
+//! Opening a file: create what the current layout needs, and move a file of an older layout
+//! into it, all in the transaction that opens the file.
+//!
+//! Layout 1 (enc before the schema version was recorded) kept a table per kind keyed by the
+//! object's key (`environments`, `node_groups`, `nodes`, `activities` by date and id), and
+//! reverse-reference tables instead of reference counts.
+
+use std::collections::HashMap;
+
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use serde_json::{Map, Value};
+
+use super::{Entries, Records, SCHEMA, SCHEMA_VERSION, apply, index_table, records_table};
+use crate::store::engine::{Expect, Key, Op, Write};
+use crate::store::record::RecordKind;
+use crate::store::{KINDS, Result, StoreError, activities, enc};
+
+const V1_ENVIRONMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("environments");
+const V1_NODE_GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_groups");
+const V1_NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const V1_ACTIVITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("activities");
+const V1_INDEXES: [&str; 4] = [
+    "nodes_by_group",
+    "nodes_by_environment",
+    "groups_by_parent",
+    "activity_dates",
+];
+
+pub(super) fn upgrade(txn: &WriteTransaction) -> Result<()> {
+    for kind in KINDS {
+        txn.open_table(Records::new(&records_table(kind)))?;
+        for index in kind.indexes {
+            txn.open_table(Entries::new(&index_table(kind, index)))?;
+        }
+    }
+    let found = txn.open_table(SCHEMA)?.get("version")?.map(|v| v.value());
+    match found {
+        Some(SCHEMA_VERSION) => return Ok(()),
+        Some(other) => {
+            return Err(StoreError::Internal(
+                format!("the file has layout {other}; this enc reads layout {SCHEMA_VERSION}")
+                    .into(),
+            ));
+        }
+        None if txn.list_tables()?.any(|t| t.name() == V1_NODES.name()) => from_layout_1(txn)?,
+        None => {}
+    }
+    txn.open_table(SCHEMA)?.insert("version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+fn body(bytes: &[u8]) -> Result<Map<String, Value>> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Internal(Box::new(e)))
+}
+
+fn from_layout_1(txn: &WriteTransaction) -> Result<()> {
+    let mut objects: Vec<(&'static RecordKind, Map<String, Value>)> = Vec::new();
+    for entry in txn.open_table(V1_ENVIRONMENTS)?.iter()? {
+        objects.push((&enc::ENVIRONMENT, body(entry?.1.value())?));
+    }
+    for entry in txn.open_table(V1_NODE_GROUPS)?.iter()? {
+        objects.push((&enc::NODE_GROUP, body(entry?.1.value())?));
+    }
+    for entry in txn.open_table(V1_NODES)?.iter()? {
+        objects.push((&enc::NODE, body(entry?.1.value())?));
+    }
+    for entry in txn.open_table(V1_ACTIVITIES)?.iter()? {
+        objects.push((&activities::ACTIVITY, body(entry?.1.value())?));
+    }
+    let mut refs: HashMap<(&str, Key), i64> = HashMap::new();
+    for (kind, object) in &objects {
+        for (reference, key) in kind.referenced_keys(object) {
+            *refs.entry((reference.target.name, key)).or_default() += 1;
+        }
+    }
+    let migrated = objects.len();
+    for (kind, object) in objects {
+        let key = kind.key_of(&object).ok_or_else(|| {
+            StoreError::Internal(format!("a {} without its key", kind.name).into())
+        })?;
+        let count = refs.get(&(kind.name, key.clone())).copied().unwrap_or(0);
+        let write = Write::new(
+            kind,
+            key,
+            Op::Put {
+                body: object,
+                refs: count,
+            },
+            Expect::Anything,
+        );
+        apply(txn, &write, None)?;
+    }
+    txn.delete_table(V1_ENVIRONMENTS)?;
+    txn.delete_table(V1_NODE_GROUPS)?;
+    txn.delete_table(V1_NODES)?;
+    txn.delete_table(V1_ACTIVITIES)?;
+    let old: Vec<_> = txn
+        .list_tables()?
+        .filter(|t| V1_INDEXES.contains(&t.name()))
+        .collect();
+    for table in old {
+        txn.delete_table(table)?;
+    }
+    tracing::info!(
+        from = 1,
+        to = SCHEMA_VERSION,
+        records = migrated,
+        "migrated the embedded store"
+    );
+    Ok(())
+}

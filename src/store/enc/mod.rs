@@ -1,0 +1,304 @@
+//! The classifier's records: environments, node groups and nodes, and the group tree that a
+//! classification reads in one consistent snapshot.
+
+mod tree;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use self::tree::{GroupTree, MAX_DEPTH, TreeCache};
+use super::engine::{Expect, Key, Op, Write};
+use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
+use super::rules::{Guard, MAX_TRIES, NoGuard, OnFail, Step, decode};
+use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
+use crate::domain::{Certname, Environment, EnvironmentKey, GroupName, Node, NodeGroup, Stored};
+
+pub static ENVIRONMENT: RecordKind = RecordKind {
+    kind: Kind::Environment,
+    name: "environment",
+    table: "environments",
+    key: &["environment_name", "puppet_cluster_name"],
+    indexes: &[
+        Index::new("ordered", ITEM_TYPE, "sort_key"),
+        Index::new("by_cluster", "puppet_cluster_name", "sort_key"),
+    ],
+    derived: &[Derived::new(
+        "sort_key",
+        &["environment_name", "puppet_cluster_name"],
+        "/",
+    )],
+    references: &[],
+    referenced: true,
+    json: &[],
+};
+
+pub static NODE_GROUP: RecordKind = RecordKind {
+    kind: Kind::NodeGroup,
+    name: "node_group",
+    table: "node_groups",
+    key: &["name"],
+    indexes: &[
+        Index::new("ordered", ITEM_TYPE, "name"),
+        Index::new("by_parent", "parent", "name"),
+    ],
+    derived: &[],
+    references: &[Reference::new("parent", &NODE_GROUP, &["parent"])],
+    referenced: true,
+    json: &["classes", "parameters"],
+};
+
+pub static NODE: RecordKind = RecordKind {
+    kind: Kind::Node,
+    name: "node",
+    table: "nodes",
+    key: &["unique_name"],
+    indexes: &[
+        Index::new("ordered", ITEM_TYPE, "unique_name"),
+        Index::new("by_group", "node_group_name", "unique_name"),
+        Index::new("by_environment", "environment_name", "unique_name"),
+        Index::new("by_cluster", "puppet_cluster_name", "unique_name"),
+    ],
+    derived: &[],
+    references: &[
+        Reference::new(
+            "environment_name",
+            &ENVIRONMENT,
+            &["environment_name", "puppet_cluster_name"],
+        ),
+        Reference::new("node_group_name", &NODE_GROUP, &["node_group_name"]),
+    ],
+    referenced: false,
+    json: &["classes", "parameters"],
+};
+
+/// The group tree's generation: a counter (the record's reference count) that every group
+/// write raises in its own commit. It lives beside the groups, under a key no group can have.
+pub static GENERATION: RecordKind = RecordKind {
+    kind: Kind::NodeGroup,
+    name: "group_tree",
+    table: "node_groups",
+    key: &["name"],
+    indexes: &[],
+    derived: &[],
+    references: &[],
+    referenced: false,
+    json: &[],
+};
+
+fn generation_key() -> Key {
+    Key::one("/generation")
+}
+
+fn env_key(key: &EnvironmentKey) -> Key {
+    Key::two(
+        key.environment_name.as_str(),
+        key.puppet_cluster_name.as_str(),
+    )
+}
+
+/// Group writes check the tree they change as of one generation, and commit only if it is
+/// still current (raising it), so two writes can never together make a cycle or a chain
+/// deeper than `MAX_DEPTH`.
+struct TreeGuard<'a>(&'a Store);
+
+#[async_trait]
+impl Guard<NodeGroup> for TreeGuard<'_> {
+    async fn check(
+        &self,
+        before: Option<&NodeGroup>,
+        after: Option<&NodeGroup>,
+    ) -> Result<Vec<Step>> {
+        let tree = self.0.current_tree().await?;
+        if let Some(group) = after {
+            if before.is_none() && tree.contains(&group.name) {
+                return Err(StoreError::AlreadyExists {
+                    kind: Kind::NodeGroup,
+                    key: group.name.to_string(),
+                });
+            }
+            tree.check_parent(group)?;
+        }
+        let bump = Write::new(
+            &GENERATION,
+            generation_key(),
+            Op::Adjust(1),
+            Expect::Refs(tree.generation),
+        );
+        Ok(vec![(bump, OnFail::Changed)])
+    }
+}
+
+impl Store {
+    async fn generation(&self) -> Result<i64> {
+        let record = self.db.engine().get(&GENERATION, &generation_key()).await?;
+        Ok(record.map_or(0, |r| r.refs))
+    }
+
+    /// The tree at `generation` if this process has it; else the tree read now, which is
+    /// at `generation` or a later one.
+    async fn tree_at(&self, generation: i64) -> Result<Arc<GroupTree>> {
+        if let Some(tree) = self.groups.at(generation) {
+            return Ok(tree);
+        }
+        let mut before = generation;
+        for _ in 0..MAX_TRIES {
+            let mut groups = Vec::new();
+            let mut after = None;
+            loop {
+                let batch = self.db.engine().scan(&NODE_GROUP, after).await?;
+                for record in &batch.records {
+                    groups.push(decode(record)?);
+                }
+                match batch.more {
+                    Some(position) => after = Some(position),
+                    None => break,
+                }
+            }
+            let now = self.generation().await?;
+            if now == before {
+                let tree = Arc::new(GroupTree::new(now, groups));
+                self.groups.keep(tree.clone());
+                return Ok(tree);
+            }
+            before = now;
+        }
+        Err(StoreError::Unavailable(
+            "node groups kept changing while they were read".into(),
+        ))
+    }
+
+    async fn current_tree(&self) -> Result<Arc<GroupTree>> {
+        let generation = self.generation().await?;
+        self.tree_at(generation).await
+    }
+
+    /// A node and its group chain (its group first, then up to the root), all as they were
+    /// at one instant: one engine read while no group changed.
+    pub async fn node_with_groups(
+        &self,
+        name: &Certname,
+    ) -> Result<(Stored<Node>, Vec<Arc<NodeGroup>>), StoreError> {
+        let keys = [
+            (&NODE, Key::one(name.as_str())),
+            (&GENERATION, generation_key()),
+        ];
+        for _ in 0..MAX_TRIES {
+            let found = self.db.engine().get_many(&keys).await?;
+            let (Some(Some(node)), Some(generation)) = (found.first(), found.get(1)) else {
+                return Err(StoreError::NotFound {
+                    kind: Kind::Node,
+                    key: name.to_string(),
+                });
+            };
+            let node: Stored<Node> = decode(node)?;
+            let generation = generation.as_ref().map_or(0, |r| r.refs);
+            let tree = self.tree_at(generation).await?;
+            if tree.generation == generation {
+                let chain = tree.chain(node.item.node_group_name.as_ref())?;
+                return Ok((node, chain));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "node groups kept changing while a node was classified".into(),
+        ))
+    }
+
+    pub async fn create_environment(&self, env: Environment) -> Result<Stored<Environment>> {
+        self.db.create(&ENVIRONMENT, env, &NoGuard).await
+    }
+
+    pub async fn get_environment(&self, key: &EnvironmentKey) -> Result<Stored<Environment>> {
+        self.db.get(&ENVIRONMENT, &env_key(key)).await
+    }
+
+    pub async fn list_environments(
+        &self,
+        filter: &EnvironmentFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Stored<Environment>>> {
+        let filters: Vec<_> = filter
+            .puppet_cluster_name
+            .iter()
+            .map(|c| ("puppet_cluster_name", c.to_string()))
+            .collect();
+        self.db
+            .list(&ENVIRONMENT, &filters, (None, None), page)
+            .await
+    }
+
+    pub async fn delete_environment(
+        &self,
+        key: &EnvironmentKey,
+        expected: Option<u64>,
+    ) -> Result<()> {
+        self.db
+            .delete::<Environment>(&ENVIRONMENT, &env_key(key), expected, &NoGuard)
+            .await
+    }
+
+    pub async fn create_node_group(&self, group: NodeGroup) -> Result<Stored<NodeGroup>> {
+        self.db.create(&NODE_GROUP, group, &TreeGuard(self)).await
+    }
+
+    pub async fn get_node_group(&self, name: &GroupName) -> Result<Stored<NodeGroup>> {
+        self.db.get(&NODE_GROUP, &Key::one(name.as_str())).await
+    }
+
+    pub async fn list_node_groups(&self, page: &PageRequest) -> Result<Page<Stored<NodeGroup>>> {
+        self.db.list(&NODE_GROUP, &[], (None, None), page).await
+    }
+
+    pub async fn replace_node_group(
+        &self,
+        group: NodeGroup,
+        expected: Option<u64>,
+    ) -> Result<Stored<NodeGroup>> {
+        self.db
+            .replace(&NODE_GROUP, group, expected, &TreeGuard(self))
+            .await
+    }
+
+    pub async fn delete_node_group(&self, name: &GroupName, expected: Option<u64>) -> Result<()> {
+        let key = Key::one(name.as_str());
+        self.db
+            .delete(&NODE_GROUP, &key, expected, &TreeGuard(self))
+            .await
+    }
+
+    pub async fn create_node(&self, node: Node) -> Result<Stored<Node>> {
+        self.db.create(&NODE, node, &NoGuard).await
+    }
+
+    pub async fn get_node(&self, name: &Certname) -> Result<Stored<Node>> {
+        self.db.get(&NODE, &Key::one(name.as_str())).await
+    }
+
+    pub async fn list_nodes(
+        &self,
+        filter: &NodeFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Stored<Node>>> {
+        let mut filters = Vec::new();
+        if let Some(group) = &filter.node_group_name {
+            filters.push(("node_group_name", group.to_string()));
+        }
+        if let Some(env) = &filter.environment_name {
+            filters.push(("environment_name", env.to_string()));
+        }
+        if let Some(cluster) = &filter.puppet_cluster_name {
+            filters.push(("puppet_cluster_name", cluster.to_string()));
+        }
+        self.db.list(&NODE, &filters, (None, None), page).await
+    }
+
+    pub async fn replace_node(&self, node: Node, expected: Option<u64>) -> Result<Stored<Node>> {
+        self.db.replace(&NODE, node, expected, &NoGuard).await
+    }
+
+    pub async fn delete_node(&self, name: &Certname, expected: Option<u64>) -> Result<()> {
+        self.db
+            .delete::<Node>(&NODE, &Key::one(name.as_str()), expected, &NoGuard)
+            .await
+    }
+}

@@ -1,0 +1,234 @@
+//! The node-group tree as of one generation: every group write bumps the generation in its
+//! own commit, so a tree read between two equal generation readings is one consistent
+//! snapshot, and a write conditional on the generation it checked cannot race another.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use crate::domain::{GroupName, NodeGroup, Stored};
+use crate::store::{Kind, Result, StoreError};
+
+/// The most groups a node's chain may hold, its own group included.
+pub const MAX_DEPTH: usize = 32;
+
+pub struct GroupTree {
+    pub generation: i64,
+    groups: HashMap<GroupName, Arc<NodeGroup>>,
+    children: HashMap<GroupName, Vec<GroupName>>,
+}
+
+impl GroupTree {
+    pub fn new(generation: i64, groups: Vec<Stored<NodeGroup>>) -> Self {
+        let mut children: HashMap<GroupName, Vec<GroupName>> = HashMap::new();
+        for group in &groups {
+            if let Some(parent) = &group.item.parent {
+                children
+                    .entry(parent.clone())
+                    .or_default()
+                    .push(group.item.name.clone());
+            }
+        }
+        let groups = groups
+            .into_iter()
+            .map(|g| (g.item.name.clone(), Arc::new(g.item)))
+            .collect();
+        Self {
+            generation,
+            groups,
+            children,
+        }
+    }
+
+    pub fn contains(&self, name: &GroupName) -> bool {
+        self.groups.contains_key(name)
+    }
+
+    /// The group `first`, its parent, and so on up to the root.
+    pub fn chain(&self, first: Option<&GroupName>) -> Result<Vec<Arc<NodeGroup>>> {
+        let mut chain: Vec<Arc<NodeGroup>> = Vec::new();
+        let mut next = first;
+        while let Some(name) = next {
+            // References are kept intact by the store, so a gap or a loop is a fault.
+            let group = self.groups.get(name).ok_or_else(|| {
+                StoreError::Internal(format!("node group {name} is missing from the tree").into())
+            })?;
+            if chain.len() > MAX_DEPTH * 2 {
+                return Err(StoreError::Internal(
+                    format!("node group {name} is its own ancestor").into(),
+                ));
+            }
+            chain.push(group.clone());
+            next = group.parent.as_ref();
+        }
+        Ok(chain)
+    }
+
+    /// The longest path from `name` down to a descendant, in groups below it.
+    fn height(&self, name: &GroupName) -> usize {
+        let mut deepest = 0;
+        let mut level: Vec<&GroupName> = vec![name];
+        let mut seen: HashSet<&GroupName> = HashSet::from([name]);
+        while !level.is_empty() {
+            level = level
+                .iter()
+                .flat_map(|n| self.children.get(*n).into_iter().flatten())
+                .filter(|c| seen.insert(*c))
+                .collect();
+            if !level.is_empty() {
+                deepest += 1;
+            }
+        }
+        deepest
+    }
+
+    /// Refuses a parent that is missing, that has `group` among its ancestors, or that would
+    /// make some chain through `group` longer than `MAX_DEPTH`.
+    pub fn check_parent(&self, group: &NodeGroup) -> Result<()> {
+        let Some(parent) = &group.parent else {
+            return Ok(());
+        };
+        let mut chain = vec![group.name.to_string()];
+        let mut seen = HashSet::from([&group.name]);
+        let mut next = Some(parent);
+        while let Some(name) = next {
+            chain.push(name.to_string());
+            if !seen.insert(name) {
+                return Err(StoreError::Cycle { chain });
+            }
+            let found = self
+                .groups
+                .get(name)
+                .ok_or_else(|| StoreError::MissingReference {
+                    field: "parent",
+                    kind: Kind::NodeGroup,
+                    key: name.to_string(),
+                })?;
+            next = found.parent.as_ref();
+        }
+        let depth = chain.len() + self.height(&group.name);
+        if depth > MAX_DEPTH {
+            return Err(StoreError::TooDeep {
+                depth,
+                max: MAX_DEPTH,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The newest tree this process has read.
+#[derive(Default)]
+pub struct TreeCache {
+    current: RwLock<Option<Arc<GroupTree>>>,
+}
+
+impl TreeCache {
+    pub fn at(&self, generation: i64) -> Option<Arc<GroupTree>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .filter(|t| t.generation == generation)
+            .cloned()
+    }
+
+    pub fn keep(&self, tree: Arc<GroupTree>) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current
+            .as_ref()
+            .is_none_or(|t| t.generation <= tree.generation)
+        {
+            *current = Some(tree);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Meta;
+    use std::collections::BTreeMap;
+
+    fn group(name: &str, parent: Option<&str>) -> NodeGroup {
+        NodeGroup {
+            name: GroupName::parse(name).unwrap(),
+            description: None,
+            parent: parent.map(|p| GroupName::parse(p).unwrap()),
+            classes: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+        }
+    }
+
+    /// g0 <- g1 <- ... <- g{n-1}
+    fn line(n: usize) -> GroupTree {
+        let groups = (0..n)
+            .map(|i| Stored {
+                item: group(
+                    &format!("g{i}"),
+                    (i > 0).then(|| format!("g{}", i - 1)).as_deref(),
+                ),
+                meta: Meta::first(),
+            })
+            .collect();
+        GroupTree::new(7, groups)
+    }
+
+    #[test]
+    fn chains_run_from_the_group_to_the_root() {
+        let tree = line(4);
+        let names: Vec<String> = tree
+            .chain(Some(&GroupName::parse("g3").unwrap()))
+            .unwrap()
+            .iter()
+            .map(|g| g.name.to_string())
+            .collect();
+        assert_eq!(names, ["g3", "g2", "g1", "g0"]);
+        assert!(tree.chain(None).unwrap().is_empty());
+        assert!(
+            tree.chain(Some(&GroupName::parse("nope").unwrap()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn depth_counts_the_subtree_that_moves_with_a_group() {
+        let tree = line(MAX_DEPTH);
+        // A new group under the deepest one would be the 33rd level.
+        let under_last = group("new", Some(&format!("g{}", MAX_DEPTH - 1)));
+        assert!(matches!(
+            tree.check_parent(&under_last),
+            Err(StoreError::TooDeep { depth: 33, .. })
+        ));
+        assert!(tree.check_parent(&group("new", Some("g30"))).is_ok());
+        // Moving g1 (with 30 groups below it) under a new root's child adds a level.
+        tree.check_parent(&group("g1", Some("g0"))).unwrap();
+        let mut taller = line(MAX_DEPTH);
+        taller.groups.insert(
+            GroupName::parse("x").unwrap(),
+            Arc::new(group("x", Some("g0"))),
+        );
+        assert!(matches!(
+            taller.check_parent(&group("g1", Some("x"))),
+            Err(StoreError::TooDeep { depth: 33, .. })
+        ));
+    }
+
+    #[test]
+    fn cycles_and_missing_parents_are_refused() {
+        let tree = line(3);
+        match tree.check_parent(&group("g0", Some("g2"))) {
+            Err(StoreError::Cycle { chain }) => assert_eq!(chain, ["g0", "g2", "g1", "g0"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            tree.check_parent(&group("g1", Some("g1"))),
+            Err(StoreError::Cycle { .. })
+        ));
+        assert!(matches!(
+            tree.check_parent(&group("g1", Some("nope"))),
+            Err(StoreError::MissingReference {
+                field: "parent",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,164 @@
+//! What a storage engine must do, and nothing more: read records, list them by an index, and
+//! commit a set of conditional writes atomically, saying which condition failed. Every rule
+//! about what the records mean lives above this line, written once for both engines.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::record::{Index, RecordKind};
+use super::{Result, StoreError};
+
+/// The key of a record: the values of its kind's key fields, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Key(pub Vec<String>);
+
+impl Key {
+    pub fn one(part: impl Into<String>) -> Self {
+        Key(vec![part.into()])
+    }
+
+    pub fn two(first: impl Into<String>, second: impl Into<String>) -> Self {
+        Key(vec![first.into(), second.into()])
+    }
+}
+
+/// Written as in messages and paths: `production/puppet-eu`.
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("/"))
+    }
+}
+
+/// A record as an engine keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The object as JSON text (a JSON object), exactly as the domain serialised it.
+    pub body: Vec<u8>,
+    /// The object's `version` (0 for kinds without versions).
+    pub version: u64,
+    /// How many records refer to this one (kept by the store in every commit).
+    pub refs: i64,
+}
+
+/// What a write requires of the record it touches, checked inside the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Anything,
+    Absent,
+    Present,
+    /// Present at exactly this version and reference count.
+    At {
+        version: u64,
+        refs: i64,
+    },
+    /// Its reference count is this (an absent record counts zero).
+    Refs(i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Store this object (a JSON object) with this reference count.
+    Put {
+        body: Map<String, Value>,
+        refs: i64,
+    },
+    Delete,
+    /// Add this to the reference count (zero: only check the expectation). An absent record
+    /// is created holding only its count.
+    Adjust(i64),
+}
+
+/// One conditional write of a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub kind: &'static RecordKind,
+    pub key: Key,
+    pub op: Op,
+    pub expect: Expect,
+}
+
+impl Write {
+    pub fn new(kind: &'static RecordKind, key: Key, op: Op, expect: Expect) -> Self {
+        Self {
+            kind,
+            key,
+            op,
+            expect,
+        }
+    }
+}
+
+/// Why a commit did not happen.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The expectation of the write at this index did not hold; nothing was written.
+    Condition(usize),
+    /// Another commit touched the same records at the same moment; nothing was written.
+    Conflict,
+    Store(StoreError),
+}
+
+impl From<StoreError> for CommitError {
+    fn from(e: StoreError) -> Self {
+        CommitError::Store(e)
+    }
+}
+
+/// A position in an index: just after the record with this sort value and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub sort: String,
+    pub key: Key,
+}
+
+/// Records of one kind, in an index's order: those whose partition attribute is
+/// `partition`, whose sort attribute is within `from..=to`, and whose `filters` fields have
+/// exactly these values.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub kind: &'static RecordKind,
+    pub index: &'static Index,
+    pub partition: &'a str,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub filters: &'a [(&'static str, String)],
+    pub after: Option<Position>,
+    /// At most this many records.
+    pub limit: usize,
+}
+
+/// Some of what a query or scan found, and where to go on if there may be more. An engine
+/// may answer fewer records than asked for and still have more.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub more: Option<Position>,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for logs, metrics and cursors, e.g. `embedded`.
+    fn backend(&self) -> &'static str;
+
+    /// Succeeds when the engine can serve reads and writes.
+    async fn ping(&self) -> Result<()>;
+
+    /// The record under `key`, read after every commit that finished before the call.
+    async fn get(&self, kind: &'static RecordKind, key: &Key) -> Result<Option<Record>>;
+
+    /// Several records as they all were at one instant (one snapshot), in order.
+    async fn get_many(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>>;
+
+    /// One batch of an index listing. Listings may lag commits by moments on DynamoDB.
+    async fn query(&self, query: &Query<'_>) -> Result<Batch>;
+
+    /// One batch of every record of a kind, in no particular order, each read after every
+    /// commit that finished before the call (not one snapshot: callers check a counter).
+    async fn scan(&self, kind: &'static RecordKind, after: Option<Position>) -> Result<Batch>;
+
+    /// Applies every write or none: all expectations are checked in the same atomic step.
+    async fn commit(&self, writes: &[Write]) -> Result<(), CommitError>;
+}

@@ -1,0 +1,433 @@
+//! The storage rules, written once over any engine: versions and `If-Match`, reference counts
+//! and who still refers to a record, retrying a write that lost a race, and listings cut into
+//! pages with cursors.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::engine::{CommitError, Engine, Expect, Key, Op, Position, Query, Record, Write};
+use super::record::{RecordKind, to_body};
+use super::{Cursor, Kind, Page, PageRequest, Result, StoreError};
+use crate::domain::{Meta, Stored};
+
+/// Attempts at a write that keeps meeting concurrent writes before answering 503.
+pub(super) const MAX_TRIES: u32 = 8;
+/// How many referrers of each kind a refused delete names.
+pub const MAX_REFERRERS: usize = 10;
+
+/// What a failed expectation of one write of a commit means.
+#[derive(Debug, Clone)]
+pub(super) enum OnFail {
+    /// The record being created exists already.
+    Exists,
+    /// A record the change names does not exist.
+    Missing {
+        field: &'static str,
+        kind: Kind,
+        key: String,
+    },
+    /// Something changed since it was read: read again and retry.
+    Changed,
+}
+
+pub(super) type Step = (Write, OnFail);
+
+/// Checks a change against records beyond the one written, and adds the writes that keep
+/// those checks true until the commit (e.g. the group tree's generation).
+#[async_trait]
+pub(super) trait Guard<T: Sync>: Sync {
+    async fn check(&self, before: Option<&T>, after: Option<&T>) -> Result<Vec<Step>>;
+}
+
+/// For kinds whose writes need no more than their references.
+pub(super) struct NoGuard;
+
+#[async_trait]
+impl<T: Sync> Guard<T> for NoGuard {
+    async fn check(&self, _: Option<&T>, _: Option<&T>) -> Result<Vec<Step>> {
+        Ok(Vec::new())
+    }
+}
+
+pub(super) fn decode<T: DeserializeOwned>(record: &Record) -> Result<T> {
+    serde_json::from_slice(&record.body).map_err(|e| StoreError::Internal(Box::new(e)))
+}
+
+/// Refuses a write whose `If-Match` version is not the stored one.
+fn check_version(kind: Kind, key: &Key, expected: Option<u64>, actual: u64) -> Result<()> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::VersionMismatch {
+            kind,
+            key: key.to_string(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `attempt` until it gives a result, backing off between tries; `Ok(None)` means
+/// "something changed under us, try again".
+pub(super) async fn retry<R, F, Fut>(mut attempt: F) -> Result<R>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<R>>>,
+{
+    for tries in 0..MAX_TRIES {
+        if tries > 0 {
+            tokio::time::sleep(Duration::from_millis(2 << tries)).await;
+        }
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+    }
+    Err(StoreError::Unavailable(
+        "concurrent writes to the same records kept conflicting".into(),
+    ))
+}
+
+/// The key of an object about to be stored.
+fn key_of<T: Serialize>(kind: &RecordKind, object: &T) -> Result<Key> {
+    kind.key_of(&to_body(object)?)
+        .ok_or_else(|| StoreError::Internal(format!("a {} without its key", kind.name).into()))
+}
+
+/// The reference-count changes from `before` to `after` (either absent), one per record
+/// named; every record named must exist, and a newly named one missing is refused.
+fn references(
+    kind: &RecordKind,
+    before: Option<&Map<String, Value>>,
+    after: Option<&Map<String, Value>>,
+) -> Vec<Step> {
+    let mut changes: BTreeMap<(&str, Key), (&'static RecordKind, i64, OnFail)> = BTreeMap::new();
+    let named = |body: Option<&Map<String, Value>>| body.map(|b| kind.referenced_keys(b));
+    for (delta, body) in [(-1, before), (1, after)] {
+        for (reference, key) in named(body).unwrap_or_default() {
+            let target = reference.target;
+            let change =
+                changes
+                    .entry((target.name, key.clone()))
+                    .or_insert((target, 0, OnFail::Changed));
+            change.1 += delta;
+            if delta > 0 {
+                let (field, kind, key) = (reference.field, target.kind, key.to_string());
+                change.2 = OnFail::Missing { field, kind, key };
+            }
+        }
+    }
+    changes
+        .into_iter()
+        .map(|((_, key), (kind, delta, on_fail))| {
+            let op = Op::Adjust(delta);
+            let write = Write::new(kind, key, op, Expect::Present);
+            (write, on_fail)
+        })
+        .collect()
+}
+
+/// The rules over one engine.
+pub(super) struct Db {
+    engine: Arc<dyn Engine>,
+    /// Every kind, to find who refers to a record.
+    kinds: &'static [&'static RecordKind],
+}
+
+impl Db {
+    pub(super) fn new(engine: Arc<dyn Engine>, kinds: &'static [&'static RecordKind]) -> Self {
+        Self { engine, kinds }
+    }
+
+    pub(super) fn engine(&self) -> &dyn Engine {
+        &*self.engine
+    }
+
+    pub(super) fn backend(&self) -> &'static str {
+        self.engine.backend()
+    }
+
+    /// The object and the record holding it, or `NotFound`.
+    async fn require<T: DeserializeOwned>(
+        &self,
+        kind: &'static RecordKind,
+        key: &Key,
+    ) -> Result<(T, Record), StoreError> {
+        match self.engine.get(kind, key).await? {
+            Some(record) => Ok((decode(&record)?, record)),
+            None => Err(StoreError::NotFound {
+                kind: kind.kind,
+                key: key.to_string(),
+            }),
+        }
+    }
+
+    pub(super) async fn get<T: DeserializeOwned>(
+        &self,
+        kind: &'static RecordKind,
+        key: &Key,
+    ) -> Result<T> {
+        Ok(self.require(kind, key).await?.0)
+    }
+
+    /// Commits: `Ok(true)` when done, `Ok(false)` when it should be tried again.
+    async fn commit(&self, steps: Vec<Step>) -> Result<bool> {
+        let (writes, fails): (Vec<Write>, Vec<OnFail>) = steps.into_iter().unzip();
+        let i = match self.engine.commit(&writes).await {
+            Ok(()) => return Ok(true),
+            Err(CommitError::Conflict) => return Ok(false),
+            Err(CommitError::Store(e)) => return Err(e),
+            Err(CommitError::Condition(i)) => i,
+        };
+        match fails.get(i) {
+            Some(OnFail::Changed) => Ok(false),
+            Some(OnFail::Exists) => Err(StoreError::AlreadyExists {
+                kind: writes[i].kind.kind,
+                key: writes[i].key.to_string(),
+            }),
+            Some(OnFail::Missing { field, kind, key }) => Err(StoreError::MissingReference {
+                field,
+                kind: *kind,
+                key: key.clone(),
+            }),
+            None => Err(StoreError::Internal(format!("no write {i} to fail").into())),
+        }
+    }
+
+    /// Creates (`create`), replaces (`after`) or deletes (no `after`) the object under `key`,
+    /// in one commit with the reference counts it changes and the guard's writes, all
+    /// conditional on what was read; tried again if anything changed in between.
+    async fn write<T>(
+        &self,
+        kind: &'static RecordKind,
+        key: &Key,
+        expected: Option<u64>,
+        after: Option<&T>,
+        create: bool,
+        guard: &dyn Guard<T>,
+    ) -> Result<Option<Stored<T>>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Sync,
+    {
+        retry(|| async move {
+            let current: Option<(Stored<T>, Record)> = match create {
+                true => None,
+                false => Some(self.require(kind, key).await?),
+            };
+            let (meta, expect, refs) = match &current {
+                None => (Meta::first(), Expect::Absent, 0),
+                Some((stored, record)) => {
+                    check_version(kind.kind, key, expected, stored.meta.version)?;
+                    if after.is_none() && record.refs > 0 {
+                        let referrers = self.referrers(kind, key).await?;
+                        let key = key.to_string();
+                        return Err(StoreError::StillReferenced {
+                            kind: kind.kind,
+                            key,
+                            referrers,
+                        });
+                    }
+                    let (version, refs) = (record.version, record.refs);
+                    (stored.meta.next(), Expect::At { version, refs }, refs)
+                }
+            };
+            let stored = after.map(|item| Stored {
+                item: item.clone(),
+                meta,
+            });
+            let before = current.as_ref().map(|(_, r)| decode(r)).transpose()?;
+            let body = stored.as_ref().map(to_body).transpose()?;
+            let op = match &body {
+                Some(body) => Op::Put {
+                    body: body.clone(),
+                    refs,
+                },
+                None => Op::Delete,
+            };
+            let on_fail = if create {
+                OnFail::Exists
+            } else {
+                OnFail::Changed
+            };
+            let mut steps = vec![(Write::new(kind, key.clone(), op, expect), on_fail)];
+            steps.extend(references(kind, before.as_ref(), body.as_ref()));
+            let item = current.as_ref().map(|(s, _)| &s.item);
+            steps.extend(guard.check(item, after).await?);
+            Ok(self.commit(steps).await?.then_some(stored))
+        })
+        .await
+    }
+
+    /// Stores the first version of an object; refused if its key exists or a record it
+    /// names is missing.
+    pub(super) async fn create<T>(
+        &self,
+        kind: &'static RecordKind,
+        item: T,
+        guard: &dyn Guard<T>,
+    ) -> Result<Stored<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Sync,
+    {
+        let key = key_of(kind, &item)?;
+        let stored = self.write(kind, &key, None, Some(&item), true, guard);
+        stored
+            .await?
+            .ok_or_else(|| StoreError::Internal("created nothing".into()))
+    }
+
+    /// Stores an object that has no versions and is never changed.
+    pub(super) async fn create_plain<T: Serialize>(
+        &self,
+        kind: &'static RecordKind,
+        object: &T,
+    ) -> Result<()> {
+        let body = to_body(object)?;
+        let key = &key_of(kind, object)?;
+        retry(|| async {
+            let op = Op::Put {
+                body: body.clone(),
+                refs: 0,
+            };
+            let write = Write::new(kind, key.clone(), op, Expect::Absent);
+            let mut steps = vec![(write, OnFail::Exists)];
+            steps.extend(references(kind, None, Some(&body)));
+            Ok(self.commit(steps).await?.then_some(()))
+        })
+        .await
+    }
+
+    /// Stores the next version of an object, refused if `expected` (`If-Match`) is stale.
+    pub(super) async fn replace<T>(
+        &self,
+        kind: &'static RecordKind,
+        item: T,
+        expected: Option<u64>,
+        guard: &dyn Guard<T>,
+    ) -> Result<Stored<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Sync,
+    {
+        let key = key_of(kind, &item)?;
+        let stored = self.write(kind, &key, expected, Some(&item), false, guard);
+        stored
+            .await?
+            .ok_or_else(|| StoreError::Internal("replaced nothing".into()))
+    }
+
+    /// Deletes an object, refused while others refer to it or if `expected` is stale.
+    pub(super) async fn delete<T>(
+        &self,
+        kind: &'static RecordKind,
+        key: &Key,
+        expected: Option<u64>,
+        guard: &dyn Guard<T>,
+    ) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Clone + Sync,
+    {
+        self.write(kind, key, expected, None, false, guard).await?;
+        Ok(())
+    }
+
+    /// Who refers to the record: up to `MAX_REFERRERS` of each kind that can, e.g.
+    /// `node web01`, then `more` if there are more.
+    async fn referrers(&self, target: &RecordKind, key: &Key) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kind in self.kinds {
+            for reference in kind.references.iter().filter(|r| r.target == target) {
+                let fields = reference.fields.iter().copied();
+                let filters: Vec<_> = fields.zip(key.0.iter().cloned()).collect();
+                let found = self.find(kind, &filters, (None, None), None, MAX_REFERRERS + 1);
+                for (i, record) in found.await?.iter().enumerate() {
+                    if i == MAX_REFERRERS {
+                        out.push("more".to_owned());
+                        break;
+                    }
+                    let name = kind.key_of(&decode(record)?).unwrap_or_default();
+                    out.push(format!("{} {name}", kind.kind));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` records matching the filters and sort range, after `after`.
+    async fn find(
+        &self,
+        kind: &'static RecordKind,
+        filters: &[(&'static str, String)],
+        (from, to): (Option<&str>, Option<&str>),
+        mut after: Option<Position>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        let (index, partition, filters) = kind.choose_index(filters);
+        let partition = &partition;
+        let mut found = Vec::new();
+        loop {
+            let (filters, limit) = (&filters[..], limit - found.len());
+            let query = Query {
+                kind,
+                index,
+                partition,
+                from,
+                to,
+                filters,
+                after,
+                limit,
+            };
+            let batch = self.engine.query(&query).await?;
+            found.extend(batch.records);
+            match batch.more {
+                Some(position) if found.len() < limit => after = Some(position),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// One page of a listing. The cursor names the listing (kind, filters and range), so a
+    /// cursor only continues the listing it came from.
+    pub(super) async fn list<T: DeserializeOwned>(
+        &self,
+        kind: &'static RecordKind,
+        filters: &[(&'static str, String)],
+        range: (Option<&str>, Option<&str>),
+        page: &PageRequest,
+    ) -> Result<Page<T>> {
+        let listing = format!("{}?{filters:?}&{range:?}", kind.name);
+        let backend = self.backend();
+        let after = match &page.cursor {
+            None => None,
+            Some(text) => {
+                let position: Position = Cursor::decode(backend, &listing, text)?;
+                let parts = &position.key.0;
+                let whole = parts.len() == kind.key.len() && parts.iter().all(|p| !p.is_empty());
+                if !whole || position.sort.is_empty() {
+                    return Err(StoreError::InvalidCursor);
+                }
+                Some(position)
+            }
+        };
+        let mut records = self
+            .find(kind, filters, range, after, page.limit + 1)
+            .await?;
+        let mut next_cursor = None;
+        if records.len() > page.limit {
+            records.truncate(page.limit);
+            if let Some(last) = records.last() {
+                let body = decode(last)?;
+                let index = kind.choose_index(filters).0;
+                let sort = kind.attribute(&body, index.sort).unwrap_or_default();
+                let key = kind.key_of(&body).unwrap_or_default();
+                next_cursor = Some(Cursor::encode(backend, &listing, Position { sort, key }));
+            }
+        }
+        let items = records.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(Page { items, next_cursor })
+    }
+}
