@@ -146,11 +146,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Succeeds when the engine can serve reads and writes.
     async fn ping(&self) -> Result<()>;
 
-    /// The record under `key`, read after every commit that finished before the call.
-    async fn get(&self, kind: &'static RecordKind, key: &Key) -> Result<Option<Record>>;
-
-    /// Several records as they all were at one instant (one snapshot), in order.
-    async fn get_many(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>>;
+    /// The records under these keys, in order, as they all were at one instant after every
+    /// commit that finished before the call.
+    async fn get(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>>;
 
     /// One batch of an index listing. Listings may lag commits by moments on DynamoDB.
     async fn query(&self, query: &Query<'_>) -> Result<Batch>;

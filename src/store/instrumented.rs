@@ -78,18 +78,14 @@ impl Engine for Instrumented {
         self.observe("ping", kind, self.inner.ping(), read).await
     }
 
-    async fn get(&self, kind: &'static RecordKind, key: &Key) -> Result<Option<Record>> {
-        self.observe("get", kind, self.inner.get(kind, key), |r| match r {
-            Ok(None) => "not_found",
+    /// Named after the first key's kind, and `not_found` when its record is absent.
+    async fn get(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>> {
+        let kind = keys.first().map_or(super::KINDS[0], |(k, _)| *k);
+        self.observe("get", kind, self.inner.get(keys), |r| match r {
+            Ok(found) if found.first().is_some_and(Option::is_none) => "not_found",
             other => read(other),
         })
         .await
-    }
-
-    async fn get_many(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>> {
-        let kind = keys.first().map_or(super::KINDS[0], |(k, _)| *k);
-        self.observe("get_many", kind, self.inner.get_many(keys), read)
-            .await
     }
 
     async fn query(&self, query: &Query<'_>) -> Result<Batch> {

@@ -158,7 +158,13 @@ impl Db {
         kind: &'static RecordKind,
         key: &Key,
     ) -> Result<(T, Record), StoreError> {
-        match self.engine.get(kind, key).await? {
+        match self
+            .engine
+            .get(&[(kind, key.clone())])
+            .await?
+            .pop()
+            .flatten()
+        {
             Some(record) => Ok((decode(&record)?, record)),
             None => Err(StoreError::NotFound {
                 kind: kind.kind,

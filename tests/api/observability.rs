@@ -77,7 +77,7 @@ async fn metrics_count_exactly_what_happened() {
         // One commit per write (the refused one too); one snapshot read per classification.
         (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="commit",outcome="ok",record="environment"}}"#), 1.0),
         (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="commit",outcome="refused",record="environment"}}"#), 1.0),
-        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="get_many",outcome="ok",record="node"}}"#), 1.0),
+        (format!(r#"store_operation_duration_seconds_count{{backend="{backend}",operation="get",outcome="not_found",record="node"}}"#), 1.0),
         // The scrape itself is the one request in flight.
         ("http_requests_in_flight".to_owned(), 1.0),
         (r#"enc_build_info{git_sha="unknown",version="0.1.0"}"#.to_owned(), 1.0),

@@ -57,7 +57,7 @@ fn a_classification_is_one_store_call_and_sees_changes_from_another_enc_at_once(
         assert_eq!(status, 201, "{answer}");
     }
     assert_eq!(classify(&a)["parameters"]["owner"], "platform");
-    let one_read = BTreeMap::from([("get_many".to_owned(), 1.0)]);
+    let one_read = BTreeMap::from([("get".to_owned(), 1.0)]);
     let before = store_calls(&a);
     classify(&a);
     assert_eq!(

@@ -246,11 +246,7 @@ impl Engine for Embedded {
         Ok(())
     }
 
-    async fn get(&self, kind: &'static RecordKind, key: &Key) -> Result<Option<Record>> {
-        Self::get_in(&self.db.begin_read()?, kind, key)
-    }
-
-    async fn get_many(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>> {
+    async fn get(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>> {
         let txn = self.db.begin_read()?;
         keys.iter()
             .map(|(kind, key)| Self::get_in(&txn, kind, key))

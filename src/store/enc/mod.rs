@@ -131,8 +131,12 @@ impl Guard<NodeGroup> for TreeGuard<'_> {
 
 impl Store {
     async fn generation(&self) -> Result<i64> {
-        let record = self.db.engine().get(&GENERATION, &generation_key()).await?;
-        Ok(record.map_or(0, |r| r.refs))
+        let found = self
+            .db
+            .engine()
+            .get(&[(&GENERATION, generation_key())])
+            .await?;
+        Ok(found.first().and_then(Option::as_ref).map_or(0, |r| r.refs))
     }
 
     /// The tree at `generation` if this process has it; else the tree read now, which is
@@ -184,7 +188,7 @@ impl Store {
             (&GENERATION, generation_key()),
         ];
         for _ in 0..MAX_TRIES {
-            let found = self.db.engine().get_many(&keys).await?;
+            let found = self.db.engine().get(&keys).await?;
             let (Some(Some(node)), Some(generation)) = (found.first(), found.get(1)) else {
                 return Err(StoreError::NotFound {
                     kind: Kind::Node,
