@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
-use crate::client::{FetchError, get};
+use crate::client::{FetchError, get_as};
 use crate::config::Config;
 use crate::domain::Certname;
 
@@ -26,8 +26,15 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         .cache_dir
         .as_deref()
         .map(|dir| dir.join(format!("{certname}.yaml")));
+    let token = match &config.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) => return fail(&format!("ENC_TOKEN_FILE {}: {e}", path.display())),
+        },
+        None => None,
+    };
     let timeout = Duration::from_secs(config.classify_timeout);
-    let outage = match get(&url, "application/yaml", timeout).await {
+    let outage = match get_as(&url, "application/yaml", token.as_deref(), timeout).await {
         Ok(answer) if answer.status == StatusCode::OK => {
             if let Some(path) = &cache
                 && let Err(e) = save(path, &answer.body)
@@ -50,6 +57,11 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         }
         Ok(answer) if answer.status.is_server_error() => {
             format!("{url} answered {}", answer.status)
+        }
+        Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => {
+            return fail(&format!(
+                "{url} answered 401: set ENC_TOKEN_FILE to a file holding a token with the scope classify"
+            ));
         }
         Ok(answer) => return fail(&format!("{url} answered {}", answer.status)),
         Err(e @ (FetchError::Timeout { .. } | FetchError::Failed { .. })) => e.to_string(),

@@ -26,18 +26,30 @@ pub struct Fetched {
 
 /// GETs `url`, answering within `timeout` or failing.
 pub async fn get(url: &str, accept: &str, timeout: Duration) -> Result<Fetched, FetchError> {
+    get_as(url, accept, None, timeout).await
+}
+
+/// GETs `url` presenting `token` (a bearer token), answering within `timeout` or failing.
+pub async fn get_as(
+    url: &str,
+    accept: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
     let failed = |reason: String| FetchError::Failed {
         url: url.to_owned(),
         reason,
     };
-    let request = Request::get(url)
-        .header(header::ACCEPT, accept)
-        .header(
-            header::USER_AGENT,
-            concat!("enc/", env!("CARGO_PKG_VERSION")),
-        )
+    let mut request = Request::get(url).header(header::ACCEPT, accept).header(
+        header::USER_AGENT,
+        concat!("enc/", env!("CARGO_PKG_VERSION")),
+    );
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|_| failed("the request could not be made (is the token one line?)".into()))?;
     let exchange = async {
         if url.starts_with("https:") {
             let tls = hyper_rustls::HttpsConnectorBuilder::new()

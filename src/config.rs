@@ -22,6 +22,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether callers must say who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Every route but health, documentation and the empty form needs a token or sign-in.
+    On,
+    /// Anyone may do anything: for local experiments only (logged at start and in /readyz).
+    Off,
+}
+
+/// A secret from the environment: kept out of `Debug` output and `--help`.
+#[derive(Clone)]
+pub struct SecretValue(pub String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(…)")
+    }
+}
+
+impl std::str::FromStr for SecretValue {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretValue(s.to_owned()))
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address and port the HTTP server listens on.
@@ -120,6 +146,61 @@ pub struct Config {
     #[arg(long, env = "ENC_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 
+    /// Whether callers must present identity: `on` (a bearer token, the load balancer's
+    /// sign-in, or the form's session), or `off` for local experiments only.
+    #[arg(
+        long,
+        env = "ENC_AUTH",
+        value_enum,
+        default_value = "on",
+        global = true
+    )]
+    pub auth: AuthMode,
+
+    /// A secret always accepted as an `admin` token (at least 32 characters; in AWS from
+    /// Secrets Manager). Set it in the environment, never on a command line.
+    #[arg(
+        long,
+        env = "ENC_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub bootstrap_token: Option<SecretValue>,
+
+    /// A file holding the bootstrap secret instead (e.g. a mounted secret).
+    #[arg(long, env = "ENC_BOOTSTRAP_TOKEN_FILE", global = true)]
+    pub bootstrap_token_file: Option<PathBuf>,
+
+    /// The file holding the token `enc classify` presents (scope `classify`).
+    #[arg(long, env = "ENC_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+
+    /// The load balancer's ARN: trust its `x-amzn-oidc-data` sign-in data (ES256, signed by
+    /// this load balancer). Sign-in through the load balancer is off when unset.
+    #[arg(long, env = "ENC_ALB_OIDC_SIGNER", global = true)]
+    pub alb_oidc_signer: Option<String>,
+
+    /// Where the load balancer's public keys are: `<url>/<kid>`. Default: the region's
+    /// `https://public-keys.auth.elb.<AWS_REGION>.amazonaws.com`.
+    #[arg(long, env = "ENC_ALB_OIDC_KEYS_URL", global = true)]
+    pub alb_oidc_keys_url: Option<String>,
+
+    /// Scopes of people signed in through the load balancer, as JSON: `"claim=value"` (or
+    /// `"*"` for everyone) to a list, e.g. `{"groups=enc-admins": ["admin"], "*":
+    /// ["activities:write"]}`. Nobody gets a scope that is not given here.
+    #[arg(long, env = "ENC_ALB_OIDC_SCOPES", default_value = "", global = true)]
+    pub alb_oidc_scopes: String,
+
+    /// Whether `/metrics` needs a token with the scope `read`.
+    #[arg(
+        long,
+        env = "ENC_METRICS_TOKEN_REQUIRED",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub metrics_token_required: bool,
+
     /// Log format. `RUST_LOG` filters what is logged (default `info`).
     #[arg(
         long,
@@ -144,5 +225,24 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The bootstrap secret, from the environment or its file; refused when short.
+    pub fn bootstrap_secret(&self) -> anyhow::Result<Option<String>> {
+        let secret = match (&self.bootstrap_token, &self.bootstrap_token_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set ENC_BOOTSTRAP_TOKEN or ENC_BOOTSTRAP_TOKEN_FILE, not both")
+            }
+            (Some(secret), None) => secret.0.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("ENC_BOOTSTRAP_TOKEN_FILE {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if secret.chars().count() < 32 {
+            anyhow::bail!("the bootstrap token must be at least 32 characters");
+        }
+        Ok(Some(secret))
     }
 }

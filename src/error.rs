@@ -33,6 +33,10 @@ pub enum AppError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -61,6 +65,8 @@ impl AppError {
         use AppError::*;
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -180,6 +186,12 @@ fn problem_response(status: StatusCode, problem: &Problem) -> Response {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"enc\""),
+        );
+    }
     response
 }
 
@@ -192,6 +204,18 @@ pub enum ReadProblems {
         content_type = "application/problem+json"
     )]
     BadRequest(#[to_schema] Problem),
+    #[response(
+        status = 401,
+        description = "No identity, or one that is malformed, unknown, expired or revoked",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(#[to_schema] Problem),
+    #[response(
+        status = 403,
+        description = "The identity lacks the scope this needs",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(#[to_schema] Problem),
     #[response(
         status = 404,
         description = "Not found",
@@ -221,6 +245,18 @@ pub enum WriteProblems {
         content_type = "application/problem+json"
     )]
     BadRequest(#[to_schema] Problem),
+    #[response(
+        status = 401,
+        description = "No identity, or one that is malformed, unknown, expired or revoked",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(#[to_schema] Problem),
+    #[response(
+        status = 403,
+        description = "The identity lacks the scope this needs",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(#[to_schema] Problem),
     #[response(
         status = 404,
         description = "Not found",

@@ -1,6 +1,7 @@
 //! enc: an external node classifier for Puppet, with the metrics form and operations
 //! endpoints, on an embedded store or DynamoDB.
 
+pub mod auth;
 pub mod classify;
 pub mod cli;
 pub mod client;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::HeaderValue;
 
+use crate::auth::{Access, Auth};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::engine::Engine;
@@ -36,6 +38,14 @@ pub struct App {
     pub cors_origins: Vec<HeaderValue>,
     /// Whether spans are exported, so incoming `traceparent` headers are read.
     pub trace_context: bool,
+    /// Who may do what.
+    pub auth: Auth,
+}
+
+/// What each route needs, from the OpenAPI document.
+pub fn access() -> Access {
+    let document = serde_json::to_value(router::document()).expect("the document serializes");
+    Access::from_openapi(&document).expect("every operation declares its scope")
 }
 
 impl App {
@@ -47,7 +57,13 @@ impl App {
             metrics,
             cors_origins: Vec::new(),
             trace_context: false,
+            auth: Auth::new(true, None, None, false, access()),
         }
+    }
+
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn with_trace_context(mut self, enabled: bool) -> Self {

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
     pub store_duration: HistogramVec,
+    pub auth: IntCounterVec,
     pub classifications: IntCounterVec,
     pub form_submissions: IntCounterVec,
 }
@@ -56,6 +57,11 @@ impl Metrics {
             "store_operation_duration_seconds",
             "Time of storage engine calls (one redb transaction or one DynamoDB request), by backend, operation, record kind and outcome.",
             &["backend", "operation", "record", "outcome"],
+        );
+        let auth = counter(
+            "auth_requests_total",
+            "Requests by what identity checks found: open (the route needs none), ok, missing, malformed, unknown, expired, alb_invalid, forbidden, undeclared or unavailable.",
+            &["outcome"],
         );
         let classifications = counter(
             "classifications_total",
@@ -104,6 +110,7 @@ impl Metrics {
             http_duration,
             http_in_flight,
             store_duration,
+            auth,
             classifications,
             form_submissions,
         }

@@ -1,62 +1,111 @@
-//! Every route in one place, and the OpenAPI document that describes them.
+//! Every route in one place, each declared once with its documentation: the OpenAPI document
+//! is made from the same list that routes requests, and it names the scope each operation
+//! needs, which is what the identity check enforces.
 
-use axum::extract::DefaultBodyLimit;
-use axum::{Router, middleware};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::{Router, middleware};
 use tower::util::option_layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use utoipa::OpenApi;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
-    activities, classification, environments, health, metrics_form, node_groups, nodes,
+    activities, classification, environments, health, metrics_form, node_groups, nodes, session,
+    tokens,
 };
-use crate::{AppState, telemetry};
+use crate::{AppState, auth, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "enc",
-        description = "External node classifier for Puppet: nodes, node groups, environments and the classification Puppet asks for.",
+        description = "External node classifier for Puppet: nodes, node groups, environments and the classification Puppet asks for.\n\nEvery operation names the token scope it needs: send `Authorization: Bearer <token>` (the Authorize button). `admin` may do everything, `write` includes `read`, `read` includes `classify`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        nodes::create, nodes::list, nodes::get, nodes::replace, nodes::delete,
-        classification::get,
-        node_groups::create, node_groups::list, node_groups::get, node_groups::replace,
-        node_groups::delete,
-        environments::create, environments::list, environments::get, environments::delete,
-        metrics_form::form, metrics_form::submit, activities::entries, activities::entries_csv,
-        activities::summary, activities::report,
-        health::healthz, health::readyz, health::metrics,
-    ),
+    modifiers(&Bearer),
     tags(
         (name = "nodes", description = "Puppet nodes, by certname"),
         (name = "classification", description = "What Puppet gets for a node: merged classes, parameters and environment"),
         (name = "node groups", description = "Classes and parameters shared by nodes, with inheritance"),
         (name = "environments", description = "Puppet environments per Puppet cluster"),
+        (name = "tokens", description = "API tokens: the secret is shown once, when made; deleting one revokes it at once"),
         (name = "metrics form", description = "Work engineers record for customer projects. `GET /metrics-form` and `/metrics-form/report` are HTML pages for people; the rest is JSON or CSV."),
+        (name = "sign-in", description = "A session for the metrics form's pages, for people without the load balancer's sign-in"),
         (name = "operations", description = "Health, readiness and Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;
 
-/// A collection route, served both with and without the trailing slash.
-fn collection(
-    router: Router<AppState>,
-    path: &str,
-    routes: MethodRouter<AppState>,
-) -> Router<AppState> {
-    router
-        .route(path, routes.clone())
-        .route(&format!("{path}/"), routes)
+/// The bearer token scheme every operation's scope belongs to.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, document: &mut Document) {
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An enc token: `enc_<name>_<secret>`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The metrics form's routes: the only ones other origins may call (`ENC_CORS_ORIGINS`).
+fn metrics_form() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics_form::form, metrics_form::submit))
+        .routes(routes!(activities::entries))
+        .routes(routes!(activities::entries_csv))
+        .routes(routes!(activities::summary))
+        .routes(routes!(activities::report))
+}
+
+/// Every documented route. A collection answers with and without its trailing slash.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(nodes::list, nodes::create))
+        .routes(routes!(nodes::get, nodes::replace, nodes::delete))
+        .routes(routes!(classification::get))
+        .routes(routes!(node_groups::list, node_groups::create))
+        .routes(routes!(
+            node_groups::get,
+            node_groups::replace,
+            node_groups::delete
+        ))
+        .routes(routes!(environments::list, environments::create))
+        .routes(routes!(environments::get, environments::delete))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::get, tokens::delete))
+        .routes(routes!(session::page_get, session::sign_in))
+        .routes(routes!(session::sign_out))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+}
+
+/// The OpenAPI document, as served at `/api-docs/openapi.json`.
+pub fn document() -> &'static Document {
+    static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
+        let (_, document) = api().merge(metrics_form()).split_for_parts();
+        document
+    });
+    &DOCUMENT
 }
 
 /// CORS for the configured origins, if any.
@@ -67,62 +116,33 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-            .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::IF_MATCH])
-            .expose_headers([header::ETAG, header::LOCATION])
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION])
+            .expose_headers([header::LOCATION])
             .max_age(Duration::from_secs(3600)),
     )
 }
 
 pub fn router(state: AppState) -> Router {
-    let cors = cors(&state.cors_origins);
-    let mut router = Router::new();
-    router = collection(router, "/nodes", get(nodes::list).post(nodes::create));
-    router = collection(
-        router,
-        "/nodegroup",
-        get(node_groups::list).post(node_groups::create),
-    );
-    router = collection(
-        router,
-        "/environment",
-        get(environments::list).post(environments::create),
-    );
-    router
+    // CORS wraps the form's routes whole, their 405 answers too, so that preflights work.
+    let (form, _) = metrics_form().split_for_parts();
+    let form = form
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(option_layer(cors(&state.cors_origins)));
+    let (api, _) = api().split_for_parts();
+    api.merge(form)
         .route(
-            "/nodes/{unique_name}",
-            get(nodes::get).put(nodes::replace).delete(nodes::delete),
+            "/tokens/",
+            axum::routing::get(tokens::list).post(tokens::create),
         )
-        .route(
-            "/nodes/{unique_name}/classification",
-            get(classification::get),
-        )
-        .route(
-            "/nodegroup/{node_group_name}",
-            get(node_groups::get)
-                .put(node_groups::replace)
-                .delete(node_groups::delete),
-        )
-        .route(
-            "/environment/{environment_name}/{puppet_cluster_name}",
-            get(environments::get).delete(environments::delete),
-        )
-        .route(
-            "/metrics-form",
-            get(metrics_form::form).post(metrics_form::submit),
-        )
-        .route("/metrics-form/entries", get(activities::entries))
-        .route("/metrics-form/entries.csv", get(activities::entries_csv))
-        .route("/metrics-form/summary", get(activities::summary))
-        .route("/metrics-form/report", get(activities::report))
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", document().clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(option_layer(cors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(
             state.clone(),

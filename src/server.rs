@@ -7,11 +7,102 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::config::{Config, StoreKind};
+use crate::auth::Auth;
+use crate::auth::alb::{Alb, ScopeRules, regional_keys_url};
+use crate::auth::secret::{Secret, sha256_hex};
+use crate::config::{AuthMode, Config, StoreKind};
+use crate::domain::{Scope, Token, TokenName};
 use crate::store::dynamodb::DynamoDb;
 use crate::store::embedded::Embedded;
 use crate::store::engine::Engine;
-use crate::{App, app};
+use crate::store::{PageRequest, Store};
+use crate::{App, access, app};
+
+/// How identity is checked, from the configuration.
+pub fn auth(config: &Config) -> anyhow::Result<Auth> {
+    let bootstrap = config.bootstrap_secret()?;
+    let alb = match &config.alb_oidc_signer {
+        None => None,
+        Some(signer) => {
+            let rules = ScopeRules::parse(&config.alb_oidc_scopes)
+                .map_err(|e| anyhow::anyhow!("ENC_ALB_OIDC_SCOPES {e}"))?;
+            let region =
+                std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION"));
+            let keys_url = match (&config.alb_oidc_keys_url, region) {
+                (Some(url), _) => url.clone(),
+                (None, Ok(region)) => regional_keys_url(&region),
+                (None, Err(_)) => anyhow::bail!(
+                    "ENC_ALB_OIDC_SIGNER needs AWS_REGION (or ENC_ALB_OIDC_KEYS_URL) to find the load balancer's keys"
+                ),
+            };
+            Some(Alb::new(signer.clone(), keys_url, rules))
+        }
+    };
+    let required = config.auth == AuthMode::On;
+    Ok(Auth::new(
+        required,
+        bootstrap.as_deref(),
+        alb,
+        config.metrics_token_required,
+        access(),
+    ))
+}
+
+/// On a first start with no bootstrap secret and no tokens, makes an `admin` token, shows its
+/// secret once on stderr and keeps it in `<data dir>/admin-token` (mode 0600).
+async fn first_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let any = PageRequest {
+        limit: 1,
+        cursor: None,
+    };
+    if !store.list_tokens(&any).await?.items.is_empty() {
+        return Ok(());
+    }
+    let name = TokenName::parse("admin").expect("a valid name");
+    let secret = Secret::generate(&name);
+    let token = Token {
+        name,
+        scopes: [Scope::Admin].into(),
+        description: Some("made by enc on its first start".into()),
+        expires_at: None,
+        created_by: "enc".into(),
+        last_used_at: None,
+        secret_sha256: sha256_hex(secret.expose()),
+    };
+    match store.create_token(token, "enc").await {
+        Ok(_) => {}
+        // Another enc made it at the same moment.
+        Err(crate::store::StoreError::AlreadyExists { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let path = data_dir.join("admin-token");
+    write_private(&path, secret.expose()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "enc: made the first token, \"admin\" (scope admin); its secret, shown this once, is also in {}:\n{}",
+        path.display(),
+        secret.expose()
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")
+}
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     match config.store {
@@ -34,11 +125,18 @@ pub async fn serve(
     trace_context: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = auth(&config)?;
     let store = open_store(&config).await?;
     let backend = store.backend();
     let state = App::new(store)
         .with_cors_origins(&config.cors_origins)?
-        .with_trace_context(trace_context);
+        .with_trace_context(trace_context)
+        .with_auth(auth);
+    if !state.auth.required {
+        tracing::warn!("{}", crate::handlers::health::AUTH_OFF);
+    } else if config.bootstrap_secret()?.is_none() {
+        first_admin_token(&state.store, &config.data_dir).await?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -225,9 +225,14 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .http_duration
         .with_label_values(&[method, &route])
         .observe(elapsed.as_secs_f64());
+    let actor = response
+        .extensions()
+        .get::<crate::auth::Actor>()
+        .map(|a| a.0.clone());
     span.in_scope(|| {
         tracing::info!(
             method,
+            actor,
             route = %route,
             path = %path,
             status = status.as_u16(),

@@ -149,6 +149,10 @@ pub struct Activity {
     pub description: String,
     #[serde(serialize_with = "super::resources::rfc3339")]
     pub created_at: DateTime<Utc>,
+    /// Who recorded it: a token's name or a signed-in person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "alice@example.com")]
+    pub recorded_by: Option<String>,
 }
 
 impl Activity {
@@ -275,6 +279,7 @@ mod tests {
         hours: &str,
     ) -> Activity {
         Activity {
+            recorded_by: None,
             id: uuid::Uuid::now_v7().to_string(),
             engineer: Label::parse(engineer).unwrap(),
             customer: Label::parse(customer).unwrap(),

@@ -4,6 +4,7 @@ mod activity;
 mod classification;
 mod names;
 mod resources;
+mod token;
 mod validation;
 
 pub use activity::{
@@ -11,8 +12,11 @@ pub use activity::{
     Total, parse_work_date, summarize,
 };
 pub use classification::{Classification, Explanation, Source, classify};
-pub use names::{Certname, ClassName, ClusterName, EnvironmentName, GroupName, Label, ParamName};
+pub use names::{
+    Certname, ClassName, ClusterName, EnvironmentName, GroupName, Label, ParamName, TokenName,
+};
 pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeGroup, Stored, now};
+pub use token::{Scope, Token};
 pub use validation::{FieldError, Fields};
 
 use std::collections::BTreeMap;

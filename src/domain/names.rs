@@ -61,6 +61,16 @@ fn check_parameter(s: &str) -> Result<(), String> {
     }
 }
 
+fn check_token_name(s: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_');
+    let first = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if (1..=64).contains(&s.len()) && first && s.chars().all(ok) {
+        Ok(())
+    } else {
+        Err("must be 1 to 64 characters of lowercase letters, digits, '.', '-' or '_', starting with a letter or digit".into())
+    }
+}
+
 fn check_label(s: &str) -> Result<(), String> {
     let length = s.chars().count();
     let trimmed = s.trim() == s;
@@ -149,6 +159,13 @@ name_type!(
 );
 
 name_type!(
+    /// The name of an API token, e.g. `puppet-eu-1`: part of the token's secret, so plain.
+    TokenName,
+    check_token_name,
+    "puppet-eu-1"
+);
+
+name_type!(
     /// A person's, customer's or project's name as typed into the metrics form.
     Label,
     check_label,
@@ -226,6 +243,16 @@ mod tests {
         }
         for bad in ["", "Port", "1port", "max-conn", "a::b"] {
             assert!(ParamName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_names() {
+        for ok in ["puppet-eu-1", "ci", "a.b_c", "0day"] {
+            assert!(TokenName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Puppet", "-x", "has space", "a/b", &"a".repeat(65)] {
+            assert!(TokenName::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -71,7 +71,7 @@ impl Node {
 }
 
 /// What the store adds to every object it keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Meta {
     /// Increases by one on every change; sent as the `ETag` and checked against `If-Match`.
     #[schema(example = 1, minimum = 1)]
@@ -80,25 +80,31 @@ pub struct Meta {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
+    /// Who made this version: a token's name, a signed-in user, or `bootstrap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "ci-deploy")]
+    pub updated_by: Option<String>,
 }
 
 impl Meta {
-    /// The metadata of an object created now.
-    pub fn first() -> Self {
+    /// The metadata of an object created now by `by`.
+    pub fn first(by: &str) -> Self {
         let now = now();
         Self {
             version: 1,
             created_at: now,
             updated_at: now,
+            updated_by: Some(by.to_owned()),
         }
     }
 
-    /// The metadata of the next version of an object, changed now.
-    pub fn next(&self) -> Self {
+    /// The metadata of the next version of an object, changed now by `by`.
+    pub fn next(&self, by: &str) -> Self {
         Self {
             version: self.version + 1,
             created_at: self.created_at,
             updated_at: now().max(self.updated_at),
+            updated_by: Some(by.to_owned()),
         }
     }
 }
@@ -129,8 +135,9 @@ mod tests {
 
     #[test]
     fn next_version_keeps_creation_time() {
-        let first = Meta::first();
-        let next = first.next();
+        let first = Meta::first("alice");
+        let next = first.next("bob");
+        assert_eq!(next.updated_by.as_deref(), Some("bob"));
         assert_eq!(next.version, 2);
         assert_eq!(next.created_at, first.created_at);
         assert!(next.updated_at >= first.updated_at);
@@ -138,7 +145,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        let json = serde_json::to_value(Meta::first()).unwrap();
+        let json = serde_json::to_value(Meta::first("alice")).unwrap();
         let created = json["created_at"].as_str().unwrap();
         assert!(created.ends_with('Z'), "{created}");
         assert!(DateTime::parse_from_rfc3339(created).is_ok());

@@ -100,7 +100,7 @@ async fn all_entries(state: &AppState, filter: &ActivityFilter) -> Result<Vec<Ac
 }
 
 /// List recorded activities by date, filtered and paginated.
-#[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", params(EntriesQuery),
+#[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", security(("bearer" = ["activities:read"])), params(EntriesQuery),
     responses((status = 200, body = ListResponse<Activity>), ReadProblems))]
 pub async fn entries(
     State(state): State<AppState>,
@@ -172,7 +172,7 @@ fn csv(entries: &[Activity]) -> String {
 }
 
 /// The same selection as `/metrics-form/entries`, all of it, as CSV (RFC 4180).
-#[utoipa::path(get, path = "/metrics-form/entries.csv", tag = "metrics form", params(RangeQuery),
+#[utoipa::path(get, path = "/metrics-form/entries.csv", tag = "metrics form", security(("bearer" = ["activities:read"])), params(RangeQuery),
     responses((status = 200, description = "CSV with a header row", content_type = "text/csv", body = String), ReadProblems))]
 pub async fn entries_csv(
     State(state): State<AppState>,
@@ -214,7 +214,7 @@ async fn summary_of(state: &AppState, q: RangeQuery) -> Result<SummaryResponse, 
 }
 
 /// Hours summed by customer, project and engineer over a date range.
-#[utoipa::path(get, path = "/metrics-form/summary", tag = "metrics form", params(RangeQuery),
+#[utoipa::path(get, path = "/metrics-form/summary", tag = "metrics form", security(("bearer" = ["activities:read"])), params(RangeQuery),
     responses((status = 200, body = SummaryResponse), ReadProblems))]
 pub async fn summary(
     State(state): State<AppState>,
@@ -248,7 +248,7 @@ struct ReportPage {
 }
 
 /// The summary as a page: tables, a bar chart of hours per customer, links to the CSV.
-#[utoipa::path(get, path = "/metrics-form/report", tag = "metrics form", params(RangeQuery),
+#[utoipa::path(get, path = "/metrics-form/report", tag = "metrics form", security(("bearer" = ["activities:read"])), params(RangeQuery),
     responses((status = 200, description = "The report, as HTML", content_type = "text/html", body = String)))]
 pub async fn report(
     State(state): State<AppState>,

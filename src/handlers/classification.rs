@@ -57,7 +57,7 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
 ///
 /// Classes and parameters merge from the root of the node's group chain down to its group,
 /// then the node itself; nearer wins, key by key.
-#[utoipa::path(get, path = "/nodes/{unique_name}/classification", tag = "classification",
+#[utoipa::path(get, path = "/nodes/{unique_name}/classification", tag = "classification", security(("bearer" = ["classify"])),
     params(("unique_name" = String, Path, description = "The node's certname"), ClassificationQuery,
         ("Accept" = Option<String>, Header, description = "`application/yaml` for YAML")),
     responses(

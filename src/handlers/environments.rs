@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ListResponse, page_request, parse_filter, parse_name, stored, within_size};
 use crate::AppState;
+use crate::auth::Caller;
 use crate::domain::{ClusterName, Environment, EnvironmentKey, EnvironmentName, Fields, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
@@ -71,7 +72,7 @@ fn key(environment_name: &str, puppet_cluster_name: &str) -> Result<EnvironmentK
 }
 
 /// Create an environment for a Puppet cluster.
-#[utoipa::path(post, path = "/environment/", tag = "environments",
+#[utoipa::path(post, path = "/environment/", tag = "environments", security(("bearer" = ["write"])),
     request_body = EnvironmentBody,
     responses(
         (status = 201, description = "Created", body = Stored<Environment>,
@@ -80,12 +81,11 @@ fn key(environment_name: &str, puppet_cluster_name: &str) -> Result<EnvironmentK
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(body): Json<EnvironmentBody>,
 ) -> Result<Response, AppError> {
-    let created = state
-        .store
-        .create_environment(within_size(body.into_domain()?)?)
-        .await?;
+    let env = within_size(body.into_domain()?)?;
+    let created = state.store.create_environment(env, caller.actor()).await?;
     let location = format!(
         "/environment/{}/{}",
         created.item.environment_name, created.item.puppet_cluster_name
@@ -94,7 +94,7 @@ pub async fn create(
 }
 
 /// List environments, optionally of one Puppet cluster.
-#[utoipa::path(get, path = "/environment", tag = "environments", params(ListQuery),
+#[utoipa::path(get, path = "/environment", tag = "environments", security(("bearer" = ["read"])), params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<Environment>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
@@ -114,7 +114,7 @@ pub async fn list(
 
 /// Read one environment.
 #[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}",
-    tag = "environments",
+    tag = "environments", security(("bearer" = ["read"])),
     params(("environment_name" = String, Path), ("puppet_cluster_name" = String, Path)),
     responses((status = 200, body = Stored<Environment>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
@@ -128,16 +128,20 @@ pub async fn get(
 
 /// Delete an environment; refused (409) while nodes use it.
 #[utoipa::path(delete, path = "/environment/{environment_name}/{puppet_cluster_name}",
-    tag = "environments",
+    tag = "environments", security(("bearer" = ["write"])),
     params(("environment_name" = String, Path), ("puppet_cluster_name" = String, Path),
         ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     IfMatch(expected): IfMatch,
     Path((environment_name, puppet_cluster_name)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let key = key(&environment_name, &puppet_cluster_name)?;
-    state.store.delete_environment(&key, expected).await?;
+    state
+        .store
+        .delete_environment(&key, expected, caller.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,17 +10,23 @@ use crate::error::{AppError, Problem};
 pub struct Status {
     #[schema(example = "ok")]
     status: &'static str,
+    /// Said while something is set up unsafely, e.g. identity switched off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<&'static str>,
 }
 
 /// Liveness: the process is up and serving HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "Alive", body = Status)))]
 pub async fn healthz() -> Json<Status> {
-    Json(Status { status: "ok" })
+    Json(Status {
+        status: "ok",
+        warning: None,
+    })
 }
 
 /// Readiness: the store answers, so requests can be served.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses(
     (status = 200, description = "Ready", body = Status),
     (status = 503, description = "The store is unreachable", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -29,11 +35,19 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, AppEr
         e @ crate::store::StoreError::Unavailable(_) => AppError::Unavailable(e),
         other => AppError::Unavailable(crate::store::StoreError::Unavailable(Box::new(other))),
     })?;
-    Ok(Json(Status { status: "ready" }))
+    let warning = (!state.auth.required).then_some(AUTH_OFF);
+    Ok(Json(Status {
+        status: "ready",
+        warning,
+    }))
 }
 
+/// What `/readyz` and the start-up log say while identity is off.
+pub const AUTH_OFF: &str =
+    "identity is off (ENC_AUTH=off): anyone who reaches enc may change anything";
+
 /// Prometheus metrics, in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = ["read"])), responses(
     (status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {

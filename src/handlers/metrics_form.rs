@@ -11,8 +11,9 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::auth::{Caller, session};
 use crate::domain::{
-    Activity, ActivityType, FieldError, Fields, Hours, Label, MAX_ACTIVITY_DESCRIPTION, now,
+    Activity, ActivityType, FieldError, Fields, Hours, Label, MAX_ACTIVITY_DESCRIPTION, Scope, now,
     parse_work_date,
 };
 use crate::error::{AppError, Problem};
@@ -50,6 +51,21 @@ enum HoursField {
 }
 
 impl ActivityBody {
+    /// The entry as `caller` records it: a person signed in through the load balancer is
+    /// its engineer, whatever was typed.
+    fn recorded_by(
+        mut self,
+        caller: &Caller,
+        today: NaiveDate,
+    ) -> Result<Activity, Vec<FieldError>> {
+        if let Some(person) = &caller.0.person {
+            self.engineer = Some(person.clone());
+        }
+        let mut activity = self.into_activity(today)?;
+        activity.recorded_by = Some(caller.actor().to_owned());
+        Ok(activity)
+    }
+
     fn into_activity(self, today: NaiveDate) -> Result<Activity, Vec<FieldError>> {
         let mut f = Fields::default();
         let text = |raw: Option<String>| raw.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
@@ -97,6 +113,7 @@ impl ActivityBody {
                 hours: hours?,
                 description,
                 created_at: now(),
+                recorded_by: None,
             })
         })
     }
@@ -120,6 +137,8 @@ struct Field {
 #[template(path = "metrics_form.html")]
 struct FormPage {
     saved: Option<String>,
+    /// The engineer, when the load balancer signed them in: not to be typed.
+    signed_in_as: Option<String>,
     has_errors: bool,
     text_fields: [Field; 3],
     activity_type: Field,
@@ -131,7 +150,12 @@ struct FormPage {
 }
 
 impl FormPage {
-    fn new(values: &ActivityBody, errors: &[FieldError], saved: Option<String>) -> Self {
+    fn new(
+        values: &ActivityBody,
+        errors: &[FieldError],
+        saved: Option<String>,
+        caller: &Caller,
+    ) -> Self {
         let field = |name: &'static str,
                      label: &'static str,
                      autocomplete: &'static str,
@@ -151,11 +175,13 @@ impl FormPage {
             None => None,
         };
         let today = today();
+        let engineer = caller.0.person.clone().or_else(|| values.engineer.clone());
         FormPage {
             saved,
+            signed_in_as: caller.0.person.clone(),
             has_errors: !errors.is_empty(),
             text_fields: [
-                field("engineer", "Engineer", "name", &values.engineer),
+                field("engineer", "Engineer", "name", &engineer),
                 field("customer", "Customer", "organization", &values.customer),
                 field("project", "Project", "off", &values.project),
             ],
@@ -199,13 +225,19 @@ pub struct FormQuery {
 }
 
 /// The HTML form (works without JavaScript).
-#[utoipa::path(get, path = "/metrics-form", tag = "metrics form", params(FormQuery),
+#[utoipa::path(get, path = "/metrics-form", tag = "metrics form", security(()), params(FormQuery),
     responses((status = 200, description = "The form, as HTML", content_type = "text/html", body = String)))]
 pub async fn form(
     State(state): State<AppState>,
+    caller: Caller,
     Query(query): Query<FormQuery>,
 ) -> Result<Response, AppError> {
-    let saved = match query.saved.filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
+    // The page is open; what was saved is shown only to those who may record or read work.
+    let may_see = caller.0.grants(Scope::ActivitiesWrite) || caller.0.grants(Scope::ActivitiesRead);
+    let saved = match query
+        .saved
+        .filter(|id| may_see && uuid::Uuid::parse_str(id).is_ok())
+    {
         Some(id) => match state.store.get_activity(&id).await {
             Ok(a) => Some(a),
             Err(StoreError::NotFound { .. }) => None,
@@ -229,12 +261,12 @@ pub async fn form(
             a.hours, a.activity_type, a.customer, a.project, a.engineer, a.date
         )
     });
-    FormPage::new(&values, &[], confirmation).render_html(StatusCode::OK)
+    FormPage::new(&values, &[], confirmation, &caller).render_html(StatusCode::OK)
 }
 
 /// Record an activity. A form post answers 303 back to the form (or 422 with the form and
 /// its errors); a JSON post answers 201 with the entry (or problem+json).
-#[utoipa::path(post, path = "/metrics-form", tag = "metrics form",
+#[utoipa::path(post, path = "/metrics-form", tag = "metrics form", security(("bearer" = ["activities:write"])),
     request_body(content(
         (ActivityBody = "application/json"),
         (ActivityBody = "application/x-www-form-urlencoded"),
@@ -252,10 +284,11 @@ pub async fn form(
     ))]
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let result = record(&state, &headers, body).await;
+    let result = record(&state, &caller, &headers, body).await;
     let outcome = match &result {
         Ok(r) if r.status().is_redirection() || r.status() == StatusCode::CREATED => "saved",
         Ok(_) | Err(AppError::Validation(_)) => "invalid",
@@ -271,6 +304,7 @@ pub async fn submit(
 
 async fn record(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
@@ -283,22 +317,29 @@ async fn record(
         .unwrap_or_default();
     match media.as_str() {
         "application/x-www-form-urlencoded" => {
+            // Another site's page must not post work in a signed-in person's name.
+            if !session::same_site(headers) {
+                return Err(AppError::Forbidden("cross-site form posts are refused".into()));
+            }
             let values: ActivityBody = serde_urlencoded::from_bytes(&body)
                 .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))?;
-            match values.clone().into_activity(today()) {
+            match values.clone().recorded_by(caller, today()) {
                 Ok(activity) => {
                     let saved = state.store.create_activity(activity).await?;
                     // `Redirect::to` is 303 See Other: the browser GETs the form again.
                     Ok(Redirect::to(&format!("/metrics-form?saved={}", saved.id)).into_response())
                 }
-                Err(errors) => FormPage::new(&values, &errors, None).render_html(StatusCode::UNPROCESSABLE_ENTITY),
+                Err(errors) => FormPage::new(&values, &errors, None, caller)
+                    .render_html(StatusCode::UNPROCESSABLE_ENTITY),
             }
         }
         "application/json" => {
             let value = serde_json::from_slice(&body)
                 .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?;
             let values: ActivityBody = parse_body(value)?;
-            let activity = values.into_activity(today()).map_err(AppError::Validation)?;
+            let activity = values
+                .recorded_by(caller, today())
+                .map_err(AppError::Validation)?;
             let saved = state.store.create_activity(activity).await?;
             Ok((StatusCode::CREATED, axum::Json(saved)).into_response())
         }

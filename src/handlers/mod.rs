@@ -7,6 +7,8 @@ pub mod health;
 pub mod metrics_form;
 pub mod node_groups;
 pub mod nodes;
+pub mod session;
+pub mod tokens;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ListResponse, page_request, parse_name, stored, within_size};
 use crate::AppState;
+use crate::auth::Caller;
 use crate::domain::{Fields, GroupName, NodeGroup, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
@@ -98,7 +99,7 @@ fn group_name(raw: &str) -> Result<GroupName, AppError> {
 }
 
 /// Create a node group.
-#[utoipa::path(post, path = "/nodegroup/", tag = "node groups",
+#[utoipa::path(post, path = "/nodegroup/", tag = "node groups", security(("bearer" = ["write"])),
     request_body = NodeGroupBody,
     responses(
         (status = 201, description = "Created", body = Stored<NodeGroup>,
@@ -107,18 +108,17 @@ fn group_name(raw: &str) -> Result<GroupName, AppError> {
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
-    let created = state
-        .store
-        .create_node_group(within_size(body.into_domain(None)?)?)
-        .await?;
+    let group = within_size(body.into_domain(None)?)?;
+    let created = state.store.create_node_group(group, caller.actor()).await?;
     let location = format!("/nodegroup/{}", created.item.name);
     Ok(stored(StatusCode::CREATED, &created, Some(location)))
 }
 
 /// List node groups.
-#[utoipa::path(get, path = "/nodegroup", tag = "node groups", params(ListQuery),
+#[utoipa::path(get, path = "/nodegroup", tag = "node groups", security(("bearer" = ["read"])), params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<NodeGroup>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
@@ -131,7 +131,7 @@ pub async fn list(
 }
 
 /// Read one node group.
-#[utoipa::path(get, path = "/nodegroup/{node_group_name}", tag = "node groups",
+#[utoipa::path(get, path = "/nodegroup/{node_group_name}", tag = "node groups", security(("bearer" = ["read"])),
     params(("node_group_name" = String, Path)),
     responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
@@ -144,35 +144,41 @@ pub async fn get(
 
 /// Replace a node group; refused (422) if its parent is missing, would make a cycle, or would
 /// make a chain deeper than 32 groups.
-#[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups",
+#[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups", security(("bearer" = ["write"])),
     params(("node_group_name" = String, Path),
         ("If-Match" = Option<String>, Header, description = "Replace only if at this version")),
     request_body = NodeGroupBody,
     responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
 pub async fn replace(
     State(state): State<AppState>,
+    caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
     let group = within_size(body.into_domain(Some(&group_name(&name)?))?)?;
-    let replaced = state.store.replace_node_group(group, expected).await?;
+    let replaced = state
+        .store
+        .replace_node_group(group, expected, caller.actor())
+        .await?;
     Ok(stored(StatusCode::OK, &replaced, None))
 }
 
 /// Delete a node group; refused (409) while nodes or child groups use it.
-#[utoipa::path(delete, path = "/nodegroup/{node_group_name}", tag = "node groups",
+#[utoipa::path(delete, path = "/nodegroup/{node_group_name}", tag = "node groups", security(("bearer" = ["write"])),
     params(("node_group_name" = String, Path),
         ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
+    let name = group_name(&name)?;
     state
         .store
-        .delete_node_group(&group_name(&name)?, expected)
+        .delete_node_group(&name, expected, caller.actor())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ListResponse, page_request, parse_filter, parse_name, stored, within_size};
 use crate::AppState;
+use crate::auth::Caller;
 use crate::domain::{Certname, ClusterName, EnvironmentName, Fields, GroupName, Node, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
@@ -101,7 +102,7 @@ fn certname(raw: &str) -> Result<Certname, AppError> {
 }
 
 /// Create a node.
-#[utoipa::path(post, path = "/nodes/", tag = "nodes",
+#[utoipa::path(post, path = "/nodes/", tag = "nodes", security(("bearer" = ["write"])),
     request_body = NodeBody,
     responses(
         (status = 201, description = "Created", body = Stored<Node>,
@@ -110,18 +111,17 @@ fn certname(raw: &str) -> Result<Certname, AppError> {
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
-    let created = state
-        .store
-        .create_node(within_size(body.into_domain(None)?)?)
-        .await?;
+    let node = within_size(body.into_domain(None)?)?;
+    let created = state.store.create_node(node, caller.actor()).await?;
     let location = format!("/nodes/{}", created.item.unique_name);
     Ok(stored(StatusCode::CREATED, &created, Some(location)))
 }
 
 /// List nodes, optionally filtered by environment, cluster or group.
-#[utoipa::path(get, path = "/nodes", tag = "nodes", params(ListQuery),
+#[utoipa::path(get, path = "/nodes", tag = "nodes", security(("bearer" = ["read"])), params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<Node>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
@@ -147,7 +147,7 @@ pub async fn list(
 }
 
 /// Read one node.
-#[utoipa::path(get, path = "/nodes/{unique_name}", tag = "nodes",
+#[utoipa::path(get, path = "/nodes/{unique_name}", tag = "nodes", security(("bearer" = ["read"])),
     params(("unique_name" = String, Path, description = "The node's certname")),
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
@@ -159,32 +159,41 @@ pub async fn get(
 }
 
 /// Replace a node.
-#[utoipa::path(put, path = "/nodes/{unique_name}", tag = "nodes",
+#[utoipa::path(put, path = "/nodes/{unique_name}", tag = "nodes", security(("bearer" = ["write"])),
     params(("unique_name" = String, Path, description = "The node's certname"),
         ("If-Match" = Option<String>, Header, description = "Replace only if at this version")),
     request_body = NodeBody,
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
 pub async fn replace(
     State(state): State<AppState>,
+    caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
     let node = within_size(body.into_domain(Some(&certname(&name)?))?)?;
-    let replaced = state.store.replace_node(node, expected).await?;
+    let replaced = state
+        .store
+        .replace_node(node, expected, caller.actor())
+        .await?;
     Ok(stored(StatusCode::OK, &replaced, None))
 }
 
 /// Delete a node.
-#[utoipa::path(delete, path = "/nodes/{unique_name}", tag = "nodes",
+#[utoipa::path(delete, path = "/nodes/{unique_name}", tag = "nodes", security(("bearer" = ["write"])),
     params(("unique_name" = String, Path, description = "The node's certname"),
         ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    state.store.delete_node(&certname(&name)?, expected).await?;
+    let name = certname(&name)?;
+    state
+        .store
+        .delete_node(&name, expected, caller.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

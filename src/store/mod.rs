@@ -10,6 +10,7 @@ pub mod engine;
 pub mod instrumented;
 pub mod record;
 mod rules;
+pub mod tokens;
 
 pub use cursor::Cursor;
 pub use rules::MAX_REFERRERS;
@@ -23,12 +24,13 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 5] = [
+pub static KINDS: [&RecordKind; 6] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
     &enc::NODE,
     &activities::ACTIVITY,
+    &tokens::TOKEN,
 ];
 
 /// Results of the store: its errors unless said otherwise.
@@ -44,6 +46,7 @@ pub enum Kind {
     NodeGroup,
     Environment,
     Activity,
+    Token,
 }
 
 impl std::fmt::Display for Kind {
@@ -53,6 +56,7 @@ impl std::fmt::Display for Kind {
             Kind::NodeGroup => "node group",
             Kind::Environment => "environment",
             Kind::Activity => "activity",
+            Kind::Token => "token",
         })
     }
 }

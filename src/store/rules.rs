@@ -132,6 +132,13 @@ fn references(
         .collect()
 }
 
+/// What a write does to the object under its key; `Option<u64>` is `If-Match`.
+enum Change<'a, T> {
+    Create(&'a T),
+    Replace(&'a T, Option<u64>),
+    Delete(Option<u64>),
+}
+
 /// The rules over one engine.
 pub(super) struct Db {
     engine: Arc<dyn Engine>,
@@ -205,28 +212,32 @@ impl Db {
         }
     }
 
-    /// Creates (`create`), replaces (`after`) or deletes (no `after`) the object under `key`,
-    /// in one commit with the reference counts it changes and the guard's writes, all
-    /// conditional on what was read; tried again if anything changed in between.
+    /// Creates, replaces or deletes the object under `key`, in one commit with the reference
+    /// counts it changes and the guard's writes, all conditional on what was read; tried again
+    /// if anything changed in between.
     async fn write<T>(
         &self,
         kind: &'static RecordKind,
         key: &Key,
-        expected: Option<u64>,
-        after: Option<&T>,
-        create: bool,
+        change: Change<'_, T>,
+        by: &str,
         guard: &dyn Guard<T>,
     ) -> Result<Option<Stored<T>>>
     where
         T: Serialize + DeserializeOwned + Clone + Sync,
     {
+        let (create, expected, after) = match change {
+            Change::Create(item) => (true, None, Some(item)),
+            Change::Replace(item, expected) => (false, expected, Some(item)),
+            Change::Delete(expected) => (false, expected, None),
+        };
         retry(|| async move {
             let current: Option<(Stored<T>, Record)> = match create {
                 true => None,
                 false => Some(self.require(kind, key).await?),
             };
             let (meta, expect, refs) = match &current {
-                None => (Meta::first(), Expect::Absent, 0),
+                None => (Meta::first(by), Expect::Absent, 0),
                 Some((stored, record)) => {
                     check_version(kind.kind, key, expected, stored.meta.version)?;
                     if after.is_none() && record.refs > 0 {
@@ -239,12 +250,12 @@ impl Db {
                         });
                     }
                     let (version, refs) = (record.version, record.refs);
-                    (stored.meta.next(), Expect::At { version, refs }, refs)
+                    (stored.meta.next(by), Expect::At { version, refs }, refs)
                 }
             };
             let stored = after.map(|item| Stored {
                 item: item.clone(),
-                meta,
+                meta: meta.clone(),
             });
             let before = current.as_ref().map(|(_, r)| decode(r)).transpose()?;
             let body = stored.as_ref().map(to_body).transpose()?;
@@ -275,13 +286,14 @@ impl Db {
         &self,
         kind: &'static RecordKind,
         item: T,
+        by: &str,
         guard: &dyn Guard<T>,
     ) -> Result<Stored<T>>
     where
         T: Serialize + DeserializeOwned + Clone + Sync,
     {
         let key = key_of(kind, &item)?;
-        let stored = self.write(kind, &key, None, Some(&item), true, guard);
+        let stored = self.write(kind, &key, Change::Create(&item), by, guard);
         stored
             .await?
             .ok_or_else(|| StoreError::Internal("created nothing".into()))
@@ -314,13 +326,14 @@ impl Db {
         kind: &'static RecordKind,
         item: T,
         expected: Option<u64>,
+        by: &str,
         guard: &dyn Guard<T>,
     ) -> Result<Stored<T>>
     where
         T: Serialize + DeserializeOwned + Clone + Sync,
     {
         let key = key_of(kind, &item)?;
-        let stored = self.write(kind, &key, expected, Some(&item), false, guard);
+        let stored = self.write(kind, &key, Change::Replace(&item, expected), by, guard);
         stored
             .await?
             .ok_or_else(|| StoreError::Internal("replaced nothing".into()))
@@ -332,12 +345,14 @@ impl Db {
         kind: &'static RecordKind,
         key: &Key,
         expected: Option<u64>,
+        by: &str,
         guard: &dyn Guard<T>,
     ) -> Result<()>
     where
         T: Serialize + DeserializeOwned + Clone + Sync,
     {
-        self.write(kind, key, expected, None, false, guard).await?;
+        self.write(kind, key, Change::Delete(expected), by, guard)
+            .await?;
         Ok(())
     }
 

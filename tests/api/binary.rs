@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{dynamodb_under_test, unique_prefix};
+use crate::helpers::{ADMIN, dynamodb_under_test, unique_prefix};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_enc");
 
@@ -47,6 +47,7 @@ impl EncData {
         command
             .env_clear()
             .env("ENC_DATA_DIR", self.dir.path())
+            .env("ENC_BOOTSTRAP_TOKEN", ADMIN)
             .env("RUST_LOG", "warn");
         if dynamodb_under_test() {
             command
@@ -142,15 +143,39 @@ impl Enc {
         read_response(&mut stream)
     }
 
+    /// A request as the test administrator (the bootstrap secret).
     pub(crate) fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.http_as(Some(ADMIN), method, path, body)
+    }
+
+    /// A request presenting `token`, or no identity.
+    pub(crate) fn http_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
         let request = match body {
             Some(b) => format!(
-                "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
                 b.len()
             ),
-            None => format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            None => {
+                format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n")
+            }
         };
         self.try_http(&request).expect("HTTP exchange")
+    }
+
+    /// A token with these scopes, made through the API: its secret.
+    pub(crate) fn token(&self, name: &str, scopes: &[&str]) -> String {
+        let body = serde_json::json!({"name": name, "scopes": scopes}).to_string();
+        let (status, answer) = self.http("POST", "/tokens", Some(&body));
+        assert_eq!(status, 201, "{answer}");
+        let made: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        made["token"].as_str().unwrap().to_owned()
     }
 
     pub(crate) fn terminate(&self) {
@@ -234,7 +259,7 @@ fn finishes_a_request_in_flight_when_told_to_stop() {
     let mut enc = Enc::start(&EncData::new(), 10);
     let mut stream = TcpStream::connect(enc.addr).unwrap();
     let head = format!(
-        "POST /environment/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /environment/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         ENV.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -257,9 +282,10 @@ fn finishes_a_request_in_flight_when_told_to_stop() {
 fn the_grace_period_bounds_shutdown() {
     let mut enc = Enc::start(&EncData::new(), 1);
     let mut stream = TcpStream::connect(enc.addr).unwrap();
-    stream
-        .write_all(b"POST /environment/ HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
-        .unwrap();
+    let head = format!(
+        "POST /environment/ HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
     sleep(Duration::from_millis(300));
     let asked = Instant::now();
     enc.terminate();
@@ -323,7 +349,8 @@ fn dynamodb_tables_prints_create_table_inputs() {
             "enc-prod-environments",
             "enc-prod-node_groups",
             "enc-prod-nodes",
-            "enc-prod-activities"
+            "enc-prod-activities",
+            "enc-prod-tokens"
         ]
     );
     for table in tables.as_array().unwrap() {

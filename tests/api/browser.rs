@@ -10,6 +10,7 @@ use crate::helpers::tool;
 fn an_engineer_records_work_in_chromium() {
     let data = EncData::new();
     let enc = Enc::start(&data, 5);
+    let token = enc.token("dana", &["activities:write", "activities:read"]);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-output/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/metrics_form.py");
@@ -17,6 +18,7 @@ fn an_engineer_records_work_in_chromium() {
         .arg(script)
         .arg(enc.url())
         .arg(&shots)
+        .arg(&token)
         .output()
         .expect("python with selenium (scripts/test installs it)");
     assert!(
@@ -26,11 +28,13 @@ fn an_engineer_records_work_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     for shot in [
+        "00-sign-in",
         "01-filled",
         "02-saved",
         "03-invalid",
         "04-report",
         "05-phone",
+        "06-cross-site",
     ] {
         let png = std::fs::read(shots.join(format!("{shot}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{shot} is a PNG");
@@ -41,5 +45,18 @@ fn an_engineer_records_work_in_chromium() {
     assert!(
         body.contains("\"hours\":3.25") && body.contains("\"engineer\":\"dana\""),
         "{body}"
+    );
+    assert!(
+        body.contains("\"recorded_by\":\"dana\""),
+        "the signed-in token recorded it: {body}"
+    );
+    let (_, hostile) = enc.http(
+        "GET",
+        "/metrics-form/entries?customer=Cross%20Site%20Co",
+        None,
+    );
+    assert!(
+        hostile.contains("\"items\":[]"),
+        "the cross-site post saved nothing: {hostile}"
     );
 }

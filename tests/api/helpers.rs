@@ -10,12 +10,22 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+use enc::auth::Auth;
 use enc::store::Store;
 use enc::store::dynamodb::tables::create_tables;
 use enc::store::dynamodb::{DynamoDb, DynamoSettings};
 use enc::store::embedded::Embedded;
 use enc::store::engine::Engine;
-use enc::{App, AppState, app};
+use enc::{App, access, app};
+
+/// The bootstrap secret every test enc accepts as `admin`; test requests carry it unless a
+/// test says otherwise.
+pub(crate) const ADMIN: &str = "test-bootstrap-secret-not-for-production-use";
+
+/// Identity as the tests configure it: required, with the test bootstrap secret.
+pub(crate) fn test_auth() -> Auth {
+    Auth::new(true, Some(ADMIN), None, false, access())
+}
 
 /// A store of the backend under test, with whatever keeps it alive. The backend is the
 /// embedded store unless `ENC_TEST_STORE=dynamodb`, which `scripts/test` sets (with
@@ -116,6 +126,8 @@ pub(crate) fn raw(
 pub(crate) struct TestApp {
     pub(crate) router: Router,
     pub(crate) backing: TestStore,
+    /// The bearer token requests carry when they carry none of their own.
+    pub(crate) bearer: Option<String>,
 }
 
 pub(crate) struct TestResponse {
@@ -202,8 +214,39 @@ impl TestApp {
     }
 
     pub(crate) fn on(backing: TestStore) -> Self {
-        let router = app(AppState::new(backing.engine.clone()));
-        Self { router, backing }
+        let state = App::new(backing.engine.clone()).with_auth(test_auth());
+        Self::with_state(state, backing)
+    }
+
+    pub(crate) fn with_state(state: App, backing: TestStore) -> Self {
+        Self {
+            router: app(state.into()),
+            backing,
+            bearer: Some(ADMIN.to_owned()),
+        }
+    }
+
+    /// The same app, its requests carrying `bearer` (or nothing).
+    pub(crate) fn as_caller(&self, bearer: Option<&str>) -> TestApp {
+        TestApp {
+            router: self.router.clone(),
+            backing: TestStore {
+                engine: self.backing.engine.clone(),
+                store: self.backing.store.clone(),
+                dir: tempfile::tempdir().expect("temp dir"),
+            },
+            bearer: bearer.map(str::to_owned),
+        }
+    }
+
+    /// A token with these scopes, made through the API; its secret.
+    pub(crate) async fn token(&self, name: &str, scopes: &[&str]) -> String {
+        let made = self
+            .as_caller(Some(ADMIN))
+            .post("/tokens", json!({"name": name, "scopes": scopes}))
+            .await
+            .ok(StatusCode::CREATED);
+        made["token"].as_str().unwrap().to_owned()
     }
 
     /// An app that allows these origins cross-origin requests.
@@ -212,11 +255,9 @@ impl TestApp {
         let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
         let state = App::new(backing.engine.clone())
             .with_cors_origins(&origins)
-            .unwrap();
-        Self {
-            router: app(state.into()),
-            backing,
-        }
+            .unwrap()
+            .with_auth(test_auth());
+        Self::with_state(state, backing)
     }
 
     /// POSTs a urlencoded form.
@@ -233,7 +274,14 @@ impl TestApp {
         String::from_utf8(response.body.to_vec()).unwrap()
     }
 
-    pub(crate) async fn send(&self, request: Request<Body>) -> TestResponse {
+    /// Sends the request, with this app's bearer token unless it has an `Authorization`.
+    pub(crate) async fn send(&self, mut request: Request<Body>) -> TestResponse {
+        if let Some(bearer) = &self.bearer
+            && !request.headers().contains_key(header::AUTHORIZATION)
+        {
+            let value = format!("Bearer {bearer}").parse().unwrap();
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
         let response = self
             .router
             .clone()

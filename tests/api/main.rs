@@ -7,6 +7,7 @@ mod dynamodb_faults;
 mod environments;
 mod errors;
 mod helpers;
+mod identity;
 mod metrics_form;
 mod migration;
 mod node_groups;

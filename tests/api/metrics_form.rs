@@ -492,15 +492,24 @@ async fn cors_only_for_configured_origins() {
     );
     let refused = app.send(preflight("https://evil.example.net")).await;
     assert_eq!(allowed(&refused), None);
-    let simple = app
-        .send(
-            Request::get("/nodes")
-                .header(header::ORIGIN, "https://forms.example.com")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(allowed(&simple), Some("https://forms.example.com"));
+    let simple = |uri: &str| {
+        Request::get(uri)
+            .header(header::ORIGIN, "https://forms.example.com")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let entries = app.send(simple("/metrics-form/entries")).await;
+    assert_eq!(allowed(&entries), Some("https://forms.example.com"));
+    // Never the classifier's or the tokens' routes: no other site's page may call them.
+    for uri in [
+        "/nodes",
+        "/nodegroup",
+        "/environment",
+        "/tokens",
+        "/nodes/x/classification",
+    ] {
+        assert_eq!(allowed(&app.send(simple(uri)).await), None, "{uri}");
+    }
 
     let default = TestApp::new().await;
     assert_eq!(

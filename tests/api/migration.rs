@@ -96,7 +96,9 @@ async fn an_embedded_file_of_layout_1_is_migrated_when_opened() {
     still_consistent(&app).await;
     let after = app.dump().await;
 
-    let TestApp { router, backing } = app;
+    let TestApp {
+        router, backing, ..
+    } = app;
     let TestStore { engine, store, dir } = backing;
     drop((router, store, engine));
     {

@@ -224,15 +224,20 @@ fn json_logs_carry_one_event_per_request() {
         &[("ENC_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
         true,
     );
-    let (status, _) = enc.send_raw(
-        "GET /nodes/nobody HTTP/1.1\r\nHost: t\r\nx-request-id: log-test-1\r\nAuthorization: Bearer s3cr3t-token\r\nConnection: close\r\n\r\n",
-    );
+    let secret = enc.token("log-reader", &["read"]);
+    let (status, _) = enc.send_raw(&format!(
+        "GET /nodes/nobody HTTP/1.1\r\nHost: t\r\nx-request-id: log-test-1\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n",
+    ));
     assert_eq!(status, 404);
     enc.terminate();
     assert!(enc.wait(Duration::from_secs(10)).success());
     std::thread::sleep(Duration::from_millis(200));
     let logs = enc.logs();
-    assert!(!logs.contains("s3cr3t"), "secrets are never logged");
+    assert!(!logs.contains(&secret), "secrets are never logged");
+    assert!(
+        !logs.contains(crate::helpers::ADMIN),
+        "secrets are never logged"
+    );
     let events: Vec<Value> = logs
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
@@ -247,6 +252,10 @@ fn json_logs_carry_one_event_per_request() {
     assert_eq!(event["method"], "GET");
     assert_eq!(event["route"], "/nodes/{unique_name}");
     assert_eq!(event["status"], 404);
+    assert_eq!(
+        event["actor"], "log-reader",
+        "the token's name, never its secret"
+    );
     assert!(event["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
     let backend = if crate::helpers::dynamodb_under_test() {
         "dynamodb"
@@ -311,7 +320,8 @@ async fn spans_reach_an_otlp_endpoint_with_parents_and_the_callers_trace() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let (status, body) = enc.0.send_raw(&format!(
-        "GET /nodes/web01 HTTP/1.1\r\nHost: t\r\ntraceparent: 00-{trace_id}-{caller_span}-01\r\nx-request-id: trace-me\r\nConnection: close\r\n\r\n"
+        "GET /nodes/web01 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\ntraceparent: 00-{trace_id}-{caller_span}-01\r\nx-request-id: trace-me\r\nConnection: close\r\n\r\n",
+        crate::helpers::ADMIN
     ));
     assert_eq!(status, 404, "{body}");
     enc.0.terminate();

@@ -24,7 +24,9 @@ async fn data_survives_closing_and_reopening_the_store() {
     .ok(StatusCode::OK);
     let before = app.dump().await;
 
-    let TestApp { router, backing } = app;
+    let TestApp {
+        router, backing, ..
+    } = app;
     let TestStore { engine, store, dir } = backing;
     drop(router);
     drop(store);

@@ -13,18 +13,35 @@ use crate::helpers::{tool, yaml_1_1};
 
 const NODE: &str = "web01.example.com";
 
-fn seeded() -> (EncData, Enc) {
+/// A running enc with the chain, and a file holding a `classify` token, as a Puppet server has.
+struct Seeded {
+    _data: EncData,
+    enc: Enc,
+    token_file: tempfile::NamedTempFile,
+}
+
+fn seeded() -> Seeded {
     let data = EncData::new();
     let enc = Enc::start(&data, 5);
     for (path, body) in chain_requests() {
         let (status, answer) = enc.http("POST", path, Some(&body.to_string()));
         assert_eq!(status, 201, "{answer}");
     }
-    (data, enc)
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        token_file.path(),
+        enc.token("puppet-eu", &["classify"]) + "\n",
+    )
+    .unwrap();
+    Seeded {
+        _data: data,
+        enc,
+        token_file,
+    }
 }
 
 /// `puppet node find` with the exec terminus, in throwaway Puppet directories.
-fn puppet_find(certname: &str, url: &str, cache: &Path, dirs: &Path) -> Output {
+fn puppet_find(certname: &str, url: &str, token: &Path, cache: &Path, dirs: &Path) -> Output {
     let dir = |name: &str| dirs.join(name).display().to_string();
     std::fs::create_dir_all(dirs.join("code/environments/production")).unwrap();
     Command::new(tool("ENC_TEST_PUPPET", "puppet"))
@@ -34,6 +51,7 @@ fn puppet_find(certname: &str, url: &str, cache: &Path, dirs: &Path) -> Output {
         .args(["--confdir", &dir("conf"), "--vardir", &dir("var")])
         .args(["--codedir", &dir("code"), "--logdir", &dir("log")])
         .env("ENC_URL", url)
+        .env("ENC_TOKEN_FILE", token)
         .env("ENC_CACHE_DIR", cache)
         .env("ENC_CLASSIFY_TIMEOUT", "5")
         .output()
@@ -69,42 +87,60 @@ fn assert_classified(node: &Value) {
 
 #[test]
 fn puppet_gets_the_classification_and_falls_back_to_the_cache() {
-    let (_data, mut enc) = seeded();
+    let Seeded {
+        mut enc,
+        token_file,
+        ..
+    } = seeded();
+    let token = token_file.path();
     let puppet_dirs = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
+    let url = enc.url();
+    let find = |certname: &str, token: &Path, cache: &Path| {
+        puppet_find(certname, &url, token, cache, puppet_dirs.path())
+    };
 
-    let found = puppet_find(NODE, &enc.url(), cache.path(), puppet_dirs.path());
-    assert_classified(&puppet_node(&found));
-
-    let unknown = puppet_find(
-        "nobody.example.com",
-        &enc.url(),
-        cache.path(),
-        puppet_dirs.path(),
-    );
+    assert_classified(&puppet_node(&find(NODE, token, cache.path())));
+    let unknown = find("nobody.example.com", token, cache.path());
     assert!(
         !unknown.status.success(),
         "an unknown node must fail the lookup"
     );
 
+    // Without a valid token Puppet gets nothing, and never the cached answer as if fresh.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let no_token = find(NODE, empty.path(), cache.path());
+    assert!(!no_token.status.success(), "no token must fail");
+    let (status, _) = enc.http("DELETE", "/tokens/puppet-eu", None);
+    assert_eq!(status, 204);
+    let revoked = find(NODE, token, cache.path());
+    assert!(!revoked.status.success(), "a revoked token must fail");
+
     enc.terminate();
     assert!(enc.wait(Duration::from_secs(10)).success());
-    let cached = puppet_find(NODE, &enc.url(), cache.path(), puppet_dirs.path());
+    let cached = find(NODE, token, cache.path());
     assert_classified(&puppet_node(&cached));
     let without_cache = tempfile::tempdir().unwrap();
-    let failed = puppet_find(NODE, &enc.url(), without_cache.path(), puppet_dirs.path());
+    let failed = find(NODE, token, without_cache.path());
     assert!(
         !failed.status.success(),
         "no service and no cache must fail"
     );
 }
 
-fn classify(certname: &str, url: &str, cache: Option<&Path>, timeout_seconds: u64) -> Output {
+fn classify(
+    certname: &str,
+    url: &str,
+    token: &Path,
+    cache: Option<&Path>,
+    timeout_seconds: u64,
+) -> Output {
     let mut command = Command::new(BIN);
     command
         .env_clear()
         .args(["classify", certname])
         .env("ENC_URL", url)
+        .env("ENC_TOKEN_FILE", token)
         .env("ENC_CLASSIFY_TIMEOUT", timeout_seconds.to_string());
     if let Some(cache) = cache {
         command.env("ENC_CACHE_DIR", cache);
@@ -121,10 +157,15 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 
 #[test]
 fn classify_command_contract() {
-    let (_data, mut enc) = seeded();
+    let Seeded {
+        mut enc,
+        token_file,
+        ..
+    } = seeded();
+    let token = token_file.path();
     let cache = tempfile::tempdir().unwrap();
 
-    let ok = classify(NODE, &enc.url(), Some(cache.path()), 5);
+    let ok = classify(NODE, &enc.url(), token, Some(cache.path()), 5);
     assert!(ok.status.success());
     assert!(ok.stderr.is_empty(), "{:?}", stderr_lines(&ok));
     let (_, served) = enc.http(
@@ -135,7 +176,7 @@ fn classify_command_contract() {
     assert_eq!(String::from_utf8_lossy(&ok.stdout), served);
 
     for bad in ["nobody", "Not A Certname"] {
-        let out = classify(bad, &enc.url(), Some(cache.path()), 5);
+        let out = classify(bad, &enc.url(), token, Some(cache.path()), 5);
         assert_eq!(out.status.code(), Some(1), "{bad}");
         assert!(out.stdout.is_empty());
         let lines = stderr_lines(&out);
@@ -143,11 +184,22 @@ fn classify_command_contract() {
         assert!(lines[0].starts_with("enc: "), "{lines:?}");
     }
 
+    // Refused identity fails at once, the cached answer unused.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let refused = classify(NODE, &enc.url(), empty.path(), Some(cache.path()), 5);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(refused.stdout.is_empty());
+    let lines = stderr_lines(&refused);
+    assert!(
+        lines.len() == 1 && lines[0].contains("401") && lines[0].contains("ENC_TOKEN_FILE"),
+        "{lines:?}"
+    );
+
     // A service that accepts connections but never answers: the timeout bounds the wait.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());
     let asked = Instant::now();
-    let cached = classify(NODE, &silent_url, Some(cache.path()), 1);
+    let cached = classify(NODE, &silent_url, token, Some(cache.path()), 1);
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -160,7 +212,7 @@ fn classify_command_contract() {
         lines.len() == 1 && lines[0].contains("warning") && lines[0].contains("cached"),
         "{lines:?}"
     );
-    let uncached = classify(NODE, &silent_url, None, 1);
+    let uncached = classify(NODE, &silent_url, token, None, 1);
     assert_eq!(uncached.status.code(), Some(1));
     assert!(stderr_lines(&uncached)[0].contains("no answer"));
 

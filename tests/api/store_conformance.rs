@@ -14,6 +14,9 @@ use enc::store::{
 
 use crate::helpers::{TestStore, dynamodb_under_test};
 
+/// Who the conformance suite writes as.
+const BY: &str = "conformance";
+
 fn env(name: &str, cluster: &str) -> Environment {
     Environment {
         environment_name: EnvironmentName::parse(name).unwrap(),
@@ -58,11 +61,11 @@ fn page(limit: usize, cursor: Option<String>) -> PageRequest {
 async fn seeded() -> TestStore {
     let t = TestStore::new().await;
     t.store
-        .create_environment(env("production", "eu"))
+        .create_environment(env("production", "eu"), BY)
         .await
         .unwrap();
     t.store
-        .create_environment(env("staging", "eu"))
+        .create_environment(env("staging", "eu"), BY)
         .await
         .unwrap();
     t
@@ -77,17 +80,17 @@ async fn versions_and_timestamps() {
         ClassName::parse("ntp").unwrap(),
         BTreeMap::from([(ParamName::parse("servers").unwrap(), json!(["a"]))]),
     );
-    let created = s.create_node_group(g.clone()).await.unwrap();
+    let created = s.create_node_group(g.clone(), BY).await.unwrap();
     assert_eq!(created.meta.version, 1);
     assert_eq!(created.item, g);
     assert_eq!(s.get_node_group(&gname("base")).await.unwrap(), created);
 
     g.description = Some("changed".into());
-    let replaced = s.replace_node_group(g.clone(), Some(1)).await.unwrap();
+    let replaced = s.replace_node_group(g.clone(), Some(1), BY).await.unwrap();
     assert_eq!(replaced.meta.version, 2);
     assert_eq!(replaced.meta.created_at, created.meta.created_at);
     assert!(replaced.meta.updated_at >= created.meta.updated_at);
-    let again = s.replace_node_group(g, None).await.unwrap();
+    let again = s.replace_node_group(g, None, BY).await.unwrap();
     assert_eq!(again.meta.version, 3);
 }
 
@@ -95,26 +98,26 @@ async fn versions_and_timestamps() {
 async fn creates_refuse_existing_objects() {
     let t = seeded().await;
     let s = &t.store;
-    s.create_node_group(group("base", None)).await.unwrap();
-    s.create_node(node("web01", "production", None))
+    s.create_node_group(group("base", None), BY).await.unwrap();
+    s.create_node(node("web01", "production", None), BY)
         .await
         .unwrap();
     assert!(matches!(
-        s.create_environment(env("production", "eu")).await,
+        s.create_environment(env("production", "eu"), BY).await,
         Err(StoreError::AlreadyExists {
             kind: Kind::Environment,
             ..
         })
     ));
     assert!(matches!(
-        s.create_node_group(group("base", None)).await,
+        s.create_node_group(group("base", None), BY).await,
         Err(StoreError::AlreadyExists {
             kind: Kind::NodeGroup,
             ..
         })
     ));
     assert!(matches!(
-        s.create_node(node("web01", "staging", None)).await,
+        s.create_node(node("web01", "staging", None), BY).await,
         Err(StoreError::AlreadyExists {
             kind: Kind::Node,
             ..
@@ -138,7 +141,7 @@ async fn absent_objects_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.delete_environment(&missing_env, None).await,
+        s.delete_environment(&missing_env, None, BY).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -146,11 +149,11 @@ async fn absent_objects_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.replace_node_group(group("x", None), None).await,
+        s.replace_node_group(group("x", None), None, BY).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.delete_node_group(&gname("x"), None).await,
+        s.delete_node_group(&gname("x"), None, BY).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -158,11 +161,12 @@ async fn absent_objects_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.replace_node(node("x", "production", None), None).await,
+        s.replace_node(node("x", "production", None), None, BY)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.delete_node(&cert("x"), None).await,
+        s.delete_node(&cert("x"), None, BY).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -171,12 +175,12 @@ async fn absent_objects_are_not_found() {
 async fn stale_versions_are_refused() {
     let t = seeded().await;
     let s = &t.store;
-    s.create_node(node("web01", "production", None))
+    s.create_node(node("web01", "production", None), BY)
         .await
         .unwrap();
-    s.create_node_group(group("base", None)).await.unwrap();
+    s.create_node_group(group("base", None), BY).await.unwrap();
     assert!(matches!(
-        s.replace_node(node("web01", "staging", None), Some(2))
+        s.replace_node(node("web01", "staging", None), Some(2), BY)
             .await,
         Err(StoreError::VersionMismatch {
             expected: 2,
@@ -185,16 +189,16 @@ async fn stale_versions_are_refused() {
         })
     ));
     assert!(matches!(
-        s.delete_node(&cert("web01"), Some(5)).await,
+        s.delete_node(&cert("web01"), Some(5), BY).await,
         Err(StoreError::VersionMismatch { .. })
     ));
     assert!(matches!(
-        s.delete_node_group(&gname("base"), Some(2)).await,
+        s.delete_node_group(&gname("base"), Some(2), BY).await,
         Err(StoreError::VersionMismatch { .. })
     ));
     let key = env("staging", "eu").key();
     assert!(matches!(
-        s.delete_environment(&key, Some(9)).await,
+        s.delete_environment(&key, Some(9), BY).await,
         Err(StoreError::VersionMismatch { .. })
     ));
     assert_eq!(
@@ -206,9 +210,11 @@ async fn stale_versions_are_refused() {
             .as_str(),
         "production"
     );
-    s.delete_node(&cert("web01"), Some(1)).await.unwrap();
-    s.delete_node_group(&gname("base"), Some(1)).await.unwrap();
-    s.delete_environment(&key, Some(1)).await.unwrap();
+    s.delete_node(&cert("web01"), Some(1), BY).await.unwrap();
+    s.delete_node_group(&gname("base"), Some(1), BY)
+        .await
+        .unwrap();
+    s.delete_environment(&key, Some(1), BY).await.unwrap();
 }
 
 #[tokio::test]
@@ -216,29 +222,32 @@ async fn references_must_exist() {
     let t = seeded().await;
     let s = &t.store;
     assert!(matches!(
-        s.create_node(node("a", "nope", None)).await,
+        s.create_node(node("a", "nope", None), BY).await,
         Err(StoreError::MissingReference {
             field: "environment_name",
             ..
         })
     ));
     assert!(matches!(
-        s.create_node(node("a", "production", Some("nope"))).await,
+        s.create_node(node("a", "production", Some("nope")), BY)
+            .await,
         Err(StoreError::MissingReference {
             field: "node_group_name",
             ..
         })
     ));
     assert!(matches!(
-        s.create_node_group(group("a", Some("nope"))).await,
+        s.create_node_group(group("a", Some("nope")), BY).await,
         Err(StoreError::MissingReference {
             field: "parent",
             ..
         })
     ));
-    s.create_node(node("a", "production", None)).await.unwrap();
+    s.create_node(node("a", "production", None), BY)
+        .await
+        .unwrap();
     assert!(matches!(
-        s.replace_node(node("a", "production", Some("nope")), None)
+        s.replace_node(node("a", "production", Some("nope")), None, BY)
             .await,
         Err(StoreError::MissingReference {
             field: "node_group_name",
@@ -263,15 +272,19 @@ async fn references_must_exist() {
 async fn cycles_are_refused() {
     let t = seeded().await;
     let s = &t.store;
-    s.create_node_group(group("a", None)).await.unwrap();
-    s.create_node_group(group("b", Some("a"))).await.unwrap();
-    s.create_node_group(group("c", Some("b"))).await.unwrap();
-    match s.replace_node_group(group("a", Some("c")), None).await {
+    s.create_node_group(group("a", None), BY).await.unwrap();
+    s.create_node_group(group("b", Some("a")), BY)
+        .await
+        .unwrap();
+    s.create_node_group(group("c", Some("b")), BY)
+        .await
+        .unwrap();
+    match s.replace_node_group(group("a", Some("c")), None, BY).await {
         Err(StoreError::Cycle { chain }) => assert_eq!(chain, ["a", "c", "b", "a"]),
         other => panic!("expected a cycle, got {other:?}"),
     }
     assert!(matches!(
-        s.replace_node_group(group("b", Some("b")), None).await,
+        s.replace_node_group(group("b", Some("b")), None, BY).await,
         Err(StoreError::Cycle { .. })
     ));
     assert_eq!(
@@ -284,22 +297,22 @@ async fn cycles_are_refused() {
 async fn used_objects_cannot_be_deleted() {
     let t = seeded().await;
     let s = &t.store;
-    s.create_node_group(group("base", None)).await.unwrap();
-    s.create_node_group(group("web", Some("base")))
+    s.create_node_group(group("base", None), BY).await.unwrap();
+    s.create_node_group(group("web", Some("base")), BY)
         .await
         .unwrap();
     for i in 0..12 {
-        s.create_node(node(&format!("web{i:02}"), "production", Some("web")))
+        s.create_node(node(&format!("web{i:02}"), "production", Some("web")), BY)
             .await
             .unwrap();
     }
-    match s.delete_node_group(&gname("base"), None).await {
+    match s.delete_node_group(&gname("base"), None, BY).await {
         Err(StoreError::StillReferenced { referrers, .. }) => {
             assert_eq!(referrers, ["node group web"])
         }
         other => panic!("{other:?}"),
     }
-    match s.delete_node_group(&gname("web"), None).await {
+    match s.delete_node_group(&gname("web"), None, BY).await {
         Err(StoreError::StillReferenced { referrers, .. }) => {
             assert_eq!(referrers.len(), 11, "ten names and 'more': {referrers:?}");
             assert_eq!(referrers[0], "node web00");
@@ -309,13 +322,13 @@ async fn used_objects_cannot_be_deleted() {
     }
     let key = env("production", "eu").key();
     assert!(matches!(
-        s.delete_environment(&key, None).await,
+        s.delete_environment(&key, None, BY).await,
         Err(StoreError::StillReferenced { .. })
     ));
     s.get_node_group(&gname("web")).await.unwrap();
     s.get_environment(&key).await.unwrap();
     // The unused environment of the same cluster can go.
-    s.delete_environment(&env("staging", "eu").key(), None)
+    s.delete_environment(&env("staging", "eu").key(), None, BY)
         .await
         .unwrap();
 }
@@ -324,11 +337,13 @@ async fn used_objects_cannot_be_deleted() {
 async fn listings_page_and_filter() {
     let t = seeded().await;
     let s = &t.store;
-    s.create_node_group(group("web", None)).await.unwrap();
+    s.create_node_group(group("web", None), BY).await.unwrap();
     for i in 0..7 {
         let g = (i % 2 == 0).then_some("web");
         let e = if i < 4 { "production" } else { "staging" };
-        s.create_node(node(&format!("n{i}"), e, g)).await.unwrap();
+        s.create_node(node(&format!("n{i}"), e, g), BY)
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -399,7 +414,7 @@ async fn foreign_cursors_are_refused() {
 async fn concurrent_conditional_writes_have_one_winner() {
     let t = seeded().await;
     t.store
-        .create_node(node("web01", "production", None))
+        .create_node(node("web01", "production", None), BY)
         .await
         .unwrap();
     let tasks: Vec<_> = (0..50)
@@ -409,7 +424,7 @@ async fn concurrent_conditional_writes_have_one_winner() {
                 let mut n = node("web01", "production", None);
                 n.parameters
                     .insert(ParamName::parse("writer").unwrap(), json!(i));
-                store.replace_node(n, Some(1)).await
+                store.replace_node(n, Some(1), BY).await
             })
         })
         .collect();
@@ -445,6 +460,7 @@ async fn ping_answers() {
 
 fn activity(engineer: &str, customer: &str, project: &str, date: &str, hours: f64) -> Activity {
     Activity {
+        recorded_by: None,
         id: uuid::Uuid::now_v7().to_string(),
         engineer: Label::parse(engineer).unwrap(),
         customer: Label::parse(customer).unwrap(),

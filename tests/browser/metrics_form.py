@@ -1,7 +1,8 @@
 """Drives headless Chromium through the metrics form like an engineer would.
 
-Usage: metrics_form.py BASE_URL SCREENSHOT_DIR
-Exits non-zero, saying what was wrong, if the form does not behave.
+Usage: metrics_form.py BASE_URL SCREENSHOT_DIR TOKEN
+Signs in with TOKEN (scopes activities:write and activities:read), records work, checks a
+cross-site post is refused. Exits non-zero, saying what was wrong, if the form does not behave.
 """
 
 import datetime
@@ -15,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-BASE, SHOTS = sys.argv[1], sys.argv[2]
+BASE, SHOTS, TOKEN = sys.argv[1], sys.argv[2], sys.argv[3]
 os.makedirs(SHOTS, exist_ok=True)
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
 
@@ -49,6 +50,21 @@ def type_into(name, text):
 
 
 try:
+    # The report needs a session: without one the browser is sent to sign in.
+    driver.get(f"{BASE}/metrics-form/report")
+    check(driver.current_url.endswith("/sign-in"), "an unsigned-in visit to the report asks to sign in")
+    type_into("token", "enc_nobody_" + "x" * 43)
+    driver.find_element(By.CSS_SELECTOR, "form[action='/sign-in'] button").click()
+    problems = wait.until(ec.visibility_of_element_located((By.ID, "problems")))
+    check("Not signed in" in problems.text, f"a wrong token is refused: {problems.text!r}")
+    type_into("token", TOKEN)
+    driver.save_screenshot(os.path.join(SHOTS, "00-sign-in.png"))
+    driver.find_element(By.CSS_SELECTOR, "form[action='/sign-in'] button").click()
+    wait.until(ec.url_contains("/metrics-form"))
+    cookie = driver.get_cookie("enc_session")
+    check(cookie is not None and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict",
+          f"the session cookie is HttpOnly and SameSite=Strict: {cookie}")
+
     driver.get(f"{BASE}/metrics-form")
     # enc's day is UTC's; read the date the form offers so midnight cannot race the check.
     today = field("date").get_attribute("value")
@@ -92,6 +108,18 @@ try:
     csv_link = driver.find_element(By.PARTIAL_LINK_TEXT, "CSV")
     check("/metrics-form/entries.csv?" in csv_link.get_attribute("href"), "the report links to the CSV")
     driver.save_screenshot(os.path.join(SHOTS, "04-report.png"))
+
+    # Another site's page posting to the form: refused, nothing saved.
+    hostile = (
+        "data:text/html,<form id=f method=post action='" + BASE + "/metrics-form'>"
+        "<input name=engineer value=mallory><input name=customer value='Cross Site Co'>"
+        "<input name=project value=x><input name=activity_type value=other>"
+        "<input name=hours value=1></form><script>document.getElementById('f').submit()</script>"
+    )
+    driver.get(hostile)
+    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(BASE))
+    check(len(driver.find_elements(By.ID, "saved")) == 0, "a cross-site post is not saved")
+    driver.save_screenshot(os.path.join(SHOTS, "06-cross-site.png"))
 
     driver.set_window_size(390, 900)
     driver.get(f"{BASE}/metrics-form")

@@ -182,7 +182,7 @@ mod tests {
         .unwrap();
         let stored = Stored {
             item: group,
-            meta: Meta::first(),
+            meta: Meta::first("test"),
         };
         let item = to_item(&NODE_GROUP, &to_body(&stored).unwrap(), 3);
         assert_eq!(item["item_type"], s("node_group"));

@@ -194,11 +194,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_four_tables_of_enc() {
+    fn the_tables_of_enc() {
         let names: Vec<_> = tables().iter().map(|t| t.suffix).collect();
         assert_eq!(
             names,
-            ["environments", "node_groups", "nodes", "activities"]
+            [
+                "environments",
+                "node_groups",
+                "nodes",
+                "activities",
+                "tokens"
+            ]
         );
         let groups = tables()
             .into_iter()

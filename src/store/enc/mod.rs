@@ -208,8 +208,12 @@ impl Store {
         ))
     }
 
-    pub async fn create_environment(&self, env: Environment) -> Result<Stored<Environment>> {
-        self.db.create(&ENVIRONMENT, env, &NoGuard).await
+    pub async fn create_environment(
+        &self,
+        env: Environment,
+        by: &str,
+    ) -> Result<Stored<Environment>> {
+        self.db.create(&ENVIRONMENT, env, by, &NoGuard).await
     }
 
     pub async fn get_environment(&self, key: &EnvironmentKey) -> Result<Stored<Environment>> {
@@ -235,14 +239,17 @@ impl Store {
         &self,
         key: &EnvironmentKey,
         expected: Option<u64>,
+        by: &str,
     ) -> Result<()> {
         self.db
-            .delete::<Environment>(&ENVIRONMENT, &env_key(key), expected, &NoGuard)
+            .delete::<Environment>(&ENVIRONMENT, &env_key(key), expected, by, &NoGuard)
             .await
     }
 
-    pub async fn create_node_group(&self, group: NodeGroup) -> Result<Stored<NodeGroup>> {
-        self.db.create(&NODE_GROUP, group, &TreeGuard(self)).await
+    pub async fn create_node_group(&self, group: NodeGroup, by: &str) -> Result<Stored<NodeGroup>> {
+        self.db
+            .create(&NODE_GROUP, group, by, &TreeGuard(self))
+            .await
     }
 
     pub async fn get_node_group(&self, name: &GroupName) -> Result<Stored<NodeGroup>> {
@@ -257,21 +264,27 @@ impl Store {
         &self,
         group: NodeGroup,
         expected: Option<u64>,
+        by: &str,
     ) -> Result<Stored<NodeGroup>> {
         self.db
-            .replace(&NODE_GROUP, group, expected, &TreeGuard(self))
+            .replace(&NODE_GROUP, group, expected, by, &TreeGuard(self))
             .await
     }
 
-    pub async fn delete_node_group(&self, name: &GroupName, expected: Option<u64>) -> Result<()> {
+    pub async fn delete_node_group(
+        &self,
+        name: &GroupName,
+        expected: Option<u64>,
+        by: &str,
+    ) -> Result<()> {
         let key = Key::one(name.as_str());
         self.db
-            .delete(&NODE_GROUP, &key, expected, &TreeGuard(self))
+            .delete(&NODE_GROUP, &key, expected, by, &TreeGuard(self))
             .await
     }
 
-    pub async fn create_node(&self, node: Node) -> Result<Stored<Node>> {
-        self.db.create(&NODE, node, &NoGuard).await
+    pub async fn create_node(&self, node: Node, by: &str) -> Result<Stored<Node>> {
+        self.db.create(&NODE, node, by, &NoGuard).await
     }
 
     pub async fn get_node(&self, name: &Certname) -> Result<Stored<Node>> {
@@ -296,13 +309,24 @@ impl Store {
         self.db.list(&NODE, &filters, (None, None), page).await
     }
 
-    pub async fn replace_node(&self, node: Node, expected: Option<u64>) -> Result<Stored<Node>> {
-        self.db.replace(&NODE, node, expected, &NoGuard).await
+    pub async fn replace_node(
+        &self,
+        node: Node,
+        expected: Option<u64>,
+        by: &str,
+    ) -> Result<Stored<Node>> {
+        self.db.replace(&NODE, node, expected, by, &NoGuard).await
     }
 
-    pub async fn delete_node(&self, name: &Certname, expected: Option<u64>) -> Result<()> {
+    pub async fn delete_node(
+        &self,
+        name: &Certname,
+        expected: Option<u64>,
+        by: &str,
+    ) -> Result<()> {
+        let key = Key::one(name.as_str());
         self.db
-            .delete::<Node>(&NODE, &Key::one(name.as_str()), expected, &NoGuard)
+            .delete::<Node>(&NODE, &key, expected, by, &NoGuard)
             .await
     }
 }

@@ -166,7 +166,7 @@ mod tests {
                     &format!("g{i}"),
                     (i > 0).then(|| format!("g{}", i - 1)).as_deref(),
                 ),
-                meta: Meta::first(),
+                meta: Meta::first("test"),
             })
             .collect();
         GroupTree::new(7, groups)

@@ -1,0 +1,447 @@
+//! Identity and access. Every route declares in the OpenAPI document the scope it needs (or
+//! none); the middleware here finds who the caller is, from a bearer token, the load
+//! balancer's signed sign-in data or the form's session cookie, and lets the request through
+//! only with that scope. A route that declares nothing is refused.
+
+pub mod alb;
+pub mod secret;
+pub mod session;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::Value;
+
+use crate::AppState;
+use crate::domain::{Scope, Stored, Token, now};
+use crate::error::AppError;
+use crate::store::{Store, StoreError};
+
+/// Who is calling, as the middleware found out.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Recorded on what they write: a token's name, a signed-in person, `bootstrap`.
+    pub actor: String,
+    pub scopes: BTreeSet<Scope>,
+    /// A person signed in through the load balancer: the metrics form's engineer.
+    pub person: Option<String>,
+}
+
+impl Identity {
+    pub fn grants(&self, needed: Scope) -> bool {
+        self.scopes.iter().any(|s| s.grants(needed))
+    }
+
+    fn admin(actor: &str) -> Self {
+        Identity {
+            actor: actor.to_owned(),
+            scopes: BTreeSet::from([Scope::Admin]),
+            person: None,
+        }
+    }
+}
+
+/// The identity of a request, for handlers; `anonymous` on open routes without one.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Identity);
+
+impl Caller {
+    pub fn actor(&self) -> &str {
+        &self.0.actor
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<Identity>()
+                .cloned()
+                .unwrap_or_else(|| Identity {
+                    actor: "anonymous".to_owned(),
+                    scopes: BTreeSet::new(),
+                    person: None,
+                }),
+        ))
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    Nothing,
+    Scope(Scope),
+}
+
+/// Every documented operation's needs, read from the OpenAPI document.
+#[derive(Debug, Default)]
+pub struct Access {
+    routes: HashMap<(Method, String), Needs>,
+    paths: BTreeSet<String>,
+}
+
+/// Routes served beside the documented API, open to all: the documentation itself.
+fn is_documentation(route: &str) -> bool {
+    route == "/api-docs/openapi.json" || route == "/swagger-ui" || route.starts_with("/swagger-ui/")
+}
+
+/// `/nodes/` and `/nodes` are one collection.
+fn normalized(route: &str) -> &str {
+    match route.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        _ => route,
+    }
+}
+
+impl Access {
+    pub fn from_openapi(document: &Value) -> Result<Self, String> {
+        let mut access = Access::default();
+        let paths = document["paths"]
+            .as_object()
+            .ok_or("the document has no paths")?;
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else {
+                    continue;
+                };
+                let needs = needs_of(operation).map_err(|e| format!("{method} {path}: {e}"))?;
+                let route = normalized(path).to_owned();
+                access.paths.insert(route.clone());
+                access.routes.insert((method, route), needs);
+            }
+        }
+        Ok(access)
+    }
+
+    /// What `method` on the matched `route` needs; `None` for a route nobody declared.
+    pub fn needs(&self, method: &Method, route: &str) -> Option<Needs> {
+        let route = normalized(route);
+        if let Some(needs) = self.routes.get(&(method.clone(), route.to_owned())) {
+            return Some(*needs);
+        }
+        // Another method on a documented path is answered 405 by the router.
+        (self.paths.contains(route) || is_documentation(route)).then_some(Needs::Nothing)
+    }
+
+    pub fn operations(&self) -> impl Iterator<Item = (&Method, &str, Needs)> {
+        self.routes.iter().map(|((m, p), n)| (m, p.as_str(), *n))
+    }
+}
+
+/// An operation's `security`: `[{}]` is open, `[{"bearer": ["scope"]}]` needs the scope.
+fn needs_of(operation: &Value) -> Result<Needs, String> {
+    let requirements = operation["security"]
+        .as_array()
+        .ok_or("declares no security (a scope, or `security(())` for none)")?;
+    let mut scope = None;
+    for requirement in requirements {
+        let Some(schemes) = requirement.as_object() else {
+            return Err("a security requirement is not an object".into());
+        };
+        if schemes.is_empty() {
+            return Ok(Needs::Nothing);
+        }
+        let names = schemes["bearer"]
+            .as_array()
+            .ok_or("names no bearer scopes")?;
+        for name in names {
+            let parsed = Scope::parse(name.as_str().unwrap_or_default())?;
+            scope = Some(parsed);
+        }
+    }
+    scope
+        .map(Needs::Scope)
+        .ok_or_else(|| "names no scope".into())
+}
+
+/// How identity is checked, from the configuration.
+pub struct Auth {
+    /// `false` only with `ENC_AUTH=off`: everyone is an administrator.
+    pub required: bool,
+    /// SHA-256 of `ENC_BOOTSTRAP_TOKEN`: always accepted as `admin`.
+    bootstrap: Option<[u8; 32]>,
+    pub alb: Option<alb::Alb>,
+    pub metrics_token_required: bool,
+    pub access: Access,
+    /// When each token's last use was last written, so it is written at most once a minute.
+    touched: Mutex<HashMap<String, Instant>>,
+}
+
+/// How often a token's `last_used_at` is written at most.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a request has no identity.
+#[derive(Debug)]
+enum Refused {
+    Malformed(&'static str),
+    Unknown,
+    Expired,
+    Alb(alb::AlbError),
+    Store(StoreError),
+}
+
+impl Refused {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Refused::Malformed(_) => "malformed",
+            Refused::Unknown => "unknown",
+            Refused::Expired => "expired",
+            Refused::Alb(_) => "alb_invalid",
+            Refused::Store(_) => "unavailable",
+        }
+    }
+
+    fn into_error(self) -> AppError {
+        match self {
+            Refused::Malformed(why) => AppError::Unauthorized(why.to_owned()),
+            Refused::Unknown => AppError::Unauthorized("the token is unknown or revoked".into()),
+            Refused::Expired => AppError::Unauthorized("the token has expired".into()),
+            Refused::Alb(e) => AppError::Unauthorized(e.to_string()),
+            Refused::Store(e) => e.into(),
+        }
+    }
+}
+
+impl Auth {
+    pub fn new(
+        required: bool,
+        bootstrap: Option<&str>,
+        alb: Option<alb::Alb>,
+        metrics_token_required: bool,
+        access: Access,
+    ) -> Self {
+        Self {
+            required,
+            bootstrap: bootstrap.map(secret::sha256),
+            alb,
+            metrics_token_required,
+            access,
+            touched: Mutex::default(),
+        }
+    }
+
+    /// The identity a secret stands for, for the sign-in page.
+    pub async fn sign_in(&self, store: &Store, presented: &str) -> Result<Identity, AppError> {
+        self.token(store, presented)
+            .await
+            .map(|(identity, _)| identity)
+            .map_err(Refused::into_error)
+    }
+
+    /// The identity a secret stands for: the bootstrap secret, or a stored token.
+    async fn token(
+        &self,
+        store: &Store,
+        presented: &str,
+    ) -> Result<(Identity, Option<Stored<Token>>), Refused> {
+        if let Some(digest) = &self.bootstrap
+            && secret::matches(presented, digest)
+        {
+            return Ok((Identity::admin("bootstrap"), None));
+        }
+        let name = secret::token_name(presented)
+            .ok_or(Refused::Malformed("the bearer token is not an enc token"))?;
+        let stored = match store.get_token(&name).await {
+            Ok(stored) => stored,
+            Err(StoreError::NotFound { .. }) => return Err(Refused::Unknown),
+            Err(e) => return Err(Refused::Store(e)),
+        };
+        if !secret::matches_hex(presented, &stored.item.secret_sha256) {
+            return Err(Refused::Unknown);
+        }
+        if stored.item.expired(now()) {
+            return Err(Refused::Expired);
+        }
+        let identity = Identity {
+            actor: stored.item.name.to_string(),
+            scopes: stored.item.scopes.clone(),
+            person: None,
+        };
+        Ok((identity, Some(stored)))
+    }
+
+    /// Who the request is from, if it says; `Err` when what it says is not good.
+    async fn identify(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        route: &str,
+    ) -> Result<Option<Identity>, Refused> {
+        if !self.required {
+            return Ok(Some(Identity::admin("anonymous")));
+        }
+        let presented = match headers.get(header::AUTHORIZATION) {
+            Some(value) => {
+                let value = value
+                    .to_str()
+                    .map_err(|_| Refused::Malformed("the Authorization header is not text"))?;
+                let (scheme, token) = value.split_once(' ').ok_or(Refused::Malformed(
+                    "the Authorization header is not `Bearer <token>`",
+                ))?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(Refused::Malformed("only Bearer tokens are accepted"));
+                }
+                Some(token.trim().to_owned())
+            }
+            None => None,
+        };
+        if let Some(token) = presented {
+            let (identity, stored) = self.token(&state.store, &token).await?;
+            if let Some(stored) = stored {
+                self.touch(state, stored);
+            }
+            return Ok(Some(identity));
+        }
+        if let (Some(alb), Some(data)) = (&self.alb, headers.get(alb::HEADER)) {
+            let data = data
+                .to_str()
+                .map_err(|_| Refused::Alb(alb::AlbError::Malformed))?;
+            let user = alb
+                .verify(data, now().timestamp())
+                .await
+                .map_err(Refused::Alb)?;
+            return Ok(Some(Identity {
+                actor: user.name.clone(),
+                scopes: alb.rules.scopes(&user),
+                person: Some(user.name),
+            }));
+        }
+        if session::accepted_on(route)
+            && session::same_site(headers)
+            && let Some(token) = session::cookie(headers)
+        {
+            return match self.token(&state.store, &token).await {
+                Ok((identity, _)) => Ok(Some(identity)),
+                // A stale cookie is as good as none: the page asks to sign in again.
+                Err(Refused::Store(e)) => Err(Refused::Store(e)),
+                Err(_) => Ok(None),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Writes the token's last use in the background, at most once a minute per token.
+    fn touch(&self, state: &AppState, used: Stored<Token>) {
+        let at = now();
+        let fresh = used
+            .item
+            .last_used_at
+            .is_some_and(|t| (at - t).to_std().is_ok_and(|age| age < TOUCH_EVERY));
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = touched
+            .get(used.item.name.as_str())
+            .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
+        if fresh || recent {
+            return;
+        }
+        touched.insert(used.item.name.to_string(), Instant::now());
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            let name = used.item.name.to_string();
+            if let Err(e) = store.touch_token(used, at).await {
+                tracing::debug!(token = %name, error = %e, "last use not recorded");
+            }
+        });
+    }
+}
+
+/// Lets a request through only with the identity and scope its route needs.
+pub async fn authorize(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(route) = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        // No route: the fallback answers 404 and reads nothing.
+        return next.run(request).await;
+    };
+    let mut needs = state.auth.access.needs(request.method(), &route);
+    if route == "/metrics" && state.auth.metrics_token_required {
+        needs = Some(Needs::Scope(Scope::Read));
+    }
+    let identity = state.auth.identify(&state, request.headers(), &route).await;
+    let (outcome, denial) = match (needs, identity) {
+        (None, _) => (
+            "undeclared",
+            Some(AppError::Forbidden(format!("{route} declares no scope"))),
+        ),
+        (Some(Needs::Nothing), Ok(identity)) => {
+            if let Some(identity) = identity {
+                request.extensions_mut().insert(identity);
+            }
+            ("open", None)
+        }
+        (Some(Needs::Nothing), Err(_)) => ("open", None),
+        (Some(Needs::Scope(_)), Err(refused)) => (refused.outcome(), Some(refused.into_error())),
+        (Some(Needs::Scope(scope)), Ok(None)) => {
+            if wants_a_page(request.headers()) && session::accepted_on(&route) {
+                state.metrics.auth.with_label_values(&["missing"]).inc();
+                return Redirect::to("/sign-in").into_response();
+            }
+            (
+                "missing",
+                Some(AppError::Unauthorized(format!(
+                    "this needs a token with the scope {scope}: send Authorization: Bearer <token>"
+                ))),
+            )
+        }
+        (Some(Needs::Scope(scope)), Ok(Some(identity))) if !identity.grants(scope) => (
+            "forbidden",
+            Some(AppError::Forbidden(format!(
+                "this needs the scope {scope}; {} has {}",
+                identity.actor,
+                describe(&identity.scopes)
+            ))),
+        ),
+        (Some(Needs::Scope(_)), Ok(Some(identity))) => {
+            request.extensions_mut().insert(identity);
+            ("ok", None)
+        }
+    };
+    state.metrics.auth.with_label_values(&[outcome]).inc();
+    if let Some(denial) = denial {
+        return denial.into_response();
+    }
+    let actor = request
+        .extensions()
+        .get::<Identity>()
+        .map(|i| i.actor.clone());
+    let mut response = next.run(request).await;
+    if let Some(actor) = actor {
+        response.extensions_mut().insert(Actor(actor));
+    }
+    response
+}
+
+/// The actor of a request, for its log event.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+fn describe(scopes: &BTreeSet<Scope>) -> String {
+    if scopes.is_empty() {
+        return "no scopes".to_owned();
+    }
+    let names: Vec<_> = scopes.iter().map(|s| s.as_str()).collect();
+    names.join(", ")
+}
+
+/// A browser navigating (it takes HTML), rather than a script.
+fn wants_a_page(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}

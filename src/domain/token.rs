@@ -1,0 +1,138 @@
+//! Who may do what: scopes, and the API tokens that carry them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
+
+use super::TokenName;
+
+/// What an identity may do. `admin` may do everything, `write` includes `read`, and `read`
+/// includes `classify`; the two activity scopes are separate from the rest and each other.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+pub enum Scope {
+    /// Read classifications only: what a Puppet server holds.
+    #[serde(rename = "classify")]
+    Classify,
+    /// Read nodes, node groups and environments.
+    #[serde(rename = "read")]
+    Read,
+    /// Change nodes, node groups and environments.
+    #[serde(rename = "write")]
+    Write,
+    /// Record work in the metrics form.
+    #[serde(rename = "activities:write")]
+    ActivitiesWrite,
+    /// Read recorded work: entries, CSV, summary, report.
+    #[serde(rename = "activities:read")]
+    ActivitiesRead,
+    /// Everything, tokens included.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 6] = [
+        Scope::Classify,
+        Scope::Read,
+        Scope::Write,
+        Scope::ActivitiesWrite,
+        Scope::ActivitiesRead,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Classify => "classify",
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::ActivitiesWrite => "activities:write",
+            Scope::ActivitiesRead => "activities:read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Scope, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+                format!("must be one of {}", names.join(", "))
+            })
+    }
+
+    /// Whether holding `self` allows what `needed` allows.
+    pub fn grants(self, needed: Scope) -> bool {
+        use Scope::*;
+        match self {
+            Admin => true,
+            Write => matches!(needed, Write | Read | Classify),
+            Read => matches!(needed, Read | Classify),
+            other => other == needed,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API token as stored: never its secret, only the secret's SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub name: TokenName,
+    pub scopes: BTreeSet<Scope>,
+    pub description: Option<String>,
+    #[serde(serialize_with = "optional_rfc3339", default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_by: String,
+    #[serde(serialize_with = "optional_rfc3339", default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+}
+
+impl Token {
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    pub fn grants(&self, needed: Scope) -> bool {
+        self.scopes.iter().any(|s| s.grants(needed))
+    }
+}
+
+fn optional_rfc3339<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => super::resources::rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_imply_what_the_issue_says() {
+        use Scope::*;
+        assert!(Admin.grants(ActivitiesRead) && Admin.grants(Write));
+        assert!(Write.grants(Read) && Write.grants(Classify) && !Write.grants(Admin));
+        assert!(Read.grants(Classify) && !Read.grants(Write));
+        assert!(!Classify.grants(Read));
+        assert!(!ActivitiesWrite.grants(ActivitiesRead) && !ActivitiesRead.grants(ActivitiesWrite));
+        assert!(!Write.grants(ActivitiesWrite));
+        for scope in Scope::ALL {
+            assert_eq!(Scope::parse(scope.as_str()), Ok(scope));
+            assert_eq!(serde_json::to_value(scope).unwrap(), scope.as_str());
+        }
+        assert!(Scope::parse("root").is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! API tokens: who may call enc. Records hold each token's scopes and the SHA-256 of its
+//! secret, never the secret.
+
+use super::engine::Key;
+use super::record::{ITEM_TYPE, Index, RecordKind};
+use super::rules::NoGuard;
+use super::{Kind, Page, PageRequest, Result, Store};
+use crate::domain::{Stored, Token, TokenName};
+
+pub static TOKEN: RecordKind = RecordKind {
+    kind: Kind::Token,
+    name: "token",
+    table: "tokens",
+    key: &["name"],
+    indexes: &[Index::new("ordered", ITEM_TYPE, "name")],
+    derived: &[],
+    references: &[],
+    referenced: false,
+    json: &["scopes"],
+};
+
+impl Store {
+    pub async fn create_token(&self, token: Token, by: &str) -> Result<Stored<Token>> {
+        self.db.create(&TOKEN, token, by, &NoGuard).await
+    }
+
+    pub async fn get_token(&self, name: &TokenName) -> Result<Stored<Token>> {
+        self.db.get(&TOKEN, &Key::one(name.as_str())).await
+    }
+
+    pub async fn list_tokens(&self, page: &PageRequest) -> Result<Page<Stored<Token>>> {
+        self.db.list(&TOKEN, &[], (None, None), page).await
+    }
+
+    /// Records a use, if the token is still the version that was used.
+    pub async fn touch_token(
+        &self,
+        used: Stored<Token>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let mut token = used.item;
+        token.last_used_at = Some(at);
+        let by = token.name.to_string();
+        let version = Some(used.meta.version);
+        self.db
+            .replace(&TOKEN, token, version, &by, &NoGuard)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_token(
+        &self,
+        name: &TokenName,
+        expected: Option<u64>,
+        by: &str,
+    ) -> Result<()> {
+        let key = Key::one(name.as_str());
+        self.db
+            .delete::<Token>(&TOKEN, &key, expected, by, &NoGuard)
+            .await
+    }
+}

@@ -1,0 +1,548 @@
+//! Identity and access: every route by every kind of caller, tokens, and what never leaks.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use serde_json::{Value, json};
+
+use enc::auth::Needs;
+use enc::auth::secret::{Secret, sha256_hex};
+use enc::domain::{Scope, Token, TokenName};
+
+use crate::helpers::{ADMIN, TestApp, TestResponse};
+
+/// A request that the operation answers with success when the caller may make it, and the
+/// requests (as administrator) that make it possible.
+struct Case {
+    setup: Vec<(Method, String, Value)>,
+    uri: String,
+    body: Option<Body>,
+    content_type: Option<&'static str>,
+    success: StatusCode,
+}
+
+fn json_case(uri: &str, body: Option<Value>, success: StatusCode) -> Case {
+    Case {
+        setup: Vec::new(),
+        uri: uri.to_owned(),
+        content_type: body.as_ref().map(|_| "application/json"),
+        body: body.map(|b| Body::from(b.to_string())),
+        success,
+    }
+}
+
+fn unique() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The case for each documented operation; `None` for one this test does not know, which
+/// fails the test: every new route gets its row here.
+fn case(method: &Method, path: &str) -> Option<Case> {
+    let u = unique();
+    let ok = StatusCode::OK;
+    let made = StatusCode::CREATED;
+    let gone = StatusCode::NO_CONTENT;
+    let seen = StatusCode::SEE_OTHER;
+    let admin_post = |uri: &str, body: Value| vec![(Method::POST, uri.to_owned(), body)];
+    let node = |name: &str| json!({"unique_name": name, "node_group_name": "base", "environment_name": "production", "puppet_cluster_name": "eu"});
+    Some(match (method.as_str(), path) {
+        ("GET", "/environment") => json_case("/environment", None, ok),
+        ("POST", "/environment/") => json_case(
+            "/environment/",
+            Some(json!({"environment_name": format!("env_{u}"), "puppet_cluster_name": "eu"})),
+            made,
+        ),
+        ("GET", "/environment/{environment_name}/{puppet_cluster_name}") => {
+            json_case("/environment/production/eu", None, ok)
+        }
+        ("DELETE", "/environment/{environment_name}/{puppet_cluster_name}") => Case {
+            setup: admin_post(
+                "/environment/",
+                json!({"environment_name": format!("del_{u}"), "puppet_cluster_name": "eu"}),
+            ),
+            ..json_case(&format!("/environment/del_{u}/eu"), None, gone)
+        },
+        ("GET", "/nodegroup") => json_case("/nodegroup", None, ok),
+        ("POST", "/nodegroup/") => {
+            json_case("/nodegroup/", Some(json!({"name": format!("g{u}")})), made)
+        }
+        ("GET", "/nodegroup/{node_group_name}") => json_case("/nodegroup/base", None, ok),
+        ("PUT", "/nodegroup/{node_group_name}") => json_case(
+            "/nodegroup/base",
+            Some(json!({"parameters": {"round": u}})),
+            ok,
+        ),
+        ("DELETE", "/nodegroup/{node_group_name}") => Case {
+            setup: admin_post("/nodegroup/", json!({"name": format!("d{u}")})),
+            ..json_case(&format!("/nodegroup/d{u}"), None, gone)
+        },
+        ("GET", "/nodes") => json_case("/nodes", None, ok),
+        ("POST", "/nodes/") => json_case("/nodes/", Some(node(&format!("n{u}"))), made),
+        ("GET", "/nodes/{unique_name}") => json_case("/nodes/web01", None, ok),
+        ("PUT", "/nodes/{unique_name}") => json_case("/nodes/web01", Some(node("web01")), ok),
+        ("DELETE", "/nodes/{unique_name}") => Case {
+            setup: admin_post("/nodes/", node(&format!("d{u}"))),
+            ..json_case(&format!("/nodes/d{u}"), None, gone)
+        },
+        ("GET", "/nodes/{unique_name}/classification") => {
+            json_case("/nodes/web01/classification", None, ok)
+        }
+        ("GET", "/tokens") => json_case("/tokens", None, ok),
+        ("POST", "/tokens") => json_case(
+            "/tokens",
+            Some(json!({"name": format!("m{u}"), "scopes": ["read"]})),
+            made,
+        ),
+        ("GET", "/tokens/{name}") => json_case("/tokens/scope-read", None, ok),
+        ("DELETE", "/tokens/{name}") => Case {
+            setup: admin_post(
+                "/tokens",
+                json!({"name": format!("r{u}"), "scopes": ["read"]}),
+            ),
+            ..json_case(&format!("/tokens/r{u}"), None, gone)
+        },
+        ("GET", "/metrics-form") => json_case("/metrics-form", None, ok),
+        ("POST", "/metrics-form") => json_case(
+            "/metrics-form",
+            Some(
+                json!({"engineer": "e", "customer": "c", "project": "p", "activity_type": "other", "hours": 1}),
+            ),
+            made,
+        ),
+        ("GET", "/metrics-form/entries") => json_case("/metrics-form/entries", None, ok),
+        ("GET", "/metrics-form/entries.csv") => json_case("/metrics-form/entries.csv", None, ok),
+        ("GET", "/metrics-form/summary") => json_case("/metrics-form/summary", None, ok),
+        ("GET", "/metrics-form/report") => json_case("/metrics-form/report", None, ok),
+        ("GET", "/sign-in") => json_case("/sign-in", None, ok),
+        ("POST", "/sign-in") => Case {
+            setup: Vec::new(),
+            uri: "/sign-in".into(),
+            body: Some(Body::from(format!("token={ADMIN}"))),
+            content_type: Some("application/x-www-form-urlencoded"),
+            success: seen,
+        },
+        ("POST", "/sign-out") => json_case("/sign-out", None, seen),
+        ("GET", "/healthz") => json_case("/healthz", None, ok),
+        ("GET", "/readyz") => json_case("/readyz", None, ok),
+        ("GET", "/metrics") => json_case("/metrics", None, ok),
+        _ => return None,
+    })
+}
+
+async fn seeded() -> TestApp {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(json!({"name": "base"})).await;
+    app.node("web01", Some("base")).await;
+    app
+}
+
+/// Sends the case's request carrying `authorization` (a whole header value), after its setup.
+async fn attempt(
+    app: &TestApp,
+    method: &Method,
+    case: Case,
+    authorization: Option<&str>,
+) -> TestResponse {
+    let (response, _) = attempt_watching(app, method, case, authorization, false).await;
+    response
+}
+
+/// As `attempt`; with `watch`, also whether the request changed anything stored.
+async fn attempt_watching(
+    app: &TestApp,
+    method: &Method,
+    case: Case,
+    authorization: Option<&str>,
+    watch: bool,
+) -> (TestResponse, bool) {
+    for (m, uri, body) in case.setup {
+        let as_admin = app.as_caller(Some(ADMIN));
+        let response = as_admin.request(m, &uri, Some(&body), None).await;
+        assert!(
+            response.status.is_success(),
+            "setup {uri}: {}",
+            response.status
+        );
+    }
+    let before = if watch { Some(app.dump().await) } else { None };
+    let mut request = Request::builder().method(method.clone()).uri(&case.uri);
+    if let Some(content_type) = case.content_type {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(value) = authorization {
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let request = request.body(case.body.unwrap_or_else(Body::empty)).unwrap();
+    let response = app.as_caller(None).send(request).await;
+    let changed = match before {
+        Some(before) => app.dump().await != before,
+        None => false,
+    };
+    (response, changed)
+}
+
+/// A token stored as it would be, expired an hour ago: its secret.
+async fn expired_token(app: &TestApp) -> String {
+    let name = TokenName::parse("expired").unwrap();
+    let secret = Secret::generate(&name);
+    let token = Token {
+        name,
+        scopes: BTreeSet::from([Scope::Admin]),
+        description: None,
+        expires_at: Some(enc::domain::now() - chrono::Duration::hours(1)),
+        created_by: "test".into(),
+        last_used_at: None,
+        secret_sha256: sha256_hex(secret.expose()),
+    };
+    app.backing.store.create_token(token, "test").await.unwrap();
+    secret.into_string()
+}
+
+#[tokio::test]
+async fn every_route_by_every_kind_of_caller() {
+    let app = seeded().await;
+    let mut holders = Vec::new();
+    for scope in Scope::ALL {
+        let name = format!("scope-{}", scope.as_str().replace(':', "-"));
+        holders.push((scope, app.token(&name, &[scope.as_str()]).await));
+    }
+    let revoked = app.token("revoked", &["admin"]).await;
+    app.delete("/tokens/revoked", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    let unknown = Secret::generate(&TokenName::parse("nobody").unwrap()).into_string();
+    let expired = expired_token(&app).await;
+    let invalid = [
+        ("no identity", None),
+        ("a malformed header", Some("Bearer".to_owned())),
+        ("another scheme", Some(format!("Basic {ADMIN}"))),
+        (
+            "a malformed token",
+            Some("Bearer not-an-enc-token".to_owned()),
+        ),
+        ("an unknown token", Some(format!("Bearer {unknown}"))),
+        ("an expired token", Some(format!("Bearer {expired}"))),
+        ("a revoked token", Some(format!("Bearer {revoked}"))),
+    ];
+
+    let access = enc::access();
+    let mut operations: Vec<_> = access
+        .operations()
+        .map(|(m, p, n)| (m.clone(), p.to_owned(), n))
+        .collect();
+    operations.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+    assert!(operations.len() >= 31, "{operations:?}");
+    let document = app.get("/api-docs/openapi.json").await.ok(StatusCode::OK);
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path} declares no scope"
+            );
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let declared = access.needs(&method, path).expect("in the access table");
+            assert!(
+                case(&method, path).is_some(),
+                "{method} {path} has no row in this matrix"
+            );
+            checked += 1;
+
+            let writes = method != Method::GET;
+            for (what, authorization) in &invalid {
+                let row = case(&method, path).unwrap();
+                let watch = writes && matches!(declared, Needs::Scope(_));
+                let (response, changed) =
+                    attempt_watching(&app, &method, row, authorization.as_deref(), watch).await;
+                match declared {
+                    Needs::Scope(_) => {
+                        response.problem(StatusCode::UNAUTHORIZED);
+                        assert_eq!(
+                            response.header("www-authenticate"),
+                            Some("Bearer realm=\"enc\""),
+                            "{method} {path} with {what}"
+                        );
+                        assert!(
+                            !changed,
+                            "refused {method} {path} with {what} changed nothing"
+                        );
+                    }
+                    Needs::Nothing => {
+                        let wanted = case(&method, path).unwrap().success;
+                        assert_eq!(
+                            response.status, wanted,
+                            "{method} {path} (open) with {what}"
+                        );
+                    }
+                }
+            }
+            for (scope, secret) in &holders {
+                let case = case(&method, path).unwrap();
+                let success = case.success;
+                let response =
+                    attempt(&app, &method, case, Some(&format!("Bearer {secret}"))).await;
+                let allowed = match declared {
+                    Needs::Nothing => true,
+                    Needs::Scope(needed) => scope.grants(needed),
+                };
+                if allowed {
+                    assert_eq!(
+                        response.status,
+                        success,
+                        "{method} {path} with {scope}: {}",
+                        String::from_utf8_lossy(&response.body)
+                    );
+                } else {
+                    let problem = response.problem(StatusCode::FORBIDDEN);
+                    let Needs::Scope(needed) = declared else {
+                        unreachable!()
+                    };
+                    assert!(
+                        problem["detail"]
+                            .as_str()
+                            .unwrap()
+                            .contains(needed.as_str()),
+                        "{problem}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        checked,
+        operations.len(),
+        "the document and the access table agree"
+    );
+    // A method a route does not have is 405 whoever asks, never a way around the table.
+    for (path, uri) in [
+        ("/nodes/{unique_name}", "/nodes/web01"),
+        ("/tokens", "/tokens"),
+    ] {
+        for method in [Method::PATCH, Method::PUT] {
+            if access
+                .operations()
+                .any(|(m, p, _)| *m == method && p == path)
+            {
+                continue;
+            }
+            let response = app
+                .as_caller(None)
+                .request(method.clone(), uri, None, None)
+                .await;
+            assert_eq!(
+                response.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_show_their_secret_once_and_stop_at_once() {
+    let app = TestApp::new().await;
+    let made = app
+        .post(
+            "/tokens",
+            json!({"name": "ci-deploy", "scopes": ["write", "read"], "description": "CI", "expires_at": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(made.header("location"), Some("/tokens/ci-deploy"));
+    assert_eq!(made.header("cache-control"), Some("no-store"));
+    let made = made.ok(StatusCode::CREATED);
+    let secret = made["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("enc_ci-deploy_"), "{secret}");
+    assert_eq!(made["scopes"], json!(["read", "write"]));
+    assert_eq!(made["created_by"], "bootstrap");
+    assert_eq!(made["expires_at"], "2099-01-01T00:00:00Z");
+    assert!(made.get("secret_sha256").is_none());
+
+    let shown = app.get("/tokens/ci-deploy").await.ok(StatusCode::OK);
+    let listed = app.get("/tokens").await.ok(StatusCode::OK);
+    for view in [&shown, &listed] {
+        assert!(!view.to_string().contains(&secret), "{view}");
+        assert!(!view.to_string().contains(&sha256_hex(&secret)), "{view}");
+    }
+    assert!(shown.get("token").is_none());
+
+    let caller = app.as_caller(Some(&secret));
+    let created = caller
+        .post(
+            "/environment/",
+            json!({"environment_name": "production", "puppet_cluster_name": "eu"}),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(
+        created["updated_by"], "ci-deploy",
+        "writes record their actor"
+    );
+    // The use is recorded in the background, at most once a minute.
+    let mut used = Value::Null;
+    for _ in 0..50 {
+        used = app.get("/tokens/ci-deploy").await.ok(StatusCode::OK);
+        if used["last_used_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(used["last_used_at"].is_string(), "{used}");
+
+    for (body, field) in [
+        (json!({"name": "x", "scopes": []}), "scopes"),
+        (json!({"name": "x", "scopes": ["root"]}), "scopes.0"),
+        (json!({"name": "X Y", "scopes": ["read"]}), "name"),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_at": "tomorrow"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "secret": "mine"}),
+            "secret",
+        ),
+    ] {
+        assert_eq!(app.post("/tokens", body).await.invalid_fields(), [field]);
+    }
+    app.post("/tokens", json!({"name": "ci-deploy", "scopes": ["read"]}))
+        .await
+        .problem(StatusCode::CONFLICT);
+
+    app.delete("/tokens/ci-deploy", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    caller.get("/nodes").await.problem(StatusCode::UNAUTHORIZED);
+    app.get("/tokens/ci-deploy")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cross_site_form_posts_are_refused() {
+    let app = TestApp::new().await;
+    let form = "engineer=e&customer=Evil&project=p&activity_type=other&hours=1";
+    let post = |headers: &[(&'static str, &'static str)]| {
+        let mut request = Request::post("/metrics-form")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "enc.example.com");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from(form)).unwrap()
+    };
+    for hostile in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")],
+        &[("origin", "https://evil.example.net")],
+        &[("origin", "null")],
+    ] {
+        app.send(post(hostile)).await.problem(StatusCode::FORBIDDEN);
+    }
+    let customers = app
+        .get("/metrics-form/entries?customer=Evil")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(customers["items"], json!([]));
+    for same in [
+        &[("sec-fetch-site", "same-origin")][..],
+        &[("origin", "http://enc.example.com")],
+        &[],
+    ] {
+        assert_eq!(app.send(post(same)).await.status, StatusCode::SEE_OTHER);
+    }
+    let signing_in = Request::post("/sign-in")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::from(format!("token={ADMIN}")))
+        .unwrap();
+    app.send(signing_in).await.problem(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_session_cookie_counts_only_on_the_forms_pages() {
+    let app = TestApp::new().await;
+    let secret = app
+        .token("dana", &["activities:write", "activities:read", "admin"])
+        .await;
+    let signed_in = app
+        .as_caller(None)
+        .send(
+            Request::post("/sign-in")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={secret}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    let cookie = signed_in.header("set-cookie").unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Max-Age=43200", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = |uri: &str, site: Option<&'static str>| {
+        let mut request = Request::get(uri).header(header::COOKIE, &session);
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let anonymous = app.as_caller(None);
+    assert_eq!(
+        anonymous
+            .send(with_cookie("/metrics-form/report", None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    anonymous
+        .send(with_cookie("/metrics-form/entries", Some("cross-site")))
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    // The JSON API never takes the cookie, though the token could do everything.
+    for uri in ["/nodes", "/tokens", "/environment"] {
+        anonymous
+            .send(with_cookie(uri, None))
+            .await
+            .problem(StatusCode::UNAUTHORIZED);
+    }
+    // Without a session, a browser asking for a page is sent to sign in.
+    let page = Request::get("/metrics-form/report")
+        .header(header::ACCEPT, "text/html")
+        .body(Body::empty())
+        .unwrap();
+    let redirected = anonymous.send(page).await;
+    assert_eq!(redirected.status, StatusCode::SEE_OTHER);
+    assert_eq!(redirected.header("location"), Some("/sign-in"));
+    let out = anonymous
+        .send(Request::post("/sign-out").body(Body::empty()).unwrap())
+        .await;
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+}
+
+#[tokio::test]
+async fn what_was_saved_is_shown_only_to_who_may_see_it() {
+    let app = TestApp::new().await;
+    let saved = app
+        .post(
+            "/metrics-form",
+            json!({"engineer": "alice", "customer": "Secret Co", "project": "p", "activity_type": "other", "hours": 1}),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(saved["recorded_by"], "bootstrap");
+    let uri = format!("/metrics-form?saved={}", saved["id"].as_str().unwrap());
+    let anonymous = TestApp::text(&app.as_caller(None).get(&uri).await);
+    assert!(
+        !anonymous.contains("Secret Co"),
+        "the open page shows nothing stored"
+    );
+    let admin = TestApp::text(&app.get(&uri).await);
+    assert!(admin.contains("Secret Co"));
+}
