@@ -16,6 +16,8 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_enc");
 pub(crate) struct EncData {
     dir: tempfile::TempDir,
     table_prefix: String,
+    /// Whether enc gets the test bootstrap secret (`ADMIN`).
+    bootstrap: bool,
 }
 
 impl EncData {
@@ -23,6 +25,7 @@ impl EncData {
         let data = EncData {
             dir: tempfile::tempdir().unwrap(),
             table_prefix: unique_prefix(),
+            bootstrap: true,
         };
         if dynamodb_under_test() {
             // Setup waits as long as DynamoDB Local needs while it warms up beside other tests.
@@ -41,14 +44,32 @@ impl EncData {
         data
     }
 
+    /// Data for an enc started without a bootstrap secret.
+    pub(crate) fn without_bootstrap() -> EncData {
+        EncData {
+            bootstrap: false,
+            ..EncData::new()
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn table_prefix(&self) -> &str {
+        &self.table_prefix
+    }
+
     /// The enc binary with a clean environment pointing at this data.
     pub(crate) fn command(&self) -> Command {
         let mut command = Command::new(BIN);
         command
             .env_clear()
             .env("ENC_DATA_DIR", self.dir.path())
-            .env("ENC_BOOTSTRAP_TOKEN", ADMIN)
             .env("RUST_LOG", "warn");
+        if self.bootstrap {
+            command.env("ENC_BOOTSTRAP_TOKEN", ADMIN);
+        }
         if dynamodb_under_test() {
             command
                 .env("ENC_STORE", "dynamodb")

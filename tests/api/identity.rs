@@ -546,3 +546,179 @@ async fn what_was_saved_is_shown_only_to_who_may_see_it() {
     let admin = TestApp::text(&app.get(&uri).await);
     assert!(admin.contains("Secret Co"));
 }
+
+/// Every stored byte, as text: the redb file, or every item of this enc's DynamoDB tables.
+async fn stored_bytes(data: &crate::binary::EncData) -> String {
+    if !crate::helpers::dynamodb_under_test() {
+        let file = std::fs::read(data.dir().join("enc.redb")).unwrap();
+        return String::from_utf8_lossy(&file).into_owned();
+    }
+    let engine = crate::helpers::dynamodb_store(
+        &crate::helpers::dynamodb_endpoint(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let client = engine.client();
+    let mut all = String::new();
+    for table in enc::store::dynamodb::tables::tables() {
+        let name = table.name(data.table_prefix());
+        let items = client.scan().table_name(&name).send().await.unwrap();
+        all.push_str(&format!("{:?}", items.items()));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_never_logged_shown_counted_or_stored() {
+    use crate::binary::{Enc, EncData};
+    let data = EncData::new();
+    let (secret, answers, logs) = {
+        let data = &data;
+        tokio::task::block_in_place(|| {
+            let mut enc = Enc::start_with(
+                data,
+                5,
+                &[("ENC_LOG_FORMAT", "json"), ("RUST_LOG", "debug")],
+                true,
+            );
+            let body = json!({"name": "leaky", "scopes": ["read", "write"]}).to_string();
+            let (status, made) = enc.http("POST", "/tokens", Some(&body));
+            assert_eq!(status, 201);
+            let secret = serde_json::from_str::<Value>(&made).unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let mut answers = Vec::new();
+            let env =
+                json!({"environment_name": "production", "puppet_cluster_name": "eu"}).to_string();
+            answers.push(enc.http_as(Some(&secret), "POST", "/environment/", Some(&env)));
+            answers.push(enc.http_as(Some(&secret), "GET", "/environment", None));
+            answers.push(enc.http_as(Some(&secret), "GET", "/tokens", None));
+            answers.push(enc.http_as(Some(&format!("{secret}x")), "GET", "/nodes", None));
+            answers.push(enc.http("GET", "/tokens", None));
+            answers.push(enc.http("GET", "/tokens/leaky", None));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            answers.push(enc.http("GET", "/metrics", None));
+            assert_eq!(answers[0].0, 201);
+            assert_eq!(answers[2].0, 403, "{:?}", answers[2]);
+            assert_eq!(answers[3].0, 401);
+            enc.terminate();
+            assert!(enc.wait(std::time::Duration::from_secs(10)).success());
+            (secret, answers, enc.logs())
+        })
+    };
+    // The 256 random bits: the last 43 characters (which may hold '_').
+    let random = &secret[secret.len() - 43..];
+    for (status, body) in &answers {
+        assert!(
+            !body.contains(random),
+            "a {status} answer shows the secret: {body}"
+        );
+    }
+    assert!(
+        logs.contains("\"actor\":\"leaky\""),
+        "the logs name the token"
+    );
+    assert!(!logs.contains(random), "the logs hold the secret");
+    let stored = stored_bytes(&data).await;
+    assert!(!stored.contains(random), "the store holds the secret");
+    assert!(
+        stored.contains(&sha256_hex(&secret)),
+        "the store holds the secret's hash"
+    );
+}
+
+#[test]
+fn a_first_start_makes_one_admin_token_for_the_newcomer() {
+    use crate::binary::{Enc, EncData};
+    use std::os::unix::fs::PermissionsExt;
+    let data = EncData::without_bootstrap();
+    let mut enc = Enc::start_with(&data, 5, &[], true);
+    let file = data.dir().join("admin-token");
+    let secret = std::fs::read_to_string(&file)
+        .expect("the admin token file")
+        .trim()
+        .to_owned();
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only its owner may read it");
+    assert!(secret.starts_with("enc_admin_"), "{secret}");
+    let (status, listed) = enc.http_as(Some(&secret), "GET", "/tokens", None);
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.contains("\"name\":\"admin\""));
+    assert_eq!(enc.http_as(None, "GET", "/tokens", None).0, 401);
+    assert_eq!(
+        enc.logs().matches(&secret).count(),
+        1,
+        "shown once: {}",
+        enc.logs()
+    );
+    enc.terminate();
+    assert!(enc.wait(std::time::Duration::from_secs(10)).success());
+
+    let mut again = Enc::start_with(&data, 5, &[], true);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        secret,
+        "kept"
+    );
+    assert_eq!(again.http_as(Some(&secret), "GET", "/tokens", None).0, 200);
+    assert!(!again.logs().contains("enc_admin_"), "no second token");
+    again.terminate();
+    assert!(again.wait(std::time::Duration::from_secs(10)).success());
+}
+
+#[test]
+fn identity_switched_off_says_so() {
+    use crate::binary::{Enc, EncData};
+    let data = EncData::without_bootstrap();
+    let mut enc = Enc::start_with(&data, 5, &[("ENC_AUTH", "off"), ("RUST_LOG", "warn")], true);
+    let (status, ready) = enc.http_as(None, "GET", "/readyz", None);
+    assert_eq!(status, 200);
+    assert!(ready.contains("ENC_AUTH=off"), "{ready}");
+    let env = json!({"environment_name": "production", "puppet_cluster_name": "eu"}).to_string();
+    assert_eq!(
+        enc.http_as(None, "POST", "/environment/", Some(&env)).0,
+        201
+    );
+    assert!(enc.logs().contains("ENC_AUTH=off"), "{}", enc.logs());
+    assert!(
+        !data.dir().join("admin-token").exists(),
+        "no token is made when nobody needs one"
+    );
+    enc.terminate();
+    assert!(enc.wait(std::time::Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn metrics_may_require_a_token() {
+    let backing = crate::helpers::TestStore::new().await;
+    let auth = enc::auth::Auth::new(true, Some(ADMIN), None, true, enc::access());
+    let app = TestApp::with_state(
+        enc::App::new(backing.engine.clone()).with_auth(auth),
+        backing,
+    );
+    app.as_caller(None)
+        .get("/metrics")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let reader = app.token("prometheus", &["read"]).await;
+    assert_eq!(
+        app.as_caller(Some(&reader)).get("/metrics").await.status,
+        StatusCode::OK
+    );
+    let classify = app.token("puppet", &["classify"]).await;
+    app.as_caller(Some(&classify))
+        .get("/metrics")
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    assert_eq!(
+        TestApp::new()
+            .await
+            .as_caller(None)
+            .get("/metrics")
+            .await
+            .status,
+        StatusCode::OK,
+        "open by default"
+    );
+}

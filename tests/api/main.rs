@@ -1,5 +1,6 @@
 //! Integration tests: one binary, driving the same router the service serves.
 
+mod alb;
 mod binary;
 mod browser;
 mod classification;
