@@ -11,6 +11,7 @@ fn an_engineer_records_work_in_chromium() {
     let data = EncData::new();
     let enc = Enc::start(&data, 5);
     let token = enc.token("dana", &["activities:write", "activities:read"]);
+    let reader = enc.token("swagger", &["read"]);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-output/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/metrics_form.py");
@@ -19,6 +20,7 @@ fn an_engineer_records_work_in_chromium() {
         .arg(enc.url())
         .arg(&shots)
         .arg(&token)
+        .arg(&reader)
         .output()
         .expect("python with selenium (scripts/test installs it)");
     assert!(
@@ -35,6 +37,7 @@ fn an_engineer_records_work_in_chromium() {
         "04-report",
         "05-phone",
         "06-cross-site",
+        "07-swagger-authorized",
     ] {
         let png = std::fs::read(shots.join(format!("{shot}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{shot} is a PNG");

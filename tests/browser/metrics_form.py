@@ -1,8 +1,9 @@
 """Drives headless Chromium through the metrics form like an engineer would.
 
-Usage: metrics_form.py BASE_URL SCREENSHOT_DIR TOKEN
+Usage: metrics_form.py BASE_URL SCREENSHOT_DIR TOKEN READ_TOKEN
 Signs in with TOKEN (scopes activities:write and activities:read), records work, checks a
-cross-site post is refused. Exits non-zero, saying what was wrong, if the form does not behave.
+cross-site post is refused, then lists nodes in Swagger UI authorized with READ_TOKEN.
+Exits non-zero, saying what was wrong, if anything does not behave.
 """
 
 import datetime
@@ -16,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-BASE, SHOTS, TOKEN = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, SHOTS, TOKEN, READ_TOKEN = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 os.makedirs(SHOTS, exist_ok=True)
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
 
@@ -120,6 +121,22 @@ try:
     WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(BASE))
     check(len(driver.find_elements(By.ID, "saved")) == 0, "a cross-site post is not saved")
     driver.save_screenshot(os.path.join(SHOTS, "06-cross-site.png"))
+
+    # Swagger UI: Authorize with a bearer token, then try an operation that needs it.
+    driver.get(f"{BASE}/swagger-ui/")
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button.authorize"))).click()
+    secret = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".auth-container input")))
+    secret.send_keys(READ_TOKEN)
+    driver.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper button.authorize").click()
+    driver.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper button.btn-done").click()
+    operation = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list .opblock-summary")))
+    operation.click()
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list .try-out__btn"))).click()
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list button.execute"))).click()
+    status = wait.until(ec.visibility_of_element_located(
+        (By.CSS_SELECTOR, "#operations-nodes-list .live-responses-table tbody .response-col_status")))
+    check(status.text.strip().startswith("200"), f"Swagger UI's authorized call answers 200, not {status.text!r}")
+    driver.save_screenshot(os.path.join(SHOTS, "07-swagger-authorized.png"))
 
     driver.set_window_size(390, 900)
     driver.get(f"{BASE}/metrics-form")
