@@ -125,6 +125,12 @@ impl Access {
     /// What `method` on the matched `route` needs; `None` for a route nobody declared.
     pub fn needs(&self, method: &Method, route: &str) -> Option<Needs> {
         let route = normalized(route);
+        // axum answers HEAD with the GET handler: it needs what GET needs.
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         if let Some(needs) = self.routes.get(&(method.clone(), route.to_owned())) {
             return Some(*needs);
         }

@@ -317,6 +317,14 @@ async fn every_route_by_every_kind_of_caller() {
         operations.len(),
         "the document and the access table agree"
     );
+    // HEAD is answered by the GET handler, so it needs what GET needs.
+    for uri in ["/nodes/web01", "/tokens", "/metrics-form/entries.csv"] {
+        let head = app
+            .as_caller(None)
+            .request(Method::HEAD, uri, None, None)
+            .await;
+        assert_eq!(head.status, StatusCode::UNAUTHORIZED, "HEAD {uri}");
+    }
     // A method a route does not have is 405 whoever asks, never a way around the table.
     for (path, uri) in [
         ("/nodes/{unique_name}", "/nodes/web01"),
