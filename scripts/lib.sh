@@ -118,6 +118,13 @@ ensure_promtool() {
   export ENC_TEST_PROMTOOL
 }
 
+# Debian's Ruby (Psych 4, the YAML parser Puppet 7 reads the ENC's answers with); sets ENC_TEST_RUBY.
+ensure_ruby() {
+  command -v ruby >/dev/null || ensure_apt ruby
+  ENC_TEST_RUBY=$(command -v ruby)
+  export ENC_TEST_RUBY
+}
+
 ensure_shellcheck() {
   command -v shellcheck >/dev/null || ensure_apt shellcheck
 }

@@ -2,6 +2,8 @@
 //! node's classification as YAML and exits 0, or exits non-zero with a one-line reason on
 //! stderr. With a cache directory it keeps the last good answer per node and prints that,
 //! with a warning, when the service cannot answer, so an outage does not fail agent runs.
+//! It asks for JSON and writes the YAML itself, so an answer replaces the cached one only
+//! once it has been read whole and is a classification of this node.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         Err(why) => return fail(&format!("{certname:?} is not a certname: it {why}")),
     };
     let url = format!(
-        "{}/nodes/{certname}/classification?format=yaml",
+        "{}/nodes/{certname}/classification",
         config.url.trim_end_matches('/')
     );
     let cache = config
@@ -34,19 +36,22 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         None => None,
     };
     let timeout = Duration::from_secs(config.classify_timeout);
-    let outage = match get_as(&url, "application/yaml", token.as_deref(), timeout).await {
-        Ok(answer) if answer.status == StatusCode::OK => {
-            if let Some(path) = &cache
-                && let Err(e) = save(path, &answer.body)
-            {
-                eprintln!(
-                    "enc: warning: could not cache the answer in {}: {e}",
-                    path.display()
-                );
+    let outage = match get_as(&url, "application/json", token.as_deref(), timeout).await {
+        Ok(answer) if answer.status == StatusCode::OK => match as_yaml(&answer.body, &certname) {
+            Ok(yaml) => {
+                if let Some(path) = &cache
+                    && let Err(e) = save(path, yaml.as_bytes())
+                {
+                    eprintln!(
+                        "enc: warning: could not cache the answer in {}: {e}",
+                        path.display()
+                    );
+                }
+                print(yaml.as_bytes());
+                return ExitCode::SUCCESS;
             }
-            print(&answer.body);
-            return ExitCode::SUCCESS;
-        }
+            Err(why) => format!("{url} answered 200 with {why}"),
+        },
         Ok(answer) if answer.status == StatusCode::NOT_FOUND => {
             if let Some(path) = &cache {
                 let _ = std::fs::remove_file(path);
@@ -74,6 +79,23 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         }
         _ => fail(&outage),
     }
+}
+
+/// The answer as Puppet's YAML, if it is a whole classification of `certname`.
+fn as_yaml(body: &[u8], certname: &Certname) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("something that is not JSON ({e})"))?;
+    let is_object = |field: &str| value.get(field).is_some_and(serde_json::Value::is_object);
+    let whole = value.get("name").and_then(|n| n.as_str()) == Some(certname.as_str())
+        && value
+            .get("environment")
+            .is_some_and(serde_json::Value::is_string)
+        && is_object("classes")
+        && is_object("parameters");
+    if !whole {
+        return Err("something that is not this node's classification".into());
+    }
+    Ok(crate::yaml::to_yaml(&value))
 }
 
 fn fail(reason: &str) -> ExitCode {

@@ -1,7 +1,9 @@
-//! YAML for Puppet's exec node terminus. Puppet reads it with Ruby's YAML 1.1 parser, which
-//! turns plain `on`, `yes`, `0755`, `1_000` or `12:30` into booleans and numbers. So every
-//! string (keys included) is written double-quoted, and numbers in a form YAML 1.1 reads back
-//! as the same number.
+//! YAML for Puppet's exec node terminus. Puppet reads it with Ruby's YAML 1.1 parser (Psych on
+//! libyaml), which turns plain `on`, `yes`, `0755`, `1_000` or `12:30` into booleans and
+//! numbers. So every string (keys included) is written double-quoted, and numbers in a form
+//! YAML 1.1 reads back as the same number. Psych merges a `<<` key even when quoted, so that
+//! key is tagged `!!str`; and libyaml refuses keys longer than `MAX_KEY` characters as written,
+//! so the store refuses such keys before they are kept.
 
 use std::fmt::Write;
 
@@ -21,10 +23,27 @@ pub fn to_yaml(value: &Value) -> String {
     out
 }
 
+/// The longest key libyaml reads, as written (quotes and escapes included).
+pub const MAX_KEY: usize = 1024;
+
+/// Whether `key` is short enough, once written, for libyaml to read it.
+pub fn key_fits(key: &str) -> bool {
+    key_text(key).chars().count() <= MAX_KEY
+}
+
+/// A key as written: double-quoted, and tagged as a plain string where Psych would merge it.
+fn key_text(key: &str) -> String {
+    if key == "<<" {
+        format!("!!str {}", quote(key))
+    } else {
+        quote(key)
+    }
+}
+
 fn write_map(out: &mut String, map: &Map<String, Value>, indent: usize) {
     for (key, value) in map {
         out.push_str(&" ".repeat(indent));
-        out.push_str(&quote(key));
+        out.push_str(&key_text(key));
         out.push(':');
         write_value(out, value, indent);
     }
@@ -154,6 +173,16 @@ mod tests {
             quote("\u{7f}\u{0}\u{2028}é日"),
             "\"\\u007f\\u0000\\u2028é日\""
         );
+    }
+
+    #[test]
+    fn a_merge_key_is_only_a_string() {
+        assert_eq!(
+            to_yaml(&json!({"<<": {"a": 1}})),
+            "---\n!!str \"<<\":\n  \"a\": 1\n"
+        );
+        assert!(key_fits(&"k".repeat(1022)) && !key_fits(&"k".repeat(1023)));
+        assert!(!key_fits(&"\u{1}".repeat(200)), "escapes count as written");
     }
 
     #[test]

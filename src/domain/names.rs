@@ -10,11 +10,16 @@ fn is_lower_name_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
 }
 
+/// `.` and `..` name no object: in a path they mean this or the parent directory.
+fn is_dot_name(s: &str) -> bool {
+    s == "." || s == ".."
+}
+
 fn check_certname(s: &str) -> Result<(), String> {
-    if (1..=253).contains(&s.len()) && s.chars().all(is_lower_name_char) {
+    if (1..=253).contains(&s.len()) && s.chars().all(is_lower_name_char) && !is_dot_name(s) {
         Ok(())
     } else {
-        Err("must be 1 to 253 characters of lowercase letters, digits, '.', '-' or '_'".into())
+        Err("must be 1 to 253 characters of lowercase letters, digits, '.', '-' or '_', and not . or ..".into())
     }
 }
 
@@ -27,12 +32,16 @@ fn check_environment(s: &str) -> Result<(), String> {
     }
 }
 
+/// Node group names are free text, as in Puppet Enterprise ("All Nodes"): printable, no `/`.
 fn check_group(s: &str) -> Result<(), String> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
-    if (1..=255).contains(&s.len()) && s.chars().all(ok) {
+    let printable = |c: char| !c.is_control() && !matches!(c, '/' | '\u{2028}' | '\u{2029}');
+    let length = s.chars().count();
+    let ok =
+        (1..=255).contains(&length) && s.chars().all(printable) && s.trim() == s && !is_dot_name(s);
+    if ok {
         Ok(())
     } else {
-        Err("must be 1 to 255 characters of letters, digits, '.', '-' or '_'".into())
+        Err("must be 1 to 255 printable characters without '/', without leading or trailing spaces, and not . or ..".into())
     }
 }
 
@@ -212,9 +221,38 @@ mod tests {
     fn clusters_and_groups() {
         assert!(ClusterName::parse("puppet-eu.1_a").is_ok());
         assert!(ClusterName::parse("Puppet").is_err());
-        assert!(GroupName::parse("Web_Servers-1.a").is_ok());
-        assert!(GroupName::parse("web servers").is_err());
-        assert!(GroupName::parse("").is_err());
+        for ok in [
+            "Web_Servers-1.a",
+            "All Nodes",
+            "BT Base Server",
+            "Ünïcode 群",
+            "a.b",
+            "...",
+        ] {
+            assert!(GroupName::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            ".",
+            "..",
+            " padded",
+            "padded ",
+            "a/b",
+            "tab\there",
+            "line\u{2028}sep",
+            "nul\0",
+            &long,
+        ] {
+            assert!(GroupName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            GroupName::parse(&"é".repeat(255)).is_ok(),
+            "characters, not bytes"
+        );
+        for dots in [".", ".."] {
+            assert!(Certname::parse(dots).is_err() && ClusterName::parse(dots).is_err());
+        }
     }
 
     #[test]

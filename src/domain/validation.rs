@@ -91,10 +91,39 @@ impl Fields {
     ) -> Parameters {
         raw.into_iter()
             .filter_map(|(name, value)| {
-                let name = self.parse(&format!("{field}.{name}"), &name, ParamName::parse)?;
+                let path = format!("{field}.{name}");
+                let name = self.parse(&path, &name, ParamName::parse)?;
+                self.yaml_keys(&path, &value);
                 Some((name, value))
             })
             .collect()
+    }
+
+    /// Refuses keys, at any depth of a value, that Puppet's YAML parser could not read.
+    fn yaml_keys(&mut self, field: &str, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    let path = format!("{field}.{}", key.chars().take(40).collect::<String>());
+                    if !crate::yaml::key_fits(key) {
+                        self.error(
+                            path.clone(),
+                            format!(
+                                "keys may be at most {} characters once written as YAML (control characters count six); Puppet could not read this one",
+                                crate::yaml::MAX_KEY
+                            ),
+                        );
+                    }
+                    self.yaml_keys(&path, inner);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, inner) in items.iter().enumerate() {
+                    self.yaml_keys(&format!("{field}.{i}"), inner);
+                }
+            }
+            _ => {}
+        }
     }
 
     pub fn classes(

@@ -18,6 +18,8 @@ use crate::store::{ActivityFilter, PageRequest};
 
 /// Days a summary covers when no range is given: the last 30, today included.
 const DEFAULT_DAYS: u64 = 30;
+/// The longest range a summary or report adds up: a little over a year.
+pub const MAX_SUMMARY_DAYS: i64 = 400;
 
 /// Which entries: every filter given must match; dates are inclusive (`YYYY-MM-DD`).
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -47,8 +49,9 @@ pub struct EntriesQuery {
 }
 
 impl RangeQuery {
-    /// The filter; with `default_range`, a missing range is the last 30 days.
-    fn filter(self, default_range: bool) -> Result<ActivityFilter, AppError> {
+    /// The filter; with `summary`, a missing range is the last 30 days, and a range is at most
+    /// `MAX_SUMMARY_DAYS` long.
+    fn filter(self, summary: bool) -> Result<ActivityFilter, AppError> {
         let mut errors = crate::domain::Fields::default();
         let given = |raw: Option<String>| raw.filter(|r| !r.trim().is_empty());
         let label = |errors: &mut crate::domain::Fields, name: &str, raw: Option<String>| {
@@ -57,7 +60,12 @@ impl RangeQuery {
         let date = |errors: &mut crate::domain::Fields, name: &str, raw: Option<String>| {
             errors.optional(name, given(raw), |d| {
                 NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
-                    .map_err(|_| "must be a date such as 2026-11-22".to_owned())
+                    .ok()
+                    .filter(|date| (1..=9999).contains(&chrono::Datelike::year(date)))
+                    .ok_or_else(|| {
+                        "must be a date from 0001-01-01 to 9999-12-31, such as 2026-11-22"
+                            .to_owned()
+                    })
             })
         };
         let mut filter = ActivityFilter {
@@ -67,16 +75,21 @@ impl RangeQuery {
             from: date(&mut errors, "from", self.from),
             to: date(&mut errors, "to", self.to),
         };
-        if default_range {
+        if summary {
             let to = *filter.to.get_or_insert_with(today);
-            filter
-                .from
-                .get_or_insert(to - chrono::Days::new(DEFAULT_DAYS - 1));
+            if filter.from.is_none() {
+                filter.from = to.checked_sub_days(chrono::Days::new(DEFAULT_DAYS - 1));
+            }
         }
-        if let (Some(from), Some(to)) = (filter.from, filter.to)
-            && from > to
-        {
-            errors.error("from", "must not be after to");
+        if let (Some(from), Some(to)) = (filter.from, filter.to) {
+            if from > to {
+                errors.error("from", "must not be after to");
+            } else if summary && (to - from).num_days() >= MAX_SUMMARY_DAYS {
+                errors.error(
+                    "from",
+                    format!("a summary covers at most {MAX_SUMMARY_DAYS} days; ask for several"),
+                );
+            }
         }
         errors.finish(|| Some(filter)).map_err(AppError::Validation)
     }
@@ -133,14 +146,23 @@ const CSV_HEADER: [&str; 9] = [
     "created_at",
 ];
 
-/// One RFC 4180 cell. A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, or a
-/// tab or carriage return first) is prefixed with `'` so it stays text.
+/// One RFC 4180 cell. Whatever a spreadsheet could run as a formula gets a `'` first so it
+/// stays text: the cell's start (`=`, `+`, `-`, `@`, tab or carriage return), and the start of
+/// every piece a spreadsheet splitting on `,`, `;` or tabs (another locale's separator) would
+/// make of it.
 fn csv_cell(value: &str) -> String {
-    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_owned()
-    };
+    let mut defused = String::with_capacity(value.len() + 1);
+    let mut at_start = true;
+    for c in value.chars() {
+        let formula =
+            matches!(c, '=' | '+' | '-' | '@') || (matches!(c, '\t' | '\r') && defused.is_empty());
+        if at_start && formula {
+            defused.push('\'');
+        }
+        defused.push(c);
+        at_start = matches!(c, ',' | ';' | '\t' | '\r' | '\n');
+    }
+    let value = defused;
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
@@ -321,5 +343,10 @@ mod tests {
             csv_cell("=HYPERLINK(\"x\",\"y\")"),
             "\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\""
         );
+        assert_eq!(csv_cell("x;=cmd|' /C calc'!A0"), "x;'=cmd|' /C calc'!A0");
+        assert_eq!(csv_cell("a,+1"), "\"a,'+1\"");
+        assert_eq!(csv_cell("\tlead"), "'\tlead");
+        assert_eq!(csv_cell("one\n@two"), "\"one\n'@two\"");
+        assert_eq!(csv_cell("in-between, a - b"), "\"in-between, a - b\"");
     }
 }

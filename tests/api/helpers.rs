@@ -424,3 +424,39 @@ print(json.dumps(yaml.load(sys.stdin, Loader=Loader)))
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Parses YAML with Ruby's Psych, as Puppet does (`safe_load`), and returns it as JSON.
+pub(crate) fn psych(yaml: &str) -> Result<Value, String> {
+    ruby(
+        "puts JSON.generate(YAML.safe_load($stdin.read, permitted_classes: [Symbol], aliases: false))",
+        &[],
+        yaml,
+    )
+}
+
+/// Runs Ruby (Debian's, with Psych 4: what Puppet 7 parses with) on `input`; its output as JSON.
+pub(crate) fn ruby(script: &str, requires: &[&str], input: &str) -> Result<Value, String> {
+    use std::io::Write;
+    let mut command = std::process::Command::new(tool("ENC_TEST_RUBY", "ruby"));
+    command.args(["-ryaml", "-rjson"]);
+    for library in requires {
+        command.arg(format!("-r{library}"));
+    }
+    let mut child = command
+        .args(["-e", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("ruby (scripts/test installs it): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}

@@ -20,3 +20,4 @@ mod persistence;
 mod puppet;
 mod snapshot;
 mod store_conformance;
+mod yaml;

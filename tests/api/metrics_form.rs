@@ -522,3 +522,43 @@ async fn cors_only_for_configured_origins() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn no_date_can_break_a_summary_and_ranges_are_bounded() {
+    let app = TestApp::new().await;
+    for query in [
+        "to=-262143-01-01",
+        "from=-262143-01-01&to=2026-01-01",
+        "to=+262142-12-31",
+        "from=0000-01-01",
+        "to=10000-01-01",
+    ] {
+        for route in ["summary", "report", "entries", "entries.csv"] {
+            let fields = app
+                .get(&format!("/metrics-form/{route}?{query}"))
+                .await
+                .invalid_fields();
+            assert!(!fields.is_empty(), "{route}?{query}");
+        }
+    }
+    for route in ["summary", "report"] {
+        let too_long = app
+            .get(&format!(
+                "/metrics-form/{route}?from=2020-01-01&to=2026-01-01"
+            ))
+            .await
+            .invalid_fields();
+        assert_eq!(too_long, ["from"], "{route}");
+        let ok = app
+            .get(&format!(
+                "/metrics-form/{route}?from=0001-01-01&to=0001-12-31"
+            ))
+            .await;
+        assert_eq!(ok.status, StatusCode::OK, "{route}");
+    }
+    // Listing is paged, so any range may be listed.
+    let all = app
+        .get("/metrics-form/entries?from=2000-01-01&to=9999-12-31")
+        .await;
+    assert_eq!(all.status, StatusCode::OK);
+}

@@ -97,7 +97,7 @@ async fn class_and_parameter_names_are_checked() {
         .post(
             "/nodegroup/",
             json!({
-                "name": "bad name",
+                "name": "bad/name",
                 "classes": {"Roles::Web": {"ok": 1, "Bad-Param": 2}, "roles::db": {"9lives": 1}},
                 "parameters": {"fine": true, "not fine": 1}
             }),

@@ -148,11 +148,103 @@ fn classify(
     command.output().unwrap()
 }
 
+/// A server that answers every request with this status line and body.
+fn canned(status: &'static str, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+        }
+    });
+    url
+}
+
 fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// A Puppet node as Puppet itself reads its YAML (Psych, with Puppet's classes loaded).
+fn as_puppet_reads_it(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "puppet failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::helpers::ruby(
+        "n = YAML.unsafe_load($stdin.read); puts JSON.generate({classes: n.classes, parameters: n.parameters})",
+        &["puppet"],
+        &stdout,
+    )
+    .unwrap()
+}
+
+#[test]
+fn puppet_reads_hostile_values_and_free_text_group_names_as_the_api_shows_them() {
+    let data = EncData::new();
+    let enc = Enc::start(&data, 5);
+    let corpus = crate::yaml::corpus();
+    let requests = [
+        (
+            "/environment/",
+            serde_json::json!({"environment_name": "production", "puppet_cluster_name": "eu"}),
+        ),
+        (
+            "/nodegroup/",
+            serde_json::json!({"name": "All Nodes", "classes": {"profile::hostile": {"cfg": corpus, "merge": {"<<": {"a": 1}, "a": 0}}}, "parameters": {"site": "Ünïcode\u{2028}"}}),
+        ),
+        (
+            "/nodegroup/",
+            serde_json::json!({"name": "BT Base Server", "parent": "All Nodes", "classes": {"roles::base": {}}}),
+        ),
+        (
+            "/nodes/",
+            serde_json::json!({"unique_name": NODE, "node_group_name": "BT Base Server", "environment_name": "production", "puppet_cluster_name": "eu"}),
+        ),
+    ];
+    for (path, body) in requests {
+        let (status, answer) = enc.http("POST", path, Some(&body.to_string()));
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (_, api) = enc.http(
+        "GET",
+        &format!("/nodes/{NODE}/classification?explain=true"),
+        None,
+    );
+    let api: Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(
+        api["explain"]["classes"]["roles::base"]["name"],
+        "BT Base Server"
+    );
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), enc.token("puppet", &["classify"])).unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let node = as_puppet_reads_it(&puppet_find(
+        NODE,
+        &enc.url(),
+        token.path(),
+        cache.path(),
+        dirs.path(),
+    ));
+    assert_eq!(
+        node["classes"], api["classes"],
+        "classes as Puppet reads them"
+    );
+    for (name, value) in api["parameters"].as_object().unwrap() {
+        assert_eq!(&node["parameters"][name], value, "parameter {name}");
+    }
 }
 
 #[test]
@@ -211,6 +303,29 @@ fn classify_command_contract() {
     assert!(
         lines.len() == 1 && lines[0].contains("warning") && lines[0].contains("cached"),
         "{lines:?}"
+    );
+    // An answer that is not this node's classification never replaces the good one; nor
+    // does a failing service's.
+    for (status, body) in [
+        ("200 OK", "not json"),
+        (
+            "200 OK",
+            r#"{"name": "someone-else", "environment": "x", "classes": {}, "parameters": {}}"#,
+        ),
+        ("200 OK", r#"{"name": "web01.example.com"}"#),
+        ("500 Internal Server Error", "{}"),
+        ("503 Service Unavailable", ""),
+    ] {
+        let out = classify(NODE, &canned(status, body), token, Some(cache.path()), 5);
+        assert!(out.status.success(), "{status} {body}");
+        assert_eq!(out.stdout, ok.stdout, "{status} {body}: the cached answer");
+        let lines = stderr_lines(&out);
+        assert!(lines.len() == 1 && lines[0].contains("cached"), "{lines:?}");
+    }
+    let kept = std::fs::read(cache.path().join(format!("{NODE}.yaml"))).unwrap();
+    assert_eq!(
+        kept, ok.stdout,
+        "the cache still holds the last good answer"
     );
     let uncached = classify(NODE, &silent_url, token, None, 1);
     assert_eq!(uncached.status.code(), Some(1));
