@@ -114,6 +114,34 @@ pub struct Config {
     #[arg(long, env = "ENC_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
 
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(
+        long,
+        env = "ENC_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_timeout_seconds: u64,
+
+    /// Seconds a request may take; past it enc answers 503.
+    #[arg(
+        long,
+        env = "ENC_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub request_timeout_seconds: u64,
+
+    /// Requests answered at once; past it enc answers 503 with Retry-After at once rather than
+    /// queue (health checks and /metrics are not counted).
+    #[arg(
+        long,
+        env = "ENC_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_concurrent_requests: usize,
+
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(
         long,

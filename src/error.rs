@@ -52,6 +52,8 @@ pub enum AppError {
     Validation(Vec<FieldError>),
     #[error("the store is unavailable, try again shortly")]
     Unavailable(#[source] StoreError),
+    #[error("{0}; try again shortly")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -98,6 +100,11 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            Overloaded(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

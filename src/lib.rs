@@ -40,6 +40,23 @@ pub struct App {
     pub trace_context: bool,
     /// Who may do what.
     pub auth: Auth,
+    pub limits: Limits,
+}
+
+/// How much enc takes on: requests at once, and how long each may take.
+#[derive(Clone)]
+pub struct Limits {
+    pub request_timeout: std::time::Duration,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    pub fn new(request_timeout: std::time::Duration, max_in_flight: usize) -> Self {
+        Self {
+            request_timeout,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+        }
+    }
 }
 
 /// What each route needs, from the OpenAPI document.
@@ -58,7 +75,13 @@ impl App {
             cors_origins: Vec::new(),
             trace_context: false,
             auth: Auth::new(true, None, None, false, access()),
+            limits: Limits::new(std::time::Duration::from_secs(30), 256),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn with_auth(mut self, auth: Auth) -> Self {

@@ -9,6 +9,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
+use axum::error_handling::HandleErrorLayer;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::option_layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -94,6 +97,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::get, tokens::delete))
         .routes(routes!(session::page_get, session::sign_in))
         .routes(routes!(session::sign_out))
+}
+
+/// Health and metrics: answered whatever the load, outside the limits.
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -102,7 +110,10 @@ fn api() -> OpenApiRouter<AppState> {
 /// The OpenAPI document, as served at `/api-docs/openapi.json`.
 pub fn document() -> &'static Document {
     static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
-        let (_, document) = api().merge(metrics_form()).split_for_parts();
+        let (_, document) = api()
+            .merge(metrics_form())
+            .merge(operations())
+            .split_for_parts();
         document
     });
     &DOCUMENT
@@ -123,18 +134,37 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
     )
 }
 
+/// Past the limit of requests in flight, or past the request timeout: 503, try again soon.
+async fn overloaded(error: tower::BoxError) -> AppError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        AppError::Overloaded("the request took too long".into())
+    } else {
+        AppError::Overloaded("too many requests at once".into())
+    }
+}
+
 pub fn router(state: AppState) -> Router {
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+            state.limits.in_flight.clone(),
+        ))
+        .timeout(state.limits.request_timeout);
     // CORS wraps the form's routes whole, their 405 answers too, so that preflights work.
     let (form, _) = metrics_form().split_for_parts();
     let form = form
         .method_not_allowed_fallback(method_not_allowed)
         .layer(option_layer(cors(&state.cors_origins)));
     let (api, _) = api().split_for_parts();
+    let (operations, _) = operations().split_for_parts();
     api.merge(form)
         .route(
             "/tokens/",
             axum::routing::get(tokens::list).post(tokens::create),
         )
+        .layer(limits)
+        .merge(operations)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", document().clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,8 +4,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::auth::Auth;
 use crate::auth::alb::{Alb, ScopeRules, regional_keys_url};
@@ -131,7 +135,11 @@ pub async fn serve(
     let state = App::new(store)
         .with_cors_origins(&config.cors_origins)?
         .with_trace_context(trace_context)
-        .with_auth(auth);
+        .with_auth(auth)
+        .with_limits(crate::Limits::new(
+            Duration::from_secs(config.request_timeout_seconds.max(1)),
+            config.max_concurrent_requests,
+        ));
     if !state.auth.required {
         tracing::warn!("{}", crate::handlers::health::AUTH_OFF);
     } else if config.bootstrap_secret()?.is_none() {
@@ -141,27 +149,52 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, store = backend, "enc listening");
-
-    let (stopping_tx, stopping_rx) = oneshot::channel();
-    let server = axum::serve(listener, app(state.into())).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
-        let _ = stopping_tx.send(());
-    });
-    let grace = config.shutdown_grace();
-    let deadline = async move {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result.context("serving HTTP")?,
-        () = deadline => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over, stopping with requests in flight"),
-    }
+    let header_timeout = Duration::from_secs(config.header_timeout_seconds.max(1));
+    serve_http(listener, app(state.into()), header_timeout, shutdown, config.shutdown_grace()).await;
     tracing::info!(store = backend, "store closed, enc stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 until `shutdown`, then lets requests in flight finish for up to `grace`.
+/// A client has `header_timeout` to send each request's headers, so a slow one cannot hold a
+/// connection forever.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let connections = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    tokio::select! {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over, stopping with requests in flight"),
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -9,6 +9,7 @@ mod environments;
 mod errors;
 mod helpers;
 mod identity;
+mod limits;
 mod metrics_form;
 mod migration;
 mod node_groups;

@@ -74,6 +74,7 @@ fn from_layout_1(txn: &WriteTransaction) -> Result<()> {
         }
     }
     let migrated = objects.len();
+    let mut open = super::Open::new(txn);
     for (kind, object) in objects {
         let key = kind.key_of(&object).ok_or_else(|| {
             StoreError::Internal(format!("a {} without its key", kind.name).into())
@@ -88,8 +89,9 @@ fn from_layout_1(txn: &WriteTransaction) -> Result<()> {
             },
             Expect::Anything,
         );
-        apply(txn, &write, None)?;
+        apply(&mut open, &write, None)?;
     }
+    drop(open);
     txn.delete_table(V1_ENVIRONMENTS)?;
     txn.delete_table(V1_NODE_GROUPS)?;
     txn.delete_table(V1_NODES)?;

@@ -5,6 +5,7 @@
 
 mod migrate;
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -128,17 +129,53 @@ fn entries(kind: &RecordKind, body: &Map<String, Value>) -> Vec<(String, String,
         .collect()
 }
 
-fn read_record(txn: &WriteTransaction, kind: &RecordKind, key: &str) -> Result<Option<Record>> {
-    let table = txn.open_table(Records::new(&records_table(kind)))?;
-    let found = table.get(key)?;
-    found.map(|v| decode_record(v.value())).transpose()
+/// The tables a write transaction has opened, kept open for its later writes.
+pub(super) struct Open<'t> {
+    txn: &'t WriteTransaction,
+    records: HashMap<String, redb::Table<'t, &'static str, &'static [u8]>>,
+    entries: HashMap<String, redb::Table<'t, (&'static str, &'static str, &'static str), ()>>,
 }
 
-/// Applies one write in `txn`, given the record as it is, without checking expectations.
-fn apply(txn: &WriteTransaction, write: &Write, current: Option<Record>) -> Result<()> {
+impl<'t> Open<'t> {
+    pub(super) fn new(txn: &'t WriteTransaction) -> Self {
+        Self {
+            txn,
+            records: HashMap::new(),
+            entries: HashMap::new(),
+        }
+    }
+
+    fn records(&mut self, kind: &RecordKind) -> Result<&mut redb::Table<'t, &'static str, &'static [u8]>> {
+        let name = records_table(kind);
+        if !self.records.contains_key(&name) {
+            let table = self.txn.open_table(Records::new(&name))?;
+            self.records.insert(name.clone(), table);
+        }
+        Ok(self.records.get_mut(&name).expect("just opened"))
+    }
+
+    fn entries(
+        &mut self,
+        name: &str,
+    ) -> Result<&mut redb::Table<'t, (&'static str, &'static str, &'static str), ()>> {
+        if !self.entries.contains_key(name) {
+            let table = self.txn.open_table(Entries::new(name))?;
+            self.entries.insert(name.to_owned(), table);
+        }
+        Ok(self.entries.get_mut(name).expect("just opened"))
+    }
+
+    fn read(&mut self, kind: &RecordKind, key: &str) -> Result<Option<Record>> {
+        let found = self.records(kind)?.get(key)?;
+        found.map(|v| decode_record(v.value())).transpose()
+    }
+}
+
+/// Applies one write, given the record as it is, without checking expectations.
+fn apply(open: &mut Open<'_>, write: &Write, current: Option<Record>) -> Result<()> {
     let kind = write.kind;
     let key = encode_key(&write.key);
-    let mut records = txn.open_table(Records::new(&records_table(kind)))?;
+    let records = open.records(kind)?;
     let old_entries = match &current {
         Some(record) if !kind.indexes.is_empty() => entries(kind, &body_of(record)?),
         _ => Vec::new(),
@@ -167,15 +204,12 @@ fn apply(txn: &WriteTransaction, write: &Write, current: Option<Record>) -> Resu
         }
     };
     for (table, partition, sort) in old_entries {
-        txn.open_table(Entries::new(&table))?.remove((
-            partition.as_str(),
-            sort.as_str(),
-            key.as_str(),
-        ))?;
+        let index = open.entries(&table)?;
+        index.remove((partition.as_str(), sort.as_str(), key.as_str()))?;
     }
     for (table, partition, sort) in new_entries {
-        txn.open_table(Entries::new(&table))?
-            .insert((partition.as_str(), sort.as_str(), key.as_str()), ())?;
+        let index = open.entries(&table)?;
+        index.insert((partition.as_str(), sort.as_str(), key.as_str()), ())?;
     }
     Ok(())
 }
@@ -223,14 +257,17 @@ impl Embedded {
 
 fn commit_now(db: &Database, writes: &[Write]) -> Result<(), CommitError> {
     let txn = db.begin_write()?;
+    let mut open = Open::new(&txn);
     for (i, write) in writes.iter().enumerate() {
-        let current = read_record(&txn, write.kind, &encode_key(&write.key))?;
+        let current = open.read(write.kind, &encode_key(&write.key))?;
         if !holds(write.expect, current.as_ref()) {
+            drop(open);
             txn.abort()?;
             return Err(CommitError::Condition(i));
         }
-        apply(&txn, write, current)?;
+        apply(&mut open, write, current)?;
     }
+    drop(open);
     txn.commit()?;
     Ok(())
 }
