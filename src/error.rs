@@ -136,6 +136,10 @@ impl From<StoreError> for AppError {
                 format!("would make a chain of {depth} node groups; at most {max} are allowed"),
             ),
             InvalidCursor => AppError::BadRequest(e.to_string()),
+            KeyReused { .. } => AppError::invalid(
+                "idempotency_key",
+                "was used for another entry: use a new key for a new entry",
+            ),
             Unavailable(_) => AppError::Unavailable(e),
             Internal(_) => AppError::Internal(Box::new(e)),
         }

@@ -5,11 +5,11 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
-use axum::error_handling::HandleErrorLayer;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::option_layer;

@@ -150,7 +150,14 @@ pub async fn serve(
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, store = backend, "enc listening");
     let header_timeout = Duration::from_secs(config.header_timeout_seconds.max(1));
-    serve_http(listener, app(state.into()), header_timeout, shutdown, config.shutdown_grace()).await;
+    serve_http(
+        listener,
+        app(state.into()),
+        header_timeout,
+        shutdown,
+        config.shutdown_grace(),
+    )
+    .await;
     tracing::info!(store = backend, "store closed, enc stopped");
     Ok(())
 }
@@ -166,7 +173,8 @@ async fn serve_http(
     grace: Duration,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

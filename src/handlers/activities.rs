@@ -222,7 +222,10 @@ pub async fn entries_csv(
         async move {
             let listed = store.list_activities(&filter, &page(Some(cursor?))).await;
             Some(match listed {
-                Ok(next) => (Ok(bytes::Bytes::from(csv(&next.items, false))), next.next_cursor),
+                Ok(next) => (
+                    Ok(bytes::Bytes::from(csv(&next.items, false))),
+                    next.next_cursor,
+                ),
                 Err(e) => {
                     tracing::warn!(error = %crate::error::cause_chain(&e), "CSV export cut short");
                     (Err(e), None)

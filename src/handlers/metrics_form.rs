@@ -40,6 +40,56 @@ pub struct ActivityBody {
     hours: Option<HoursField>,
     /// Up to 2,000 characters.
     description: Option<String>,
+    /// Sending an entry again with the same key records it once (the form sends one; JSON
+    /// clients may use the `Idempotency-Key` header instead): 1 to 128 letters, digits, `-`,
+    /// `_`, `.` or `:`.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    idempotency_key: Option<String>,
+}
+
+/// What makes a submission the same one: every field entered.
+fn fingerprint(a: &Activity) -> String {
+    let entered = (
+        a.engineer.as_str(),
+        a.customer.as_str(),
+        a.project.as_str(),
+        a.activity_type.as_str(),
+        a.date,
+        a.hours.quarters(),
+        &a.description,
+    );
+    crate::auth::secret::sha256_hex(&serde_json::to_string(&entered).unwrap_or_default())
+}
+
+fn valid_key(key: &str) -> bool {
+    (1..=128).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Saves the entry; with an idempotency key, once for that key. `true` when it was new.
+async fn save(
+    state: &AppState,
+    activity: Activity,
+    key: Option<&str>,
+) -> Result<(Activity, bool), AppError> {
+    let Some(key) = key else {
+        return Ok((state.store.create_activity(activity).await?, true));
+    };
+    if !valid_key(key) {
+        return Err(AppError::invalid(
+            "idempotency_key",
+            "must be 1 to 128 letters, digits, '-', '_', '.' or ':'",
+        ));
+    }
+    let print = fingerprint(&activity);
+    Ok(
+        match state.store.record_activity(activity, key, &print).await? {
+            crate::store::activities::Recorded::New(a) => (a, true),
+            crate::store::activities::Recorded::Again(a) => (a, false),
+        },
+    )
 }
 
 /// Hours as JSON sends them (a number) or as a form does (text).
@@ -137,6 +187,8 @@ struct Field {
 #[template(path = "metrics_form.html")]
 struct FormPage {
     saved: Option<String>,
+    /// Sent back with the form, so that posting it twice records it once.
+    idempotency_key: String,
     /// The engineer, when the load balancer signed them in: not to be typed.
     signed_in_as: Option<String>,
     has_errors: bool,
@@ -176,8 +228,14 @@ impl FormPage {
         };
         let today = today();
         let engineer = caller.0.person.clone().or_else(|| values.engineer.clone());
+        let idempotency_key = values
+            .idempotency_key
+            .clone()
+            .filter(|k| valid_key(k))
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         FormPage {
             saved,
+            idempotency_key,
             signed_in_as: caller.0.person.clone(),
             has_errors: !errors.is_empty(),
             text_fields: [
@@ -325,7 +383,8 @@ async fn record(
                 .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))?;
             match values.clone().recorded_by(caller, today()) {
                 Ok(activity) => {
-                    let saved = state.store.create_activity(activity).await?;
+                    let key = values.idempotency_key.as_deref();
+                    let (saved, _) = save(state, activity, key).await?;
                     // `Redirect::to` is 303 See Other: the browser GETs the form again.
                     Ok(Redirect::to(&format!("/metrics-form?saved={}", saved.id)).into_response())
                 }
@@ -337,11 +396,22 @@ async fn record(
             let value = serde_json::from_slice(&body)
                 .map_err(|e| AppError::BadRequest(format!("malformed JSON: {e}")))?;
             let values: ActivityBody = parse_body(value)?;
+            let header = headers
+                .get("idempotency-key")
+                .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+            let key = header.or_else(|| values.idempotency_key.clone());
             let activity = values
                 .recorded_by(caller, today())
                 .map_err(AppError::Validation)?;
-            let saved = state.store.create_activity(activity).await?;
-            Ok((StatusCode::CREATED, axum::Json(saved)).into_response())
+            let (saved, new) = save(state, activity, key.as_deref()).await?;
+            let mut response = (StatusCode::CREATED, axum::Json(saved)).into_response();
+            if !new {
+                response.headers_mut().insert(
+                    "idempotent-replayed",
+                    axum::http::HeaderValue::from_static("true"),
+                );
+            }
+            Ok(response)
         }
         _ => Err(AppError::UnsupportedMediaType(
             "send the activity as a form (application/x-www-form-urlencoded) or as application/json".into(),
@@ -362,6 +432,7 @@ mod tests {
             date: None,
             hours,
             description: Some("fixed it  \n".into()),
+            idempotency_key: None,
         }
     }
 

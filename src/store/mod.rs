@@ -24,12 +24,13 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 6] = [
+pub static KINDS: [&RecordKind; 7] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
     &enc::NODE,
     &activities::ACTIVITY,
+    &activities::SUBMISSION,
     &tokens::TOKEN,
 ];
 
@@ -96,6 +97,9 @@ pub enum StoreError {
     },
     #[error("the pagination cursor is not valid for this listing")]
     InvalidCursor,
+    /// An idempotency key sent again with something else than it first came with.
+    #[error("the idempotency key {key} was used for another entry")]
+    KeyReused { key: String },
     #[error("the store is unavailable")]
     Unavailable(#[source] Source),
     #[error("the store failed")]

@@ -189,7 +189,7 @@ impl Db {
     }
 
     /// Commits: `Ok(true)` when done, `Ok(false)` when it should be tried again.
-    async fn commit(&self, steps: Vec<Step>) -> Result<bool> {
+    pub(super) async fn commit(&self, steps: Vec<Step>) -> Result<bool> {
         let (writes, fails): (Vec<Write>, Vec<OnFail>) = steps.into_iter().unzip();
         let i = match self.engine.commit(&writes).await {
             Ok(()) => return Ok(true),

@@ -145,7 +145,10 @@ impl<'t> Open<'t> {
         }
     }
 
-    fn records(&mut self, kind: &RecordKind) -> Result<&mut redb::Table<'t, &'static str, &'static [u8]>> {
+    fn records(
+        &mut self,
+        kind: &RecordKind,
+    ) -> Result<&mut redb::Table<'t, &'static str, &'static [u8]>> {
         let name = records_table(kind);
         if !self.records.contains_key(&name) {
             let table = self.txn.open_table(Records::new(&name))?;
