@@ -150,8 +150,13 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
                 "a weak entity tag never matches If-Match".into(),
             ));
         }
-        text.strip_prefix('"')
+        // The quotes are the standard's; a bare version is taken as meant.
+        let tag = text
+            .strip_prefix('"')
             .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(text);
+        Some(tag)
+            .filter(|t| !t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|t| t.parse().ok())
             .map(|v| IfMatch(Some(v)))
             .ok_or_else(|| {

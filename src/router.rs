@@ -2,11 +2,13 @@
 //! is made from the same list that routes requests, and it names the scope each operation
 //! needs, which is what the identity check enforces.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
@@ -38,6 +40,7 @@ use crate::{AppState, auth, telemetry};
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&Bearer),
+    components(schemas(activities::LabelFilter, activities::DateFilter)),
     tags(
         (name = "nodes", description = "Puppet nodes, by certname"),
         (name = "classification", description = "What Puppet gets for a node: merged classes, parameters and environment"),
@@ -107,13 +110,158 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
+/// What each create's answer leads to: the operations on the object made, and which of the
+/// answer's fields name it (path parameter, answer field).
+/// Pairs of what the next request names and the created object's field that holds it.
+type Fill = &'static [(&'static str, &'static str)];
+
+const LINKS: &[(&str, &[&str], Fill)] = &[
+    (
+        "/nodes/",
+        &[
+            "get_node",
+            "replace_node",
+            "delete_node",
+            "get_classification",
+        ],
+        &[("unique_name", "unique_name")],
+    ),
+    (
+        "/nodegroup/",
+        &["get_node_group", "replace_node_group", "delete_node_group"],
+        &[("node_group_name", "name")],
+    ),
+    (
+        "/environment/",
+        &["get_environment", "delete_environment"],
+        &[
+            ("environment_name", "environment_name"),
+            ("puppet_cluster_name", "puppet_cluster_name"),
+        ],
+    ),
+    (
+        "/tokens",
+        &["get_token", "delete_token"],
+        &[("name", "name")],
+    ),
+];
+
+/// What a created object may be named in: (link, operation, request body field, answer field).
+const USES: &[(&str, &str, &str, Fill)] = &[
+    (
+        "/environment/",
+        "create_node_in_environment",
+        "create_node",
+        &[
+            ("environment_name", "environment_name"),
+            ("puppet_cluster_name", "puppet_cluster_name"),
+        ],
+    ),
+    (
+        "/nodegroup/",
+        "create_node_in_group",
+        "create_node",
+        &[("node_group_name", "name")],
+    ),
+    (
+        "/nodegroup/",
+        "create_child_group",
+        "create_node_group",
+        &[("parent", "name")],
+    ),
+];
+
+/// Links from each create's 201 to what can be done with the object it made, and to the
+/// creates that may name it.
+fn link(document: &mut Document) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::link::{Link, LinkBuilder};
+    fn created<'d>(
+        document: &'d mut Document,
+        path: &str,
+    ) -> Option<&'d mut BTreeMap<String, RefOr<Link>>> {
+        let post = document.paths.paths.get_mut(path)?.post.as_mut()?;
+        match post.responses.responses.get_mut("201")? {
+            RefOr::T(created) => Some(&mut created.links),
+            RefOr::Ref(_) => None,
+        }
+    }
+    let answer = |field: &str| format!("$response.body#/{field}");
+    for (path, targets, parameters) in LINKS {
+        let Some(links) = created(document, path) else {
+            continue;
+        };
+        for target in *targets {
+            let mut link = LinkBuilder::new().operation_id(*target);
+            for (parameter, field) in *parameters {
+                link = link.parameter(*parameter, answer(field));
+            }
+            links.insert(target.to_string(), RefOr::T(link.build()));
+        }
+    }
+    for (path, name, target, fields) in USES {
+        let Some(links) = created(document, path) else {
+            continue;
+        };
+        let body: serde_json::Map<_, _> = fields
+            .iter()
+            .map(|(field, from)| (field.to_string(), answer(from).into()))
+            .collect();
+        let link = LinkBuilder::new()
+            .operation_id(*target)
+            .request_body(Some(body));
+        links.insert(name.to_string(), RefOr::T(link.build()));
+    }
+}
+
+/// Collections answer with and without a trailing slash: the document says so of each.
+const COLLECTIONS: [&str; 4] = ["/nodes", "/nodegroup", "/environment", "/tokens"];
+
+/// Each collection's operations under both of its spellings (the copies' ids end `_slash`
+/// or `_bare`), so that the document lists every route there is.
+fn both_spellings(document: &mut Document) {
+    use utoipa::openapi::PathItem;
+    fn copy(from: &PathItem, into: &mut PathItem, suffix: &str, path: &str) {
+        let pairs = [
+            (&from.get, &mut into.get),
+            (&from.post, &mut into.post),
+            (&from.put, &mut into.put),
+            (&from.delete, &mut into.delete),
+        ];
+        for (source, target) in pairs {
+            if let (Some(operation), None) = (source, &target) {
+                let mut operation = operation.clone();
+                operation.operation_id = operation.operation_id.map(|id| format!("{id}{suffix}"));
+                let description = operation.description.take().unwrap_or_default();
+                operation.description = Some(format!(
+                    "The same operation as at `{path}`, for clients that spell it this way.\n\n{description}"
+                ));
+                *target = Some(operation);
+            }
+        }
+    }
+    for bare in COLLECTIONS {
+        let slashed = format!("{bare}/");
+        let paths = &mut document.paths.paths;
+        let a = paths.get(bare).cloned().unwrap_or_default();
+        let b = paths.get(&slashed).cloned().unwrap_or_default();
+        let (mut bare_item, mut slashed_item) = (a.clone(), b.clone());
+        copy(&b, &mut bare_item, "_bare", &slashed);
+        copy(&a, &mut slashed_item, "_slash", bare);
+        paths.insert(bare.to_owned(), bare_item);
+        paths.insert(slashed, slashed_item);
+    }
+}
+
 /// The OpenAPI document, as served at `/api-docs/openapi.json`.
 pub fn document() -> &'static Document {
     static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
-        let (_, document) = api()
+        let (_, mut document) = api()
             .merge(metrics_form())
             .merge(operations())
             .split_for_parts();
+        link(&mut document);
+        both_spellings(&mut document);
         document
     });
     &DOCUMENT
@@ -185,8 +333,24 @@ async fn not_found(method: Method, uri: Uri) -> AppError {
     AppError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> AppError {
-    AppError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+/// 405, with `Allow` naming the methods the route has.
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    route: Option<MatchedPath>,
+) -> Response {
+    let mut response =
+        AppError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+            .into_response();
+    let allowed = route.map(|r| state.auth.access.methods(r.as_str()));
+    if let Some(allow) = allowed
+        .filter(|a| !a.is_empty())
+        .and_then(|a| HeaderValue::from_str(&a.join(", ")).ok())
+    {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

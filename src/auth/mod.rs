@@ -138,8 +138,35 @@ impl Access {
         (self.paths.contains(route) || is_documentation(route)).then_some(Needs::Nothing)
     }
 
+    /// The methods a route answers, for `Allow` (HEAD with GET).
+    pub fn methods(&self, route: &str) -> Vec<&'static str> {
+        let route = normalized(route);
+        let mut methods: Vec<&'static str> = self
+            .routes
+            .keys()
+            .filter(|(_, path)| path == route)
+            .map(|(method, _)| method_name(method))
+            .collect();
+        if methods.contains(&"GET") {
+            methods.push("HEAD");
+        }
+        methods.sort_unstable();
+        methods
+    }
+
     pub fn operations(&self) -> impl Iterator<Item = (&Method, &str, Needs)> {
         self.routes.iter().map(|((m, p), n)| (m, p.as_str(), *n))
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "OPTIONS",
     }
 }
 

@@ -90,12 +90,14 @@ fn check_label(s: &str) -> Result<(), String> {
     }
 }
 
+/// A name type: its rule as code (`$check`) and, for the OpenAPI document, as a pattern and a
+/// length in characters (a test holds the two to the same answers).
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $check:path, $example:literal) => {
+    ($(#[$doc:meta])* $name:ident, $check:path, $example:literal, $pattern:tt, $max:tt) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
         #[serde(try_from = "String", into = "String")]
-        #[schema(value_type = String, example = $example)]
+        #[schema(value_type = String, example = $example, pattern = $pattern, min_length = 1, max_length = $max)]
         pub struct $name(String);
 
         impl $name {
@@ -134,51 +136,67 @@ name_type!(
     /// A Puppet certname: the node's unique name.
     Certname,
     check_certname,
-    "web01.example.com"
+    "web01.example.com",
+    r"^(?!\.{1,2}$)[a-z0-9._-]+$",
+    253
 );
 name_type!(
     /// A Puppet environment name.
     EnvironmentName,
     check_environment,
-    "production"
+    "production",
+    r"^[a-z0-9_]+$",
+    255
 );
 name_type!(
     /// The name of a Puppet cluster (a set of Puppet servers sharing environments).
     ClusterName,
     check_certname,
-    "puppet-eu-west-1"
+    "puppet-eu-west-1",
+    r"^(?!\.{1,2}$)[a-z0-9._-]+$",
+    253
 );
 name_type!(
     /// The name of a node group.
     GroupName,
     check_group,
-    "web_servers"
+    "All Nodes",
+    r"^(?!\.{1,2}$)(?!\s)(?!.*\s$)[^/\u0000-\u001f\u007f-\u009f\u2028\u2029]+$",
+    255
 );
 name_type!(
     /// A Puppet class name such as `roles::base_server`.
     ClassName,
     check_class,
-    "profile::nginx"
+    "profile::nginx",
+    r"^[a-z][a-z0-9_]*(::[a-z][a-z0-9_]*)*$",
+    255
 );
 name_type!(
     /// A class parameter or top-scope variable name.
     ParamName,
     check_parameter,
-    "worker_processes"
+    "worker_processes",
+    r"^[a-z_][A-Za-z0-9_]*$",
+    255
 );
 
 name_type!(
     /// The name of an API token, e.g. `puppet-eu-1`: part of the token's secret, so plain.
     TokenName,
     check_token_name,
-    "puppet-eu-1"
+    "puppet-eu-1",
+    r"^[a-z0-9][a-z0-9._-]*$",
+    64
 );
 
 name_type!(
     /// A person's, customer's or project's name as typed into the metrics form.
     Label,
     check_label,
-    "ACME Corp"
+    "ACME Corp",
+    r"^(?!\s)(?!.*\s$)[^\u0000-\u001f\u007f-\u009f]+$",
+    100
 );
 
 #[cfg(test)]

@@ -21,15 +21,58 @@ const DEFAULT_DAYS: u64 = 30;
 /// The longest range a summary or report adds up: a little over a year.
 pub const MAX_SUMMARY_DAYS: i64 = 400;
 
+/// A filter as the report's form sends it: a name, or empty for none.
+pub struct LabelFilter;
+
+impl utoipa::PartialSchema for LabelFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        empty_or(<Label as utoipa::PartialSchema>::schema())
+    }
+}
+
+impl ToSchema for LabelFilter {}
+
+/// A day as the report's form sends it (`YYYY-MM-DD`), or empty for none.
+pub struct DateFilter;
+
+impl utoipa::PartialSchema for DateFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        let date = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date)));
+        empty_or(date.into())
+    }
+}
+
+impl ToSchema for DateFilter {}
+
+fn empty_or(
+    schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let empty = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(0));
+    OneOfBuilder::new().item(empty).item(schema).into()
+}
+
 /// Which entries: every filter given must match; dates are inclusive (`YYYY-MM-DD`).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RangeQuery {
+    #[param(value_type = Option<LabelFilter>)]
     customer: Option<String>,
+    #[param(value_type = Option<LabelFilter>)]
     project: Option<String>,
+    #[param(value_type = Option<LabelFilter>)]
     engineer: Option<String>,
+    /// The first day, 0000-01-01 to 9999-12-31; a summary covers at most 400 days.
+    #[param(value_type = Option<DateFilter>)]
     from: Option<String>,
+    /// The last day; not before `from`.
+    #[param(value_type = Option<DateFilter>)]
     to: Option<String>,
 }
 
@@ -37,12 +80,18 @@ pub struct RangeQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
+    #[param(value_type = Option<LabelFilter>)]
     customer: Option<String>,
+    #[param(value_type = Option<LabelFilter>)]
     project: Option<String>,
+    #[param(value_type = Option<LabelFilter>)]
     engineer: Option<String>,
+    #[param(value_type = Option<DateFilter>)]
     from: Option<String>,
+    #[param(value_type = Option<DateFilter>)]
     to: Option<String>,
-    /// Items per page, 1 to 1000 (default 100).
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -53,17 +102,18 @@ impl RangeQuery {
     /// `MAX_SUMMARY_DAYS` long.
     fn filter(self, summary: bool) -> Result<ActivityFilter, AppError> {
         let mut errors = crate::domain::Fields::default();
-        let given = |raw: Option<String>| raw.filter(|r| !r.trim().is_empty());
+        // The report's form sends every field: an empty one is no filter.
+        let given = |raw: Option<String>| raw.filter(|r| !r.is_empty());
         let label = |errors: &mut crate::domain::Fields, name: &str, raw: Option<String>| {
-            errors.optional(name, given(raw).map(|r| r.trim().to_owned()), Label::parse)
+            errors.optional(name, given(raw), Label::parse)
         };
         let date = |errors: &mut crate::domain::Fields, name: &str, raw: Option<String>| {
             errors.optional(name, given(raw), |d| {
-                NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+                NaiveDate::parse_from_str(d, "%Y-%m-%d")
                     .ok()
-                    .filter(|date| (1..=9999).contains(&chrono::Datelike::year(date)))
+                    .filter(|date| (0..=9999).contains(&chrono::Datelike::year(date)))
                     .ok_or_else(|| {
-                        "must be a date from 0001-01-01 to 9999-12-31, such as 2026-11-22"
+                        "must be a date from 0000-01-01 to 9999-12-31, such as 2026-11-22"
                             .to_owned()
                     })
             })
@@ -113,7 +163,8 @@ async fn all_entries(state: &AppState, filter: &ActivityFilter) -> Result<Vec<Ac
 }
 
 /// List recorded activities by date, filtered and paginated.
-#[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", security(("bearer" = ["activities:read"])), params(EntriesQuery),
+#[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", operation_id = "list_activities",
+    security(("bearer" = ["activities:read"])), params(EntriesQuery),
     responses((status = 200, body = ListResponse<Activity>), ReadProblems))]
 pub async fn entries(
     State(state): State<AppState>,
@@ -202,7 +253,8 @@ const CSV_PAGE: usize = 500;
 
 /// The same selection as `/metrics-form/entries`, all of it, as CSV (RFC 4180), streamed a
 /// page at a time so that any selection takes the same memory.
-#[utoipa::path(get, path = "/metrics-form/entries.csv", tag = "metrics form", security(("bearer" = ["activities:read"])), params(RangeQuery),
+#[utoipa::path(get, path = "/metrics-form/entries.csv", tag = "metrics form", operation_id = "export_activities",
+    security(("bearer" = ["activities:read"])), params(RangeQuery),
     responses((status = 200, description = "CSV with a header row", content_type = "text/csv", body = String), ReadProblems))]
 pub async fn entries_csv(
     State(state): State<AppState>,
@@ -269,7 +321,8 @@ async fn summary_of(state: &AppState, q: RangeQuery) -> Result<SummaryResponse, 
 }
 
 /// Hours summed by customer, project and engineer over a date range.
-#[utoipa::path(get, path = "/metrics-form/summary", tag = "metrics form", security(("bearer" = ["activities:read"])), params(RangeQuery),
+#[utoipa::path(get, path = "/metrics-form/summary", tag = "metrics form", operation_id = "summarize_activities",
+    security(("bearer" = ["activities:read"])), params(RangeQuery),
     responses((status = 200, body = SummaryResponse), ReadProblems))]
 pub async fn summary(
     State(state): State<AppState>,
@@ -303,8 +356,13 @@ struct ReportPage {
 }
 
 /// The summary as a page: tables, a bar chart of hours per customer, links to the CSV.
-#[utoipa::path(get, path = "/metrics-form/report", tag = "metrics form", security(("bearer" = ["activities:read"])), params(RangeQuery),
-    responses((status = 200, description = "The report, as HTML", content_type = "text/html", body = String)))]
+#[utoipa::path(get, path = "/metrics-form/report", tag = "metrics form", operation_id = "report_activities",
+    security(("bearer" = ["activities:read"])), params(RangeQuery),
+    responses(
+        (status = 200, description = "The report, as HTML", content_type = "text/html", body = String),
+        (status = 303, description = "A browser without a session: to the sign-in page", headers(("Location" = String))),
+        ReadProblems,
+    ))]
 pub async fn report(
     State(state): State<AppState>,
     Query(q): Query<RangeQuery>,

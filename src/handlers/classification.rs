@@ -25,6 +25,7 @@ pub enum Format {
 #[into_params(parameter_in = Query)]
 pub struct ClassificationQuery {
     /// `yaml` for Puppet's exec terminus format; default JSON, or YAML if `Accept` asks for it.
+    #[param(inline)]
     format: Option<Format>,
     /// Add where every class and value came from.
     #[serde(default)]
@@ -57,12 +58,13 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
 ///
 /// Classes and parameters merge from the root of the node's group chain down to its group,
 /// then the node itself; nearer wins, key by key.
-#[utoipa::path(get, path = "/nodes/{unique_name}/classification", tag = "classification", security(("bearer" = ["classify"])),
-    params(("unique_name" = String, Path, description = "The node's certname"), ClassificationQuery,
+#[utoipa::path(get, path = "/nodes/{unique_name}/classification", tag = "classification",
+    operation_id = "get_classification", security(("bearer" = ["classify"])),
+    params(("unique_name" = Certname, Path, description = "The node's certname"), ClassificationQuery,
         ("Accept" = Option<String>, Header, description = "`application/yaml` for YAML")),
     responses(
         (status = 200, description = "The classification",
-            content((ClassificationResponse = "application/json"), (String = "application/yaml"))),
+            content((ClassificationResponse = "application/json"), (ClassificationResponse = "application/yaml"))),
         ReadProblems,
     ))]
 pub async fn get(

@@ -4,7 +4,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_filter, parse_name, stored, within_size};
+use super::{
+    IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, within_size,
+};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::domain::{ClusterName, Environment, EnvironmentKey, EnvironmentName, Fields, Stored};
@@ -14,12 +16,14 @@ use crate::store::EnvironmentFilter;
 
 /// An environment as clients send it.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"environment_name": "production", "puppet_cluster_name": "puppet-eu-west-1"}))]
 pub struct EnvironmentBody {
-    #[schema(example = "production")]
+    #[schema(value_type = EnvironmentName, required = true)]
     environment_name: Option<String>,
-    #[schema(example = "puppet-eu-west-1")]
+    #[schema(value_type = ClusterName, required = true)]
     puppet_cluster_name: Option<String>,
+    #[schema(max_length = 1000)]
     description: Option<String>,
 }
 
@@ -52,11 +56,13 @@ impl EnvironmentBody {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page, 1 to 1000 (default 100).
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Only environments of this Puppet cluster.
+    #[param(value_type = Option<ClusterName>)]
     puppet_cluster_name: Option<String>,
 }
 
@@ -72,7 +78,8 @@ fn key(environment_name: &str, puppet_cluster_name: &str) -> Result<EnvironmentK
 }
 
 /// Create an environment for a Puppet cluster.
-#[utoipa::path(post, path = "/environment/", tag = "environments", security(("bearer" = ["write"])),
+#[utoipa::path(post, path = "/environment/", tag = "environments", operation_id = "create_environment",
+    security(("bearer" = ["write"])),
     request_body = EnvironmentBody,
     responses(
         (status = 201, description = "Created", body = Stored<Environment>,
@@ -86,15 +93,17 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let env = within_size(body.into_domain()?)?;
     let created = state.store.create_environment(env, caller.actor()).await?;
-    let location = format!(
-        "/environment/{}/{}",
-        created.item.environment_name, created.item.puppet_cluster_name
-    );
-    Ok(stored(StatusCode::CREATED, &created, Some(location)))
+    let location = [
+        "environment",
+        created.item.environment_name.as_str(),
+        created.item.puppet_cluster_name.as_str(),
+    ];
+    Ok(stored(StatusCode::CREATED, &created, &location))
 }
 
 /// List environments, optionally of one Puppet cluster.
-#[utoipa::path(get, path = "/environment", tag = "environments", security(("bearer" = ["read"])), params(ListQuery),
+#[utoipa::path(get, path = "/environment", tag = "environments", operation_id = "list_environments",
+    security(("bearer" = ["read"])), params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<Environment>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
@@ -114,8 +123,8 @@ pub async fn list(
 
 /// Read one environment.
 #[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}",
-    tag = "environments", security(("bearer" = ["read"])),
-    params(("environment_name" = String, Path), ("puppet_cluster_name" = String, Path)),
+    tag = "environments", operation_id = "get_environment", security(("bearer" = ["read"])),
+    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path)),
     responses((status = 200, body = Stored<Environment>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
@@ -123,14 +132,13 @@ pub async fn get(
 ) -> Result<Response, AppError> {
     let key = key(&environment_name, &puppet_cluster_name)?;
     let env = state.store.get_environment(&key).await?;
-    Ok(stored(StatusCode::OK, &env, None))
+    Ok(stored(StatusCode::OK, &env, &[]))
 }
 
 /// Delete an environment; refused (409) while nodes use it.
 #[utoipa::path(delete, path = "/environment/{environment_name}/{puppet_cluster_name}",
-    tag = "environments", security(("bearer" = ["write"])),
-    params(("environment_name" = String, Path), ("puppet_cluster_name" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
+    tag = "environments", operation_id = "delete_environment", security(("bearer" = ["write"])),
+    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), IfMatchHeader),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -16,7 +16,7 @@ pub struct Status {
 }
 
 /// Liveness: the process is up and serving HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
     responses((status = 200, description = "Alive", body = Status)))]
 pub async fn healthz() -> Json<Status> {
     Json(Status {
@@ -26,7 +26,7 @@ pub async fn healthz() -> Json<Status> {
 }
 
 /// Readiness: the store answers, so requests can be served.
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses(
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()), responses(
     (status = 200, description = "Ready", body = Status),
     (status = 503, description = "The store is unreachable", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -47,8 +47,10 @@ pub const AUTH_OFF: &str =
     "identity is off (ENC_AUTH=off): anyone who reaches enc may change anything";
 
 /// Prometheus metrics, in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = ["read"])), responses(
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security((), ("bearer" = ["read"])), responses(
     (status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String),
+    (status = 401, description = "With ENC_METRICS_TOKEN_REQUIRED: no identity, or not a valid one", body = Problem, content_type = "application/problem+json"),
+    (status = 403, description = "With ENC_METRICS_TOKEN_REQUIRED: the identity lacks `read`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     (

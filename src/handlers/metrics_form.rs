@@ -27,18 +27,25 @@ use crate::store::StoreError;
     "activity_type": "development", "date": "2026-11-20", "hours": 2.5,
     "description": "Migrated the staging database"
 }))]
+#[serde(deny_unknown_fields)]
 pub struct ActivityBody {
+    /// Who did the work; a person signed in through the load balancer is the engineer
+    /// whatever this says.
+    #[schema(value_type = Label, required = true)]
     engineer: Option<String>,
+    #[schema(value_type = Label, required = true)]
     customer: Option<String>,
+    #[schema(value_type = Label, required = true)]
     project: Option<String>,
-    /// consulting, development, deployment, incident, maintenance, meeting, support or other
+    #[schema(value_type = ActivityType, required = true)]
     activity_type: Option<String>,
-    /// `YYYY-MM-DD`; today when absent.
+    /// The day (`YYYY-MM-DD`), from 2000-01-01 to tomorrow; today when absent.
+    #[schema(value_type = Option<String>, format = Date)]
     date: Option<String>,
     /// 0.25 to 24 in steps of 0.25.
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = f64, required = true, minimum = 0.25, maximum = 24, multiple_of = 0.25)]
     hours: Option<HoursField>,
-    /// Up to 2,000 characters.
+    #[schema(max_length = 2000)]
     description: Option<String>,
     /// Sending an entry again with the same key records it once (the form sends one; JSON
     /// clients may use the `Idempotency-Key` header instead): 1 to 128 letters, digits, `-`,
@@ -283,8 +290,12 @@ pub struct FormQuery {
 }
 
 /// The HTML form (works without JavaScript).
-#[utoipa::path(get, path = "/metrics-form", tag = "metrics form", security(()), params(FormQuery),
-    responses((status = 200, description = "The form, as HTML", content_type = "text/html", body = String)))]
+#[utoipa::path(get, path = "/metrics-form", tag = "metrics form", operation_id = "metrics_form", security(()), params(FormQuery),
+    responses(
+        (status = 200, description = "The form, as HTML", content_type = "text/html", body = String),
+        (status = 400, description = "A malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn form(
     State(state): State<AppState>,
     caller: Caller,
@@ -324,7 +335,8 @@ pub async fn form(
 
 /// Record an activity. A form post answers 303 back to the form (or 422 with the form and
 /// its errors); a JSON post answers 201 with the entry (or problem+json).
-#[utoipa::path(post, path = "/metrics-form", tag = "metrics form", security(("bearer" = ["activities:write"])),
+#[utoipa::path(post, path = "/metrics-form", tag = "metrics form", operation_id = "record_activity",
+    security(("bearer" = ["activities:write"])),
     request_body(content(
         (ActivityBody = "application/json"),
         (ActivityBody = "application/x-www-form-urlencoded"),
@@ -334,6 +346,8 @@ pub async fn form(
         (status = 303, description = "Recorded (form): back to the form, which confirms it",
             headers(("Location" = String))),
         (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No identity, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The identity may not record work, or a cross-site form post", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid: the form with its errors (HTML), or problem+json",

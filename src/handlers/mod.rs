@@ -13,7 +13,7 @@ pub mod tokens;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::Stored;
 use crate::error::AppError;
@@ -42,6 +42,17 @@ impl<T> From<Page<T>> for ListResponse<T> {
     }
 }
 
+/// `If-Match`, as the document states it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "documentation only: `IfMatch` reads the header")]
+pub struct IfMatchHeader {
+    /// Change only while at this version (its `ETag`, such as `"3"`); `*` for any version.
+    /// Another version answers 412.
+    #[param(rename = "If-Match", value_type = String, required = false, pattern = r#"^(\*|"[0-9]{1,19}"|[0-9]{1,19})$"#)]
+    if_match: Option<String>,
+}
+
 fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequest, AppError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -68,18 +79,33 @@ fn within_size<T: Serialize>(object: T) -> Result<T, AppError> {
     Ok(object)
 }
 
-/// A stored object as a JSON response with its `ETag` (and `Location` when created).
-fn stored<T: Serialize>(
-    status: StatusCode,
-    object: &Stored<T>,
-    location: Option<String>,
-) -> Response {
+/// What a path segment may hold as it is: RFC 3986's unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The path made of `segments`, each percent-encoded: names are free text.
+fn path_of(segments: &[&str]) -> String {
+    segments.iter().fold(String::new(), |mut path, segment| {
+        path.push('/');
+        path.extend(percent_encoding::utf8_percent_encode(segment, SEGMENT));
+        path
+    })
+}
+
+/// A stored object as a JSON response with its `ETag`, and, when created, the `Location` of
+/// the path made of `location`.
+fn stored<T: Serialize>(status: StatusCode, object: &Stored<T>, location: &[&str]) -> Response {
     let mut response = (status, axum::Json(object)).into_response();
     let headers = response.headers_mut();
     if let Ok(tag) = HeaderValue::from_str(&etag(object.meta.version)) {
         headers.insert(header::ETAG, tag);
     }
-    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+    if !location.is_empty()
+        && let Ok(location) = HeaderValue::from_str(&path_of(location))
+    {
         headers.insert(header::LOCATION, location);
     }
     response

@@ -7,40 +7,68 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_name, stored, within_size};
+use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored, within_size};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::domain::{Fields, GroupName, NodeGroup, Stored};
+use crate::domain::{ClassName, Fields, GroupName, NodeGroup, ParamName, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
 
 /// A node group as clients send it. The existing clients' shape `{name, class_, parameters}`
 /// means one class `class_` whose parameters are `parameters`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "parent": "base",
+    "classes": {"profile::nginx": {"worker_processes": 4}},
+    "parameters": {"tier": "web"}
+}))]
+pub struct NodeGroupBody {
+    /// On replace, if given, the name in the path.
+    #[schema(value_type = Option<GroupName>)]
+    name: Option<String>,
+    #[schema(max_length = 1000)]
+    description: Option<String>,
+    /// The group this one inherits classes and parameters from. It must exist, must not
+    /// make a cycle, and a chain holds at most 32 groups, counting every group below this one
+    /// (422 otherwise).
+    #[schema(value_type = Option<GroupName>)]
+    parent: Option<String>,
+    /// Class name -> that class's parameters.
+    #[schema(value_type = Option<BTreeMap<ClassName, Option<BTreeMap<ParamName, Value>>>>)]
+    classes: Option<BTreeMap<String, Option<BTreeMap<String, Value>>>>,
+    /// Top-scope variables; with `class_`, that class's parameters instead.
+    #[schema(value_type = Option<BTreeMap<ParamName, Value>>)]
+    parameters: Option<BTreeMap<String, Value>>,
+    /// Legacy: a single class name (use `classes`; not both).
+    #[schema(deprecated, value_type = Option<ClassName>)]
+    class_: Option<String>,
+}
+
+/// A new node group: as when replacing one, with its name.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "name": "web_servers",
     "parent": "base",
     "classes": {"profile::nginx": {"worker_processes": 4}},
     "parameters": {"tier": "web"}
 }))]
-pub struct NodeGroupBody {
-    /// Required on create; on replace, if given, it must match the path.
-    #[schema(example = "web_servers")]
-    name: Option<String>,
+#[expect(
+    dead_code,
+    reason = "documentation only: a new group is read as a `NodeGroupBody`"
+)]
+pub struct NewNodeGroup {
+    name: GroupName,
+    #[schema(max_length = 1000)]
     description: Option<String>,
-    /// The group this one inherits classes and parameters from. It must exist, must not
-    /// make a cycle, and a chain holds at most 32 groups, counting every group below this one
-    /// (422 otherwise).
-    parent: Option<String>,
-    /// Class name -> that class's parameters.
-    #[schema(value_type = Option<Object>)]
-    classes: Option<BTreeMap<String, Option<BTreeMap<String, Value>>>>,
-    /// Top-scope variables; with `class_`, that class's parameters instead.
-    #[schema(value_type = Option<Object>)]
-    parameters: Option<BTreeMap<String, Value>>,
-    /// Legacy: a single class name (use `classes`).
+    parent: Option<GroupName>,
+    #[schema(value_type = Option<BTreeMap<ClassName, Option<BTreeMap<ParamName, Value>>>>)]
+    classes: Option<Value>,
+    #[schema(value_type = Option<BTreeMap<ParamName, Value>>)]
+    parameters: Option<Value>,
     #[schema(deprecated)]
-    class_: Option<String>,
+    class_: Option<ClassName>,
 }
 
 impl NodeGroupBody {
@@ -88,7 +116,8 @@ impl NodeGroupBody {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page, 1 to 1000 (default 100).
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -99,8 +128,9 @@ fn group_name(raw: &str) -> Result<GroupName, AppError> {
 }
 
 /// Create a node group.
-#[utoipa::path(post, path = "/nodegroup/", tag = "node groups", security(("bearer" = ["write"])),
-    request_body = NodeGroupBody,
+#[utoipa::path(post, path = "/nodegroup/", tag = "node groups", operation_id = "create_node_group",
+    security(("bearer" = ["write"])),
+    request_body = NewNodeGroup,
     responses(
         (status = 201, description = "Created", body = Stored<NodeGroup>,
             headers(("ETag" = String), ("Location" = String))),
@@ -113,12 +143,13 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let group = within_size(body.into_domain(None)?)?;
     let created = state.store.create_node_group(group, caller.actor()).await?;
-    let location = format!("/nodegroup/{}", created.item.name);
-    Ok(stored(StatusCode::CREATED, &created, Some(location)))
+    let location = ["nodegroup", created.item.name.as_str()];
+    Ok(stored(StatusCode::CREATED, &created, &location))
 }
 
 /// List node groups.
-#[utoipa::path(get, path = "/nodegroup", tag = "node groups", security(("bearer" = ["read"])), params(ListQuery),
+#[utoipa::path(get, path = "/nodegroup", tag = "node groups", operation_id = "list_node_groups",
+    security(("bearer" = ["read"])), params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<NodeGroup>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
@@ -131,22 +162,21 @@ pub async fn list(
 }
 
 /// Read one node group.
-#[utoipa::path(get, path = "/nodegroup/{node_group_name}", tag = "node groups", security(("bearer" = ["read"])),
-    params(("node_group_name" = String, Path)),
+#[utoipa::path(get, path = "/nodegroup/{node_group_name}", tag = "node groups", operation_id = "get_node_group",
+    security(("bearer" = ["read"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded")),
     responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let group = state.store.get_node_group(&group_name(&name)?).await?;
-    Ok(stored(StatusCode::OK, &group, None))
+    Ok(stored(StatusCode::OK, &group, &[]))
 }
 
 /// Replace a node group; refused (422) if its parent is missing, would make a cycle, or would
 /// make a chain deeper than 32 groups.
-#[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups", security(("bearer" = ["write"])),
-    params(("node_group_name" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "Replace only if at this version")),
+#[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups", operation_id = "replace_node_group",
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), IfMatchHeader),
     request_body = NodeGroupBody,
     responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
 pub async fn replace(
@@ -161,13 +191,12 @@ pub async fn replace(
         .store
         .replace_node_group(group, expected, caller.actor())
         .await?;
-    Ok(stored(StatusCode::OK, &replaced, None))
+    Ok(stored(StatusCode::OK, &replaced, &[]))
 }
 
 /// Delete a node group; refused (409) while nodes or child groups use it.
-#[utoipa::path(delete, path = "/nodegroup/{node_group_name}", tag = "node groups", security(("bearer" = ["write"])),
-    params(("node_group_name" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
+#[utoipa::path(delete, path = "/nodegroup/{node_group_name}", tag = "node groups", operation_id = "delete_node_group",
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), IfMatchHeader),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -7,35 +7,68 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_filter, parse_name, stored, within_size};
+use super::{
+    IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, within_size,
+};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::domain::{Certname, ClusterName, EnvironmentName, Fields, GroupName, Node, Stored};
+use crate::domain::{
+    Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, Node, ParamName, Stored,
+};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
 use crate::store::NodeFilter;
 
-/// A node as clients send it.
+/// A node as clients send it to replace one.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "node_group_name": "web_servers",
+    "environment_name": "production",
+    "puppet_cluster_name": "puppet-eu-west-1"
+}))]
+pub struct NodeBody {
+    /// The certname: on replace, if given, the one in the path.
+    #[schema(value_type = Option<Certname>)]
+    unique_name: Option<String>,
+    /// The node group it is in, which must exist.
+    #[schema(value_type = Option<GroupName>)]
+    node_group_name: Option<String>,
+    /// Its environment, which must exist for its cluster.
+    #[schema(value_type = EnvironmentName, required = true)]
+    environment_name: Option<String>,
+    #[schema(value_type = ClusterName, required = true)]
+    puppet_cluster_name: Option<String>,
+    /// Classes for this node alone: class name -> parameters.
+    #[schema(value_type = Option<BTreeMap<ClassName, Option<BTreeMap<ParamName, Value>>>>)]
+    classes: Option<BTreeMap<String, Option<BTreeMap<String, Value>>>>,
+    /// Top-scope variables for this node alone.
+    #[schema(value_type = Option<BTreeMap<ParamName, Value>>)]
+    parameters: Option<BTreeMap<String, Value>>,
+}
+
+/// A new node: as when replacing one, with its certname.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "unique_name": "web01.example.com",
     "node_group_name": "web_servers",
     "environment_name": "production",
     "puppet_cluster_name": "puppet-eu-west-1"
 }))]
-pub struct NodeBody {
-    /// The certname. Required on create; on replace, if given, it must match the path.
-    #[schema(example = "web01.example.com")]
-    unique_name: Option<String>,
-    node_group_name: Option<String>,
-    environment_name: Option<String>,
-    puppet_cluster_name: Option<String>,
-    /// Classes for this node alone: class name -> parameters.
-    #[schema(value_type = Option<Object>)]
-    classes: Option<BTreeMap<String, Option<BTreeMap<String, Value>>>>,
-    /// Top-scope variables for this node alone.
-    #[schema(value_type = Option<Object>)]
-    parameters: Option<BTreeMap<String, Value>>,
+#[expect(
+    dead_code,
+    reason = "documentation only: a new node is read as a `NodeBody`"
+)]
+pub struct NewNode {
+    unique_name: Certname,
+    node_group_name: Option<GroupName>,
+    environment_name: EnvironmentName,
+    puppet_cluster_name: ClusterName,
+    #[schema(value_type = Option<BTreeMap<ClassName, Option<BTreeMap<ParamName, Value>>>>)]
+    classes: Option<Value>,
+    #[schema(value_type = Option<BTreeMap<ParamName, Value>>)]
+    parameters: Option<Value>,
 }
 
 impl NodeBody {
@@ -85,15 +118,19 @@ impl NodeBody {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page, 1 to 1000 (default 100).
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Only nodes in this environment.
+    #[param(value_type = Option<EnvironmentName>)]
     environment_name: Option<String>,
     /// Only nodes of this Puppet cluster.
+    #[param(value_type = Option<ClusterName>)]
     puppet_cluster_name: Option<String>,
     /// Only nodes directly in this node group.
+    #[param(value_type = Option<GroupName>)]
     node_group_name: Option<String>,
 }
 
@@ -102,8 +139,9 @@ fn certname(raw: &str) -> Result<Certname, AppError> {
 }
 
 /// Create a node.
-#[utoipa::path(post, path = "/nodes/", tag = "nodes", security(("bearer" = ["write"])),
-    request_body = NodeBody,
+#[utoipa::path(post, path = "/nodes/", tag = "nodes", operation_id = "create_node",
+    security(("bearer" = ["write"])),
+    request_body = NewNode,
     responses(
         (status = 201, description = "Created", body = Stored<Node>,
             headers(("ETag" = String), ("Location" = String))),
@@ -116,12 +154,13 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let node = within_size(body.into_domain(None)?)?;
     let created = state.store.create_node(node, caller.actor()).await?;
-    let location = format!("/nodes/{}", created.item.unique_name);
-    Ok(stored(StatusCode::CREATED, &created, Some(location)))
+    let location = ["nodes", created.item.unique_name.as_str()];
+    Ok(stored(StatusCode::CREATED, &created, &location))
 }
 
 /// List nodes, optionally filtered by environment, cluster or group.
-#[utoipa::path(get, path = "/nodes", tag = "nodes", security(("bearer" = ["read"])), params(ListQuery),
+#[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
+    security(("bearer" = ["read"])), params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<Node>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
@@ -147,21 +186,20 @@ pub async fn list(
 }
 
 /// Read one node.
-#[utoipa::path(get, path = "/nodes/{unique_name}", tag = "nodes", security(("bearer" = ["read"])),
-    params(("unique_name" = String, Path, description = "The node's certname")),
+#[utoipa::path(get, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "get_node",
+    security(("bearer" = ["read"])), params(("unique_name" = Certname, Path, description = "The node's certname")),
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let node = state.store.get_node(&certname(&name)?).await?;
-    Ok(stored(StatusCode::OK, &node, None))
+    Ok(stored(StatusCode::OK, &node, &[]))
 }
 
 /// Replace a node.
-#[utoipa::path(put, path = "/nodes/{unique_name}", tag = "nodes", security(("bearer" = ["write"])),
-    params(("unique_name" = String, Path, description = "The node's certname"),
-        ("If-Match" = Option<String>, Header, description = "Replace only if at this version")),
+#[utoipa::path(put, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "replace_node",
+    security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader),
     request_body = NodeBody,
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
 pub async fn replace(
@@ -176,13 +214,12 @@ pub async fn replace(
         .store
         .replace_node(node, expected, caller.actor())
         .await?;
-    Ok(stored(StatusCode::OK, &replaced, None))
+    Ok(stored(StatusCode::OK, &replaced, &[]))
 }
 
 /// Delete a node.
-#[utoipa::path(delete, path = "/nodes/{unique_name}", tag = "nodes", security(("bearer" = ["write"])),
-    params(("unique_name" = String, Path, description = "The node's certname"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if at this version")),
+#[utoipa::path(delete, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "delete_node",
+    security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -37,8 +37,11 @@ pub struct SignInQuery {
 }
 
 /// The sign-in page (HTML).
-#[utoipa::path(get, path = "/sign-in", tag = "sign-in", security(()), params(SignInQuery),
-    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+#[utoipa::path(get, path = "/sign-in", tag = "sign-in", operation_id = "sign_in_page", security(()), params(SignInQuery),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 400, description = "A malformed query", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn page_get(Query(query): Query<SignInQuery>) -> Result<Response, AppError> {
     page(StatusCode::OK, None, query.signed_out.unwrap_or(false))
 }
@@ -64,10 +67,11 @@ fn cookie(value: String) -> Result<HeaderValue, AppError> {
 }
 
 /// Sign in with a token: 303 to the form with a session cookie, or the page again (401).
-#[utoipa::path(post, path = "/sign-in", tag = "sign-in", security(()),
+#[utoipa::path(post, path = "/sign-in", tag = "sign-in", operation_id = "sign_in", security(()),
     request_body(content = SignInForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Signed in: to the form, with the session cookie", headers(("Set-Cookie" = String), ("Location" = String))),
+        (status = 400, description = "No token sent: the page again", content_type = "text/html", body = String),
         (status = 401, description = "Not a valid token: the page with the reason", content_type = "text/html", body = String),
         (status = 403, description = "A cross-site post", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -101,7 +105,7 @@ pub async fn sign_in(
 }
 
 /// Sign out: clears the session cookie.
-#[utoipa::path(post, path = "/sign-out", tag = "sign-in", security(()),
+#[utoipa::path(post, path = "/sign-out", tag = "sign-in", operation_id = "sign_out", security(()),
     responses(
         (status = 303, description = "Signed out: to the sign-in page", headers(("Set-Cookie" = String), ("Location" = String))),
         (status = 403, description = "A cross-site post", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListResponse, page_request, parse_name, stored};
+use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::auth::secret::{Secret, sha256_hex};
@@ -19,18 +19,18 @@ use crate::extract::{IfMatch, Json, Path, Query};
 
 /// A token as an administrator asks for it.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "puppet-eu-1", "scopes": ["classify"], "description": "Puppet servers of puppet-eu"}))]
 pub struct TokenBody {
-    /// 1 to 64 characters of lowercase letters, digits, '.', '-' or '_'.
-    #[schema(example = "puppet-eu-1")]
+    #[schema(value_type = TokenName, required = true)]
     name: Option<String>,
-    /// At least one of `classify`, `read`, `write`, `activities:write`, `activities:read`,
-    /// `admin`.
-    #[schema(value_type = Option<Vec<String>>, example = json!(["classify"]))]
+    /// What it may do: at least one scope.
+    #[schema(value_type = Vec<Scope>, required = true, min_items = 1, example = json!(["classify"]))]
     scopes: Option<Vec<String>>,
     /// When the token stops working (RFC 3339, in the future); never when absent.
     #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
+    #[schema(max_length = 1000)]
     description: Option<String>,
 }
 
@@ -134,7 +134,8 @@ impl TokenBody {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page, 1 to 1000 (default 100).
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -145,7 +146,7 @@ fn token_name(raw: &str) -> Result<TokenName, AppError> {
 }
 
 /// Make a token; the answer holds its secret, shown this once only.
-#[utoipa::path(post, path = "/tokens", tag = "tokens", security(("bearer" = ["admin"])),
+#[utoipa::path(post, path = "/tokens", tag = "tokens", operation_id = "create_token", security(("bearer" = ["admin"])),
     request_body = TokenBody,
     responses(
         (status = 201, description = "Made: `token` is the secret", body = Stored<CreatedToken>,
@@ -159,14 +160,14 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let (token, secret) = body.into_token(caller.actor())?;
     let created = state.store.create_token(token, caller.actor()).await?;
-    let location = format!("/tokens/{}", created.item.name);
     let Stored { item, meta } = view(created);
     let token = secret.into_string();
     let shown = Stored {
         item: CreatedToken { view: item, token },
         meta,
     };
-    let mut response = stored(StatusCode::CREATED, &shown, Some(location));
+    let location = ["tokens", shown.item.view.name.as_str()];
+    let mut response = stored(StatusCode::CREATED, &shown, &location);
     // The body is the secret: no cache may keep it.
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
@@ -176,7 +177,7 @@ pub async fn create(
 }
 
 /// List tokens (never their secrets).
-#[utoipa::path(get, path = "/tokens", tag = "tokens", security(("bearer" = ["admin"])),
+#[utoipa::path(get, path = "/tokens", tag = "tokens", operation_id = "list_tokens", security(("bearer" = ["admin"])),
     params(ListQuery),
     responses((status = 200, body = ListResponse<Stored<TokenView>>), ReadProblems))]
 pub async fn list(
@@ -194,21 +195,20 @@ pub async fn list(
 }
 
 /// Read one token (never its secret).
-#[utoipa::path(get, path = "/tokens/{name}", tag = "tokens", security(("bearer" = ["admin"])),
-    params(("name" = String, Path)),
+#[utoipa::path(get, path = "/tokens/{name}", tag = "tokens", operation_id = "get_token", security(("bearer" = ["admin"])),
+    params(("name" = TokenName, Path)),
     responses((status = 200, body = Stored<TokenView>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let token = state.store.get_token(&token_name(&name)?).await?;
-    Ok(stored(StatusCode::OK, &view(token), None).into_response())
+    Ok(stored(StatusCode::OK, &view(token), &[]).into_response())
 }
 
 /// Revoke a token: it stops working at once.
-#[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens", security(("bearer" = ["admin"])),
-    params(("name" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "Revoke only if at this version")),
+#[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens", operation_id = "delete_token", security(("bearer" = ["admin"])),
+    params(("name" = TokenName, Path), IfMatchHeader),
     responses((status = 204, description = "Revoked"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,

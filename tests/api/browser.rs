@@ -12,6 +12,13 @@ fn an_engineer_records_work_in_chromium() {
     let enc = Enc::start(&data, 5);
     let token = enc.token("dana", &["activities:write", "activities:read"]);
     let reader = enc.token("swagger", &["read"]);
+    // A group named as people name them, for Swagger UI to ask for by name.
+    let (status, _) = enc.http(
+        "POST",
+        "/nodegroup/",
+        Some(r#"{"name": "All Nodes (EU) #1?", "classes": {}}"#),
+    );
+    assert_eq!(status, 201);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-output/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/metrics_form.py");
@@ -38,6 +45,7 @@ fn an_engineer_records_work_in_chromium() {
         "05-phone",
         "06-cross-site",
         "07-swagger-authorized",
+        "08-swagger-group-by-name",
     ] {
         let png = std::fs::read(shots.join(format!("{shot}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{shot} is a PNG");

@@ -394,7 +394,6 @@ pub(crate) fn tool(var: &str, default: &str) -> String {
 /// follows) and returns it as JSON. Ruby object tags, as in Puppet's own output, load as
 /// plain mappings.
 pub(crate) fn yaml_1_1(yaml: &str) -> Value {
-    use std::io::Write;
     const SCRIPT: &str = r#"
 import json, sys, yaml
 class Loader(yaml.SafeLoader):
@@ -402,24 +401,31 @@ class Loader(yaml.SafeLoader):
 Loader.add_multi_constructor("!ruby/", lambda loader, suffix, node: loader.construct_mapping(node, deep=True))
 print(json.dumps(yaml.load(sys.stdin, Loader=Loader)))
 "#;
+    python(SCRIPT, yaml)
+}
+
+/// Runs `script` with the test Python (`.cache/venv`, with the tools of
+/// `scripts/requirements-test.txt`), `input` on its stdin; what it prints, as JSON.
+pub(crate) fn python(script: &str, input: &str) -> Value {
+    use std::io::Write;
     let python = tool("ENC_TEST_PYTHON", "python3");
     let mut child = std::process::Command::new(&python)
-        .args(["-c", SCRIPT])
+        .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{python} (with PyYAML; scripts/test installs it): {e}"));
+        .unwrap_or_else(|e| panic!("{python} (scripts/test installs its tools): {e}"));
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(yaml.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "PyYAML failed: {}\n{yaml}",
+        "{python} failed: {}\n{input}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()

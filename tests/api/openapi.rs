@@ -43,7 +43,7 @@ async fn every_documented_operation_is_routed() {
             count += 1;
         }
     }
-    assert_eq!(count, 31);
+    assert_eq!(count, 39);
 }
 
 #[tokio::test]
@@ -60,4 +60,101 @@ async fn swagger_ui_is_served_offline() {
     let bundle = app.get("/swagger-ui/swagger-ui-bundle.js").await;
     assert_eq!(bundle.status, StatusCode::OK);
     assert!(bundle.body.len() > 100_000, "the UI bundle is embedded");
+}
+
+/// Each name's documented rule (pattern and lengths, as JSON Schema validators read them) is
+/// the rule enc applies: for every sample, both accept it or both refuse it.
+#[test]
+fn documented_name_rules_are_the_rules_enc_applies() {
+    use enc::domain::{
+        Certname, ClassName, ClusterName, EnvironmentName, GroupName, Label, ParamName, TokenName,
+    };
+    let long = |c: &str, n: usize| c.repeat(n);
+    let mut common: Vec<String> = [
+        "",
+        ".",
+        "..",
+        "...",
+        "a..b",
+        "web01.example.com",
+        "a b",
+        " a",
+        "a ",
+        "a/b",
+        "UPPER",
+        "roles::base_server",
+        "::ntp",
+        "ntp::",
+        "a::b::c",
+        "1ab",
+        "a-b",
+        "_x",
+        "prod_1",
+        "tab\there",
+        "new\nline",
+        "\u{85}",
+        "a\u{2028}b",
+        "Zürich",
+        "All Nodes",
+        "-x",
+        "x.",
+        "puppet-eu-1",
+        "a\u{0}b",
+        "\u{7f}",
+        "\u{a0}x",
+        "x\u{3000}",
+        "\u{1F600}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for n in [63, 64, 65, 99, 100, 101, 253, 254, 255, 256] {
+        common.push(long("a", n));
+        common.push(long("é", n));
+    }
+    type Accepts = fn(&str) -> bool;
+    let rules: [(&str, Accepts); 8] = [
+        ("Certname", |s| Certname::parse(s).is_ok()),
+        ("ClusterName", |s| ClusterName::parse(s).is_ok()),
+        ("EnvironmentName", |s| EnvironmentName::parse(s).is_ok()),
+        ("ClassName", |s| ClassName::parse(s).is_ok()),
+        ("ParamName", |s| ParamName::parse(s).is_ok()),
+        ("GroupName", |s| GroupName::parse(s).is_ok()),
+        ("Label", |s| Label::parse(s).is_ok()),
+        ("TokenName", |s| TokenName::parse(s).is_ok()),
+    ];
+    let document = document();
+    let schemas = &document["components"]["schemas"];
+    let param_name = &schemas["NodeBody"]["properties"]["parameters"]["propertyNames"];
+    let mut cases = Vec::new();
+    for (name, _) in &rules {
+        let schema = match *name {
+            "ParamName" => param_name.clone(),
+            _ => schemas[*name].clone(),
+        };
+        assert!(schema["pattern"].is_string(), "{name} documents no pattern");
+        cases.push(serde_json::json!({"name": name, "schema": schema, "samples": common}));
+    }
+    const SCRIPT: &str = r#"
+import json, sys
+from jsonschema import Draft202012Validator
+out = {}
+for case in json.load(sys.stdin):
+    validator = Draft202012Validator(case["schema"])
+    out[case["name"]] = [validator.is_valid(s) for s in case["samples"]]
+print(json.dumps(out))
+"#;
+    let verdicts = crate::helpers::python(SCRIPT, &Value::from(cases).to_string());
+    let mut disagreements = Vec::new();
+    for (name, parse) in &rules {
+        for (sample, documented) in common.iter().zip(verdicts[name].as_array().unwrap()) {
+            let enc = parse(sample);
+            if Some(enc) != documented.as_bool() {
+                disagreements.push(format!(
+                    "{name} {sample:?}: enc {enc}, document {documented}"
+                ));
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }

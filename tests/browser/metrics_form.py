@@ -31,7 +31,9 @@ for arg in (
     options.add_argument(arg)
 service = Service(os.environ.get("ENC_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
 driver = webdriver.Chrome(service=service, options=options)
-wait = WebDriverWait(driver, 10)
+# Generous: on a 2-core CI machine the browser shares the cores with the whole suite. A wait
+# ends as soon as its condition holds.
+wait = WebDriverWait(driver, 45)
 
 
 def check(condition, what):
@@ -118,7 +120,7 @@ try:
         "<input name=hours value=1></form><script>document.getElementById('f').submit()</script>"
     )
     driver.get(hostile)
-    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(BASE))
+    wait.until(lambda d: d.current_url.startswith(BASE))
     check(len(driver.find_elements(By.ID, "saved")) == 0, "a cross-site post is not saved")
     driver.save_screenshot(os.path.join(SHOTS, "06-cross-site.png"))
 
@@ -129,14 +131,32 @@ try:
     secret.send_keys(READ_TOKEN)
     driver.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper button.authorize").click()
     driver.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper button.btn-done").click()
-    operation = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list .opblock-summary")))
+    operation = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list_nodes .opblock-summary")))
     operation.click()
-    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list .try-out__btn"))).click()
-    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list button.execute"))).click()
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list_nodes .try-out__btn"))).click()
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-nodes-list_nodes button.execute"))).click()
     status = wait.until(ec.visibility_of_element_located(
-        (By.CSS_SELECTOR, "#operations-nodes-list .live-responses-table tbody .response-col_status")))
+        (By.CSS_SELECTOR, "#operations-nodes-list_nodes .live-responses-table tbody .response-col_status")))
     check(status.text.strip().startswith("200"), f"Swagger UI's authorized call answers 200, not {status.text!r}")
     driver.save_screenshot(os.path.join(SHOTS, "07-swagger-authorized.png"))
+
+    # A free-text group name typed into Swagger UI reaches enc percent-encoded and back.
+    op = "#operations-node_groups-get_node_group"
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"{op} .opblock-summary"))).click()
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"{op} .try-out__btn"))).click()
+    name = wait.until(ec.visibility_of_element_located(
+        (By.CSS_SELECTOR, f"{op} tr[data-param-name='node_group_name'] input")))
+    name.clear()
+    name.send_keys("All Nodes (EU) #1?")
+    driver.find_element(By.CSS_SELECTOR, f"{op} button.execute").click()
+    status = wait.until(ec.visibility_of_element_located(
+        (By.CSS_SELECTOR, f"{op} .live-responses-table tbody .response-col_status")))
+    check(status.text.strip().startswith("200"), f"Swagger UI reads the group by name, not {status.text!r}")
+    url = driver.find_element(By.CSS_SELECTOR, f"{op} .request-url pre").text
+    check("All%20Nodes%20%28EU%29%20%231%3F" in url, f"Swagger UI sent the name percent-encoded: {url}")
+    body = driver.find_element(By.CSS_SELECTOR, f"{op} .live-responses-table .response-col_description pre").text
+    check('"All Nodes (EU) #1?"' in body, f"the group comes back by its name: {body[:200]}")
+    driver.save_screenshot(os.path.join(SHOTS, "08-swagger-group-by-name.png"))
 
     driver.set_window_size(390, 900)
     driver.get(f"{BASE}/metrics-form")
