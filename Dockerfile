@@ -2,7 +2,8 @@
 # enc's container: the release build of scripts/build-release (the one CI runs) in a small,
 # non-root, distroless image.
 
-FROM rust:1.95-bookworm AS build
+# Base images by digest (Dependabot keeps them current): a rebuild gets the bytes reviewed.
+FROM rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock askama.toml ./
 COPY scripts/build-release scripts/build-release
@@ -18,7 +19,7 @@ ARG ENC_GIT_SHA=unknown
 ENV ENC_GIT_SHA=${ENC_GIT_SHA}
 RUN scripts/build-release
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 COPY --from=build /src/target/release/enc /usr/local/bin/enc
 ENV ENC_LISTEN=0.0.0.0:8080 \
     ENC_LOG_FORMAT=json
