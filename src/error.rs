@@ -161,13 +161,12 @@ pub fn cause_chain(e: &dyn std::error::Error) -> String {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
-        match &self {
-            AppError::Internal(_) => tracing::error!(error = %cause_chain(&self), "request failed"),
-            AppError::Unavailable(_) => {
-                tracing::warn!(error = %cause_chain(&self), "store unavailable");
-            }
-            _ => {}
-        }
+        // The cause goes into the request's own log event (telemetry::observe), with its id.
+        let failure = match &self {
+            AppError::Internal(_) => Some(crate::telemetry::Failure::error(cause_chain(&self))),
+            AppError::Unavailable(_) => Some(crate::telemetry::Failure::warn(cause_chain(&self))),
+            _ => None,
+        };
         let detail = match &self {
             AppError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
             other => other.to_string(),
@@ -176,7 +175,7 @@ impl IntoResponse for AppError {
             AppError::Validation(errors) => errors,
             _ => Vec::new(),
         };
-        problem_response(
+        let mut response = problem_response(
             status,
             &Problem {
                 problem_type: format!("urn:enc:problem:{slug}"),
@@ -185,7 +184,11 @@ impl IntoResponse for AppError {
                 detail,
                 errors,
             },
-        )
+        );
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
+        response
     }
 }
 

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod memo;
 pub mod metrics;
 pub mod router;
 pub mod server;
@@ -41,6 +42,28 @@ pub struct App {
     /// Who may do what.
     pub auth: Auth,
     pub limits: Limits,
+    /// Answers made once per version of the records they come from (see `memo`).
+    pub answers: Answers,
+}
+
+/// Bytes of answers kept per kind, at most.
+const ANSWERS_BUDGET: usize = 4 * 1024 * 1024;
+
+/// The response bodies reads make, kept per version of what they were made from.
+pub struct Answers {
+    /// `GET /nodes/{n}`: the node's JSON, per node record.
+    pub nodes: memo::Memo<bytes::Bytes>,
+    /// A classification's body, per node record and group generation (key: format, name).
+    pub classifications: memo::Memo<bytes::Bytes>,
+}
+
+impl Default for Answers {
+    fn default() -> Self {
+        Self {
+            nodes: memo::Memo::new(ANSWERS_BUDGET),
+            classifications: memo::Memo::new(ANSWERS_BUDGET),
+        }
+    }
 }
 
 /// How much enc takes on: requests at once, and how long each may take.
@@ -76,6 +99,7 @@ impl App {
             trace_context: false,
             auth: Auth::new(true, None, None, false, access()),
             limits: Limits::new(std::time::Duration::from_secs(30), 256),
+            answers: Answers::default(),
         }
     }
 

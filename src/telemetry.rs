@@ -2,7 +2,8 @@
 //!
 //! Logs are human text or one JSON object per line, filtered by `RUST_LOG`. Traces go over
 //! OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, and cost
-//! nothing otherwise. Every request gets an id, a server span, metrics and one log event.
+//! nothing otherwise (spans exist only for the exporter; log lines do not carry them). Every
+//! request gets an id, a server span, metrics and one log event.
 
 use std::time::Instant;
 
@@ -26,13 +27,17 @@ use crate::AppState;
 use crate::config::LogFormat;
 use crate::metrics::UNMATCHED;
 
+mod logs;
+
 pub const REQUEST_ID: &str = "x-request-id";
 /// Longest incoming request id kept; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// What was set up; shut it down to flush the spans still buffered.
+/// What was set up; shut it down to flush the spans and log lines still buffered.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Writes the log lines: dropping it writes what is left.
+    _logs: logs::Flusher,
 }
 
 impl Telemetry {
@@ -85,10 +90,18 @@ fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
+/// `OTEL_TRACES_EXPORTER=none`: spans are made as with an exporter, and dropped (what
+/// tracing costs without the collector; the benchmark runs so).
+fn traces_without_exporter() -> bool {
+    std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none")
+}
+
 /// Sets up logging, and with `traces` and an OTLP endpoint configured, span export.
 pub fn init(format: LogFormat, traces: bool) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let provider = if traces && otlp_configured() {
+    let provider = if traces && traces_without_exporter() {
+        Some(SdkTracerProvider::builder().build())
+    } else if traces && otlp_configured() {
         match tracer_provider() {
             Ok(p) => Some(p),
             Err(e) => {
@@ -105,7 +118,9 @@ pub fn init(format: LogFormat, traces: bool) -> Telemetry {
             .with_tracer(p.tracer("enc"))
             .with_filter(Targets::new().with_target("enc", Level::INFO))
     });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Log lines go to stderr from a thread of their own, so a request never waits for a write.
+    let (writer, logs) = logs::to(std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let registry = tracing_subscriber::registry().with(otel);
     let result = match format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
@@ -113,16 +128,34 @@ pub fn init(format: LogFormat, traces: bool) -> Telemetry {
             .with(
                 fmt.json()
                     .flatten_event(true)
-                    .with_current_span(true)
+                    .with_current_span(false)
                     .with_span_list(false)
-                    .with_filter(filter),
+                    .with_filter(tracing_subscriber::filter::FilterExt::and(
+                        filter,
+                        tracing_subscriber::filter::filter_fn(|m| m.is_event()),
+                    )),
             )
             .try_init(),
     };
     if let Err(e) = result {
         eprintln!("enc: logging was already set up: {e}");
     }
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        _logs: logs,
+    }
+}
+
+/// A UUIDv7 for a request that brought no id: its time, then 74 random bits from this
+/// thread's generator (`Uuid::now_v7` takes a process-wide lock and a system call for each).
+fn new_request_id() -> HeaderValue {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+        .expect("a uuid is a header value")
 }
 
 /// An incoming request id worth keeping: short, of plain characters.
@@ -160,6 +193,31 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Why a request failed, for its log event: set by the error that answered it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    level: Level,
+    cause: String,
+}
+
+impl Failure {
+    /// A fault of enc's (500).
+    pub fn error(cause: String) -> Self {
+        Self {
+            level: Level::ERROR,
+            cause,
+        }
+    }
+
+    /// Something enc depends on failed (503).
+    pub fn warn(cause: String) -> Self {
+        Self {
+            level: Level::WARN,
+            cause,
+        }
+    }
+}
+
 /// Keeps `http_requests_in_flight` right even when a request is dropped half way.
 struct InFlight(prometheus::IntGauge);
 
@@ -173,9 +231,7 @@ impl Drop for InFlight {
 /// incoming `traceparent`), metrics by matched route, one log event, the id on the response.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = usable_request_id(request.headers()).unwrap_or_else(|| {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("a uuid is a header value")
-    });
+    let id = usable_request_id(request.headers()).unwrap_or_else(new_request_id);
     request.headers_mut().insert(REQUEST_ID, id.clone());
     let request_id = id.to_str().unwrap_or_default().to_owned();
     let method = method_label(request.method());
@@ -225,23 +281,34 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .http_duration
         .with_label_values(&[method, &route])
         .observe(elapsed.as_secs_f64());
-    let actor = response
-        .extensions()
-        .get::<crate::auth::Actor>()
-        .map(|a| a.0.clone());
-    span.in_scope(|| {
-        tracing::info!(
-            method,
-            actor,
-            route = %route,
-            path = %path,
-            status = status.as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = %request_id,
-            store = state.store.backend(),
-            "request"
-        );
-    });
+    let extensions = response.extensions();
+    let actor = extensions.get::<crate::auth::Actor>().map(|a| a.0.as_str());
+    let failure = extensions.get::<Failure>();
+    let error = failure.map(|f| f.cause.as_str());
+    // One event per request, at the level of what went wrong, with the cause if any.
+    macro_rules! request_event {
+        ($level:ident) => {
+            span.in_scope(|| {
+                tracing::$level!(
+                    method,
+                    actor,
+                    route = %route,
+                    path = %path,
+                    status = status.as_u16(),
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    request_id = %request_id,
+                    store = state.store.backend(),
+                    error,
+                    "request"
+                )
+            })
+        };
+    }
+    match failure.map(|f| f.level) {
+        Some(Level::ERROR) => request_event!(error),
+        Some(_) => request_event!(warn),
+        None => request_event!(info),
+    }
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }

@@ -8,7 +8,7 @@ pub mod secret;
 pub mod session;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -19,8 +19,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::domain::{Scope, Stored, Token, now};
+use crate::domain::{Scope, Stored, Token, TokenName, now};
 use crate::error::AppError;
+use crate::memo::Memo;
+use crate::store::engine::Record;
 use crate::store::{Store, StoreError};
 
 /// Who is calling, as the middleware found out.
@@ -207,7 +209,12 @@ pub struct Auth {
     pub access: Access,
     /// When each token's last use was last written, so it is written at most once a minute.
     touched: Mutex<HashMap<String, Instant>>,
+    /// Tokens as decoded from their records, per version of the record (read every time).
+    tokens: Memo<Arc<Stored<Token>>>,
 }
+
+/// Bytes of decoded tokens kept, at most.
+const TOKENS_BUDGET: usize = 1024 * 1024;
 
 /// How often a token's `last_used_at` is written at most.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
@@ -259,6 +266,7 @@ impl Auth {
             metrics_token_required,
             access,
             touched: Mutex::default(),
+            tokens: Memo::new(TOKENS_BUDGET),
         }
     }
 
@@ -275,7 +283,7 @@ impl Auth {
         &self,
         store: &Store,
         presented: &str,
-    ) -> Result<(Identity, Option<Stored<Token>>), Refused> {
+    ) -> Result<(Identity, Option<Arc<Stored<Token>>>), Refused> {
         if let Some(digest) = &self.bootstrap
             && secret::matches(presented, digest)
         {
@@ -283,23 +291,118 @@ impl Auth {
         }
         let name = secret::token_name(presented)
             .ok_or(Refused::Malformed("the bearer token is not an enc token"))?;
-        let stored = match store.get_token(&name).await {
-            Ok(stored) => stored,
-            Err(StoreError::NotFound { .. }) => return Err(Refused::Unknown),
+        let record = match store.token_record(&name).await {
+            Ok(record) => Some(record),
+            Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(Refused::Store(e)),
         };
+        let stored = self.stored_token(presented, &name, record.as_ref())?;
+        Ok((identity_of(&stored), Some(stored)))
+    }
+
+    /// The token `record` (read for the token `name`) if `presented` is its secret and it
+    /// has not expired.
+    fn stored_token(
+        &self,
+        presented: &str,
+        name: &TokenName,
+        record: Option<&Record>,
+    ) -> Result<Arc<Stored<Token>>, Refused> {
+        let record = record.ok_or(Refused::Unknown)?;
+        let stored = self
+            .tokens
+            .get(name.as_str(), 0, &record.body, || {
+                let token: Stored<Token> = crate::store::decode(record)?;
+                Ok((Arc::new(token), record.body.len() * 2))
+            })
+            .map_err(Refused::Store)?;
         if !secret::matches_hex(presented, &stored.item.secret_sha256) {
             return Err(Refused::Unknown);
         }
         if stored.item.expired(now()) {
             return Err(Refused::Expired);
         }
-        let identity = Identity {
-            actor: stored.item.name.to_string(),
-            scopes: stored.item.scopes.clone(),
-            person: None,
+        Ok(stored)
+    }
+
+    /// Checks a token whose check `authorize` left to the handler ([`Deferred`]), with the
+    /// token's record the handler read (`None`: it does not exist), as `authorize` would
+    /// have: the same answers, metrics and last-use writes.
+    pub fn admit(
+        &self,
+        state: &AppState,
+        deferred: &Deferred,
+        record: Option<&Record>,
+    ) -> Result<Identity, AppError> {
+        let checked = self
+            .stored_token(&deferred.presented, &deferred.name, record)
+            .map(|stored| {
+                let identity = identity_of(&stored);
+                (identity, stored)
+            });
+        let admitted = match checked {
+            Ok((identity, stored)) => {
+                self.touch(state, stored);
+                verdict(Needs::Scope(deferred.scope), identity)
+            }
+            Err(refused) => Err((refused.outcome(), refused.into_error())),
         };
-        Ok((identity, Some(stored)))
+        let (outcome, result) = match admitted {
+            Ok(identity) => ("ok", Ok(identity)),
+            Err((outcome, denial)) => (outcome, Err(denial)),
+        };
+        state.metrics.auth.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    /// [`Auth::admit`] for a handler that could not read the token with its own read.
+    pub async fn admit_alone(
+        &self,
+        state: &AppState,
+        deferred: &Deferred,
+    ) -> Result<Identity, AppError> {
+        let record = match state.store.token_record(&deferred.name).await {
+            Ok(record) => Some(record),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => {
+                state.metrics.auth.with_label_values(&["unavailable"]).inc();
+                return Err(e.into());
+            }
+        };
+        self.admit(state, deferred, record.as_ref())
+    }
+
+    /// A stored token presented on a route whose handler reads it together with what it
+    /// answers (one store call): `None` when the request is checked here as usual.
+    fn deferrable(
+        &self,
+        headers: &HeaderMap,
+        route: &str,
+        needs: Option<Needs>,
+    ) -> Option<Deferred> {
+        let Some(Needs::Scope(scope)) = needs else {
+            return None;
+        };
+        if !self.required || !DEFERRED_ROUTES.contains(&route) {
+            return None;
+        }
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        let presented = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer")
+            || self
+                .bootstrap
+                .as_ref()
+                .is_some_and(|digest| secret::matches(presented, digest))
+        {
+            return None;
+        }
+        let name = secret::token_name(presented)?;
+        Some(Deferred {
+            name,
+            presented: presented.to_owned(),
+            scope,
+        })
     }
 
     /// Who the request is from, if it says; `Err` when what it says is not good.
@@ -363,7 +466,7 @@ impl Auth {
     }
 
     /// Writes the token's last use in the background, at most once a minute per token.
-    fn touch(&self, state: &AppState, used: Stored<Token>) {
+    fn touch(&self, state: &AppState, used: Arc<Stored<Token>>) {
         let at = now();
         let fresh = used
             .item
@@ -378,6 +481,7 @@ impl Auth {
         }
         touched.insert(used.item.name.to_string(), Instant::now());
         let store = state.store.clone();
+        let used = Stored::clone(&used);
         tokio::spawn(async move {
             let name = used.item.name.to_string();
             if let Err(e) = store.touch_token(used, at).await {
@@ -405,6 +509,10 @@ pub async fn authorize(
     if route == "/metrics" && state.auth.metrics_token_required {
         needs = Some(Needs::Scope(Scope::Read));
     }
+    if let Some(deferred) = state.auth.deferrable(request.headers(), &route, needs) {
+        request.extensions_mut().insert(deferred);
+        return next.run(request).await;
+    }
     let identity = state.auth.identify(&state, request.headers(), &route).await;
     let (outcome, denial) = match (needs, identity) {
         (None, _) => (
@@ -431,18 +539,13 @@ pub async fn authorize(
                 ))),
             )
         }
-        (Some(Needs::Scope(scope)), Ok(Some(identity))) if !identity.grants(scope) => (
-            "forbidden",
-            Some(AppError::Forbidden(format!(
-                "this needs the scope {scope}; {} has {}",
-                identity.actor,
-                describe(&identity.scopes)
-            ))),
-        ),
-        (Some(Needs::Scope(_)), Ok(Some(identity))) => {
-            request.extensions_mut().insert(identity);
-            ("ok", None)
-        }
+        (Some(needs), Ok(Some(identity))) => match verdict(needs, identity) {
+            Ok(identity) => {
+                request.extensions_mut().insert(identity);
+                ("ok", None)
+            }
+            Err((outcome, denial)) => (outcome, Some(denial)),
+        },
     };
     state.metrics.auth.with_label_values(&[outcome]).inc();
     if let Some(denial) = denial {
@@ -457,6 +560,43 @@ pub async fn authorize(
         response.extensions_mut().insert(Actor(actor));
     }
     response
+}
+
+/// A bearer token `authorize` left for the route's handler to check with its own store read
+/// (see [`Auth::admit`]); the handler answers 401 or 403 before it reveals anything.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    pub name: TokenName,
+    presented: String,
+    scope: Scope,
+}
+
+/// Routes whose handlers check a stored token themselves, in the read they make anyway: the
+/// classification, asked for on every agent run of every node.
+const DEFERRED_ROUTES: [&str; 1] = ["/nodes/{unique_name}/classification"];
+
+fn identity_of(stored: &Stored<Token>) -> Identity {
+    Identity {
+        actor: stored.item.name.to_string(),
+        scopes: stored.item.scopes.clone(),
+        person: None,
+    }
+}
+
+/// Whether `identity` may do what `needs` says: the identity, or the metric outcome and the
+/// answer that refuses it.
+fn verdict(needs: Needs, identity: Identity) -> Result<Identity, (&'static str, AppError)> {
+    match needs {
+        Needs::Scope(scope) if !identity.grants(scope) => Err((
+            "forbidden",
+            AppError::Forbidden(format!(
+                "this needs the scope {scope}; {} has {}",
+                identity.actor,
+                describe(&identity.scopes)
+            )),
+        )),
+        _ => Ok(identity),
+    }
 }
 
 /// The actor of a request, for its log event.

@@ -60,14 +60,28 @@ pub fn sha256(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex, as the store keeps digests.
+fn hex(digest: &[u8; 32]) -> [u8; 64] {
+    let mut text = [0; 64];
+    for (i, b) in digest.iter().enumerate() {
+        text[2 * i] = HEX[usize::from(b >> 4)];
+        text[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    text
+}
+
 pub fn sha256_hex(secret: &str) -> String {
-    sha256(secret).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha256(secret))
+        .iter()
+        .map(|&b| char::from(b))
+        .collect()
 }
 
 /// Whether `secret` hashes to `stored` (hex), in time independent of where they differ.
 pub fn matches_hex(secret: &str, stored: &str) -> bool {
-    let presented = sha256_hex(secret);
-    presented.as_bytes().ct_eq(stored.as_bytes()).into()
+    hex(&sha256(secret))[..].ct_eq(stored.as_bytes()).into()
 }
 
 /// Whether `secret` hashes to `digest`, in constant time.
@@ -112,6 +126,11 @@ mod tests {
         let secret = "enc_ci_0123456789012345678901234567890123456789012";
         let stored = sha256_hex(secret);
         assert_eq!(stored.len(), 64);
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "the FIPS 180-2 test vector, in lower-case hex"
+        );
         assert!(matches_hex(secret, &stored));
         assert!(!matches_hex("enc_ci_x", &stored));
         assert!(matches(secret, &sha256(secret)));

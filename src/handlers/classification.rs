@@ -1,14 +1,17 @@
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::parse_name;
 use crate::AppState;
+use crate::auth::{Actor, Deferred};
 use crate::domain::{Certname, Classification, Explanation, NodeGroup, classify};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Path, Query};
+use crate::store::enc::ClassificationInputs;
 
 pub const YAML: &str = "application/yaml";
 const YAML_TYPES: [&str; 4] = [YAML, "application/x-yaml", "text/yaml", "text/x-yaml"];
@@ -70,10 +73,11 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<ClassificationQuery>,
+    query: Result<Query<ClassificationQuery>, AppError>,
+    deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let result = classification(&state, &name, query, &headers).await;
+    let result = classification(&state, &name, query, deferred.map(|d| d.0), &headers).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(AppError::NotFound(_)) => "not_found",
@@ -87,29 +91,86 @@ pub async fn get(
     result
 }
 
+/// The classification; with a token `authorize` left to check here, that token is read in
+/// the same store call and checked before anything else is said.
 async fn classification(
     state: &AppState,
     name: &str,
+    query: Result<Query<ClassificationQuery>, AppError>,
+    deferred: Option<Deferred>,
+    headers: &HeaderMap,
+) -> Result<Response, AppError> {
+    let (inputs, actor) = match (Certname::parse(name), &deferred) {
+        (Ok(name), Some(deferred)) => {
+            let inputs = state
+                .store
+                .classification_inputs(&name, Some(&deferred.name))
+                .await?;
+            let identity = state.auth.admit(state, deferred, inputs.token.as_ref())?;
+            (Some((name, inputs)), Some(identity.actor))
+        }
+        (Err(_), Some(deferred)) => {
+            let identity = state.auth.admit_alone(state, deferred).await?;
+            (None, Some(identity.actor))
+        }
+        (_, None) => (None, None),
+    };
+    let mut response = classify_with(state, name, inputs, query?.0, headers).await?;
+    if let Some(actor) = actor {
+        response.extensions_mut().insert(Actor(actor));
+    }
+    Ok(response)
+}
+
+async fn classify_with(
+    state: &AppState,
+    name: &str,
+    read: Option<(Certname, ClassificationInputs)>,
     query: ClassificationQuery,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let name = parse_name("unique_name", name, Certname::parse)?;
-    let (node, chain) = state.store.node_with_groups(&name).await?;
-    let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
-    let (classification, explanation) = classify(&node.item, &chain);
-    let body = ClassificationResponse {
-        classification,
-        explain: query.explain.then_some(explanation),
+    let (name, inputs) = match read {
+        Some(read) => read,
+        None => {
+            let name = parse_name("unique_name", name, Certname::parse)?;
+            let inputs = state.store.classification_inputs(&name, None).await?;
+            (name, inputs)
+        }
     };
-    if !wants_yaml(query.format, headers) {
-        return Ok(axum::Json(body).into_response());
-    }
-    let value = serde_json::to_value(&body).map_err(|e| AppError::Internal(Box::new(e)))?;
-    let mut response = crate::yaml::to_yaml(&value).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(YAML));
-    Ok(response)
+    let yaml = wants_yaml(query.format, headers);
+    let make = || {
+        let (node, chain) = inputs.node_and_chain(&name)?;
+        let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
+        let (classification, explanation) = classify(&node.item, &chain);
+        let body = ClassificationResponse {
+            classification,
+            explain: query.explain.then_some(explanation),
+        };
+        let body = if yaml {
+            let value = serde_json::to_value(&body).map_err(|e| AppError::Internal(Box::new(e)))?;
+            crate::yaml::to_yaml(&value).into_bytes()
+        } else {
+            serde_json::to_vec(&body).map_err(|e| AppError::Internal(Box::new(e)))?
+        };
+        let size = body.len();
+        Ok::<_, AppError>((Bytes::from(body), size))
+    };
+    // The same node record under the same groups classifies the same: made once, kept.
+    let body = match &inputs.node {
+        Some(record) if !query.explain => state.answers.classifications.get(
+            &format!("{}{name}", if yaml { "y " } else { "j " }),
+            inputs.tree.generation as u64,
+            &record.body,
+            make,
+        )?,
+        _ => make()?.0,
+    };
+    let kind = if yaml { YAML } else { "application/json" };
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(kind))],
+        body,
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -111,6 +111,15 @@ fn stored<T: Serialize>(status: StatusCode, object: &Stored<T>, location: &[&str
     response
 }
 
+/// An object's JSON made earlier (see `memo`), with its version as the `ETag`.
+fn stored_json(body: bytes::Bytes, version: u64) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Ok(tag) = HeaderValue::from_str(&etag(version)) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    response
+}
+
 /// Parses a name from a path or query; a name that breaks the rules can't name anything.
 fn parse_name<T>(
     field: &str,

@@ -8,7 +8,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, within_size,
+    IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, stored_json,
+    within_size,
 };
 use crate::AppState;
 use crate::auth::Caller;
@@ -193,8 +194,19 @@ pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
-    let node = state.store.get_node(&certname(&name)?).await?;
-    Ok(stored(StatusCode::OK, &node, &[]))
+    let name = certname(&name)?;
+    let record = state.store.node_record(&name).await?;
+    // The same record as last time answers with the same JSON, made once.
+    let body = state
+        .answers
+        .nodes
+        .get(name.as_str(), 0, &record.body, || {
+            let node: Stored<Node> = crate::store::decode(&record)?;
+            let body = serde_json::to_vec(&node).map_err(|e| AppError::Internal(Box::new(e)))?;
+            let size = body.len();
+            Ok::<_, AppError>((body.into(), size))
+        })?;
+    Ok(stored_json(body, record.version))
 }
 
 /// Replace a node.

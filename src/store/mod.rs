@@ -13,7 +13,7 @@ mod rules;
 pub mod tokens;
 
 pub use cursor::Cursor;
-pub use rules::MAX_REFERRERS;
+pub use rules::{MAX_REFERRERS, decode};
 
 use std::sync::Arc;
 

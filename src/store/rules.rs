@@ -56,7 +56,7 @@ impl<T: Sync> Guard<T> for NoGuard {
     }
 }
 
-pub(super) fn decode<T: DeserializeOwned>(record: &Record) -> Result<T> {
+pub fn decode<T: DeserializeOwned>(record: &Record) -> Result<T> {
     serde_json::from_slice(&record.body).map_err(|e| StoreError::Internal(Box::new(e)))
 }
 
@@ -159,12 +159,8 @@ impl Db {
         self.engine.backend()
     }
 
-    /// The object and the record holding it, or `NotFound`.
-    async fn require<T: DeserializeOwned>(
-        &self,
-        kind: &'static RecordKind,
-        key: &Key,
-    ) -> Result<(T, Record), StoreError> {
+    /// The record holding an object, or `NotFound`.
+    pub(super) async fn record(&self, kind: &'static RecordKind, key: &Key) -> Result<Record> {
         match self
             .engine
             .get(&[(kind, key.clone())])
@@ -172,12 +168,22 @@ impl Db {
             .pop()
             .flatten()
         {
-            Some(record) => Ok((decode(&record)?, record)),
+            Some(record) => Ok(record),
             None => Err(StoreError::NotFound {
                 kind: kind.kind,
                 key: key.to_string(),
             }),
         }
+    }
+
+    /// The object and the record holding it, or `NotFound`.
+    async fn require<T: DeserializeOwned>(
+        &self,
+        kind: &'static RecordKind,
+        key: &Key,
+    ) -> Result<(T, Record), StoreError> {
+        let record = self.record(kind, key).await?;
+        Ok((decode(&record)?, record))
     }
 
     pub(super) async fn get<T: DeserializeOwned>(

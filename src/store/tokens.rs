@@ -1,7 +1,7 @@
 //! API tokens: who may call enc. Records hold each token's scopes and the SHA-256 of its
 //! secret, never the secret.
 
-use super::engine::Key;
+use super::engine::{Key, Record};
 use super::record::{ITEM_TYPE, Index, RecordKind};
 use super::rules::NoGuard;
 use super::{Kind, Page, PageRequest, Result, Store};
@@ -26,6 +26,11 @@ impl Store {
 
     pub async fn get_token(&self, name: &TokenName) -> Result<Stored<Token>> {
         self.db.get(&TOKEN, &Key::one(name.as_str())).await
+    }
+
+    /// The token's record as stored (decode it with `store::decode`), or `NotFound`.
+    pub async fn token_record(&self, name: &TokenName) -> Result<Record> {
+        self.db.record(&TOKEN, &Key::one(name.as_str())).await
     }
 
     pub async fn list_tokens(&self, page: &PageRequest) -> Result<Page<Stored<Token>>> {

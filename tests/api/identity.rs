@@ -455,6 +455,100 @@ async fn tokens_show_their_secret_once_and_stop_at_once() {
         .problem(StatusCode::NOT_FOUND);
 }
 
+/// The classification checks a stored token in its own store read (one call per agent run):
+/// still nothing is said about the node, the query or the name before the token is good.
+#[tokio::test]
+async fn a_classification_checks_its_token_before_it_says_anything() {
+    let app = seeded().await;
+    let classify = app.token("puppet-eu", &["classify"]).await;
+    let recorder = app.token("recorder", &["activities:write"]).await;
+    let revoked = app.token("gone", &["classify"]).await;
+    app.delete("/tokens/gone", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    let unknown = Secret::generate(&TokenName::parse("nobody").unwrap()).into_string();
+    let expired = expired_token(&app).await;
+    let swap = if classify.ends_with('A') { 'B' } else { 'A' };
+    let wrong = format!("{}{swap}", &classify[..classify.len() - 1]);
+    let uris = [
+        "/nodes/web01/classification",
+        "/nodes/missing/classification",
+        "/nodes/web01/classification?format=xml",
+        "/nodes/web01/classification?bogus=1",
+        "/nodes/a%20b/classification",
+    ];
+    for secret in [&unknown, &expired, &revoked, &wrong] {
+        for uri in uris {
+            let response = app.as_caller(Some(secret)).get(uri).await;
+            response.problem(StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                response.header("www-authenticate"),
+                Some("Bearer realm=\"enc\""),
+                "{uri}"
+            );
+        }
+    }
+    for uri in uris {
+        let problem = app
+            .as_caller(Some(&recorder))
+            .get(uri)
+            .await
+            .problem(StatusCode::FORBIDDEN);
+        assert!(
+            problem["detail"].as_str().unwrap().contains("classify"),
+            "{problem}"
+        );
+    }
+    let puppet = app.as_caller(Some(&classify));
+    let answer = puppet
+        .get("/nodes/web01/classification")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(answer["environment"], "production");
+    puppet
+        .get("/nodes/missing/classification")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    puppet
+        .get("/nodes/web01/classification?format=xml")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert_eq!(
+        puppet
+            .get("/nodes/a%20b/classification")
+            .await
+            .invalid_fields(),
+        ["unique_name"]
+    );
+    // Counted and recorded as any other use of a token.
+    let metrics = app.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for outcome in ["ok", "unknown", "expired", "forbidden"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("auth_requests_total{{outcome=\"{outcome}\"}}"))),
+            "{outcome}: {text}"
+        );
+    }
+    let mut used = Value::Null;
+    for _ in 0..50 {
+        used = app.get("/tokens/puppet-eu").await.ok(StatusCode::OK);
+        if used["last_used_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(used["last_used_at"].is_string(), "{used}");
+    // Revoked at once, even right after a good answer.
+    app.delete("/tokens/puppet-eu", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    puppet
+        .get("/nodes/web01/classification")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn cross_site_form_posts_are_refused() {
     let app = TestApp::new().await;

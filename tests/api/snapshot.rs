@@ -65,6 +65,31 @@ fn a_classification_is_one_store_call_and_sees_changes_from_another_enc_at_once(
         one_read,
         "four groups deep"
     );
+    // As a Puppet server asks, with a stored `classify` token: that is read in the same call.
+    let puppet = a.token("puppet", &["classify"]);
+    let path = "/nodes/web01.example.com/classification";
+    assert_eq!(a.http_as(Some(&puppet), "GET", path, None).0, 200);
+    // Its first use is written in the background; once written, not again for a minute.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a
+        .http("GET", "/tokens/puppet", None)
+        .1
+        .contains("last_used_at\":\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the use was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = store_calls(&a);
+    let (status, body) = a.http_as(Some(&puppet), "GET", path, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        made(&before, &store_calls(&a)),
+        one_read,
+        "the token with the node and the groups' generation"
+    );
 
     // A second enc (the embedded store is one process's file, so there it is the same one)
     // changes a group in the middle of the chain.

@@ -8,11 +8,40 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use self::tree::{GroupTree, MAX_DEPTH, TreeCache};
+use super::engine::Record;
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
 use super::rules::{Guard, MAX_TRIES, NoGuard, OnFail, Step, decode};
+use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
-use crate::domain::{Certname, Environment, EnvironmentKey, GroupName, Node, NodeGroup, Stored};
+use crate::domain::{
+    Certname, Environment, EnvironmentKey, GroupName, Node, NodeGroup, Stored, TokenName,
+};
+
+/// What one classification read found (`Store::classification_inputs`).
+pub struct ClassificationInputs {
+    /// The node's record exactly as stored: the same bytes mean the same node.
+    pub node: Option<Record>,
+    /// The record of the token asked for, if it exists (checked by `Auth::admit`).
+    pub token: Option<Record>,
+    /// The group tree as it was when the node was read.
+    pub tree: Arc<GroupTree>,
+}
+
+impl ClassificationInputs {
+    /// The node, and its group chain: its group first, then up to the root.
+    pub fn node_and_chain(&self, name: &Certname) -> Result<(Stored<Node>, Vec<Arc<NodeGroup>>)> {
+        let Some(record) = &self.node else {
+            return Err(StoreError::NotFound {
+                kind: Kind::Node,
+                key: name.to_string(),
+            });
+        };
+        let node: Stored<Node> = decode(record)?;
+        let chain = self.tree.chain(node.item.node_group_name.as_ref())?;
+        Ok((node, chain))
+    }
+}
 
 pub static ENVIRONMENT: RecordKind = RecordKind {
     kind: Kind::Environment,
@@ -177,30 +206,30 @@ impl Store {
         self.tree_at(generation).await
     }
 
-    /// A node and its group chain (its group first, then up to the root), all as they were
-    /// at one instant: one engine read while no group changed.
-    pub async fn node_with_groups(
+    /// What a classification reads, in one store call: the node's record as stored, the
+    /// group generation and, when the caller's token is checked here too, that token; then
+    /// the group tree at that generation (from memory while groups are unchanged). Absent
+    /// records are `None`: the caller decides what to say, after checking the token.
+    pub async fn classification_inputs(
         &self,
         name: &Certname,
-    ) -> Result<(Stored<Node>, Vec<Arc<NodeGroup>>), StoreError> {
-        let keys = [
+        token: Option<&TokenName>,
+    ) -> Result<ClassificationInputs> {
+        let mut keys = vec![
             (&NODE, Key::one(name.as_str())),
             (&GENERATION, generation_key()),
         ];
+        if let Some(token) = token {
+            keys.push((&TOKEN, Key::one(token.as_str())));
+        }
         for _ in 0..MAX_TRIES {
-            let found = self.db.engine().get(&keys).await?;
-            let (Some(Some(node)), Some(generation)) = (found.first(), found.get(1)) else {
-                return Err(StoreError::NotFound {
-                    kind: Kind::Node,
-                    key: name.to_string(),
-                });
-            };
-            let node: Stored<Node> = decode(node)?;
+            let mut found = self.db.engine().get(&keys).await?.into_iter();
+            let (node, generation) = (found.next().flatten(), found.next().flatten());
+            let token = found.next().flatten();
             let generation = generation.as_ref().map_or(0, |r| r.refs);
             let tree = self.tree_at(generation).await?;
             if tree.generation == generation {
-                let chain = tree.chain(node.item.node_group_name.as_ref())?;
-                return Ok((node, chain));
+                return Ok(ClassificationInputs { node, token, tree });
             }
         }
         Err(StoreError::Unavailable(
@@ -289,6 +318,11 @@ impl Store {
 
     pub async fn get_node(&self, name: &Certname) -> Result<Stored<Node>> {
         self.db.get(&NODE, &Key::one(name.as_str())).await
+    }
+
+    /// The node's record as stored (decode it with `store::decode`), or `NotFound`.
+    pub async fn node_record(&self, name: &Certname) -> Result<Record> {
+        self.db.record(&NODE, &Key::one(name.as_str())).await
     }
 
     pub async fn list_nodes(

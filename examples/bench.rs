@@ -1,0 +1,223 @@
+//! The benchmark's own tools, built by `scripts/bench` (`cargo build --release --example bench`).
+//!
+//! - `baseline <dir> <addr>`: a bare axum server answering, from memory and with no
+//!   middleware, the very bytes enc answered for the benchmark's requests (saved in `<dir>`
+//!   by `scripts/bench`): what enc is measured against.
+//! - `rate <url> <requests/s> <seconds> <connections> [header]`: a constant-rate load, each
+//!   request timed from when it was due (so a stall counts against every request it delays);
+//!   prints the rate reached and latency percentiles.
+//! - `latency <url> <n> [header]`: the mean latency of `n` requests one after another over
+//!   one kept-alive connection.
+//! - `getitem <endpoint> <table> <hash name> <hash value> [<range name> <range value>] <n>`:
+//!   the mean latency of one raw DynamoDB `GetItem`, for comparison with enc's classification.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+type Fixtures = Arc<Mutex<HashMap<String, (&'static str, Bytes)>>>;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.first().map(String::as_str) {
+        Some("baseline") if args.len() == 3 => runtime.block_on(baseline(&args[1], &args[2])),
+        Some("rate") if args.len() >= 5 => runtime.block_on(rate(&args[1..])),
+        Some("getitem") if args.len() >= 6 => runtime.block_on(getitem(&args[1..])),
+        Some("latency") if args.len() >= 3 => runtime.block_on(latency(&args[1..])),
+        _ => anyhow::bail!("usage: see the top of examples/bench.rs"),
+    }
+}
+
+/// Serves `<dir>/node.json`, `classification.yaml` and `list.json` at the paths enc serves
+/// them, and keeps what is posted to `/nodes/` in memory, as a store would.
+async fn baseline(dir: &str, addr: &str) -> anyhow::Result<()> {
+    let read = |name: &str| std::fs::read(format!("{dir}/{name}")).map(Bytes::from);
+    let mut fixtures = HashMap::new();
+    fixtures.insert("node".to_owned(), ("application/json", read("node.json")?));
+    fixtures.insert(
+        "classification".to_owned(),
+        ("application/yaml", read("classification.yaml")?),
+    );
+    fixtures.insert("list".to_owned(), ("application/json", read("list.json")?));
+    let fixtures: Fixtures = Arc::new(Mutex::new(fixtures));
+    let app = Router::new()
+        .route("/nodes/{name}", get(node))
+        .route("/nodes/{name}/classification", get(classification))
+        .route("/nodes", get(list))
+        .route("/nodes/", axum::routing::post(create))
+        .with_state(fixtures);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+fn answer(fixtures: &Fixtures, what: &str) -> impl IntoResponse + use<> {
+    let (kind, body) = fixtures.lock().expect("fixtures")[what].clone();
+    ([(header::CONTENT_TYPE, kind)], body)
+}
+
+async fn node(State(f): State<Fixtures>, Path(_): Path<String>) -> impl IntoResponse {
+    answer(&f, "node")
+}
+
+async fn classification(State(f): State<Fixtures>, Path(_): Path<String>) -> impl IntoResponse {
+    answer(&f, "classification")
+}
+
+async fn list(State(f): State<Fixtures>) -> impl IntoResponse {
+    answer(&f, "list")
+}
+
+async fn create(State(f): State<Fixtures>, body: Bytes) -> impl IntoResponse {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let name = value["unique_name"].as_str().unwrap_or_default().to_owned();
+    f.lock()
+        .expect("fixtures")
+        .insert(name, ("application/json", body.clone()));
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Sends `rate` requests a second for `seconds` over `connections` kept-alive connections.
+async fn rate(args: &[String]) -> anyhow::Result<()> {
+    let url: hyper::Uri = args[0].parse()?;
+    let per_second: f64 = args[1].parse()?;
+    let seconds: f64 = args[2].parse()?;
+    let connections: usize = args[3].parse()?;
+    let header = args.get(4).and_then(|h| h.split_once(": "));
+    let header = header.map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build_http();
+    let total = (per_second * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / per_second);
+    let start = Instant::now() + Duration::from_millis(50);
+    let limit = Arc::new(tokio::sync::Semaphore::new(connections));
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let permit = limit.clone().acquire_owned().await?;
+        let (client, url, header) = (client.clone(), url.clone(), header.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut request = hyper::Request::get(url);
+            if let Some((k, v)) = header {
+                request = request.header(k, v);
+            }
+            let response = client
+                .request(request.body(Empty::new()).expect("request"))
+                .await;
+            let ok = match response {
+                Ok(r) => {
+                    let status = r.status();
+                    r.into_body().collect().await.is_ok() && status.is_success()
+                }
+                Err(_) => false,
+            };
+            drop(permit);
+            (due.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failed = 0usize;
+    for task in tasks {
+        let (latency, ok) = task.await?;
+        latencies.push(latency);
+        failed += usize::from(!ok);
+    }
+    let took = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{total} requests at {per_second:.0}/s asked, {:.0}/s done, {failed} failed; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+        total as f64 / took,
+        ms(at(0.50)),
+        ms(at(0.90)),
+        ms(at(0.99)),
+        ms(at(0.999)),
+        ms(*latencies.last().expect("a request"))
+    );
+    Ok(())
+}
+
+/// The mean latency of `n` GETs in a row over one connection, after one to open it.
+async fn latency(args: &[String]) -> anyhow::Result<()> {
+    let url: hyper::Uri = args[0].parse()?;
+    let n: u32 = args[1].parse()?;
+    let header = args.get(2).and_then(|h| h.split_once(": "));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let get = || {
+        let mut request = hyper::Request::get(url.clone());
+        if let Some((k, v)) = header {
+            request = request.header(k, v);
+        }
+        client.request(request.body(Empty::new()).expect("request"))
+    };
+    get().await?.into_body().collect().await?;
+    let started = Instant::now();
+    for _ in 0..n {
+        let response = get().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{url} answered {}",
+            response.status()
+        );
+        response.into_body().collect().await?;
+    }
+    let mean = started.elapsed() / n;
+    println!(
+        "GET {url}: mean {:.3} ms over {n}",
+        mean.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// The mean latency of `n` consistent `GetItem` calls for one item.
+async fn getitem(args: &[String]) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (endpoint, table) = (&args[0], &args[1]);
+    let n: u32 = args.last().expect("n").parse()?;
+    let keys = &args[2..args.len() - 1];
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let get = || {
+        let mut call = client.get_item().table_name(table).consistent_read(true);
+        for pair in keys.chunks(2) {
+            call = call.key(&pair[0], AttributeValue::S(pair[1].clone()));
+        }
+        call.send()
+    };
+    get().await?; // a connection, and the JVM warmed
+    let started = Instant::now();
+    for _ in 0..n {
+        let item = get().await?;
+        anyhow::ensure!(item.item.is_some(), "no such item in {table}");
+    }
+    let mean = started.elapsed() / n;
+    println!(
+        "GetItem {table}: mean {:.3} ms over {n}",
+        mean.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
