@@ -228,6 +228,10 @@ fn matches(record: &Record, filters: &[(&'static str, String)]) -> Result<bool> 
         .all(|(field, value)| body.get(*field).and_then(Value::as_str) == Some(value.as_str())))
 }
 
+/// redb's page cache (its default is 1 GiB): enough for the classifier's records; pages past
+/// it are read from the operating system's cache, so memory stays flat as the file grows.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 pub struct Embedded {
     db: Arc<Database>,
 }
@@ -237,7 +241,9 @@ impl Embedded {
     /// migrates a file of an older layout in one transaction.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(internal)?;
-        let db = Database::create(dir.join(FILE_NAME))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join(FILE_NAME))?;
         let txn = db.begin_write()?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
