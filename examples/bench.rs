@@ -10,6 +10,9 @@
 //!   one kept-alive connection.
 //! - `getitem <endpoint> <table> <hash name> <hash value> [<range name> <range value>] <n>`:
 //!   the mean latency of one raw DynamoDB `GetItem`, for comparison with enc's classification.
+//! - `transactget <endpoint> <n> (<table> <key name> <key value>)...`: the mean latency of one
+//!   raw `TransactGetItems` of those items: the very store call enc makes for a
+//!   classification, without enc.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,11 +32,19 @@ type Fixtures = Arc<Mutex<HashMap<String, (&'static str, Bytes)>>>;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = tokio::runtime::Runtime::new()?;
+    // The baseline serves as axum does by default; the clients run on one thread, so that
+    // they leave the other core to the server.
+    let runtime = match args.first().map(String::as_str) {
+        Some("baseline") => tokio::runtime::Runtime::new()?,
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
     match args.first().map(String::as_str) {
         Some("baseline") if args.len() == 3 => runtime.block_on(baseline(&args[1], &args[2])),
         Some("rate") if args.len() >= 5 => runtime.block_on(rate(&args[1..])),
         Some("getitem") if args.len() >= 6 => runtime.block_on(getitem(&args[1..])),
+        Some("transactget") if args.len() >= 5 => runtime.block_on(transactget(&args[1..])),
         Some("latency") if args.len() >= 3 => runtime.block_on(latency(&args[1..])),
         _ => anyhow::bail!("usage: see the top of examples/bench.rs"),
     }
@@ -95,53 +106,75 @@ async fn create(State(f): State<Fixtures>, body: Bytes) -> impl IntoResponse {
         .into_response()
 }
 
-/// Sends `rate` requests a second for `seconds` over `connections` kept-alive connections.
+/// Sends `rate` requests a second for `seconds` over `connections` connections, as wrk2
+/// does: a pacing thread (the runtime's timers tick in whole milliseconds; a thread's sleep
+/// is finer) hands request `i` to connection `i % connections` when it is due; a connection
+/// still busy with the one before queues it, and each request is timed from when it was due.
 async fn rate(args: &[String]) -> anyhow::Result<()> {
     let url: hyper::Uri = args[0].parse()?;
     let per_second: f64 = args[1].parse()?;
     let seconds: f64 = args[2].parse()?;
     let connections: usize = args[3].parse()?;
-    let header = args.get(4).and_then(|h| h.split_once(": "));
-    let header = header.map(|(k, v)| (k.to_owned(), v.to_owned()));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(connections)
-        .build_http();
+    let extra = args.get(4).and_then(|h| h.split_once(": "));
+    let extra = extra.map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let authority = url.authority().expect("a URL with a host").clone();
+    let target = url.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let total = (per_second * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / per_second);
-    let start = Instant::now() + Duration::from_millis(50);
-    let limit = Arc::new(tokio::sync::Semaphore::new(connections));
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let permit = limit.clone().acquire_owned().await?;
-        let (client, url, header) = (client.clone(), url.clone(), header.clone());
+    let connections = connections.clamp(1, total.max(1));
+    let mut queues = Vec::with_capacity(connections);
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (queue, mut due) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        queues.push(queue);
+        let (authority, target, extra) = (authority.clone(), target.clone(), extra.clone());
+        let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
         tasks.push(tokio::spawn(async move {
-            let mut request = hyper::Request::get(url);
-            if let Some((k, v)) = header {
-                request = request.header(k, v);
-            }
-            let response = client
-                .request(request.body(Empty::new()).expect("request"))
-                .await;
-            let ok = match response {
-                Ok(r) => {
-                    let status = r.status();
-                    r.into_body().collect().await.is_ok() && status.is_success()
+            let mut timed = Vec::with_capacity(total / connections + 1);
+            while let Some(due) = due.recv().await {
+                let mut request =
+                    hyper::Request::get(target.as_str()).header(header::HOST, authority.as_str());
+                if let Some((k, v)) = &extra {
+                    request = request.header(k, v);
                 }
-                Err(_) => false,
-            };
-            drop(permit);
-            (due.elapsed(), ok)
+                let ok = match sender
+                    .send_request(request.body(Empty::<Bytes>::new())?)
+                    .await
+                {
+                    Ok(r) => {
+                        let status = r.status();
+                        r.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                timed.push((due.elapsed(), ok));
+            }
+            anyhow::Ok(timed)
         }));
     }
+    let start = Instant::now() + Duration::from_millis(50);
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + interval * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let _ = queues[i % connections].send(due);
+        }
+    });
     let mut latencies = Vec::with_capacity(total);
     let mut failed = 0usize;
     for task in tasks {
-        let (latency, ok) = task.await?;
-        latencies.push(latency);
-        failed += usize::from(!ok);
+        for (latency, ok) in task.await?? {
+            latencies.push(latency);
+            failed += usize::from(!ok);
+        }
     }
+    pacer.join().expect("the pacing thread");
     let took = start.elapsed().as_secs_f64();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
@@ -217,6 +250,52 @@ async fn getitem(args: &[String]) -> anyhow::Result<()> {
     let mean = started.elapsed() / n;
     println!(
         "GetItem {table}: mean {:.3} ms over {n}",
+        mean.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// The mean latency of `n` `TransactGetItems` calls for the items named by the triples.
+async fn transactget(args: &[String]) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeValue, Get, TransactGetItem};
+    let endpoint = &args[0];
+    let n: u32 = args[1].parse()?;
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let mut items = Vec::new();
+    for triple in args[2..].chunks(3) {
+        anyhow::ensure!(
+            triple.len() == 3,
+            "items are <table> <key name> <key value>"
+        );
+        let get = Get::builder()
+            .table_name(&triple[0])
+            .key(&triple[1], AttributeValue::S(triple[2].clone()))
+            .build()?;
+        items.push(TransactGetItem::builder().get(get).build());
+    }
+    let get = || {
+        client
+            .transact_get_items()
+            .set_transact_items(Some(items.clone()))
+            .send()
+    };
+    get().await?;
+    let started = Instant::now();
+    for _ in 0..n {
+        let found = get().await?;
+        anyhow::ensure!(
+            found.responses().iter().all(|r| r.item.is_some()),
+            "an item is missing"
+        );
+    }
+    let mean = started.elapsed() / n;
+    println!(
+        "TransactGetItems of {} items: mean {:.3} ms over {n}",
+        items.len(),
         mean.as_secs_f64() * 1000.0
     );
     Ok(())

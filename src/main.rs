@@ -6,8 +6,20 @@ use enc::cli::{Cli, Command, DynamodbCommand};
 use enc::store::dynamodb::{DynamoDb, tables};
 use enc::{classify, client, server, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Threads for blocking work (the embedded store's commits, which redb runs one at a time):
+/// a burst of writes waits in a queue rather than holding a thread, and its memory, each.
+const BLOCKING_THREADS: usize = 8;
+
+fn main() -> ExitCode {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .expect("the async runtime")
+        .block_on(run())
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config;
     let command = cli.command.unwrap_or(Command::Serve);
