@@ -8,7 +8,8 @@ pub mod secret;
 pub mod session;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -334,6 +335,7 @@ impl Auth {
         deferred: &Deferred,
         record: Option<&Record>,
     ) -> Result<Identity, AppError> {
+        deferred.checked.store(true, Ordering::Release);
         let checked = self
             .stored_token(&deferred.presented, &deferred.name, record)
             .map(|stored| {
@@ -348,7 +350,10 @@ impl Auth {
             Err(refused) => Err((refused.outcome(), refused.into_error())),
         };
         let (outcome, result) = match admitted {
-            Ok(identity) => ("ok", Ok(identity)),
+            Ok(identity) => {
+                let _ = deferred.admitted.set(identity.actor.clone());
+                ("ok", Ok(identity))
+            }
             Err((outcome, denial)) => (outcome, Err(denial)),
         };
         state.metrics.auth.with_label_values(&[outcome]).inc();
@@ -364,18 +369,24 @@ impl Auth {
         let record = match state.store.token_record(&deferred.name).await {
             Ok(record) => Some(record),
             Err(StoreError::NotFound { .. }) => None,
-            Err(e) => {
-                state.metrics.auth.with_label_values(&["unavailable"]).inc();
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.unreadable(state, deferred, e)),
         };
         self.admit(state, deferred, record.as_ref())
+    }
+
+    /// The answer when the read that would have checked a deferred token failed: what
+    /// `authorize` answers when it cannot read a token (503), counted the same way.
+    pub fn unreadable(&self, state: &AppState, deferred: &Deferred, e: StoreError) -> AppError {
+        deferred.checked.store(true, Ordering::Release);
+        state.metrics.auth.with_label_values(&["unavailable"]).inc();
+        e.into()
     }
 
     /// A stored token presented on a route whose handler reads it together with what it
     /// answers (one store call): `None` when the request is checked here as usual.
     fn deferrable(
         &self,
+        method: &Method,
         headers: &HeaderMap,
         route: &str,
         needs: Option<Needs>,
@@ -383,7 +394,8 @@ impl Auth {
         let Some(Needs::Scope(scope)) = needs else {
             return None;
         };
-        if !self.required || !DEFERRED_ROUTES.contains(&route) {
+        let read = method == Method::GET || method == Method::HEAD;
+        if !self.required || !read || !DEFERRED_ROUTES.contains(&route) {
             return None;
         }
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -402,6 +414,8 @@ impl Auth {
             name,
             presented: presented.to_owned(),
             scope,
+            checked: Arc::default(),
+            admitted: Arc::default(),
         })
     }
 
@@ -509,9 +523,26 @@ pub async fn authorize(
     if route == "/metrics" && state.auth.metrics_token_required {
         needs = Some(Needs::Scope(Scope::Read));
     }
-    if let Some(deferred) = state.auth.deferrable(request.headers(), &route, needs) {
+    if let Some(deferred) =
+        state
+            .auth
+            .deferrable(request.method(), request.headers(), &route, needs)
+    {
+        let (checked, admitted) = (deferred.checked.clone(), deferred.admitted.clone());
         request.extensions_mut().insert(deferred);
-        return next.run(request).await;
+        let mut response = next.run(request).await;
+        if let Some(actor) = admitted.get() {
+            response.extensions_mut().insert(Actor(actor.clone()));
+        }
+        if !checked.load(Ordering::Acquire) {
+            // A handler of a deferred route that never checked the token: nothing it made
+            // may go out.
+            return AppError::Internal(
+                format!("{route} answered without checking its token").into(),
+            )
+            .into_response();
+        }
+        return response;
     }
     let identity = state.auth.identify(&state, request.headers(), &route).await;
     let (outcome, denial) = match (needs, identity) {
@@ -569,11 +600,18 @@ pub struct Deferred {
     pub name: TokenName,
     presented: String,
     scope: Scope,
+    /// Set by [`Auth::admit`]: `authorize` refuses to send an answer made without it.
+    checked: Arc<AtomicBool>,
+    /// Who was admitted, for the request's log event.
+    admitted: Arc<OnceLock<String>>,
 }
 
-/// Routes whose handlers check a stored token themselves, in the read they make anyway: the
-/// classification, asked for on every agent run of every node.
-const DEFERRED_ROUTES: [&str; 1] = ["/nodes/{unique_name}/classification"];
+/// Routes whose GET handlers check a stored token themselves, in the read they make anyway:
+/// the classification, asked for on every agent run of every node, and the node itself.
+const DEFERRED_ROUTES: [&str; 2] = [
+    "/nodes/{unique_name}/classification",
+    "/nodes/{unique_name}",
+];
 
 fn identity_of(stored: &Stored<Token>) -> Identity {
     Identity {

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::parse_name;
 use crate::AppState;
-use crate::auth::{Actor, Deferred};
+use crate::auth::Deferred;
 use crate::domain::{Certname, Classification, Explanation, NodeGroup, classify};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Path, Query};
@@ -72,12 +72,12 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
     ))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let result = classification(&state, &name, query, deferred.map(|d| d.0), &headers).await;
+    let result = classification(&state, path, query, deferred.map(|d| d.0), &headers).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(AppError::NotFound(_)) => "not_found",
@@ -95,31 +95,37 @@ pub async fn get(
 /// the same store call and checked before anything else is said.
 async fn classification(
     state: &AppState,
-    name: &str,
+    path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     deferred: Option<Deferred>,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let (inputs, actor) = match (Certname::parse(name), &deferred) {
+    let name = match (path, &deferred) {
+        (Ok(Path(name)), _) => name,
+        (Err(malformed), Some(deferred)) => {
+            state.auth.admit_alone(state, deferred).await?;
+            return Err(malformed);
+        }
+        (Err(malformed), None) => return Err(malformed),
+    };
+    let name = name.as_str();
+    let inputs = match (Certname::parse(name), &deferred) {
         (Ok(name), Some(deferred)) => {
             let inputs = state
                 .store
                 .classification_inputs(&name, Some(&deferred.name))
-                .await?;
-            let identity = state.auth.admit(state, deferred, inputs.token.as_ref())?;
-            (Some((name, inputs)), Some(identity.actor))
+                .await
+                .map_err(|e| state.auth.unreadable(state, deferred, e))?;
+            state.auth.admit(state, deferred, inputs.token.as_ref())?;
+            Some((name, inputs))
         }
         (Err(_), Some(deferred)) => {
-            let identity = state.auth.admit_alone(state, deferred).await?;
-            (None, Some(identity.actor))
+            state.auth.admit_alone(state, deferred).await?;
+            None
         }
-        (_, None) => (None, None),
+        (_, None) => None,
     };
-    let mut response = classify_with(state, name, inputs, query?.0, headers).await?;
-    if let Some(actor) = actor {
-        response.extensions_mut().insert(Actor(actor));
-    }
-    Ok(response)
+    classify_with(state, name, inputs, query?.0, headers).await
 }
 
 async fn classify_with(

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -12,13 +12,14 @@ use super::{
     within_size,
 };
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, Deferred};
 use crate::domain::{
     Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, Node, ParamName, Stored,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
-use crate::store::NodeFilter;
+use crate::store::engine::Record;
+use crate::store::{Kind, NodeFilter, StoreError};
 
 /// A node as clients send it to replace one.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -192,16 +193,47 @@ pub async fn list(
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, AppError>,
+    deferred: Option<Extension<Deferred>>,
 ) -> Result<Response, AppError> {
-    let name = certname(&name)?;
-    let record = state.store.node_record(&name).await?;
-    // The same record as last time answers with the same JSON, made once.
+    // With a token left to this handler, it is read with the node and checked first.
+    let name = path.and_then(|Path(name)| certname(&name));
+    let (name, record) = match (name, deferred) {
+        (Err(invalid), Some(Extension(deferred))) => {
+            state.auth.admit_alone(&state, &deferred).await?;
+            return Err(invalid);
+        }
+        (Ok(name), Some(Extension(deferred))) => {
+            let (record, token) = state
+                .store
+                .node_and_token_records(&name, &deferred.name)
+                .await
+                .map_err(|e| state.auth.unreadable(&state, &deferred, e))?;
+            state.auth.admit(&state, &deferred, token.as_ref())?;
+            let record = record.ok_or_else(|| {
+                AppError::from(StoreError::NotFound {
+                    kind: Kind::Node,
+                    key: name.to_string(),
+                })
+            })?;
+            (name, record)
+        }
+        (name, None) => {
+            let name = name?;
+            let record = state.store.node_record(&name).await?;
+            (name, record)
+        }
+    };
+    node_json(&state, &name, &record)
+}
+
+/// A node's JSON: the same record as last time answers with the same bytes, made once.
+fn node_json(state: &AppState, name: &Certname, record: &Record) -> Result<Response, AppError> {
     let body = state
         .answers
         .nodes
         .get(name.as_str(), 0, &record.body, || {
-            let node: Stored<Node> = crate::store::decode(&record)?;
+            let node: Stored<Node> = crate::store::decode(record)?;
             let body = serde_json::to_vec(&node).map_err(|e| AppError::Internal(Box::new(e)))?;
             let size = body.len();
             Ok::<_, AppError>((body.into(), size))

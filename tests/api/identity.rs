@@ -455,8 +455,9 @@ async fn tokens_show_their_secret_once_and_stop_at_once() {
         .problem(StatusCode::NOT_FOUND);
 }
 
-/// The classification checks a stored token in its own store read (one call per agent run):
-/// still nothing is said about the node, the query or the name before the token is good.
+/// The classification and the node check a stored token in their own store read (one call
+/// per agent run): still nothing is said about the node, the query or the name before the
+/// token is good.
 #[tokio::test]
 async fn a_classification_checks_its_token_before_it_says_anything() {
     let app = seeded().await;
@@ -476,6 +477,11 @@ async fn a_classification_checks_its_token_before_it_says_anything() {
         "/nodes/web01/classification?format=xml",
         "/nodes/web01/classification?bogus=1",
         "/nodes/a%20b/classification",
+        "/nodes/%FF/classification",
+        "/nodes/web01",
+        "/nodes/missing",
+        "/nodes/a%20b",
+        "/nodes/%FF",
     ];
     for secret in [&unknown, &expired, &revoked, &wrong] {
         for uri in uris {
@@ -494,8 +500,13 @@ async fn a_classification_checks_its_token_before_it_says_anything() {
             .get(uri)
             .await
             .problem(StatusCode::FORBIDDEN);
+        let needed = if uri.contains("/classification") {
+            "classify"
+        } else {
+            "read"
+        };
         assert!(
-            problem["detail"].as_str().unwrap().contains("classify"),
+            problem["detail"].as_str().unwrap().contains(needed),
             "{problem}"
         );
     }
@@ -520,6 +531,32 @@ async fn a_classification_checks_its_token_before_it_says_anything() {
             .invalid_fields(),
         ["unique_name"]
     );
+    // The node itself needs `read`, which `classify` does not grant.
+    puppet
+        .get("/nodes/web01")
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    let reader = app.as_caller(Some(&app.token("reader", &["read"]).await));
+    assert_eq!(
+        reader.get("/nodes/web01").await.ok(StatusCode::OK)["unique_name"],
+        "web01"
+    );
+    reader
+        .get("/nodes/missing")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert_eq!(
+        reader.get("/nodes/a%20b").await.invalid_fields(),
+        ["unique_name"]
+    );
+    puppet
+        .get("/nodes/%FF/classification")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    reader
+        .get("/nodes/%FF")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
     // Counted and recorded as any other use of a token.
     let metrics = app.get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
@@ -547,6 +584,44 @@ async fn a_classification_checks_its_token_before_it_says_anything() {
         .get("/nodes/web01/classification")
         .await
         .problem(StatusCode::UNAUTHORIZED);
+}
+
+/// A handler of a route whose token check is left to it, that forgets to check: nothing it
+/// made goes out, whatever the token.
+#[tokio::test]
+async fn an_answer_made_without_checking_a_deferred_token_never_leaves() {
+    let backing = crate::helpers::TestStore::new().await;
+    let state: enc::AppState = enc::App::new(backing.engine.clone())
+        .with_auth(crate::helpers::test_auth())
+        .into();
+    let forgetful = axum::Router::new()
+        .route(
+            "/nodes/{unique_name}/classification",
+            axum::routing::get(|| async { "classes for anyone" }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            enc::auth::authorize,
+        ))
+        .with_state(state);
+    let app = TestApp {
+        router: forgetful,
+        backing,
+        bearer: None,
+    };
+    let unknown = Secret::generate(&TokenName::parse("nobody").unwrap()).into_string();
+    let response = app
+        .as_caller(Some(&unknown))
+        .get("/nodes/web01/classification")
+        .await;
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!String::from_utf8_lossy(&response.body).contains("classes"));
+    // The bootstrap token is checked by authorize itself, so the handler answers.
+    let response = app
+        .as_caller(Some(ADMIN))
+        .get("/nodes/web01/classification")
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
 }
 
 #[tokio::test]

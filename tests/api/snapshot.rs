@@ -90,6 +90,28 @@ fn a_classification_is_one_store_call_and_sees_changes_from_another_enc_at_once(
         one_read,
         "the token with the node and the groups' generation"
     );
+    let reader = a.token("reader", &["read"]);
+    let node = "/nodes/web01.example.com";
+    assert_eq!(a.http_as(Some(&reader), "GET", node, None).0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a
+        .http("GET", "/tokens/reader", None)
+        .1
+        .contains("last_used_at\":\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the use was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = store_calls(&a);
+    assert_eq!(a.http_as(Some(&reader), "GET", node, None).0, 200);
+    assert_eq!(
+        made(&before, &store_calls(&a)),
+        one_read,
+        "a node read with a stored token: the token with the node"
+    );
 
     // A second enc (the embedded store is one process's file, so there it is the same one)
     // changes a group in the middle of the chain.

@@ -325,6 +325,21 @@ impl Store {
         self.db.record(&NODE, &Key::one(name.as_str())).await
     }
 
+    /// The node's record and the token's, if they exist, in one store call (for a handler
+    /// that checks the caller's token itself: `auth::Deferred`).
+    pub async fn node_and_token_records(
+        &self,
+        name: &Certname,
+        token: &TokenName,
+    ) -> Result<(Option<Record>, Option<Record>)> {
+        let keys = [
+            (&NODE, Key::one(name.as_str())),
+            (&TOKEN, Key::one(token.as_str())),
+        ];
+        let mut found = self.db.engine().get(&keys).await?.into_iter();
+        Ok((found.next().flatten(), found.next().flatten()))
+    }
+
     pub async fn list_nodes(
         &self,
         filter: &NodeFilter,
