@@ -220,6 +220,19 @@ async fn expired_token(app: &TestApp) -> String {
     secret.into_string()
 }
 
+/// Waits for a token's use, written in the background, to be recorded.
+async fn last_use_recorded(app: &TestApp, name: &str) {
+    let mut used = Value::Null;
+    for _ in 0..50 {
+        used = app.get(&format!("/tokens/{name}")).await.ok(StatusCode::OK);
+        if used["last_used_at"].is_string() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the use of {name} was never recorded: {used}");
+}
+
 #[tokio::test]
 async fn every_route_by_every_kind_of_caller() {
     let app = seeded().await;
@@ -413,15 +426,7 @@ async fn tokens_show_their_secret_once_and_stop_at_once() {
         "writes record their actor"
     );
     // The use is recorded in the background, at most once a minute.
-    let mut used = Value::Null;
-    for _ in 0..50 {
-        used = app.get("/tokens/ci-deploy").await.ok(StatusCode::OK);
-        if used["last_used_at"].is_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(used["last_used_at"].is_string(), "{used}");
+    last_use_recorded(&app, "ci-deploy").await;
 
     for (body, field) in [
         (json!({"name": "x", "scopes": []}), "scopes"),
@@ -567,15 +572,7 @@ async fn a_classification_checks_its_token_before_it_says_anything() {
             "{outcome}: {text}"
         );
     }
-    let mut used = Value::Null;
-    for _ in 0..50 {
-        used = app.get("/tokens/puppet-eu").await.ok(StatusCode::OK);
-        if used["last_used_at"].is_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(used["last_used_at"].is_string(), "{used}");
+    last_use_recorded(&app, "puppet-eu").await;
     // Revoked at once, even right after a good answer.
     app.delete("/tokens/puppet-eu", None)
         .await
