@@ -142,6 +142,11 @@ pub struct Config {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Days the change history is kept (DynamoDB's TTL on `expires_at`, and an hourly prune);
+    /// unset: forever.
+    #[arg(long, env = "ENC_HISTORY_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36500), global = true)]
+    pub history_retention_days: Option<u32>,
+
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(
         long,
@@ -249,6 +254,11 @@ impl Config {
             operation_timeout: Duration::from_millis(self.dynamodb_timeout_ms),
             max_attempts: self.dynamodb_max_attempts.max(1),
         }
+    }
+
+    pub fn history_retention(&self) -> Option<chrono::Duration> {
+        self.history_retention_days
+            .map(|days| chrono::Duration::days(i64::from(days)))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

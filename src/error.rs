@@ -135,6 +135,7 @@ impl From<StoreError> for AppError {
                 "parent",
                 format!("would make a chain of {depth} node groups; at most {max} are allowed"),
             ),
+            NothingToRestore { .. } => AppError::invalid("version", e.to_string()),
             InvalidCursor => AppError::BadRequest(e.to_string()),
             KeyReused { .. } => AppError::invalid(
                 "idempotency_key",

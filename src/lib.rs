@@ -103,6 +103,14 @@ impl App {
         }
     }
 
+    /// Keeps history for `retention` (default: forever). Call before the state is shared.
+    pub fn with_history_retention(mut self, retention: Option<chrono::Duration>) -> Self {
+        if let Some(store) = Arc::get_mut(&mut self.store) {
+            store.set_retention(retention);
+        }
+        self
+    }
+
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self

@@ -27,8 +27,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
-    activities, classification, environments, health, metrics_form, node_groups, nodes, session,
-    tokens,
+    activities, classification, environments, health, history, metrics_form, node_groups, nodes,
+    session, tokens,
 };
 use crate::{AppState, auth, telemetry};
 
@@ -46,6 +46,7 @@ use crate::{AppState, auth, telemetry};
         (name = "classification", description = "What Puppet gets for a node: merged classes, parameters and environment"),
         (name = "node groups", description = "Classes and parameters shared by nodes, with inheritance"),
         (name = "environments", description = "Puppet environments per Puppet cluster"),
+        (name = "history", description = "Who changed what and when: every change of a node, group, environment or token is kept as a revision (with the whole object and an RFC 6902 patch) in the same commit as the change; classifications as they were at any instant; restoring an earlier version. Every write to a node or group also takes `dry_run=true` to preview its effect on every affected node."),
         (name = "tokens", description = "API tokens: the secret is shown once, when made; deleting one revokes it at once"),
         (name = "metrics form", description = "Work engineers record for customer projects. `GET /metrics-form` and `/metrics-form/report` are HTML pages for people; the rest is JSON or CSV."),
         (name = "sign-in", description = "A session for the metrics form's pages, for people without the load balancer's sign-in"),
@@ -98,6 +99,14 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(environments::get, environments::delete))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::get, tokens::delete))
+        .routes(routes!(history::node))
+        .routes(routes!(history::node_group))
+        .routes(routes!(history::environment))
+        .routes(routes!(history::changes))
+        .routes(routes!(history::diff))
+        .routes(routes!(history::restore_node))
+        .routes(routes!(history::restore_node_group))
+        .routes(routes!(history::restore_environment))
         .routes(routes!(session::page_get, session::sign_in))
         .routes(routes!(session::sign_out))
 }

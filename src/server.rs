@@ -123,6 +123,23 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     }
 }
 
+/// Removes revisions older than `retention`, now and every hour (on DynamoDB its TTL does
+/// the same, within days; this makes it exact).
+async fn prune_history(store: Arc<crate::store::Store>, retention: chrono::Duration) {
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        let before = chrono::Utc::now() - retention;
+        match store.prune_history(&before).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "pruned change history"),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::cause_chain(&e), "pruning history failed")
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then gives in-flight requests the grace period.
 pub async fn serve(
     config: Config,
@@ -136,6 +153,7 @@ pub async fn serve(
         .with_cors_origins(&config.cors_origins)?
         .with_trace_context(trace_context)
         .with_auth(auth)
+        .with_history_retention(config.history_retention())
         .with_limits(crate::Limits::new(
             Duration::from_secs(config.request_timeout_seconds.max(1)),
             config.max_concurrent_requests,
@@ -144,6 +162,9 @@ pub async fn serve(
         tracing::warn!("{}", crate::handlers::health::AUTH_OFF);
     } else if config.bootstrap_secret()?.is_none() {
         first_admin_token(&state.store, &config.data_dir).await?;
+    }
+    if let Some(retention) = config.history_retention() {
+        tokio::spawn(prune_history(state.store.clone(), retention));
     }
     let listener = TcpListener::bind(config.listen)
         .await

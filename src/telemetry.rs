@@ -227,6 +227,16 @@ impl Drop for InFlight {
     }
 }
 
+tokio::task_local! {
+    /// The id of the request being answered, for what it records (history revisions).
+    static REQUEST_ID_NOW: String;
+}
+
+/// The id of the request this task is answering, if it is answering one.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID_NOW.try_with(Clone::clone).ok()
+}
+
 /// Every request: an id (kept from `x-request-id` or made), a server span (child of an
 /// incoming `traceparent`), metrics by matched route, one log event, the id on the response.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -261,7 +271,8 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
 
     state.metrics.http_in_flight.inc();
     let in_flight = InFlight(state.metrics.http_in_flight.clone());
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let run = next.run(request).instrument(span.clone());
+    let mut response = REQUEST_ID_NOW.scope(request_id.clone(), run).await;
     drop(in_flight);
 
     let status = response.status();

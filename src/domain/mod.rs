@@ -2,6 +2,7 @@
 
 mod activity;
 mod classification;
+mod history;
 mod names;
 mod resources;
 mod token;
@@ -12,6 +13,10 @@ pub use activity::{
     Total, parse_work_date, summarize,
 };
 pub use classification::{Classification, Explanation, Source, classify};
+pub use history::{
+    ClassificationDiff, EnvironmentChange, Operation, ParameterChange, Revision,
+    diff as classification_diff,
+};
 pub use names::{
     Certname, ClassName, ClusterName, EnvironmentName, GroupName, Label, ParamName, TokenName,
 };

@@ -33,6 +33,10 @@ pub struct ClassificationQuery {
     /// Add where every class and value came from.
     #[serde(default)]
     explain: bool,
+    /// The classification as it was at this instant (RFC 3339): the node and every group of
+    /// its chain as they were then, from the change history.
+    #[param(value_type = Option<String>, format = DateTime)]
+    at: Option<String>,
 }
 
 /// The classification, with its explanation when asked for.
@@ -144,10 +148,7 @@ async fn classify_with(
         }
     };
     let yaml = wants_yaml(query.format, headers);
-    let make = || {
-        let (node, chain) = inputs.node_and_chain(&name)?;
-        let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
-        let (classification, explanation) = classify(&node.item, &chain);
+    let render = |(classification, explanation): (Classification, Explanation)| {
         let body = ClassificationResponse {
             classification,
             explain: query.explain.then_some(explanation),
@@ -161,6 +162,26 @@ async fn classify_with(
         let size = body.len();
         Ok::<_, AppError>((Bytes::from(body), size))
     };
+    let kind = if yaml { YAML } else { "application/json" };
+    let respond = |body: Bytes| {
+        let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static(kind))];
+        (content_type, body).into_response()
+    };
+    if let Some(at) = &query.at {
+        let at = super::history::instant("at", at)?;
+        let Some(then) = super::history::classification_at(state, &name, &at).await? else {
+            return Err(AppError::NotFound(format!(
+                "node {name} did not exist at {} (or the history does not reach back so far)",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )));
+        };
+        return Ok(respond(render(then)?.0));
+    }
+    let make = || {
+        let (node, chain) = inputs.node_and_chain(&name)?;
+        let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
+        render(classify(&node.item, &chain))
+    };
     // The same node record under the same groups classifies the same: made once, kept.
     let body = match &inputs.node {
         Some(record) if !query.explain => state.answers.classifications.get(
@@ -171,12 +192,7 @@ async fn classify_with(
         )?,
         _ => make()?.0,
     };
-    let kind = if yaml { YAML } else { "application/json" };
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(kind))],
-        body,
-    )
-        .into_response())
+    Ok(respond(body))
 }
 
 #[cfg(test)]

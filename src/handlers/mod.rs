@@ -4,6 +4,8 @@ pub mod activities;
 pub mod classification;
 pub mod environments;
 pub mod health;
+pub mod history;
+pub mod impact;
 pub mod metrics_form;
 pub mod node_groups;
 pub mod nodes;

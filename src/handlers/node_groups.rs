@@ -2,11 +2,12 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::impact::{self, Preview, WriteQuery};
 use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored, within_size};
 use crate::AppState;
 use crate::auth::Caller;
@@ -127,22 +128,50 @@ fn group_name(raw: &str) -> Result<GroupName, AppError> {
     parse_name("node_group_name", raw, GroupName::parse)
 }
 
-/// Create a node group.
+/// A replace's answer: the group as stored, or with `dry_run` the preview.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum GroupOrPreview {
+    Stored(Stored<NodeGroup>),
+    Preview(Preview),
+}
+
+/// The preview of a group write, as the answer.
+async fn previewed(
+    state: &AppState,
+    name: &GroupName,
+    after: Option<Stored<NodeGroup>>,
+) -> Result<Response, AppError> {
+    let group = after.as_ref().map(|g| g.item.clone());
+    let preview = impact::of_group(state, name, group, after.as_ref()).await?;
+    Ok(axum::Json(preview).into_response())
+}
+
+/// Create a node group (`dry_run`: check it and preview it, storing nothing).
 #[utoipa::path(post, path = "/nodegroup/", tag = "node groups", operation_id = "create_node_group",
-    security(("bearer" = ["write"])),
+    security(("bearer" = ["write"])), params(WriteQuery),
     request_body = NewNodeGroup,
     responses(
         (status = 201, description = "Created", body = Stored<NodeGroup>,
             headers(("ETag" = String), ("Location" = String))),
+        (status = 200, description = "`dry_run`: what it would do", body = Preview),
         WriteProblems,
     ))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Query(options): Query<WriteQuery>,
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
     let group = within_size(body.into_domain(None)?)?;
-    let created = state.store.create_node_group(group, caller.actor()).await?;
+    let name = group.name.clone();
+    let created = state
+        .store
+        .create_node_group(group, options.by(&caller))
+        .await?;
+    if options.dry_run {
+        return previewed(&state, &name, Some(created)).await;
+    }
     let location = ["nodegroup", created.item.name.as_str()];
     Ok(stored(StatusCode::CREATED, &created, &location))
 }
@@ -174,40 +203,53 @@ pub async fn get(
 }
 
 /// Replace a node group; refused (422) if its parent is missing, would make a cycle, or would
-/// make a chain deeper than 32 groups.
+/// make a chain deeper than 32 groups. `dry_run`: the nodes in it and below it whose
+/// classification would change, and how; nothing stored.
 #[utoipa::path(put, path = "/nodegroup/{node_group_name}", tag = "node groups", operation_id = "replace_node_group",
-    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), IfMatchHeader),
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), IfMatchHeader, WriteQuery),
     request_body = NodeGroupBody,
-    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The group as stored or, with `dry_run`, a `Preview`",
+        body = GroupOrPreview,
+        headers(("ETag" = String))), WriteProblems))]
 pub async fn replace(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
+    Query(options): Query<WriteQuery>,
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
-    let group = within_size(body.into_domain(Some(&group_name(&name)?))?)?;
+    let name = group_name(&name)?;
+    let group = within_size(body.into_domain(Some(&name))?)?;
     let replaced = state
         .store
-        .replace_node_group(group, expected, caller.actor())
+        .replace_node_group(group, expected, options.by(&caller))
         .await?;
+    if options.dry_run {
+        return previewed(&state, &name, Some(replaced)).await;
+    }
     Ok(stored(StatusCode::OK, &replaced, &[]))
 }
 
 /// Delete a node group; refused (409) while nodes or child groups use it.
 #[utoipa::path(delete, path = "/nodegroup/{node_group_name}", tag = "node groups", operation_id = "delete_node_group",
-    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), IfMatchHeader),
-    responses((status = 204, description = "Deleted"), WriteProblems))]
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), IfMatchHeader, WriteQuery),
+    responses((status = 204, description = "Deleted"),
+        (status = 200, description = "`dry_run`: what it would do", body = Preview), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
-) -> Result<StatusCode, AppError> {
+    Query(options): Query<WriteQuery>,
+) -> Result<Response, AppError> {
     let name = group_name(&name)?;
     state
         .store
-        .delete_node_group(&name, expected, caller.actor())
+        .delete_node_group(&name, expected, options.by(&caller))
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    if options.dry_run {
+        return previewed(&state, &name, None).await;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -2,11 +2,12 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
-use axum::response::Response;
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::impact::{self, Preview, WriteQuery};
 use super::{
     IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, stored_json,
     within_size,
@@ -140,22 +141,36 @@ fn certname(raw: &str) -> Result<Certname, AppError> {
     parse_name("unique_name", raw, Certname::parse)
 }
 
-/// Create a node.
+/// A replace's answer: the node as stored, or with `dry_run` the preview.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum NodeOrPreview {
+    Stored(Stored<Node>),
+    Preview(Preview),
+}
+
+/// Create a node (`dry_run`: check it and preview its classification, storing nothing).
 #[utoipa::path(post, path = "/nodes/", tag = "nodes", operation_id = "create_node",
-    security(("bearer" = ["write"])),
+    security(("bearer" = ["write"])), params(WriteQuery),
     request_body = NewNode,
     responses(
         (status = 201, description = "Created", body = Stored<Node>,
             headers(("ETag" = String), ("Location" = String))),
+        (status = 200, description = "`dry_run`: what it would do", body = Preview),
         WriteProblems,
     ))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Query(options): Query<WriteQuery>,
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
     let node = within_size(body.into_domain(None)?)?;
-    let created = state.store.create_node(node, caller.actor()).await?;
+    let created = state.store.create_node(node, options.by(&caller)).await?;
+    if options.dry_run {
+        let preview = impact::of_node(&state, None, Some(&created.item), Some(&created));
+        return Ok(axum::Json(preview.await?).into_response());
+    }
     let location = ["nodes", created.item.unique_name.as_str()];
     Ok(stored(StatusCode::CREATED, &created, &location))
 }
@@ -241,40 +256,67 @@ fn node_json(state: &AppState, name: &Certname, record: &Record) -> Result<Respo
     Ok(stored_json(body, record.version))
 }
 
-/// Replace a node.
+/// Replace a node (`dry_run`: how its classification would change; nothing stored).
 #[utoipa::path(put, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "replace_node",
-    security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader),
+    security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader, WriteQuery),
     request_body = NodeBody,
-    responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The node as stored or, with `dry_run`, a `Preview`",
+        body = NodeOrPreview,
+        headers(("ETag" = String))), WriteProblems))]
 pub async fn replace(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
+    Query(options): Query<WriteQuery>,
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
-    let node = within_size(body.into_domain(Some(&certname(&name)?))?)?;
+    let name = certname(&name)?;
+    let node = within_size(body.into_domain(Some(&name))?)?;
+    let current = match options.dry_run {
+        true => Some(state.store.get_node(&name).await?),
+        false => None,
+    };
     let replaced = state
         .store
-        .replace_node(node, expected, caller.actor())
+        .replace_node(node, expected, options.by(&caller))
         .await?;
+    if let Some(current) = current {
+        let preview = impact::of_node(
+            &state,
+            Some(&current.item),
+            Some(&replaced.item),
+            Some(&replaced),
+        );
+        return Ok(axum::Json(preview.await?).into_response());
+    }
     Ok(stored(StatusCode::OK, &replaced, &[]))
 }
 
-/// Delete a node.
+/// Delete a node (`dry_run`: what its classification was; nothing stored).
 #[utoipa::path(delete, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "delete_node",
-    security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader),
-    responses((status = 204, description = "Deleted"), WriteProblems))]
+    security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader, WriteQuery),
+    responses((status = 204, description = "Deleted"),
+        (status = 200, description = "`dry_run`: what it would do", body = Preview), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
     Path(name): Path<String>,
-) -> Result<StatusCode, AppError> {
+    Query(options): Query<WriteQuery>,
+) -> Result<Response, AppError> {
     let name = certname(&name)?;
+    let current = match options.dry_run {
+        true => Some(state.store.get_node(&name).await?),
+        false => None,
+    };
     state
         .store
-        .delete_node(&name, expected, caller.actor())
+        .delete_node(&name, expected, options.by(&caller))
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    if let Some(current) = current {
+        let preview = impact::of_node::<Node>(&state, Some(&current.item), None, None);
+        return Ok(axum::Json(preview.await?).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -26,6 +26,7 @@ pub static ACTIVITY: RecordKind = RecordKind {
     references: &[],
     referenced: false,
     json: &[],
+    history: None,
 };
 
 /// A submission made with an idempotency key: the activity it recorded and a fingerprint of
@@ -41,6 +42,7 @@ pub static SUBMISSION: RecordKind = RecordKind {
     references: &[],
     referenced: false,
     json: &[],
+    history: None,
 };
 
 #[derive(Serialize, Deserialize)]

@@ -58,6 +58,21 @@ pub enum Expect {
     Refs(i64),
 }
 
+impl Expect {
+    /// Whether the record as it is (`None`: absent) meets the expectation.
+    pub fn holds(self, current: Option<&Record>) -> bool {
+        match self {
+            Expect::Anything => true,
+            Expect::Absent => current.is_none(),
+            Expect::Present => current.is_some(),
+            Expect::At { version, refs } => {
+                current.is_some_and(|r| r.version == version && r.refs == refs)
+            }
+            Expect::Refs(refs) => current.map_or(0, |r| r.refs) == refs,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Store this object (a JSON object) with this reference count.

@@ -7,13 +7,15 @@ pub mod dynamodb;
 pub mod embedded;
 pub mod enc;
 pub mod engine;
+pub mod history;
 pub mod instrumented;
 pub mod record;
 mod rules;
 pub mod tokens;
 
 pub use cursor::Cursor;
-pub use rules::{MAX_REFERRERS, decode};
+pub use history::ChangeFilter;
+pub use rules::{By, MAX_REFERRERS, decode};
 
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 7] = [
+pub static KINDS: [&RecordKind; 9] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
@@ -32,6 +34,8 @@ pub static KINDS: [&RecordKind; 7] = [
     &activities::ACTIVITY,
     &activities::SUBMISSION,
     &tokens::TOKEN,
+    &history::REVISION,
+    &history::HEAD,
 ];
 
 /// Results of the store: its errors unless said otherwise.
@@ -48,6 +52,7 @@ pub enum Kind {
     Environment,
     Activity,
     Token,
+    Revision,
 }
 
 impl std::fmt::Display for Kind {
@@ -58,6 +63,7 @@ impl std::fmt::Display for Kind {
             Kind::Environment => "environment",
             Kind::Activity => "activity",
             Kind::Token => "token",
+            Kind::Revision => "revision",
         })
     }
 }
@@ -94,6 +100,13 @@ pub enum StoreError {
         kind: Kind,
         key: String,
         referrers: Vec<String>,
+    },
+    /// A restore of the revision that deleted the object.
+    #[error("version {version} of {kind} {key} is its deletion: restore an earlier version")]
+    NothingToRestore {
+        kind: Kind,
+        key: String,
+        version: u64,
     },
     #[error("the pagination cursor is not valid for this listing")]
     InvalidCursor,
@@ -156,6 +169,15 @@ impl Store {
             db: rules::Db::new(engine, &KINDS),
             groups: enc::TreeCache::default(),
         }
+    }
+
+    /// Keeps revisions for `retention` (default: forever): they carry when they expire.
+    pub fn set_retention(&mut self, retention: Option<chrono::Duration>) {
+        self.db.retention = retention;
+    }
+
+    pub fn retention(&self) -> Option<chrono::Duration> {
+        self.db.retention
     }
 
     /// A short name for logs and metrics, e.g. `embedded`.

@@ -94,6 +94,9 @@ pub struct RecordKind {
     pub referenced: bool,
     /// Fields holding any JSON value (DynamoDB keeps them as JSON text).
     pub json: &'static [&'static str],
+    /// Whether every change appends a revision (`history`) in its own commit, and the fields
+    /// a revision leaves out (secrets).
+    pub history: Option<&'static [&'static str]>,
 }
 
 /// Kinds are statics that may refer to themselves: they are equal when they are the same

@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::engine::{CommitError, Engine, Expect, Key, Op, Position, Query, Record, Write};
+use super::history::{self, HEAD, Made, head_key};
 use super::record::{RecordKind, to_body};
 use super::{Cursor, Kind, Page, PageRequest, Result, StoreError};
-use crate::domain::{Meta, Stored};
+use crate::domain::{Meta, Operation, Stored, now};
 
 /// Attempts at a write that keeps meeting concurrent writes before answering 503.
 pub(super) const MAX_TRIES: u32 = 8;
@@ -132,6 +133,41 @@ fn references(
         .collect()
 }
 
+/// Who makes a change, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct By<'a> {
+    pub actor: &'a str,
+    /// Check the change exactly as its commit would, and store nothing.
+    pub dry_run: bool,
+    /// Record no revision: a change that is not an edit (a token's last use).
+    pub quiet: bool,
+    /// The version whose content this change writes again.
+    pub restored_from: Option<u64>,
+}
+
+impl<'a> By<'a> {
+    pub fn actor(actor: &'a str) -> Self {
+        Self {
+            actor,
+            dry_run: false,
+            quiet: false,
+            restored_from: None,
+        }
+    }
+}
+
+impl<'a> From<&'a str> for By<'a> {
+    fn from(actor: &'a str) -> Self {
+        Self::actor(actor)
+    }
+}
+
+impl<'a> From<&'a String> for By<'a> {
+    fn from(actor: &'a String) -> Self {
+        Self::actor(actor)
+    }
+}
+
 /// What a write does to the object under its key; `Option<u64>` is `If-Match`.
 enum Change<'a, T> {
     Create(&'a T),
@@ -139,16 +175,41 @@ enum Change<'a, T> {
     Delete(Option<u64>),
 }
 
+/// What the failed expectation of step `i` means: `Ok(false)` to try again, or the refusal.
+fn refusal(steps: &[Step], i: usize) -> Result<bool> {
+    let Some((write, on_fail)) = steps.get(i) else {
+        return Err(StoreError::Internal(format!("no write {i} to fail").into()));
+    };
+    match on_fail {
+        OnFail::Changed => Ok(false),
+        OnFail::Exists => Err(StoreError::AlreadyExists {
+            kind: write.kind.kind,
+            key: write.key.to_string(),
+        }),
+        OnFail::Missing { field, kind, key } => Err(StoreError::MissingReference {
+            field,
+            kind: *kind,
+            key: key.clone(),
+        }),
+    }
+}
+
 /// The rules over one engine.
 pub(super) struct Db {
     engine: Arc<dyn Engine>,
     /// Every kind, to find who refers to a record.
     kinds: &'static [&'static RecordKind],
+    /// How long revisions are kept; `None`: forever.
+    pub(super) retention: Option<chrono::Duration>,
 }
 
 impl Db {
     pub(super) fn new(engine: Arc<dyn Engine>, kinds: &'static [&'static RecordKind]) -> Self {
-        Self { engine, kinds }
+        Self {
+            engine,
+            kinds,
+            retention: None,
+        }
     }
 
     pub(super) fn engine(&self) -> &dyn Engine {
@@ -196,37 +257,37 @@ impl Db {
 
     /// Commits: `Ok(true)` when done, `Ok(false)` when it should be tried again.
     pub(super) async fn commit(&self, steps: Vec<Step>) -> Result<bool> {
-        let (writes, fails): (Vec<Write>, Vec<OnFail>) = steps.into_iter().unzip();
-        let i = match self.engine.commit(&writes).await {
-            Ok(()) => return Ok(true),
-            Err(CommitError::Conflict) => return Ok(false),
-            Err(CommitError::Store(e)) => return Err(e),
-            Err(CommitError::Condition(i)) => i,
-        };
-        match fails.get(i) {
-            Some(OnFail::Changed) => Ok(false),
-            Some(OnFail::Exists) => Err(StoreError::AlreadyExists {
-                kind: writes[i].kind.kind,
-                key: writes[i].key.to_string(),
-            }),
-            Some(OnFail::Missing { field, kind, key }) => Err(StoreError::MissingReference {
-                field,
-                kind: *kind,
-                key: key.clone(),
-            }),
-            None => Err(StoreError::Internal(format!("no write {i} to fail").into())),
+        let writes: Vec<Write> = steps.iter().map(|(w, _)| w.clone()).collect();
+        match self.engine.commit(&writes).await {
+            Ok(()) => Ok(true),
+            Err(CommitError::Conflict) => Ok(false),
+            Err(CommitError::Store(e)) => Err(e),
+            Err(CommitError::Condition(i)) => refusal(&steps, i),
         }
     }
 
+    /// What `commit` would answer, storing nothing: every expectation checked against the
+    /// records as they are now (a dry run).
+    async fn check(&self, steps: Vec<Step>) -> Result<bool> {
+        let keys: Vec<_> = steps.iter().map(|(w, _)| (w.kind, w.key.clone())).collect();
+        let found = self.engine.get(&keys).await?;
+        for (i, ((write, _), record)) in steps.iter().zip(&found).enumerate() {
+            if !write.expect.holds(record.as_ref()) {
+                return refusal(&steps, i);
+            }
+        }
+        Ok(true)
+    }
+
     /// Creates, replaces or deletes the object under `key`, in one commit with the reference
-    /// counts it changes and the guard's writes, all conditional on what was read; tried again
-    /// if anything changed in between.
+    /// counts it changes, the guard's writes and its revision, all conditional on what was
+    /// read; tried again if anything changed in between.
     async fn write<T>(
         &self,
         kind: &'static RecordKind,
         key: &Key,
         change: Change<'_, T>,
-        by: &str,
+        by: By<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<Option<Stored<T>>>
     where
@@ -237,13 +298,46 @@ impl Db {
             Change::Replace(item, expected) => (false, expected, Some(item)),
             Change::Delete(expected) => (false, expected, None),
         };
+        let recorded = kind.history.is_some() && !by.quiet;
+        // A create first takes the object to be new (no head: version 1), so it costs one
+        // commit; made again after a deletion, that commit fails on the head, and the next
+        // attempt reads it.
+        let tries = &std::sync::atomic::AtomicU32::new(0);
         retry(|| async move {
+            let mut keys = Vec::new();
+            if !create {
+                keys.push((kind, key.clone()));
+            }
+            let tried = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let read_head = recorded && (!create || tried > 0);
+            if read_head {
+                keys.push((&HEAD, head_key(kind, key)));
+            }
+            let mut found = match keys.is_empty() {
+                true => Vec::new(),
+                false => self.engine.get(&keys).await?,
+            }
+            .into_iter();
             let current: Option<(Stored<T>, Record)> = match create {
                 true => None,
-                false => Some(self.require(kind, key).await?),
+                false => match found.next().flatten() {
+                    Some(record) => Some((decode(&record)?, record)),
+                    None => {
+                        let key = key.to_string();
+                        return Err(StoreError::NotFound {
+                            kind: kind.kind,
+                            key,
+                        });
+                    }
+                },
             };
+            let head = found.next().flatten().map_or(0, |r| r.refs);
             let (meta, expect, refs) = match &current {
-                None => (Meta::first(by), Expect::Absent, 0),
+                None => {
+                    let mut meta = Meta::first(by.actor);
+                    meta.version = u64::try_from(head).unwrap_or(0) + 1;
+                    (meta, Expect::Absent, 0)
+                }
                 Some((stored, record)) => {
                     check_version(kind.kind, key, expected, stored.meta.version)?;
                     if after.is_none() && record.refs > 0 {
@@ -256,7 +350,11 @@ impl Db {
                         });
                     }
                     let (version, refs) = (record.version, record.refs);
-                    (stored.meta.next(by), Expect::At { version, refs }, refs)
+                    (
+                        stored.meta.next(by.actor),
+                        Expect::At { version, refs },
+                        refs,
+                    )
                 }
             };
             let stored = after.map(|item| Stored {
@@ -281,7 +379,41 @@ impl Db {
             steps.extend(references(kind, before.as_ref(), body.as_ref()));
             let item = current.as_ref().map(|(s, _)| &s.item);
             steps.extend(guard.check(item, after).await?);
-            Ok(self.commit(steps).await?.then_some(stored))
+            if recorded {
+                let (version, at, operation) = match (&stored, &current) {
+                    (Some(new), _) => {
+                        let operation = match (by.restored_from, create) {
+                            (Some(_), _) => Operation::Restore,
+                            (None, true) => Operation::Create,
+                            (None, false) => Operation::Replace,
+                        };
+                        (new.meta.version, new.meta.updated_at, operation)
+                    }
+                    (None, Some((old, _))) => {
+                        let at = now().max(old.meta.updated_at);
+                        (old.meta.version + 1, at, Operation::Delete)
+                    }
+                    (None, None) => return Err(StoreError::Internal("a change of nothing".into())),
+                };
+                steps.extend(history::record(Made {
+                    kind,
+                    key,
+                    version,
+                    operation,
+                    actor: by.actor,
+                    at,
+                    restored_from: by.restored_from,
+                    head,
+                    before: before.as_ref(),
+                    after: body.as_ref(),
+                    retention: self.retention,
+                })?);
+            }
+            let done = match by.dry_run {
+                true => self.check(steps).await?,
+                false => self.commit(steps).await?,
+            };
+            Ok(done.then_some(stored))
         })
         .await
     }
@@ -292,7 +424,7 @@ impl Db {
         &self,
         kind: &'static RecordKind,
         item: T,
-        by: &str,
+        by: By<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<Stored<T>>
     where
@@ -332,7 +464,7 @@ impl Db {
         kind: &'static RecordKind,
         item: T,
         expected: Option<u64>,
-        by: &str,
+        by: By<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<Stored<T>>
     where
@@ -351,7 +483,7 @@ impl Db {
         kind: &'static RecordKind,
         key: &Key,
         expected: Option<u64>,
-        by: &str,
+        by: By<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<()>
     where

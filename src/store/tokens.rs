@@ -3,7 +3,7 @@
 
 use super::engine::{Key, Record};
 use super::record::{ITEM_TYPE, Index, RecordKind};
-use super::rules::NoGuard;
+use super::rules::{By, NoGuard};
 use super::{Kind, Page, PageRequest, Result, Store};
 use crate::domain::{Stored, Token, TokenName};
 
@@ -17,11 +17,12 @@ pub static TOKEN: RecordKind = RecordKind {
     references: &[],
     referenced: false,
     json: &["scopes"],
+    history: Some(&["secret_sha256"]),
 };
 
 impl Store {
-    pub async fn create_token(&self, token: Token, by: &str) -> Result<Stored<Token>> {
-        self.db.create(&TOKEN, token, by, &NoGuard).await
+    pub async fn create_token(&self, token: Token, by: impl Into<By<'_>>) -> Result<Stored<Token>> {
+        self.db.create(&TOKEN, token, by.into(), &NoGuard).await
     }
 
     pub async fn get_token(&self, name: &TokenName) -> Result<Stored<Token>> {
@@ -45,10 +46,14 @@ impl Store {
     ) -> Result<()> {
         let mut token = used.item;
         token.last_used_at = Some(at);
-        let by = token.name.to_string();
+        let actor = token.name.to_string();
         let version = Some(used.meta.version);
+        let by = By {
+            quiet: true,
+            ..By::actor(&actor)
+        };
         self.db
-            .replace(&TOKEN, token, version, &by, &NoGuard)
+            .replace(&TOKEN, token, version, by, &NoGuard)
             .await?;
         Ok(())
     }
@@ -57,11 +62,11 @@ impl Store {
         &self,
         name: &TokenName,
         expected: Option<u64>,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
         self.db
-            .delete::<Token>(&TOKEN, &key, expected, by, &NoGuard)
+            .delete::<Token>(&TOKEN, &key, expected, by.into(), &NoGuard)
             .await
     }
 }

@@ -371,7 +371,8 @@ fn dynamodb_tables_prints_create_table_inputs() {
             "enc-prod-node_groups",
             "enc-prod-nodes",
             "enc-prod-activities",
-            "enc-prod-tokens"
+            "enc-prod-tokens",
+            "enc-prod-history"
         ]
     );
     for table in tables.as_array().unwrap() {

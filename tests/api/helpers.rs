@@ -71,12 +71,19 @@ pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A DynamoDB engine on fresh tables at `endpoint`, whose calls may take `timeout`. The
 /// tables are created with setup's own, longer timeout.
 pub(crate) async fn dynamodb_store(endpoint: &str, timeout: Duration) -> DynamoDb {
+    dynamodb_stores(endpoint, timeout).await.1
+}
+
+/// Two DynamoDB engines on the same fresh tables at `endpoint`: one for setup, whose calls
+/// may take `SETUP_TIMEOUT`, and one whose calls may take `timeout`.
+pub(crate) async fn dynamodb_stores(endpoint: &str, timeout: Duration) -> (DynamoDb, DynamoDb) {
     let prefix = unique_prefix();
     let setup = DynamoDb::connect(&dynamodb_settings(endpoint, &prefix, SETUP_TIMEOUT)).await;
     create_tables(setup.client(), &prefix)
         .await
         .expect("create tables");
-    DynamoDb::connect(&dynamodb_settings(endpoint, &prefix, timeout)).await
+    let short = DynamoDb::connect(&dynamodb_settings(endpoint, &prefix, timeout)).await;
+    (setup, short)
 }
 
 /// The DynamoDB Local endpoint of the DynamoDB pass.
@@ -381,6 +388,7 @@ impl TestApp {
             "environments": self.all("/environment").await,
             "node_groups": self.all("/nodegroup").await,
             "nodes": self.all("/nodes").await,
+            "changes": self.all("/changes").await,
         })
     }
 }

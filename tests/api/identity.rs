@@ -108,6 +108,37 @@ fn known_case(method: &Method, path: &str) -> Option<Case> {
         ("GET", "/nodes/{unique_name}/classification") => {
             json_case("/nodes/web01/classification", None, ok)
         }
+        ("GET", "/nodes/{unique_name}/history") => json_case("/nodes/web01/history", None, ok),
+        ("GET", "/nodegroup/{node_group_name}/history") => {
+            json_case("/nodegroup/base/history", None, ok)
+        }
+        ("GET", "/environment/{environment_name}/{puppet_cluster_name}/history") => {
+            json_case("/environment/production/eu/history", None, ok)
+        }
+        ("GET", "/changes") => json_case("/changes?kind=node", None, ok),
+        ("GET", "/nodes/{unique_name}/classification/diff") => json_case(
+            "/nodes/web01/classification/diff?from=2020-01-01T00:00:00Z",
+            None,
+            ok,
+        ),
+        ("POST", "/nodes/{unique_name}/history/{version}/restore") => Case {
+            setup: admin_post("/nodes/", node(&format!("r{u}"))),
+            ..json_case(&format!("/nodes/r{u}/history/1/restore"), None, ok)
+        },
+        ("POST", "/nodegroup/{node_group_name}/history/{version}/restore") => Case {
+            setup: admin_post("/nodegroup/", json!({"name": format!("r{u}")})),
+            ..json_case(&format!("/nodegroup/r{u}/history/1/restore"), None, ok)
+        },
+        (
+            "POST",
+            "/environment/{environment_name}/{puppet_cluster_name}/history/{version}/restore",
+        ) => Case {
+            setup: admin_post(
+                "/environment/",
+                json!({"environment_name": format!("r{u}"), "puppet_cluster_name": "eu"}),
+            ),
+            ..json_case(&format!("/environment/r{u}/eu/history/1/restore"), None, ok)
+        },
         ("GET", "/tokens") => json_case("/tokens", None, ok),
         ("POST", "/tokens") => json_case(
             "/tokens",

@@ -8,6 +8,7 @@ mod dynamodb_faults;
 mod environments;
 mod errors;
 mod helpers;
+mod history;
 mod identity;
 mod limits;
 mod metrics_form;

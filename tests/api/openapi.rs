@@ -32,7 +32,8 @@ async fn every_documented_operation_is_routed() {
             .replace("{node_group_name}", "x")
             .replace("{environment_name}", "x")
             .replace("{puppet_cluster_name}", "x")
-            .replace("{name}", "x");
+            .replace("{name}", "x")
+            .replace("{version}", "1");
         for method in item.as_object().unwrap().keys() {
             let method: axum::http::Method = method.to_uppercase().parse().unwrap();
             let response = app.request(method.clone(), &uri, None, None).await;
@@ -43,7 +44,7 @@ async fn every_documented_operation_is_routed() {
             count += 1;
         }
     }
-    assert_eq!(count, 39);
+    assert_eq!(count, 47);
 }
 
 #[tokio::test]

@@ -330,6 +330,9 @@ def test_data_stack_tables_are_what_enc_defines():
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
         assert props["DeletionProtectionEnabled"] == {"Fn::If": ["IsProd", True, False]}
+    ttl = declared["enc-dev-history"]["TimeToLiveSpecification"]
+    assert ttl == {"AttributeName": "expires_at", "Enabled": True}, "history expires by TTL"
+    assert all("TimeToLiveSpecification" not in p for n, p in declared.items() if n != "enc-dev-history")
 
 
 # The DynamoDB calls the service makes (src/store/dynamodb, but for tables.rs, which only the

@@ -9,11 +9,12 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TableStatus,
+    ProjectionType, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use serde_json::{Value, json};
 
 use crate::store::KINDS;
+use crate::store::history::{EXPIRES_AT, REVISION};
 use crate::store::record::{Index, RecordKind};
 
 #[derive(Debug)]
@@ -185,7 +186,40 @@ pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> 
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        if table.kinds.contains(&&REVISION) {
+            expire_by_ttl(client, &name).await?;
+        }
     }
+    Ok(())
+}
+
+/// Turns on DynamoDB's TTL on revisions' `expires_at` (a table that has it already is left).
+async fn expire_by_ttl(client: &Client, name: &str) -> anyhow::Result<()> {
+    let described = client
+        .describe_time_to_live()
+        .table_name(name)
+        .send()
+        .await?;
+    let status = described
+        .time_to_live_description()
+        .and_then(|d| d.time_to_live_status());
+    if matches!(
+        status,
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    ) {
+        return Ok(());
+    }
+    let ttl = TimeToLiveSpecification::builder()
+        .attribute_name(EXPIRES_AT)
+        .enabled(true)
+        .build()?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(ttl)
+        .send()
+        .await?;
+    tracing::info!(table = %name, "expiry by TTL on {EXPIRES_AT}");
     Ok(())
 }
 
@@ -203,7 +237,8 @@ mod tests {
                 "node_groups",
                 "nodes",
                 "activities",
-                "tokens"
+                "tokens",
+                "history"
             ]
         );
         let groups = tables()

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde_json::{Map, Value};
 
-use super::engine::{Batch, CommitError, Engine, Expect, Key, Op, Position, Query, Record, Write};
+use super::engine::{Batch, CommitError, Engine, Key, Op, Position, Query, Record, Write};
 use super::record::{Index, RecordKind};
 use super::{Result, StoreError};
 
@@ -102,19 +102,6 @@ fn decode_record(bytes: &[u8]) -> Result<Record> {
 
 fn body_of(record: &Record) -> Result<Map<String, Value>> {
     serde_json::from_slice(&record.body).map_err(internal)
-}
-
-/// Whether the record as it is meets the expectation.
-fn holds(expect: Expect, current: Option<&Record>) -> bool {
-    match expect {
-        Expect::Anything => true,
-        Expect::Absent => current.is_none(),
-        Expect::Present => current.is_some(),
-        Expect::At { version, refs } => {
-            current.is_some_and(|r| r.version == version && r.refs == refs)
-        }
-        Expect::Refs(refs) => current.map_or(0, |r| r.refs) == refs,
-    }
 }
 
 /// The index entries of a record: (index table, partition, sort) for every index it is in.
@@ -269,7 +256,7 @@ fn commit_now(db: &Database, writes: &[Write]) -> Result<(), CommitError> {
     let mut open = Open::new(&txn);
     for (i, write) in writes.iter().enumerate() {
         let current = open.read(write.kind, &encode_key(&write.key))?;
-        if !holds(write.expect, current.as_ref()) {
+        if !write.expect.holds(current.as_ref()) {
             drop(open);
             txn.abort()?;
             return Err(CommitError::Condition(i));

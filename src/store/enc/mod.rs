@@ -11,7 +11,7 @@ pub use self::tree::{GroupTree, MAX_DEPTH, TreeCache};
 use super::engine::Record;
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
-use super::rules::{Guard, MAX_TRIES, NoGuard, OnFail, Step, decode};
+use super::rules::{By, Guard, MAX_TRIES, NoGuard, OnFail, Step, decode};
 use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{
@@ -60,6 +60,7 @@ pub static ENVIRONMENT: RecordKind = RecordKind {
     references: &[],
     referenced: true,
     json: &[],
+    history: Some(&[]),
 };
 
 pub static NODE_GROUP: RecordKind = RecordKind {
@@ -75,6 +76,7 @@ pub static NODE_GROUP: RecordKind = RecordKind {
     references: &[Reference::new("parent", &NODE_GROUP, &["parent"])],
     referenced: true,
     json: &["classes", "parameters"],
+    history: Some(&[]),
 };
 
 pub static NODE: RecordKind = RecordKind {
@@ -99,6 +101,7 @@ pub static NODE: RecordKind = RecordKind {
     ],
     referenced: false,
     json: &["classes", "parameters"],
+    history: Some(&[]),
 };
 
 /// The group tree's generation: a counter (the record's reference count) that every group
@@ -113,6 +116,7 @@ pub static GENERATION: RecordKind = RecordKind {
     references: &[],
     referenced: false,
     json: &[],
+    history: None,
 };
 
 fn generation_key() -> Key {
@@ -201,7 +205,8 @@ impl Store {
         ))
     }
 
-    async fn current_tree(&self) -> Result<Arc<GroupTree>> {
+    /// The group tree as it is now.
+    pub async fn current_tree(&self) -> Result<Arc<GroupTree>> {
         let generation = self.generation().await?;
         self.tree_at(generation).await
     }
@@ -237,12 +242,17 @@ impl Store {
         ))
     }
 
+    /// The record of any object, or `NotFound`.
+    pub async fn record(&self, kind: &'static RecordKind, key: &Key) -> Result<Record> {
+        self.db.record(kind, key).await
+    }
+
     pub async fn create_environment(
         &self,
         env: Environment,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<Stored<Environment>> {
-        self.db.create(&ENVIRONMENT, env, by, &NoGuard).await
+        self.db.create(&ENVIRONMENT, env, by.into(), &NoGuard).await
     }
 
     pub async fn get_environment(&self, key: &EnvironmentKey) -> Result<Stored<Environment>> {
@@ -268,16 +278,20 @@ impl Store {
         &self,
         key: &EnvironmentKey,
         expected: Option<u64>,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<()> {
         self.db
-            .delete::<Environment>(&ENVIRONMENT, &env_key(key), expected, by, &NoGuard)
+            .delete::<Environment>(&ENVIRONMENT, &env_key(key), expected, by.into(), &NoGuard)
             .await
     }
 
-    pub async fn create_node_group(&self, group: NodeGroup, by: &str) -> Result<Stored<NodeGroup>> {
+    pub async fn create_node_group(
+        &self,
+        group: NodeGroup,
+        by: impl Into<By<'_>>,
+    ) -> Result<Stored<NodeGroup>> {
         self.db
-            .create(&NODE_GROUP, group, by, &TreeGuard(self))
+            .create(&NODE_GROUP, group, by.into(), &TreeGuard(self))
             .await
     }
 
@@ -293,10 +307,10 @@ impl Store {
         &self,
         group: NodeGroup,
         expected: Option<u64>,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<Stored<NodeGroup>> {
         self.db
-            .replace(&NODE_GROUP, group, expected, by, &TreeGuard(self))
+            .replace(&NODE_GROUP, group, expected, by.into(), &TreeGuard(self))
             .await
     }
 
@@ -304,16 +318,16 @@ impl Store {
         &self,
         name: &GroupName,
         expected: Option<u64>,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
         self.db
-            .delete(&NODE_GROUP, &key, expected, by, &TreeGuard(self))
+            .delete(&NODE_GROUP, &key, expected, by.into(), &TreeGuard(self))
             .await
     }
 
-    pub async fn create_node(&self, node: Node, by: &str) -> Result<Stored<Node>> {
-        self.db.create(&NODE, node, by, &NoGuard).await
+    pub async fn create_node(&self, node: Node, by: impl Into<By<'_>>) -> Result<Stored<Node>> {
+        self.db.create(&NODE, node, by.into(), &NoGuard).await
     }
 
     pub async fn get_node(&self, name: &Certname) -> Result<Stored<Node>> {
@@ -362,20 +376,59 @@ impl Store {
         &self,
         node: Node,
         expected: Option<u64>,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<Stored<Node>> {
-        self.db.replace(&NODE, node, expected, by, &NoGuard).await
+        self.db
+            .replace(&NODE, node, expected, by.into(), &NoGuard)
+            .await
     }
 
     pub async fn delete_node(
         &self,
         name: &Certname,
         expected: Option<u64>,
-        by: &str,
+        by: impl Into<By<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
         self.db
-            .delete::<Node>(&NODE, &key, expected, by, &NoGuard)
+            .delete::<Node>(&NODE, &key, expected, by.into(), &NoGuard)
+            .await
+    }
+
+    pub async fn restore_environment(
+        &self,
+        key: &EnvironmentKey,
+        version: u64,
+        expected: Option<u64>,
+        by: impl Into<By<'_>>,
+    ) -> Result<Stored<Environment>> {
+        let key = env_key(key);
+        self.restore(&ENVIRONMENT, &key, version, expected, by.into(), &NoGuard)
+            .await
+    }
+
+    pub async fn restore_node_group(
+        &self,
+        name: &GroupName,
+        version: u64,
+        expected: Option<u64>,
+        by: impl Into<By<'_>>,
+    ) -> Result<Stored<NodeGroup>> {
+        let key = Key::one(name.as_str());
+        let guard = TreeGuard(self);
+        self.restore(&NODE_GROUP, &key, version, expected, by.into(), &guard)
+            .await
+    }
+
+    pub async fn restore_node(
+        &self,
+        name: &Certname,
+        version: u64,
+        expected: Option<u64>,
+        by: impl Into<By<'_>>,
+    ) -> Result<Stored<Node>> {
+        let key = Key::one(name.as_str());
+        self.restore(&NODE, &key, version, expected, by.into(), &NoGuard)
             .await
     }
 }

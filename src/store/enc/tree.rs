@@ -19,24 +19,54 @@ pub struct GroupTree {
 
 impl GroupTree {
     pub fn new(generation: i64, groups: Vec<Stored<NodeGroup>>) -> Self {
+        Self::of(generation, groups.into_iter().map(|g| g.item).collect())
+    }
+
+    fn of(generation: i64, groups: Vec<NodeGroup>) -> Self {
         let mut children: HashMap<GroupName, Vec<GroupName>> = HashMap::new();
         for group in &groups {
-            if let Some(parent) = &group.item.parent {
+            if let Some(parent) = &group.parent {
                 children
                     .entry(parent.clone())
                     .or_default()
-                    .push(group.item.name.clone());
+                    .push(group.name.clone());
             }
         }
         let groups = groups
             .into_iter()
-            .map(|g| (g.item.name.clone(), Arc::new(g.item)))
+            .map(|g| (g.name.clone(), Arc::new(g)))
             .collect();
         Self {
             generation,
             groups,
             children,
         }
+    }
+
+    /// This tree with `group` in place of the group of its name (added if new), or with the
+    /// group `removed` taken out: what a write would make of it.
+    pub fn changed(&self, group: Option<NodeGroup>, removed: &GroupName) -> Self {
+        let mut groups: Vec<NodeGroup> = self
+            .groups
+            .values()
+            .filter(|g| &g.name != removed)
+            .map(|g| (**g).clone())
+            .collect();
+        groups.extend(group);
+        Self::of(self.generation, groups)
+    }
+
+    /// The group and every group below it.
+    pub fn subtree(&self, name: &GroupName) -> Vec<GroupName> {
+        let mut names = vec![name.clone()];
+        let mut i = 0;
+        while i < names.len() && names.len() <= self.groups.len() {
+            if let Some(children) = self.children.get(&names[i]) {
+                names.extend(children.iter().cloned());
+            }
+            i += 1;
+        }
+        names
     }
 
     pub fn contains(&self, name: &GroupName) -> bool {

@@ -1,0 +1,401 @@
+//! Change history: each object's revisions, the feed of every change, classifications as they
+//! were at an instant and how they changed between two, and restoring an earlier version.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::domain::{
+    Certname, Classification, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName,
+    Explanation, GroupName, Node, NodeGroup, Revision, Stored, classify,
+};
+use crate::error::{AppError, ReadProblems, WriteProblems};
+use crate::extract::{IfMatch, Path, Query};
+use crate::store::enc::{ENVIRONMENT, MAX_DEPTH, NODE, NODE_GROUP};
+use crate::store::engine::Key;
+use crate::store::history::kind_named;
+use crate::store::record::RecordKind;
+use crate::store::{ChangeFilter, StoreError};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Revisions per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ChangesQuery {
+    /// Changes made at this instant (RFC 3339) or later.
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// Changes made at this instant (RFC 3339) or earlier.
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+    /// Changes made by this actor (a token's name, a signed-in user, `bootstrap`).
+    #[param(min_length = 1, max_length = 255)]
+    actor: Option<String>,
+    /// Changes of this kind of object.
+    #[param(inline)]
+    kind: Option<ChangeKind>,
+    /// Changes per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The kinds of object whose changes are kept.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Node,
+    NodeGroup,
+    Environment,
+    Token,
+}
+
+impl ChangeKind {
+    fn record_kind(self) -> &'static RecordKind {
+        let name = match self {
+            ChangeKind::Node => "node",
+            ChangeKind::NodeGroup => "node_group",
+            ChangeKind::Environment => "environment",
+            ChangeKind::Token => "token",
+        };
+        kind_named(name).expect("every change kind keeps history")
+    }
+}
+
+/// Parses an RFC 3339 instant from a query.
+pub fn instant(field: &str, raw: &str) -> Result<DateTime<Utc>, AppError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            AppError::invalid(
+                field,
+                "must be an RFC 3339 time such as 2026-12-01T09:30:00Z",
+            )
+        })
+}
+
+fn list(page: crate::store::Page<Revision>) -> axum::Json<ListResponse<Revision>> {
+    axum::Json(page.into())
+}
+
+async fn history_of(
+    state: &AppState,
+    kind: &'static RecordKind,
+    key: Key,
+    query: HistoryQuery,
+) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
+    let page = page_request(query.limit, query.cursor)?;
+    Ok(list(state.store.history(kind, &key, &page).await?))
+}
+
+fn certname(raw: &str) -> Result<Certname, AppError> {
+    parse_name("unique_name", raw, Certname::parse)
+}
+
+fn group_name(raw: &str) -> Result<GroupName, AppError> {
+    parse_name("node_group_name", raw, GroupName::parse)
+}
+
+fn environment_key(environment: &str, cluster: &str) -> Result<EnvironmentKey, AppError> {
+    Ok(EnvironmentKey {
+        environment_name: parse_name("environment_name", environment, EnvironmentName::parse)?,
+        puppet_cluster_name: parse_name("puppet_cluster_name", cluster, ClusterName::parse)?,
+    })
+}
+
+fn env_key(key: &EnvironmentKey) -> Key {
+    Key::two(
+        key.environment_name.as_str(),
+        key.puppet_cluster_name.as_str(),
+    )
+}
+
+/// A node's revisions, newest first.
+#[utoipa::path(get, path = "/nodes/{unique_name}/history", tag = "history", operation_id = "node_history",
+    security(("bearer" = ["read"])),
+    params(("unique_name" = Certname, Path, description = "The node's certname"), HistoryQuery),
+    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+pub async fn node(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
+    let key = Key::one(certname(&name)?.as_str());
+    history_of(&state, &NODE, key, query).await
+}
+
+/// A node group's revisions, newest first.
+#[utoipa::path(get, path = "/nodegroup/{node_group_name}/history", tag = "history", operation_id = "node_group_history",
+    security(("bearer" = ["read"])),
+    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), HistoryQuery),
+    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+pub async fn node_group(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
+    let key = Key::one(group_name(&name)?.as_str());
+    history_of(&state, &NODE_GROUP, key, query).await
+}
+
+/// An environment's revisions, newest first.
+#[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}/history", tag = "history",
+    operation_id = "environment_history", security(("bearer" = ["read"])),
+    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), HistoryQuery),
+    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+pub async fn environment(
+    State(state): State<AppState>,
+    Path((environment, cluster)): Path<(String, String)>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
+    let key = env_key(&environment_key(&environment, &cluster)?);
+    history_of(&state, &ENVIRONMENT, key, query).await
+}
+
+/// Every change of nodes, node groups, environments and tokens, newest first.
+#[utoipa::path(get, path = "/changes", tag = "history", operation_id = "list_changes",
+    security(("bearer" = ["read"])), params(ChangesQuery),
+    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+pub async fn changes(
+    State(state): State<AppState>,
+    Query(query): Query<ChangesQuery>,
+) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
+    let since = query
+        .since
+        .as_deref()
+        .map(|t| instant("since", t))
+        .transpose()?;
+    let until = query
+        .until
+        .as_deref()
+        .map(|t| instant("until", t))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
+        return Err(AppError::invalid("until", "must not be before since"));
+    }
+    if let Some(actor) = &query.actor
+        && (actor.is_empty() || actor.len() > 255)
+    {
+        return Err(AppError::invalid("actor", "must be 1 to 255 characters"));
+    }
+    let filter = ChangeFilter {
+        since,
+        until,
+        actor: query.actor,
+        kind: query.kind.map(ChangeKind::record_kind),
+    };
+    let page = page_request(query.limit, query.cursor)?;
+    Ok(list(state.store.changes(&filter, &page).await?))
+}
+
+/// The version's content written again as the node's next version (made again if the node
+/// was deleted: its group and environment must exist).
+#[utoipa::path(post, path = "/nodes/{unique_name}/history/{version}/restore", tag = "history",
+    operation_id = "restore_node", security(("bearer" = ["write"])),
+    params(("unique_name" = Certname, Path, description = "The node's certname"),
+        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader),
+    responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
+pub async fn restore_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    IfMatch(expected): IfMatch,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Response, AppError> {
+    let name = certname(&name)?;
+    let restored = state
+        .store
+        .restore_node(&name, version, expected, caller.actor())
+        .await?;
+    Ok(stored(StatusCode::OK, &restored, &[]))
+}
+
+/// The version's content written again as the group's next version (made again if the group
+/// was deleted: its parent must exist).
+#[utoipa::path(post, path = "/nodegroup/{node_group_name}/history/{version}/restore", tag = "history",
+    operation_id = "restore_node_group", security(("bearer" = ["write"])),
+    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"),
+        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader),
+    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+pub async fn restore_node_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    IfMatch(expected): IfMatch,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Response, AppError> {
+    let name = group_name(&name)?;
+    let restored = state
+        .store
+        .restore_node_group(&name, version, expected, caller.actor())
+        .await?;
+    Ok(stored(StatusCode::OK, &restored, &[]))
+}
+
+/// The version's content written again as the environment's next version (made again if it
+/// was deleted).
+#[utoipa::path(post, path = "/environment/{environment_name}/{puppet_cluster_name}/history/{version}/restore",
+    tag = "history", operation_id = "restore_environment", security(("bearer" = ["write"])),
+    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path),
+        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader),
+    responses((status = 200, body = Stored<crate::domain::Environment>, headers(("ETag" = String))), WriteProblems))]
+pub async fn restore_environment(
+    State(state): State<AppState>,
+    caller: Caller,
+    IfMatch(expected): IfMatch,
+    Path((environment, cluster, version)): Path<(String, String, u64)>,
+) -> Result<Response, AppError> {
+    let key = environment_key(&environment, &cluster)?;
+    let restored = state
+        .store
+        .restore_environment(&key, version, expected, caller.actor())
+        .await?;
+    Ok(stored(StatusCode::OK, &restored, &[]))
+}
+
+/// The object as it was at `at`: its last revision then, or, for an object whose history
+/// begins later but which has not changed since before `at`, the object as it is.
+async fn as_of<T: DeserializeOwned>(
+    state: &AppState,
+    kind: &'static RecordKind,
+    key: &Key,
+    at: &DateTime<Utc>,
+) -> Result<Option<T>, AppError> {
+    let internal = |e: serde_json::Error| AppError::Internal(Box::new(e));
+    if let Some(revision) = state.store.revision_at(kind, key, at).await? {
+        return revision
+            .object
+            .map(|o| serde_json::from_value::<Stored<T>>(o).map(|s| s.item))
+            .transpose()
+            .map_err(internal);
+    }
+    let current = match state.store.record(kind, key).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let object: Stored<T> = crate::store::decode(&current)?;
+    Ok((object.meta.updated_at <= *at).then_some(object.item))
+}
+
+/// The node's classification as it was at `at` (node and every group of its chain as they
+/// were then), or `None` if the node did not exist then.
+pub async fn classification_at(
+    state: &AppState,
+    name: &Certname,
+    at: &DateTime<Utc>,
+) -> Result<Option<(Classification, Explanation)>, AppError> {
+    let Some(node) = as_of::<Node>(state, &NODE, &Key::one(name.as_str()), at).await? else {
+        return Ok(None);
+    };
+    let mut chain: Vec<NodeGroup> = Vec::new();
+    let mut next = node.node_group_name.clone();
+    while let Some(name) = next {
+        if chain.len() >= MAX_DEPTH {
+            return Err(AppError::Internal(
+                format!(
+                    "the group chain of {} was deeper than {MAX_DEPTH}",
+                    node.unique_name
+                )
+                .into(),
+            ));
+        }
+        let key = Key::one(name.as_str());
+        let Some(group) = as_of::<NodeGroup>(state, &NODE_GROUP, &key, at).await? else {
+            return Err(AppError::NotFound(format!(
+                "node group {name} of node {} is not in the history at {}",
+                node.unique_name,
+                at.to_rfc3339_opts(SecondsFormat::Millis, true)
+            )));
+        };
+        next = group.parent.clone();
+        chain.push(group);
+    }
+    let chain: Vec<&NodeGroup> = chain.iter().collect();
+    Ok(Some(classify(&node, &chain)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// The earlier instant (RFC 3339).
+    #[param(value_type = String, format = DateTime)]
+    from: Option<String>,
+    /// The later instant (RFC 3339); default now.
+    #[param(value_type = Option<String>, format = DateTime)]
+    to: Option<String>,
+}
+
+/// How a node's classification changed between two instants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiffResponse {
+    #[schema(value_type = String, example = "web01.example.com")]
+    pub name: Certname,
+    pub from: String,
+    pub to: String,
+    /// The node had no classification at `from` (it did not exist yet).
+    pub absent_at_from: bool,
+    /// The node had no classification at `to` (it was deleted).
+    pub absent_at_to: bool,
+    pub diff: ClassificationDiff,
+}
+
+/// The difference between a node's classifications at two instants: classes added and
+/// removed, parameters changed with old and new values, and the environment.
+#[utoipa::path(get, path = "/nodes/{unique_name}/classification/diff", tag = "history",
+    operation_id = "classification_diff", security(("bearer" = ["read"])),
+    params(("unique_name" = Certname, Path, description = "The node's certname"), DiffQuery),
+    responses((status = 200, body = DiffResponse), ReadProblems))]
+pub async fn diff(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<DiffQuery>,
+) -> Result<axum::Json<DiffResponse>, AppError> {
+    let name = certname(&name)?;
+    let Some(from) = query.from.as_deref() else {
+        return Err(AppError::invalid("from", "is required"));
+    };
+    let from = instant("from", from)?;
+    let to = match query.to.as_deref() {
+        Some(to) => instant("to", to)?,
+        None => Utc::now(),
+    };
+    if from > to {
+        return Err(AppError::invalid("to", "must not be before from"));
+    }
+    let before = classification_at(&state, &name, &from).await?.map(|c| c.0);
+    let after = classification_at(&state, &name, &to).await?.map(|c| c.0);
+    if before.is_none() && after.is_none() {
+        return Err(AppError::NotFound(format!(
+            "node {name} has no classification at either instant"
+        )));
+    }
+    let show = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    Ok(axum::Json(DiffResponse {
+        diff: crate::domain::classification_diff(before.as_ref(), after.as_ref()),
+        absent_at_from: before.is_none(),
+        absent_at_to: after.is_none(),
+        from: show(&from),
+        to: show(&to),
+        name,
+    }))
+}
