@@ -152,8 +152,10 @@ impl ActivityBody {
             }
             Some(HoursField::Text(t)) => Hours::parse(&t).map_err(|e| f.error("hours", e)).ok(),
         };
-        let description = self.description.unwrap_or_default().trim_end().to_owned();
-        if description.chars().count() > MAX_ACTIVITY_DESCRIPTION {
+        // As sent, before trailing whitespace goes: the limit the document states.
+        let raw = self.description.unwrap_or_default();
+        let description = raw.trim_end().to_owned();
+        if raw.chars().count() > MAX_ACTIVITY_DESCRIPTION {
             f.error(
                 "description",
                 format!("must be at most {MAX_ACTIVITY_DESCRIPTION} characters"),
@@ -467,5 +469,23 @@ mod tests {
         );
         let errors = body(None).into_activity(today).unwrap_err();
         assert_eq!(errors[0].field, "hours");
+    }
+
+    #[test]
+    fn a_description_is_measured_as_sent() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let hours = || Some(HoursField::Text("1".into()));
+        let mut at_limit = body(hours());
+        at_limit.description = Some("x".repeat(MAX_ACTIVITY_DESCRIPTION));
+        assert!(at_limit.into_activity(today).is_ok());
+        // Trailing whitespace past the limit is still past it: the document says so.
+        let mut padded = body(hours());
+        padded.description = Some(format!(
+            "{}{}",
+            "x".repeat(10),
+            "\u{c}".repeat(MAX_ACTIVITY_DESCRIPTION)
+        ));
+        let errors = padded.into_activity(today).unwrap_err();
+        assert_eq!(errors[0].field, "description");
     }
 }
