@@ -26,6 +26,11 @@ pub struct Problem {
     /// Per-field problems, for validation errors.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// For a classification conflict: each conflicting key with every value and the group it
+    /// came from (and, for a refused write, the nodes it would affect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub conflicts: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,9 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
+    /// Groups that give a node different values for the same key.
+    #[error("{0}")]
+    Conflicts(String, serde_json::Value),
     #[error("the store is unavailable, try again shortly")]
     Unavailable(#[source] StoreError),
     #[error("{0}; try again shortly")]
@@ -76,6 +84,11 @@ impl AppError {
                 "Method not allowed",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Conflicts(..) => (
+                StatusCode::CONFLICT,
+                "classification-conflict",
+                "Classification conflict",
+            ),
             PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",
@@ -172,9 +185,10 @@ impl IntoResponse for AppError {
             AppError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
             other => other.to_string(),
         };
-        let errors = match self {
-            AppError::Validation(errors) => errors,
-            _ => Vec::new(),
+        let (errors, conflicts) = match self {
+            AppError::Validation(errors) => (errors, None),
+            AppError::Conflicts(_, conflicts) => (Vec::new(), Some(conflicts)),
+            _ => (Vec::new(), None),
         };
         let mut response = problem_response(
             status,
@@ -184,6 +198,7 @@ impl IntoResponse for AppError {
                 status: status.as_u16(),
                 detail,
                 errors,
+                conflicts,
             },
         );
         if let Some(failure) = failure {

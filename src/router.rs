@@ -88,7 +88,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(nodes::list, nodes::create))
         .routes(routes!(nodes::get, nodes::replace, nodes::delete))
-        .routes(routes!(classification::get))
+        .routes(routes!(classification::get, classification::post))
         .routes(routes!(node_groups::list, node_groups::create))
         .routes(routes!(
             node_groups::get,
@@ -99,6 +99,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(environments::get, environments::delete))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::get, tokens::delete))
+        .routes(routes!(node_groups::pin))
+        .routes(routes!(node_groups::unpin))
         .routes(routes!(history::node))
         .routes(routes!(history::node_group))
         .routes(routes!(history::environment))

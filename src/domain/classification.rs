@@ -82,6 +82,155 @@ pub fn classify(node: &Node, groups: &[&NodeGroup]) -> (Classification, Explanat
     (classification, why)
 }
 
+/// A value one of a node's leaf groups gives a key.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ConflictValue {
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// The group it came from (nearest in that leaf's chain).
+    #[schema(value_type = String)]
+    pub group: GroupName,
+}
+
+/// A key that a node's leaf groups give different values: `parameters.<name>` or
+/// `classes.<class>.<parameter>`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Conflict {
+    pub key: String,
+    pub values: Vec<ConflictValue>,
+}
+
+fn group_of(source: Option<&Source>) -> Option<GroupName> {
+    match source {
+        Some(Source::NodeGroup(g)) => Some(g.clone()),
+        _ => None,
+    }
+}
+
+/// Merges several leaf chains (each its group first, up to the root) and the node: each chain
+/// merges as `classify` does; classes join; a key the chains give different values is a
+/// conflict, unless the node itself sets it; the node's own values win last.
+pub fn classify_all(
+    node: &Node,
+    chains: &[Vec<&NodeGroup>],
+) -> Result<(Classification, Explanation), Vec<Conflict>> {
+    if chains.len() <= 1 {
+        let chain = chains.first().map(Vec::as_slice).unwrap_or_default();
+        return Ok(classify(node, chain));
+    }
+    let bare = Node {
+        classes: Classes::new(),
+        parameters: Parameters::new(),
+        ..node.clone()
+    };
+    let merged: Vec<(Classification, Explanation)> =
+        chains.iter().map(|chain| classify(&bare, chain)).collect();
+    let mut classes = Classes::new();
+    let mut parameters = Parameters::new();
+    let mut why = Explanation::default();
+    let mut conflicts = Vec::new();
+    // Every value each chain gives a key, with where it came from.
+    let mut class_values: BTreeMap<(ClassName, ParamName), Vec<(serde_json::Value, Source)>> =
+        BTreeMap::new();
+    let mut top_values: BTreeMap<ParamName, Vec<(serde_json::Value, Source)>> = BTreeMap::new();
+    for (classification, explanation) in &merged {
+        for (class, class_parameters) in &classification.classes {
+            classes.entry(class.clone()).or_default();
+            if let Some(source) = explanation.classes.get(class) {
+                why.classes
+                    .entry(class.clone())
+                    .or_insert_with(|| source.clone());
+            }
+            for (name, value) in class_parameters {
+                let source = explanation.class_parameters[class][name].clone();
+                class_values
+                    .entry((class.clone(), name.clone()))
+                    .or_default()
+                    .push((value.clone(), source));
+            }
+        }
+        for (name, value) in &classification.parameters {
+            let source = explanation.parameters[name].clone();
+            top_values
+                .entry(name.clone())
+                .or_default()
+                .push((value.clone(), source));
+        }
+    }
+    let mut settle = |key: String, values: Vec<(serde_json::Value, Source)>, overridden: bool| {
+        let mut distinct: Vec<(serde_json::Value, Source)> = Vec::new();
+        for (value, source) in values {
+            if !distinct.iter().any(|(v, _)| *v == value) {
+                distinct.push((value, source));
+            }
+        }
+        if distinct.len() > 1 && !overridden {
+            conflicts.push(Conflict {
+                key,
+                values: distinct
+                    .iter()
+                    .filter_map(|(value, source)| {
+                        let group = group_of(Some(source))?;
+                        Some(ConflictValue {
+                            value: value.clone(),
+                            group,
+                        })
+                    })
+                    .collect(),
+            });
+        }
+        distinct.into_iter().next()
+    };
+    for ((class, name), values) in class_values {
+        let overridden = node
+            .classes
+            .get(&class)
+            .is_some_and(|p| p.contains_key(&name));
+        let key = format!("classes.{class}.{name}");
+        if let Some((value, source)) = settle(key, values, overridden) {
+            classes
+                .entry(class.clone())
+                .or_default()
+                .insert(name.clone(), value);
+            why.class_parameters
+                .entry(class)
+                .or_default()
+                .insert(name, source);
+        }
+    }
+    for (name, values) in top_values {
+        let overridden = node.parameters.contains_key(&name);
+        if let Some((value, source)) = settle(format!("parameters.{name}"), values, overridden) {
+            parameters.insert(name.clone(), value);
+            why.parameters.insert(name, source);
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(conflicts);
+    }
+    let own = Source::Node(node.unique_name.clone());
+    for (class, class_parameters) in &node.classes {
+        let merged = classes.entry(class.clone()).or_default();
+        why.classes.insert(class.clone(), own.clone());
+        let sources = why.class_parameters.entry(class.clone()).or_default();
+        for (name, value) in class_parameters {
+            merged.insert(name.clone(), value.clone());
+            sources.insert(name.clone(), own.clone());
+        }
+    }
+    for (name, value) in &node.parameters {
+        parameters.insert(name.clone(), value.clone());
+        why.parameters.insert(name.clone(), own.clone());
+    }
+    let classification = Classification {
+        name: node.unique_name.clone(),
+        environment: node.environment_name.clone(),
+        classes,
+        parameters,
+    };
+    Ok((classification, why))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

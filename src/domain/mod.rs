@@ -5,6 +5,7 @@ mod classification;
 mod history;
 mod names;
 mod resources;
+pub mod rule;
 mod token;
 mod validation;
 
@@ -12,7 +13,9 @@ pub use activity::{
     Activity, ActivityType, EARLIEST, Hours, MAX_DESCRIPTION as MAX_ACTIVITY_DESCRIPTION, Summary,
     Total, parse_work_date, summarize,
 };
-pub use classification::{Classification, Explanation, Source, classify};
+pub use classification::{
+    Classification, Conflict, ConflictValue, Explanation, Source, classify, classify_all,
+};
 pub use history::{
     ClassificationDiff, EnvironmentChange, Operation, ParameterChange, Revision,
     diff as classification_diff,
@@ -20,7 +23,7 @@ pub use history::{
 pub use names::{
     Certname, ClassName, ClusterName, EnvironmentName, GroupName, Label, ParamName, TokenName,
 };
-pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeGroup, Stored, now};
+pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeFacts, NodeGroup, Stored, now};
 pub use token::{Scope, Token};
 pub use validation::{FieldError, Fields};
 

@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
@@ -46,6 +48,28 @@ pub struct NodeGroup {
     pub classes: Classes,
     #[schema(value_type = Object, example = json!({"datacenter": "eu-west-1"}))]
     pub parameters: Parameters,
+    /// Nodes whose facts match this rule (Puppet Enterprise's grammar) are members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<serde_json::Value>>, example = json!(["=", ["fact", "os", "family"], "Debian"]))]
+    pub rule: Option<serde_json::Value>,
+    /// Nodes that are members whatever their facts.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub pinned: BTreeSet<Certname>,
+}
+
+/// A node's facts as Puppet last sent them, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeFacts {
+    #[schema(value_type = String)]
+    pub unique_name: Certname,
+    #[schema(value_type = Object)]
+    pub facts: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub trusted: serde_json::Map<String, serde_json::Value>,
+    #[serde(serialize_with = "rfc3339")]
+    pub received_at: DateTime<Utc>,
 }
 
 /// A Puppet node (agent), identified by its certname.

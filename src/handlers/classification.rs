@@ -8,10 +8,14 @@ use utoipa::{IntoParams, ToSchema};
 use super::parse_name;
 use crate::AppState;
 use crate::auth::Deferred;
-use crate::domain::{Certname, Classification, Explanation, NodeGroup, classify};
+use crate::domain::rule::RuleOutcome;
+use crate::domain::{
+    Certname, Classification, Conflict, Explanation, GroupName, NodeFacts, NodeGroup, classify_all,
+};
 use crate::error::{AppError, ReadProblems};
-use crate::extract::{Path, Query};
-use crate::store::enc::ClassificationInputs;
+use crate::extract::{Json, Path, Query};
+use crate::store::StoreError;
+use crate::store::enc::{Classifiable, ClassificationInputs, MAX_FACTS_BYTES, Why};
 
 pub const YAML: &str = "application/yaml";
 const YAML_TYPES: [&str; 4] = [YAML, "application/x-yaml", "text/yaml", "text/x-yaml"];
@@ -46,6 +50,94 @@ pub struct ClassificationResponse {
     classification: Classification,
     #[serde(skip_serializing_if = "Option::is_none")]
     explain: Option<Explanation>,
+    /// With `explain`: the groups the node is in and why, its leaf groups, every rule's
+    /// outcome on its facts, and when those facts came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    membership: Option<Membership>,
+}
+
+/// Why a node is in the groups it is in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Membership {
+    pub groups: Vec<GroupMembership>,
+    /// The groups it is in that have none of those below them; each merges its ancestors.
+    #[schema(value_type = Vec<String>)]
+    pub leaves: Vec<GroupName>,
+    pub rules: Vec<RuleResult>,
+    /// When the facts the rules were judged on came (absent: the node sent none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts_received_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupMembership {
+    #[schema(value_type = String)]
+    pub group: GroupName,
+    pub why: Vec<Why>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleResult {
+    #[schema(value_type = String)]
+    pub group: GroupName,
+    pub outcome: RuleOutcome,
+}
+
+/// Facts to classify a node with, as Puppet has them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FactsBody {
+    /// The node's facts (`$facts`).
+    #[schema(value_type = Object)]
+    facts: serde_json::Map<String, serde_json::Value>,
+    /// Its trusted facts (`$trusted`), such as `extensions`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    trusted: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The 409 a conflict answers: every key the node's leaf groups disagree on.
+fn conflicted(name: &Certname, conflicts: Vec<Conflict>) -> AppError {
+    let keys: Vec<&str> = conflicts.iter().map(|c| c.key.as_str()).collect();
+    let detail = format!(
+        "node {name}'s groups give different values for {}",
+        keys.join(", ")
+    );
+    AppError::Conflicts(detail, serde_json::to_value(conflicts).unwrap_or_default())
+}
+
+/// The membership part of an explanation.
+fn membership(inputs: &ClassificationInputs, classifiable: &Classifiable) -> Membership {
+    let node = &classifiable.node.item;
+    let facts = classifiable.facts.as_ref();
+    let mut groups: Vec<GroupMembership> = Vec::new();
+    for (group, why) in inputs.tree.memberships(node, facts) {
+        match groups.last_mut() {
+            Some(last) if last.group == group => last.why.push(why),
+            _ => groups.push(GroupMembership {
+                group,
+                why: vec![why],
+            }),
+        }
+    }
+    Membership {
+        groups,
+        leaves: classifiable
+            .chains
+            .iter()
+            .filter_map(|c| c.first().map(|g| g.name.clone()))
+            .collect(),
+        rules: inputs
+            .tree
+            .rule_outcomes(node, facts)
+            .into_iter()
+            .map(|(group, outcome)| RuleResult { group, outcome })
+            .collect(),
+        facts_received_at: facts.map(|f| {
+            f.received_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        }),
+    }
 }
 
 fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
@@ -147,11 +239,26 @@ async fn classify_with(
             (name, inputs)
         }
     };
+    classify_inputs(state, name, inputs, None, query, headers).await
+}
+
+/// The classification of `name` from what was read, with `given` facts in place of the
+/// stored ones.
+async fn classify_inputs(
+    state: &AppState,
+    name: Certname,
+    inputs: ClassificationInputs,
+    given: Option<NodeFacts>,
+    query: ClassificationQuery,
+    headers: &HeaderMap,
+) -> Result<Response, AppError> {
     let yaml = wants_yaml(query.format, headers);
-    let render = |(classification, explanation): (Classification, Explanation)| {
+    let render = |(classification, explanation): (Classification, Explanation),
+                  membership: Option<Membership>| {
         let body = ClassificationResponse {
             classification,
             explain: query.explain.then_some(explanation),
+            membership,
         };
         let body = if yaml {
             let value = serde_json::to_value(&body).map_err(|e| AppError::Internal(Box::new(e)))?;
@@ -175,24 +282,91 @@ async fn classify_with(
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             )));
         };
-        return Ok(respond(render(then)?.0));
+        return Ok(respond(render(then, None)?.0));
     }
+    let fresh = given.is_some();
     let make = || {
-        let (node, chain) = inputs.node_and_chain(&name)?;
-        let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
-        render(classify(&node.item, &chain))
+        let classifiable = inputs.classifiable(&name, given)?;
+        let chains: Vec<Vec<&NodeGroup>> = classifiable
+            .chains
+            .iter()
+            .map(|chain| chain.iter().map(|g| &**g).collect())
+            .collect();
+        let classified = classify_all(&classifiable.node.item, &chains)
+            .map_err(|conflicts| conflicted(&name, conflicts))?;
+        let membership = query.explain.then(|| membership(&inputs, &classifiable));
+        render(classified, membership)
     };
-    // The same node record under the same groups classifies the same: made once, kept.
+    // The same node record and facts under the same groups classify the same: made once, kept.
     let body = match &inputs.node {
-        Some(record) if !query.explain => state.answers.classifications.get(
-            &format!("{}{name}", if yaml { "y " } else { "j " }),
-            inputs.tree.generation as u64,
-            &record.body,
-            make,
-        )?,
+        Some(record) if !query.explain && !fresh => {
+            let source = match &inputs.facts {
+                None => std::borrow::Cow::Borrowed(record.body.as_slice()),
+                Some(facts) => {
+                    std::borrow::Cow::Owned([&record.body[..], b"\n", &facts.body].concat())
+                }
+            };
+            state.answers.classifications.get(
+                &format!("{}{name}", if yaml { "y " } else { "j " }),
+                inputs.tree.generation as u64,
+                &source,
+                make,
+            )?
+        }
         _ => make()?.0,
     };
     Ok(respond(body))
+}
+
+/// Classifies a node with the facts Puppet has for it (as Puppet Enterprise's
+/// `/v1/classified/nodes/<name>`): the facts are kept as the node's last, with their time,
+/// and group rules judge them.
+#[utoipa::path(post, path = "/nodes/{unique_name}/classification", tag = "classification",
+    operation_id = "classify_with_facts", security(("bearer" = ["classify"])),
+    params(("unique_name" = Certname, Path, description = "The node's certname"), ClassificationQuery,
+        ("Accept" = Option<String>, Header, description = "`application/yaml` for YAML")),
+    request_body = FactsBody,
+    responses(
+        (status = 200, description = "The classification",
+            content((ClassificationResponse = "application/json"), (ClassificationResponse = "application/yaml"))),
+        (status = 409, description = "The node's groups conflict", body = crate::error::Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "Facts over 256 KiB", body = crate::error::Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = crate::error::Problem,
+            content_type = "application/problem+json"),
+        ReadProblems,
+    ))]
+pub async fn post(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<ClassificationQuery>,
+    headers: HeaderMap,
+    Json(body): Json<FactsBody>,
+) -> Result<Response, AppError> {
+    let name = parse_name("unique_name", &name, Certname::parse)?;
+    let facts = NodeFacts {
+        unique_name: name.clone(),
+        facts: body.facts,
+        trusted: body.trusted.unwrap_or_default(),
+        received_at: crate::domain::now(),
+    };
+    let size = serde_json::to_vec(&facts).map_or(usize::MAX, |b| b.len());
+    if size > MAX_FACTS_BYTES {
+        return Err(AppError::PayloadTooLarge(format!(
+            "the facts are {size} bytes as JSON; at most {MAX_FACTS_BYTES} are kept"
+        )));
+    }
+    let inputs = state.store.classification_inputs(&name, None).await?;
+    if inputs.node.is_none() {
+        return Err(StoreError::NotFound {
+            kind: crate::store::Kind::Node,
+            key: name.to_string(),
+        }
+        .into());
+    }
+    state.store.put_facts(&facts).await?;
+    classify_inputs(&state, name, inputs, Some(facts), query, &headers).await
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,9 +11,10 @@ use super::impact::{self, Preview, WriteQuery};
 use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored, within_size};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::domain::{ClassName, Fields, GroupName, NodeGroup, ParamName, Stored};
+use crate::domain::{Certname, ClassName, Fields, GroupName, NodeGroup, ParamName, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
+use crate::store::StoreError;
 
 /// A node group as clients send it. The existing clients' shape `{name, class_, parameters}`
 /// means one class `class_` whose parameters are `parameters`.
@@ -44,6 +45,16 @@ pub struct NodeGroupBody {
     /// Legacy: a single class name (use `classes`; not both).
     #[schema(deprecated, value_type = Option<ClassName>)]
     class_: Option<String>,
+    /// Nodes whose facts match this rule are members, in Puppet Enterprise's grammar:
+    /// `["and"|"or", c, ...]`, `["not", c]`, `[op, path, value]` with op `=`, `~`, `>`, `>=`,
+    /// `<`, `<=` and path `"name"`, `["fact", ...]` or `["trusted", ...]`; at most 256 terms,
+    /// 16 deep, regexes of 1024 bytes (422 says where a rule is wrong).
+    #[schema(value_type = Option<Vec<Value>>)]
+    rule: Option<Value>,
+    /// Nodes that are members whatever their facts (at most 10,000); on replace, if absent, the
+    /// pins stay as they are (see also `/pin` and `/unpin`).
+    #[schema(value_type = Option<Vec<Certname>>)]
+    pinned: Option<Vec<String>>,
 }
 
 /// A new node group: as when replacing one, with its name.
@@ -70,10 +81,35 @@ pub struct NewNodeGroup {
     parameters: Option<Value>,
     #[schema(deprecated)]
     class_: Option<ClassName>,
+    #[schema(value_type = Option<Vec<Value>>)]
+    rule: Option<Value>,
+    pinned: Option<Vec<Certname>>,
+}
+
+/// The most nodes one group may pin.
+pub const MAX_PINS: usize = 10_000;
+
+/// Checks pinned certnames: each a certname, at most `MAX_PINS`.
+pub fn pins(f: &mut Fields, field: &str, names: Vec<String>) -> BTreeSet<Certname> {
+    if names.len() > MAX_PINS {
+        f.error(field, format!("at most {MAX_PINS} nodes"));
+        return BTreeSet::new();
+    }
+    let mut pinned = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        match Certname::parse(name) {
+            Ok(name) => {
+                pinned.insert(name);
+            }
+            Err(message) => f.error(format!("{field}[{i}]"), message),
+        }
+    }
+    pinned
 }
 
 impl NodeGroupBody {
-    fn into_domain(self, path_name: Option<&GroupName>) -> Result<NodeGroup, AppError> {
+    /// The group, and whether the body said which nodes are pinned.
+    fn into_domain(self, path_name: Option<&GroupName>) -> Result<(NodeGroup, bool), AppError> {
         let mut f = Fields::default();
         let name = match path_name {
             Some(path) => {
@@ -100,6 +136,18 @@ impl NodeGroupBody {
                 f.parameters("parameters", parameters),
             ),
         };
+        let rule = match self.rule {
+            None | Some(Value::Null) => None,
+            Some(rule) => match crate::domain::rule::parse(&rule) {
+                Ok(_) => Some(rule),
+                Err(e) => {
+                    f.error("rule", e.to_string());
+                    None
+                }
+            },
+        };
+        let pinned_given = self.pinned.is_some();
+        let pinned = pins(&mut f, "pinned", self.pinned.unwrap_or_default());
         f.finish(|| {
             Some(NodeGroup {
                 name: name?,
@@ -107,8 +155,11 @@ impl NodeGroupBody {
                 parent,
                 classes,
                 parameters,
+                rule,
+                pinned,
             })
         })
+        .map(|group| (group, pinned_given))
         .map_err(AppError::Validation)
     }
 }
@@ -134,6 +185,29 @@ fn group_name(raw: &str) -> Result<GroupName, AppError> {
 pub enum GroupOrPreview {
     Stored(Stored<NodeGroup>),
     Preview(Preview),
+}
+
+/// Replaces a group keeping the pins it has: each try reads them and writes over the version
+/// it read (or `expected`, if the client named one).
+pub async fn keeping_pins(
+    state: &AppState,
+    mut group: NodeGroup,
+    expected: Option<u64>,
+    by: crate::store::By<'_>,
+) -> Result<Stored<NodeGroup>, AppError> {
+    for _ in 0..8 {
+        let current = state.store.get_node_group(&group.name).await?;
+        group.pinned = current.item.pinned;
+        let at = expected.or(Some(current.meta.version));
+        let group = within_size(group.clone())?;
+        match state.store.replace_node_group(group, at, by).await {
+            Err(StoreError::VersionMismatch { .. }) if expected.is_none() => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(AppError::Unavailable(StoreError::Unavailable(
+        "the node group kept changing".into(),
+    )))
 }
 
 /// The preview of a group write, as the answer.
@@ -163,7 +237,7 @@ pub async fn create(
     Query(options): Query<WriteQuery>,
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
-    let group = within_size(body.into_domain(None)?)?;
+    let group = within_size(body.into_domain(None)?.0)?;
     let name = group.name.clone();
     let created = state
         .store
@@ -220,11 +294,15 @@ pub async fn replace(
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    let group = within_size(body.into_domain(Some(&name))?)?;
-    let replaced = state
-        .store
-        .replace_node_group(group, expected, options.by(&caller))
-        .await?;
+    let (group, pinned_given) = body.into_domain(Some(&name))?;
+    let by = options.by(&caller);
+    let replaced = match pinned_given {
+        true => {
+            let group = within_size(group)?;
+            state.store.replace_node_group(group, expected, by).await?
+        }
+        false => keeping_pins(&state, group, expected, by).await?,
+    };
     if options.dry_run {
         return previewed(&state, &name, Some(replaced)).await;
     }
@@ -252,4 +330,81 @@ pub async fn delete(
         return previewed(&state, &name, None).await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Nodes to pin to a group or unpin from it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    /// Certnames (at most 10,000 pinned per group).
+    #[schema(value_type = Vec<Certname>)]
+    nodes: Vec<String>,
+}
+
+async fn change_pins(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    body: PinBody,
+    pin: bool,
+) -> Result<Response, AppError> {
+    let name = group_name(name)?;
+    let mut f = Fields::default();
+    let nodes = pins(&mut f, "nodes", body.nodes);
+    f.finish(|| Some(())).map_err(AppError::Validation)?;
+    for _ in 0..8 {
+        let current = state.store.get_node_group(&name).await?;
+        let mut group = current.item;
+        if pin {
+            group.pinned.extend(nodes.iter().cloned());
+        } else {
+            group.pinned.retain(|n| !nodes.contains(n));
+        }
+        if group.pinned.len() > MAX_PINS {
+            return Err(AppError::invalid(
+                "nodes",
+                format!("a group pins at most {MAX_PINS} nodes"),
+            ));
+        }
+        let version = Some(current.meta.version);
+        match state
+            .store
+            .replace_node_group(group, version, caller.actor())
+            .await
+        {
+            Err(StoreError::VersionMismatch { .. }) => continue,
+            other => return Ok(stored(StatusCode::OK, &other?, &[])),
+        }
+    }
+    Err(AppError::Unavailable(StoreError::Unavailable(
+        "the node group kept changing".into(),
+    )))
+}
+
+/// Pin nodes to a group: they are members whatever their facts (a new version of the group).
+#[utoipa::path(post, path = "/nodegroup/{node_group_name}/pin", tag = "node groups", operation_id = "pin_nodes",
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded")),
+    request_body = PinBody,
+    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+pub async fn pin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<PinBody>,
+) -> Result<Response, AppError> {
+    change_pins(&state, &caller, &name, body, true).await
+}
+
+/// Unpin nodes from a group (a new version of the group).
+#[utoipa::path(post, path = "/nodegroup/{node_group_name}/unpin", tag = "node groups", operation_id = "unpin_nodes",
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded")),
+    request_body = PinBody,
+    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+pub async fn unpin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<PinBody>,
+) -> Result<Response, AppError> {
+    change_pins(&state, &caller, &name, body, false).await
 }

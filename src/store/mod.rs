@@ -26,11 +26,12 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 9] = [
+pub static KINDS: [&RecordKind; 10] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
     &enc::NODE,
+    &enc::FACTS,
     &activities::ACTIVITY,
     &activities::SUBMISSION,
     &tokens::TOKEN,
@@ -53,6 +54,7 @@ pub enum Kind {
     Activity,
     Token,
     Revision,
+    Facts,
 }
 
 impl std::fmt::Display for Kind {
@@ -64,6 +66,7 @@ impl std::fmt::Display for Kind {
             Kind::Activity => "activity",
             Kind::Token => "token",
             Kind::Revision => "revision",
+            Kind::Facts => "facts",
         })
     }
 }

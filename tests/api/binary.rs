@@ -370,6 +370,7 @@ fn dynamodb_tables_prints_create_table_inputs() {
             "enc-prod-environments",
             "enc-prod-node_groups",
             "enc-prod-nodes",
+            "enc-prod-facts",
             "enc-prod-activities",
             "enc-prod-tokens",
             "enc-prod-history"

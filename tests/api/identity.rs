@@ -108,6 +108,21 @@ fn known_case(method: &Method, path: &str) -> Option<Case> {
         ("GET", "/nodes/{unique_name}/classification") => {
             json_case("/nodes/web01/classification", None, ok)
         }
+        ("POST", "/nodegroup/{node_group_name}/pin") => json_case(
+            "/nodegroup/base/pin",
+            Some(json!({"nodes": [format!("p{u}")]})),
+            ok,
+        ),
+        ("POST", "/nodegroup/{node_group_name}/unpin") => json_case(
+            "/nodegroup/base/unpin",
+            Some(json!({"nodes": [format!("p{u}")]})),
+            ok,
+        ),
+        ("POST", "/nodes/{unique_name}/classification") => json_case(
+            "/nodes/web01/classification",
+            Some(json!({"facts": {"round": u}})),
+            ok,
+        ),
         ("GET", "/nodes/{unique_name}/history") => json_case("/nodes/web01/history", None, ok),
         ("GET", "/nodegroup/{node_group_name}/history") => {
             json_case("/nodegroup/base/history", None, ok)

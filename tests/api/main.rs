@@ -20,6 +20,7 @@ mod openapi;
 mod pagination;
 mod persistence;
 mod puppet;
+mod rules;
 mod snapshot;
 mod store_conformance;
 mod yaml;

@@ -32,6 +32,8 @@ fn group(name: &str, parent: Option<&str>) -> NodeGroup {
         parent: parent.map(|p| GroupName::parse(p).unwrap()),
         classes: BTreeMap::new(),
         parameters: BTreeMap::new(),
+        rule: None,
+        pinned: Default::default(),
     }
 }
 

@@ -236,6 +236,7 @@ mod tests {
                 "environments",
                 "node_groups",
                 "nodes",
+                "facts",
                 "activities",
                 "tokens",
                 "history"

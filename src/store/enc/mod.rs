@@ -1,13 +1,15 @@
 //! The classifier's records: environments, node groups and nodes, and the group tree that a
 //! classification reads in one consistent snapshot.
 
+mod facts;
 mod tree;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use self::tree::{GroupTree, MAX_DEPTH, TreeCache};
+pub use self::facts::{FACTS, MAX_FACTS_BYTES};
+pub use self::tree::{GroupTree, MAX_DEPTH, TreeCache, Why};
 use super::engine::Record;
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
@@ -15,7 +17,7 @@ use super::rules::{By, Guard, MAX_TRIES, NoGuard, OnFail, Step, decode};
 use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{
-    Certname, Environment, EnvironmentKey, GroupName, Node, NodeGroup, Stored, TokenName,
+    Certname, Environment, EnvironmentKey, GroupName, Node, NodeFacts, NodeGroup, Stored, TokenName,
 };
 
 /// What one classification read found (`Store::classification_inputs`).
@@ -24,13 +26,23 @@ pub struct ClassificationInputs {
     pub node: Option<Record>,
     /// The record of the token asked for, if it exists (checked by `Auth::admit`).
     pub token: Option<Record>,
+    /// The node's last facts as stored, if it sent any.
+    pub facts: Option<Record>,
     /// The group tree as it was when the node was read.
     pub tree: Arc<GroupTree>,
 }
 
+/// A node with what it is classified by: its facts and its leaf groups' chains.
+pub struct Classifiable {
+    pub node: Stored<Node>,
+    pub facts: Option<NodeFacts>,
+    /// Each leaf group first, then up to the root; by leaf name.
+    pub chains: Vec<Vec<Arc<NodeGroup>>>,
+}
+
 impl ClassificationInputs {
-    /// The node, and its group chain: its group first, then up to the root.
-    pub fn node_and_chain(&self, name: &Certname) -> Result<(Stored<Node>, Vec<Arc<NodeGroup>>)> {
+    /// The node, its facts (`given`, or the stored ones) and its leaf groups' chains.
+    pub fn classifiable(&self, name: &Certname, given: Option<NodeFacts>) -> Result<Classifiable> {
         let Some(record) = &self.node else {
             return Err(StoreError::NotFound {
                 kind: Kind::Node,
@@ -38,8 +50,16 @@ impl ClassificationInputs {
             });
         };
         let node: Stored<Node> = decode(record)?;
-        let chain = self.tree.chain(node.item.node_group_name.as_ref())?;
-        Ok((node, chain))
+        let facts = match given {
+            Some(facts) => Some(facts),
+            None => self.facts.as_ref().map(decode).transpose()?,
+        };
+        let chains = self.tree.leaves(&node.item, facts.as_ref())?;
+        Ok(Classifiable {
+            node,
+            facts,
+            chains,
+        })
     }
 }
 
@@ -75,7 +95,7 @@ pub static NODE_GROUP: RecordKind = RecordKind {
     derived: &[],
     references: &[Reference::new("parent", &NODE_GROUP, &["parent"])],
     referenced: true,
-    json: &["classes", "parameters"],
+    json: &["classes", "parameters", "rule", "pinned"],
     history: Some(&[]),
 };
 
@@ -223,6 +243,7 @@ impl Store {
         let mut keys = vec![
             (&NODE, Key::one(name.as_str())),
             (&GENERATION, generation_key()),
+            (&FACTS, Key::one(name.as_str())),
         ];
         if let Some(token) = token {
             keys.push((&TOKEN, Key::one(token.as_str())));
@@ -230,11 +251,17 @@ impl Store {
         for _ in 0..MAX_TRIES {
             let mut found = self.db.engine().get(&keys).await?.into_iter();
             let (node, generation) = (found.next().flatten(), found.next().flatten());
+            let facts = found.next().flatten();
             let token = found.next().flatten();
             let generation = generation.as_ref().map_or(0, |r| r.refs);
             let tree = self.tree_at(generation).await?;
             if tree.generation == generation {
-                return Ok(ClassificationInputs { node, token, tree });
+                return Ok(ClassificationInputs {
+                    node,
+                    token,
+                    facts,
+                    tree,
+                });
             }
         }
         Err(StoreError::Unavailable(

@@ -5,7 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use crate::domain::{GroupName, NodeGroup, Stored};
+use serde_json::Map;
+
+use crate::domain::rule::{self, Rule, RuleOutcome, Subject};
+use crate::domain::{Certname, GroupName, Node, NodeFacts, NodeGroup, Stored};
 use crate::store::{Kind, Result, StoreError};
 
 /// The most groups a node's chain may hold, its own group included.
@@ -15,6 +18,21 @@ pub struct GroupTree {
     pub generation: i64,
     groups: HashMap<GroupName, Arc<NodeGroup>>,
     children: HashMap<GroupName, Vec<GroupName>>,
+    /// Each group's rule, compiled once per tree.
+    rules: Vec<(GroupName, Rule)>,
+    /// The groups each node is pinned to.
+    pins: HashMap<Certname, Vec<GroupName>>,
+}
+
+/// Why a node is in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The node names the group (`node_group_name`).
+    Named,
+    Pinned,
+    /// The group's rule matches the node's facts.
+    Rule,
 }
 
 impl GroupTree {
@@ -32,6 +50,20 @@ impl GroupTree {
                     .push(group.name.clone());
             }
         }
+        let mut rules = Vec::new();
+        let mut pins: HashMap<Certname, Vec<GroupName>> = HashMap::new();
+        for group in &groups {
+            for node in &group.pinned {
+                pins.entry(node.clone())
+                    .or_default()
+                    .push(group.name.clone());
+            }
+            // Rules are checked when written; one that no longer parses matches nothing.
+            if let Some(rule) = group.rule.as_ref().and_then(|r| rule::parse(r).ok()) {
+                rules.push((group.name.clone(), rule));
+            }
+        }
+        rules.sort_by(|a, b| a.0.cmp(&b.0));
         let groups = groups
             .into_iter()
             .map(|g| (g.name.clone(), Arc::new(g)))
@@ -40,7 +72,77 @@ impl GroupTree {
             generation,
             groups,
             children,
+            rules,
+            pins,
         }
+    }
+
+    /// Every group the node is in, and why (a group may be in for more than one reason), by
+    /// group name.
+    pub fn memberships(&self, node: &Node, facts: Option<&NodeFacts>) -> Vec<(GroupName, Why)> {
+        let mut found: Vec<(GroupName, Why)> = Vec::new();
+        if let Some(group) = &node.node_group_name {
+            found.push((group.clone(), Why::Named));
+        }
+        for group in self.pins.get(&node.unique_name).into_iter().flatten() {
+            found.push((group.clone(), Why::Pinned));
+        }
+        let empty = Map::new();
+        let subject = Subject {
+            name: node.unique_name.as_str(),
+            facts: facts.map_or(&empty, |f| &f.facts),
+            trusted: facts.map_or(&empty, |f| &f.trusted),
+        };
+        for (group, rule) in &self.rules {
+            if rule.matches(&subject) {
+                found.push((group.clone(), Why::Rule));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// How every group's rule fares on the node, by group name (for `explain`).
+    pub fn rule_outcomes(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+    ) -> Vec<(GroupName, RuleOutcome)> {
+        let empty = Map::new();
+        let subject = Subject {
+            name: node.unique_name.as_str(),
+            facts: facts.map_or(&empty, |f| &f.facts),
+            trusted: facts.map_or(&empty, |f| &f.trusted),
+        };
+        self.rules
+            .iter()
+            .map(|(group, rule)| (group.clone(), rule.explain(&subject)))
+            .collect()
+    }
+
+    /// The node's leaf groups: the groups it is in, but any with one of those below it, by
+    /// name; each with its chain up to the root.
+    pub fn leaves(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+    ) -> Result<Vec<Vec<Arc<NodeGroup>>>> {
+        let members: HashSet<GroupName> = self
+            .memberships(node, facts)
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        let mut chains: Vec<Vec<Arc<NodeGroup>>> = Vec::new();
+        let mut inner: HashSet<GroupName> = HashSet::new();
+        let mut names: Vec<&GroupName> = members.iter().collect();
+        names.sort();
+        for name in &names {
+            let chain = self.chain(Some(name))?;
+            inner.extend(chain.iter().skip(1).map(|g| g.name.clone()));
+            chains.push(chain);
+        }
+        chains.retain(|chain| chain.first().is_none_or(|g| !inner.contains(&g.name)));
+        Ok(chains)
     }
 
     /// This tree with `group` in place of the group of its name (added if new), or with the
@@ -185,6 +287,8 @@ mod tests {
             parent: parent.map(|p| GroupName::parse(p).unwrap()),
             classes: BTreeMap::new(),
             parameters: BTreeMap::new(),
+            rule: None,
+            pinned: Default::default(),
         }
     }
 

@@ -1,0 +1,233 @@
+//! Group rules over facts, pins, several groups per node, and conflicts, on the store under test.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+fn facts(family: &str, cores: u32) -> Value {
+    json!({
+        "facts": {"os": {"family": family}, "processorcount": cores, "kernel": "Linux"},
+        "trusted": {"extensions": {"pp_role": "web"}},
+    })
+}
+
+async fn fleet(app: &TestApp) {
+    app.env("production", "eu").await;
+    app.group(json!({"name": "base", "classes": {"ntp": {"servers": ["a"]}}, "parameters": {"tier": "base"}}))
+        .await;
+    app.group(json!({
+        "name": "debian", "parent": "base",
+        "rule": ["=", ["fact", "os", "family"], "Debian"],
+        "classes": {"apt": {}}, "parameters": {"pkg": "apt"}
+    }))
+    .await;
+    app.group(json!({
+        "name": "big", "parent": "base",
+        "rule": ["and", [">=", ["fact", "processorcount"], "8"], ["=", ["trusted", "extensions", "pp_role"], "web"]],
+        "classes": {"tuning": {"level": "high"}}
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn nodes_join_groups_by_their_facts_and_the_facts_are_kept() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    app.node("web01", Some("base")).await;
+    let uri = "/nodes/web01/classification";
+
+    // No facts yet: only its named group.
+    let plain = app.get(uri).await.ok(StatusCode::OK);
+    assert_eq!(plain["classes"], json!({"ntp": {"servers": ["a"]}}));
+
+    // Debian with 8 cores: both rule groups; base is their ancestor, so it is no leaf.
+    let with = app.post(uri, facts("Debian", 8)).await.ok(StatusCode::OK);
+    assert_eq!(
+        with["classes"],
+        json!({"apt": {}, "ntp": {"servers": ["a"]}, "tuning": {"level": "high"}})
+    );
+    assert_eq!(with["parameters"], json!({"pkg": "apt", "tier": "base"}));
+    // The facts are kept: a plain GET now classifies by them too.
+    assert_eq!(app.get(uri).await.ok(StatusCode::OK), with);
+    let yaml = app.get(&format!("{uri}?format=yaml")).await;
+    assert!(TestApp::text(&yaml).contains("\"tuning\":"));
+
+    // New facts, new groups.
+    let redhat = app.post(uri, facts("RedHat", 2)).await.ok(StatusCode::OK);
+    assert_eq!(redhat["classes"], json!({"ntp": {"servers": ["a"]}}));
+
+    let explained = app
+        .post(&format!("{uri}?explain=true"), facts("Debian", 2))
+        .await
+        .ok(StatusCode::OK);
+    let membership = &explained["membership"];
+    assert_eq!(
+        membership["groups"],
+        json!([{"group": "base", "why": ["named"]}, {"group": "debian", "why": ["rule"]}])
+    );
+    assert_eq!(membership["leaves"], json!(["debian"]));
+    assert!(membership["facts_received_at"].is_string());
+    let big = membership["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"] == "big")
+        .unwrap();
+    assert_eq!(big["outcome"]["matched"], false);
+    assert_eq!(big["outcome"]["of"][0]["path"], "facts.processorcount");
+    assert_eq!(big["outcome"]["of"][0]["fact"], 2);
+    assert_eq!(big["outcome"]["of"][1]["matched"], true);
+}
+
+#[tokio::test]
+async fn pins_make_members_and_stay_through_a_replace() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    app.group(json!({"name": "canary", "classes": {"canary": {}}}))
+        .await;
+    app.node("web01", None).await;
+    let uri = "/nodes/web01/classification";
+    let pinned = app
+        .post(
+            "/nodegroup/canary/pin",
+            json!({"nodes": ["web01", "web02"]}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(pinned["pinned"], json!(["web01", "web02"]));
+    assert_eq!(pinned["version"], 2);
+    assert_eq!(
+        app.get(uri).await.ok(StatusCode::OK)["classes"],
+        json!({"canary": {}})
+    );
+
+    // A replace that says nothing of pins keeps them; one that names them sets them.
+    let kept = app
+        .put(
+            "/nodegroup/canary",
+            json!({"classes": {"canary": {"on": true}}}),
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(kept["pinned"], json!(["web01", "web02"]));
+    app.post("/nodegroup/canary/unpin", json!({"nodes": ["web01"]}))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(app.get(uri).await.ok(StatusCode::OK)["classes"], json!({}));
+    let set = app
+        .put("/nodegroup/canary", json!({"pinned": []}), None)
+        .await
+        .ok(StatusCode::OK);
+    assert!(set.get("pinned").is_none(), "{set}");
+
+    let before = app.dump().await;
+    let bad = app
+        .post(
+            "/nodegroup/canary/pin",
+            json!({"nodes": ["web01", "Not A Certname!"]}),
+        )
+        .await;
+    assert_eq!(
+        bad.problem(StatusCode::UNPROCESSABLE_ENTITY)["errors"][0]["field"],
+        "nodes[1]"
+    );
+    app.post("/nodegroup/nope/pin", json!({"nodes": ["web01"]}))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn groups_that_disagree_are_a_conflict_unless_the_node_decides() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    // Both rule groups set tier; neither is below the other.
+    app.put(
+        "/nodegroup/debian",
+        json!({"parent": "base", "rule": ["=", ["fact", "os", "family"], "Debian"], "parameters": {"tier": "debian"}, "classes": {"ntp": {"servers": ["d"]}}}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    app.put(
+        "/nodegroup/big",
+        json!({"parent": "base", "rule": [">=", ["fact", "processorcount"], "8"], "parameters": {"tier": "big"}, "classes": {"ntp": {"servers": ["d"]}}}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    app.node("web01", Some("base")).await;
+    let uri = "/nodes/web01/classification";
+    let conflict = app.post(uri, facts("Debian", 8)).await;
+    let problem = conflict.problem(StatusCode::CONFLICT);
+    assert_eq!(problem["type"], "urn:enc:problem:classification-conflict");
+    assert_eq!(
+        problem["conflicts"],
+        json!([{"key": "parameters.tier", "values": [
+            {"value": "big", "group": "big"},
+            {"value": "debian", "group": "debian"},
+        ]}]),
+        "the same value from both (ntp servers) is no conflict"
+    );
+    // The node's own value settles it.
+    app.put(
+        "/nodes/web01",
+        json!({"node_group_name": "base", "environment_name": "production", "puppet_cluster_name": "eu", "parameters": {"tier": "mine"}}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    let settled = app.get(uri).await.ok(StatusCode::OK);
+    assert_eq!(settled["parameters"]["tier"], "mine");
+    assert_eq!(settled["classes"]["ntp"], json!({"servers": ["d"]}));
+}
+
+#[tokio::test]
+async fn malformed_rules_and_facts_are_refused_and_change_nothing() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    app.node("web01", None).await;
+    let before = app.dump().await;
+    for (rule, field, message) in [
+        (
+            json!(["and", ["=", "name", "a"], ["==", "name", "b"]]),
+            "rule",
+            "at rule[2][0]: unknown operator",
+        ),
+        (
+            json!([">", ["fact", "cores"], "many"]),
+            "rule",
+            "at rule[2]: > compares numbers",
+        ),
+        (
+            json!(["~", "name", "(unclosed"]),
+            "rule",
+            "at rule[2]: not a usable regex",
+        ),
+        (json!("name"), "rule", "expected an array"),
+    ] {
+        let refused = app
+            .post("/nodegroup/", json!({"name": "bad", "rule": rule}))
+            .await;
+        let problem = refused.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+        let text = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(text.starts_with(message), "{text}");
+    }
+    let huge = json!({"facts": {"blob": "x".repeat(300 * 1024)}});
+    app.post("/nodes/web01/classification", huge)
+        .await
+        .problem(StatusCode::PAYLOAD_TOO_LARGE);
+    app.post("/nodes/nobody/classification", facts("Debian", 1))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    app.post(
+        "/nodes/web01/classification",
+        json!({"facts": {}, "extra": 1}),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.dump().await, before);
+}
