@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
-use crate::client::{FetchError, get_as};
+use crate::client::{FetchError, fetch};
 use crate::config::Config;
 use crate::domain::Certname;
 
@@ -36,7 +36,18 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         None => None,
     };
     let timeout = Duration::from_secs(config.classify_timeout);
-    let outage = match get_as(&url, "application/json", token.as_deref(), timeout).await {
+    let facts = config
+        .facts_dir
+        .as_deref()
+        .and_then(|dir| match cached_facts(dir, &certname) {
+            Ok(facts) => facts,
+            Err(why) => {
+                eprintln!("enc: warning: {why}; classifying without facts");
+                None
+            }
+        });
+    let asked = fetch(&url, "application/json", token.as_deref(), facts, timeout);
+    let outage = match asked.await {
         Ok(answer) if answer.status == StatusCode::OK => match as_yaml(&answer.body, &certname) {
             Ok(yaml) => {
                 if let Some(path) = &cache
@@ -60,7 +71,9 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
                 "node {certname} is not classified by enc ({url} answered 404)"
             ));
         }
-        Ok(answer) if answer.status.is_server_error() => {
+        // A conflict between the node's groups is an outage of its classification: Puppet
+        // keeps the last good answer while someone settles it.
+        Ok(answer) if answer.status.is_server_error() || answer.status == StatusCode::CONFLICT => {
             format!("{url} answered {}", answer.status)
         }
         Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => {
@@ -78,6 +91,51 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => fail(&outage),
+    }
+}
+
+/// The node's facts from Puppet's fact cache as the body to classify with: `None` if the
+/// cache has none for it. Puppet writes them as a `!ruby/object:Puppet::Node::Facts`
+/// document with `name` and `values`.
+fn cached_facts(dir: &Path, certname: &Certname) -> Result<Option<Vec<u8>>, String> {
+    let path = dir.join(format!("{certname}.yaml"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let document: serde_norway::Value =
+        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut document = untagged(document);
+    let values = document
+        .get_mut("values")
+        .map(std::mem::take)
+        .ok_or_else(|| format!("{}: no values", path.display()))?;
+    let mut facts: serde_json::Value =
+        serde_json::to_value(values).map_err(|e| format!("{}: {e}", path.display()))?;
+    let Some(map) = facts.as_object_mut() else {
+        return Err(format!("{}: values is not a map", path.display()));
+    };
+    let trusted = match map.remove("trusted") {
+        Some(serde_json::Value::Object(trusted)) => trusted,
+        _ => serde_json::Map::new(),
+    };
+    let body = serde_json::json!({"facts": facts, "trusted": trusted});
+    Ok(Some(body.to_string().into_bytes()))
+}
+
+/// The YAML without its Ruby type tags.
+fn untagged(value: serde_norway::Value) -> serde_norway::Value {
+    use serde_norway::Value;
+    match value {
+        Value::Tagged(tagged) => untagged(tagged.value),
+        Value::Mapping(map) => Value::Mapping(
+            map.into_iter()
+                .map(|(k, v)| (untagged(k), untagged(v)))
+                .collect(),
+        ),
+        Value::Sequence(items) => Value::Sequence(items.into_iter().map(untagged).collect()),
+        other => other,
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -36,19 +36,39 @@ pub async fn get_as(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Fetched, FetchError> {
+    fetch(url, accept, token, None, timeout).await
+}
+
+/// GETs `url`, or with `json` POSTs it that JSON, presenting `token`, answering within
+/// `timeout` or failing.
+pub async fn fetch(
+    url: &str,
+    accept: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
     let failed = |reason: String| FetchError::Failed {
         url: url.to_owned(),
         reason,
     };
-    let mut request = Request::get(url).header(header::ACCEPT, accept).header(
-        header::USER_AGENT,
-        concat!("enc/", env!("CARGO_PKG_VERSION")),
-    );
+    let method = if json.is_some() { "POST" } else { "GET" };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header(header::ACCEPT, accept)
+        .header(
+            header::USER_AGENT,
+            concat!("enc/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
+    if json.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
     let request = request
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::from(json.unwrap_or_default())))
         .map_err(|_| failed("the request could not be made (is the token one line?)".into()))?;
     let exchange = async {
         if url.starts_with("https:") {
@@ -77,8 +97,8 @@ pub async fn get_as(
 }
 
 async fn send<C: Connect + Clone + Send + Sync + 'static>(
-    client: Client<C, Empty<Bytes>>,
-    request: Request<Empty<Bytes>>,
+    client: Client<C, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> Result<Fetched, String> {
     let response = client
         .request(request)

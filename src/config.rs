@@ -179,6 +179,11 @@ pub struct Config {
     #[arg(long, env = "ENC_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 
+    /// Puppet's fact cache (`<vardir>/yaml/facts` on a Puppet server): `enc classify` sends
+    /// `<certname>.yaml` from it, so group rules judge the node's facts.
+    #[arg(long, env = "ENC_FACTS_DIR", global = true)]
+    pub facts_dir: Option<PathBuf>,
+
     /// Whether callers must present identity: `on` (a bearer token, the load balancer's
     /// sign-in, or the form's session), or `off` for local experiments only.
     #[arg(

@@ -27,8 +27,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
-    activities, classification, environments, health, history, metrics_form, node_groups, nodes,
-    session, tokens,
+    activities, classification, environments, health, history, lookups, metrics_form, node_groups,
+    nodes, session, tokens,
 };
 use crate::{AppState, auth, telemetry};
 
@@ -99,6 +99,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(environments::get, environments::delete))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::get, tokens::delete))
+        .routes(routes!(lookups::members))
+        .routes(routes!(lookups::holders))
         .routes(routes!(node_groups::pin))
         .routes(routes!(node_groups::unpin))
         .routes(routes!(history::node))

@@ -47,6 +47,10 @@ pub struct Revision {
     /// For a restore: the version whose content was written again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<u64>,
+    /// For a change made with `force=true`: the nodes it gave conflicting values, and the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub forced_conflicts: Option<Value>,
     /// The whole object as this change left it, as `GET` showed it; absent for a deletion.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

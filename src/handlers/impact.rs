@@ -8,8 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use crate::domain::{
-    Classification, ClassificationDiff, GroupName, Node, NodeGroup, classification_diff, classify,
+    Certname, Classification, ClassificationDiff, Conflict, GroupName, Node, NodeFacts, NodeGroup,
+    classification_diff, classify_all,
 };
 use crate::error::AppError;
 use crate::store::enc::GroupTree;
@@ -26,6 +29,10 @@ pub struct WriteQuery {
     /// affects (200 with a preview).
     #[serde(default)]
     pub dry_run: bool,
+    /// Make a group write even though it gives nodes conflicting values (recorded in its
+    /// revision with those conflicts).
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl WriteQuery {
@@ -44,6 +51,14 @@ pub struct NodeImpact {
     #[schema(example = "web01.example.com")]
     pub unique_name: String,
     pub diff: ClassificationDiff,
+    /// Groups it would join (by rule, pin or name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub joins: Vec<GroupName>,
+    /// Groups it would leave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub leaves: Vec<GroupName>,
 }
 
 /// A node that would fail to classify after the write.
@@ -51,6 +66,9 @@ pub struct NodeImpact {
 pub struct NodeFailure {
     pub unique_name: String,
     pub error: String,
+    /// The keys its groups would disagree on, if that is why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
 }
 
 /// What a write would do; nothing was stored.
@@ -61,72 +79,140 @@ pub struct Preview {
     /// The object as the write would store it; absent for a delete.
     #[schema(value_type = Option<Object>)]
     pub object: Option<Value>,
-    /// Nodes looked at: the node written, or every node in the group and the groups below it.
+    /// Nodes looked at: the node written, or every node in the group or a group below it
+    /// (by name, pin or rule), before or after the write.
     pub examined: usize,
-    /// How many of them would get a different classification.
+    /// How many of them would get a different classification or different groups.
     pub affected: usize,
     /// The first of those by certname (at most 100), each with how its classification would
-    /// change.
+    /// change and the groups it would join and leave.
     pub nodes: Vec<NodeImpact>,
     /// How many affected nodes `nodes` leaves out.
     pub more: usize,
-    /// Nodes that would fail to classify.
+    /// Nodes that would fail to classify, with the conflicts the write would give them.
     pub failed: Vec<NodeFailure>,
 }
 
-fn classified(node: Option<&Node>, tree: &GroupTree) -> Result<Option<Classification>, String> {
+/// Why a node does not classify.
+struct Failure {
+    error: String,
+    conflicts: Vec<Conflict>,
+}
+
+type Outcome = Result<Option<Classification>, Failure>;
+
+fn classified(node: Option<&Node>, facts: Option<&NodeFacts>, tree: &GroupTree) -> Outcome {
     let Some(node) = node else {
         return Ok(None);
     };
-    let chain = tree
-        .chain(node.node_group_name.as_ref())
-        .map_err(|e| e.to_string())?;
-    let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
-    Ok(Some(classify(node, &chain).0))
+    let chains = tree.leaves(node, facts).map_err(|e| Failure {
+        error: e.to_string(),
+        conflicts: Vec::new(),
+    })?;
+    let chains: Vec<Vec<&NodeGroup>> = chains
+        .iter()
+        .map(|chain| chain.iter().map(|g| &**g).collect())
+        .collect();
+    match classify_all(node, &chains) {
+        Ok((classification, _)) => Ok(Some(classification)),
+        Err(conflicts) => Err(Failure {
+            error: format!(
+                "its groups would give different values for {}",
+                conflicts
+                    .iter()
+                    .map(|c| c.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            conflicts,
+        }),
+    }
 }
 
-/// The preview of nodes each before and after (as a node and the tree it classifies under).
-fn preview<'a>(
-    object: Option<Value>,
-    changes: impl Iterator<
-        Item = (
-            Option<&'a Node>,
-            &'a GroupTree,
-            Option<&'a Node>,
-            &'a GroupTree,
-        ),
-    >,
-) -> Preview {
+/// One node before and after a write: the node (absent: none), its facts, and the tree.
+struct Change<'a> {
+    before: Option<&'a Node>,
+    after: Option<&'a Node>,
+    facts: Option<&'a NodeFacts>,
+    tree_before: &'a GroupTree,
+    tree_after: &'a GroupTree,
+}
+
+fn groups_of(
+    node: Option<&Node>,
+    facts: Option<&NodeFacts>,
+    tree: &GroupTree,
+) -> BTreeSet<GroupName> {
+    node.map(|n| {
+        tree.memberships(n, facts)
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// What a write would do, and the conflicts it would create (nodes that classify now and
+/// would not for their groups' disagreeing).
+pub struct Assessment {
+    pub preview: Preview,
+    pub created: Vec<NodeFailure>,
+}
+
+fn assess<'a>(object: Option<Value>, changes: impl Iterator<Item = Change<'a>>) -> Assessment {
     let mut affected: Vec<NodeImpact> = Vec::new();
     let mut failed = Vec::new();
+    let mut created = Vec::new();
     let mut examined = 0;
-    for (before, tree_before, after, tree_after) in changes {
+    for change in changes {
         examined += 1;
-        let Some(name) = after.or(before).map(|n| n.unique_name.to_string()) else {
+        let Some(name) = change
+            .after
+            .or(change.before)
+            .map(|n| n.unique_name.to_string())
+        else {
             continue;
         };
-        let was = classified(before, tree_before);
-        let will = classified(after, tree_after);
+        let was = classified(change.before, change.facts, change.tree_before);
+        let will = classified(change.after, change.facts, change.tree_after);
+        let groups_before = groups_of(change.before, change.facts, change.tree_before);
+        let groups_after = groups_of(change.after, change.facts, change.tree_after);
+        let joins: Vec<GroupName> = groups_after.difference(&groups_before).cloned().collect();
+        let leaves: Vec<GroupName> = groups_before.difference(&groups_after).cloned().collect();
         match (was, will) {
             (Ok(was), Ok(will)) => {
                 let diff = classification_diff(was.as_ref(), will.as_ref());
-                if !diff.is_empty() {
+                if !diff.is_empty() || !joins.is_empty() || !leaves.is_empty() {
                     affected.push(NodeImpact {
                         unique_name: name,
                         diff,
+                        joins,
+                        leaves,
                     });
                 }
             }
-            (Err(error), _) | (_, Err(error)) => failed.push(NodeFailure {
+            (was, Err(failure)) => {
+                let failure = NodeFailure {
+                    unique_name: name,
+                    error: failure.error,
+                    conflicts: failure.conflicts,
+                };
+                if was.is_ok() && !failure.conflicts.is_empty() {
+                    created.push(failure.clone());
+                }
+                failed.push(failure);
+            }
+            (Err(failure), Ok(_)) => failed.push(NodeFailure {
                 unique_name: name,
-                error,
+                error: format!("now: {}", failure.error),
+                conflicts: Vec::new(),
             }),
         }
     }
     affected.sort_by(|a, b| a.unique_name.cmp(&b.unique_name));
     let count = affected.len();
     affected.truncate(MAX_LISTED);
-    Preview {
+    let preview = Preview {
         dry_run: true,
         object,
         examined,
@@ -134,15 +220,14 @@ fn preview<'a>(
         more: count - affected.len(),
         nodes: affected,
         failed,
-    }
+    };
+    Assessment { preview, created }
 }
 
-/// Every node in `group`.
-async fn nodes_in(state: &AppState, group: &GroupName) -> Result<Vec<Node>, AppError> {
-    let filter = NodeFilter {
-        node_group_name: Some(group.clone()),
-        ..NodeFilter::default()
-    };
+/// Every node and every node's facts.
+pub async fn fleet(
+    state: &AppState,
+) -> Result<(Vec<Node>, HashMap<Certname, NodeFacts>), AppError> {
     let mut nodes = Vec::new();
     let mut cursor = None;
     loop {
@@ -150,11 +235,28 @@ async fn nodes_in(state: &AppState, group: &GroupName) -> Result<Vec<Node>, AppE
             limit: 1000,
             cursor,
         };
-        let found = state.store.list_nodes(&filter, &page).await?;
+        let found = state
+            .store
+            .list_nodes(&NodeFilter::default(), &page)
+            .await?;
         nodes.extend(found.items.into_iter().map(|n| n.item));
         match found.next_cursor {
             Some(next) => cursor = Some(next),
-            None => return Ok(nodes),
+            None => break,
+        }
+    }
+    let mut facts = HashMap::new();
+    let mut cursor = None;
+    loop {
+        let page = PageRequest {
+            limit: 1000,
+            cursor,
+        };
+        let found = state.store.list_facts(&page).await?;
+        facts.extend(found.items.into_iter().map(|f| (f.unique_name.clone(), f)));
+        match found.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok((nodes, facts)),
         }
     }
 }
@@ -164,22 +266,67 @@ fn shown<T: Serialize>(object: &T) -> Result<Value, AppError> {
 }
 
 /// What a write that leaves the group `name` as `after` (`None`: deleted) would change: every
-/// node in it and in the groups below it, classified under the tree as it is and as it would be.
+/// node in it or a group below it (by name, pin or rule), before or after, classified under
+/// the tree as it is and as it would be, each with its last facts.
 pub async fn of_group<T: Serialize>(
     state: &AppState,
     name: &GroupName,
     after: Option<NodeGroup>,
     object: Option<&T>,
-) -> Result<Preview, AppError> {
+) -> Result<Assessment, AppError> {
     let tree = state.store.current_tree().await?;
     let changed = tree.changed(after, name);
-    let mut nodes = Vec::new();
-    for group in tree.subtree(name) {
-        nodes.extend(nodes_in(state, &group).await?);
-    }
+    let below: HashSet<GroupName> = tree
+        .subtree(name)
+        .into_iter()
+        .chain(changed.subtree(name))
+        .collect();
+    let (nodes, facts) = fleet(state).await?;
     let object = object.map(shown).transpose()?;
-    let changes = nodes.iter().map(|n| (Some(n), &*tree, Some(n), &changed));
-    Ok(preview(object, changes))
+    let in_subtree = |node: &Node, facts: Option<&NodeFacts>| {
+        tree.in_any(node, facts, &below) || changed.in_any(node, facts, &below)
+    };
+    let changes = nodes.iter().filter_map(|node| {
+        let facts = facts.get(&node.unique_name);
+        in_subtree(node, facts).then_some(Change {
+            before: Some(node),
+            after: Some(node),
+            facts,
+            tree_before: &tree,
+            tree_after: &changed,
+        })
+    });
+    Ok(assess(object, changes))
+}
+
+/// Refuses a group write that would give nodes conflicting values (409, listing the nodes
+/// and keys) unless forced; the conflicts a forced write creates, for its revision.
+pub fn refuse_conflicts(assessment: &Assessment, force: bool) -> Result<Option<Value>, AppError> {
+    if assessment.created.is_empty() {
+        return Ok(None);
+    }
+    let shown = serde_json::to_value(&assessment.created).unwrap_or_default();
+    if force {
+        return Ok(Some(shown));
+    }
+    let names: Vec<&str> = assessment
+        .created
+        .iter()
+        .map(|f| f.unique_name.as_str())
+        .collect();
+    Err(AppError::Conflicts(
+        format!(
+            "the change would give {} node(s) conflicting values ({}); send force=true to make it anyway",
+            names.len(),
+            names
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        shown,
+    ))
 }
 
 /// What a write that makes the node `before` into `after` would change for it.
@@ -191,8 +338,17 @@ pub async fn of_node<T: Serialize>(
 ) -> Result<Preview, AppError> {
     let tree = state.store.current_tree().await?;
     let object = object.map(shown).transpose()?;
-    Ok(preview(
-        object,
-        std::iter::once((before, &*tree, after, &*tree)),
-    ))
+    let name = after.or(before).map(|n| n.unique_name.clone());
+    let facts = match &name {
+        Some(name) => state.store.facts(name).await?,
+        None => None,
+    };
+    let change = Change {
+        before,
+        after,
+        facts: facts.as_ref(),
+        tree_before: &tree,
+        tree_after: &tree,
+    };
+    Ok(assess(object, std::iter::once(change)).preview)
 }

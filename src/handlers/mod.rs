@@ -6,6 +6,7 @@ pub mod environments;
 pub mod health;
 pub mod history;
 pub mod impact;
+pub mod lookups;
 pub mod metrics_form;
 pub mod node_groups;
 pub mod nodes;

@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::domain::{Certname, ClassName, Fields, GroupName, NodeGroup, ParamName, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
-use crate::store::StoreError;
+use crate::store::{By, StoreError};
 
 /// A node group as clients send it. The existing clients' shape `{name, class_, parameters}`
 /// means one class `class_` whose parameters are `parameters`.
@@ -217,8 +217,23 @@ async fn previewed(
     after: Option<Stored<NodeGroup>>,
 ) -> Result<Response, AppError> {
     let group = after.as_ref().map(|g| g.item.clone());
-    let preview = impact::of_group(state, name, group, after.as_ref()).await?;
-    Ok(axum::Json(preview).into_response())
+    let assessed = impact::of_group(state, name, group, after.as_ref()).await?;
+    Ok(axum::Json(assessed.preview).into_response())
+}
+
+/// Before a group write: refused (409) if it would give nodes conflicting values, unless
+/// forced; the conflicts a forced one creates, for its revision.
+async fn judged(
+    state: &AppState,
+    name: &GroupName,
+    after: Option<&NodeGroup>,
+    options: &WriteQuery,
+) -> Result<Option<serde_json::Value>, AppError> {
+    if options.dry_run {
+        return Ok(None);
+    }
+    let assessed = impact::of_group::<()>(state, name, after.cloned(), None).await?;
+    impact::refuse_conflicts(&assessed, options.force)
 }
 
 /// Create a node group (`dry_run`: check it and preview it, storing nothing).
@@ -239,10 +254,12 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let group = within_size(body.into_domain(None)?.0)?;
     let name = group.name.clone();
-    let created = state
-        .store
-        .create_node_group(group, options.by(&caller))
-        .await?;
+    let conflicts = judged(&state, &name, Some(&group), &options).await?;
+    let by = By {
+        conflicts: conflicts.as_ref(),
+        ..options.by(&caller)
+    };
+    let created = state.store.create_node_group(group, by).await?;
     if options.dry_run {
         return previewed(&state, &name, Some(created)).await;
     }
@@ -294,8 +311,15 @@ pub async fn replace(
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    let (group, pinned_given) = body.into_domain(Some(&name))?;
-    let by = options.by(&caller);
+    let (mut group, pinned_given) = body.into_domain(Some(&name))?;
+    if !pinned_given && !options.dry_run {
+        group.pinned = state.store.get_node_group(&name).await?.item.pinned;
+    }
+    let conflicts = judged(&state, &name, Some(&group), &options).await?;
+    let by = By {
+        conflicts: conflicts.as_ref(),
+        ..options.by(&caller)
+    };
     let replaced = match pinned_given {
         true => {
             let group = within_size(group)?;
@@ -322,10 +346,12 @@ pub async fn delete(
     Query(options): Query<WriteQuery>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    state
-        .store
-        .delete_node_group(&name, expected, options.by(&caller))
-        .await?;
+    let conflicts = judged(&state, &name, None, &options).await?;
+    let by = By {
+        conflicts: conflicts.as_ref(),
+        ..options.by(&caller)
+    };
+    state.store.delete_node_group(&name, expected, by).await?;
     if options.dry_run {
         return previewed(&state, &name, None).await;
     }
@@ -345,6 +371,7 @@ async fn change_pins(
     state: &AppState,
     caller: &Caller,
     name: &str,
+    options: WriteQuery,
     body: PinBody,
     pin: bool,
 ) -> Result<Response, AppError> {
@@ -367,12 +394,16 @@ async fn change_pins(
             ));
         }
         let version = Some(current.meta.version);
-        match state
-            .store
-            .replace_node_group(group, version, caller.actor())
-            .await
-        {
+        let conflicts = judged(state, &name, Some(&group), &options).await?;
+        let by = By {
+            conflicts: conflicts.as_ref(),
+            ..options.by(caller)
+        };
+        match state.store.replace_node_group(group, version, by).await {
             Err(StoreError::VersionMismatch { .. }) => continue,
+            Ok(changed) if options.dry_run => {
+                return previewed(state, &name, Some(changed)).await;
+            }
             other => return Ok(stored(StatusCode::OK, &other?, &[])),
         }
     }
@@ -383,28 +414,32 @@ async fn change_pins(
 
 /// Pin nodes to a group: they are members whatever their facts (a new version of the group).
 #[utoipa::path(post, path = "/nodegroup/{node_group_name}/pin", tag = "node groups", operation_id = "pin_nodes",
-    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded")),
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), WriteQuery),
     request_body = PinBody,
-    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The group as stored or, with `dry_run`, a `Preview`",
+        body = GroupOrPreview, headers(("ETag" = String))), WriteProblems))]
 pub async fn pin(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(options): Query<WriteQuery>,
     Json(body): Json<PinBody>,
 ) -> Result<Response, AppError> {
-    change_pins(&state, &caller, &name, body, true).await
+    change_pins(&state, &caller, &name, options, body, true).await
 }
 
 /// Unpin nodes from a group (a new version of the group).
 #[utoipa::path(post, path = "/nodegroup/{node_group_name}/unpin", tag = "node groups", operation_id = "unpin_nodes",
-    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded")),
+    security(("bearer" = ["write"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), WriteQuery),
     request_body = PinBody,
-    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The group as stored or, with `dry_run`, a `Preview`",
+        body = GroupOrPreview, headers(("ETag" = String))), WriteProblems))]
 pub async fn unpin(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(options): Query<WriteQuery>,
     Json(body): Json<PinBody>,
 ) -> Result<Response, AppError> {
-    change_pins(&state, &caller, &name, body, false).await
+    change_pins(&state, &caller, &name, options, body, false).await
 }

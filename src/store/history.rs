@@ -32,7 +32,7 @@ pub static REVISION: RecordKind = RecordKind {
     derived: &[],
     references: &[],
     referenced: false,
-    json: &["object", "patch"],
+    json: &["object", "patch", "forced_conflicts"],
     history: None,
 };
 
@@ -108,6 +108,7 @@ pub(super) struct Made<'a> {
     pub actor: &'a str,
     pub at: DateTime<Utc>,
     pub restored_from: Option<u64>,
+    pub conflicts: Option<&'a Value>,
     /// The last version number given before this change.
     pub head: i64,
     pub before: Option<&'a Map<String, Value>>,
@@ -151,6 +152,7 @@ pub(super) fn record(made: Made<'_>) -> Result<Vec<Step>> {
             at: made.at,
             request_id: crate::telemetry::current_request_id(),
             restored_from: made.restored_from,
+            forced_conflicts: made.conflicts.cloned(),
             object: (!after.is_null()).then_some(after),
             patch,
         },

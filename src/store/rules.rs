@@ -143,6 +143,8 @@ pub struct By<'a> {
     pub quiet: bool,
     /// The version whose content this change writes again.
     pub restored_from: Option<u64>,
+    /// The conflicts a forced change creates, for its revision.
+    pub conflicts: Option<&'a serde_json::Value>,
 }
 
 impl<'a> By<'a> {
@@ -152,6 +154,7 @@ impl<'a> By<'a> {
             dry_run: false,
             quiet: false,
             restored_from: None,
+            conflicts: None,
         }
     }
 }
@@ -403,6 +406,7 @@ impl Db {
                     actor: by.actor,
                     at,
                     restored_from: by.restored_from,
+                    conflicts: by.conflicts,
                     head,
                     before: before.as_ref(),
                     after: body.as_ref(),

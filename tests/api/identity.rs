@@ -123,6 +123,10 @@ fn known_case(method: &Method, path: &str) -> Option<Case> {
             Some(json!({"facts": {"round": u}})),
             ok,
         ),
+        ("GET", "/nodegroup/{node_group_name}/nodes") => {
+            json_case("/nodegroup/base/nodes", None, ok)
+        }
+        ("GET", "/classes/{class_name}/nodes") => json_case("/classes/ntp/nodes", None, ok),
         ("GET", "/nodes/{unique_name}/history") => json_case("/nodes/web01/history", None, ok),
         ("GET", "/nodegroup/{node_group_name}/history") => {
             json_case("/nodegroup/base/history", None, ok)

@@ -33,7 +33,8 @@ async fn every_documented_operation_is_routed() {
             .replace("{environment_name}", "x")
             .replace("{puppet_cluster_name}", "x")
             .replace("{name}", "x")
-            .replace("{version}", "1");
+            .replace("{version}", "1")
+            .replace("{class_name}", "ntp");
         for method in item.as_object().unwrap().keys() {
             let method: axum::http::Method = method.to_uppercase().parse().unwrap();
             let response = app.request(method.clone(), &uri, None, None).await;
@@ -44,7 +45,7 @@ async fn every_documented_operation_is_routed() {
             count += 1;
         }
     }
-    assert_eq!(count, 50);
+    assert_eq!(count, 52);
 }
 
 #[tokio::test]

@@ -42,9 +42,21 @@ fn seeded() -> Seeded {
 
 /// `puppet node find` with the exec terminus, in throwaway Puppet directories.
 fn puppet_find(certname: &str, url: &str, token: &Path, cache: &Path, dirs: &Path) -> Output {
+    puppet_find_with(certname, url, token, cache, dirs, &[])
+}
+
+fn puppet_find_with(
+    certname: &str,
+    url: &str,
+    token: &Path,
+    cache: &Path,
+    dirs: &Path,
+    env: &[(&str, &Path)],
+) -> Output {
     let dir = |name: &str| dirs.join(name).display().to_string();
     std::fs::create_dir_all(dirs.join("code/environments/production")).unwrap();
     Command::new(tool("ENC_TEST_PUPPET", "puppet"))
+        .envs(env.iter().copied())
         .args(["node", "find", certname, "--terminus", "exec"])
         .args(["--external_nodes", &format!("{BIN} classify")])
         .args(["--render-as", "yaml"])
@@ -83,6 +95,87 @@ fn assert_classified(node: &Value) {
     for (name, value) in expected_parameters().as_object().unwrap() {
         assert_eq!(&node["parameters"][name], value, "parameter {name}");
     }
+}
+
+#[test]
+fn puppet_classifies_by_the_facts_of_its_own_fact_cache() {
+    let Seeded {
+        enc, token_file, ..
+    } = seeded();
+    let rule_group = serde_json::json!({
+        "name": "Debian boxes",
+        "rule": ["and", ["=", ["fact", "os", "family"], "Debian"], [">=", ["fact", "processors", "count"], "2"]],
+        "classes": {"profile::apt": {"mirror": "deb.example.com"}}
+    });
+    let (status, answer) = enc.http("POST", "/nodegroup/", Some(&rule_group.to_string()));
+    assert_eq!(status, 201, "{answer}");
+    // The fact cache as a Puppet server keeps it, written by Puppet's own YAML writer.
+    let facts = tempfile::tempdir().unwrap();
+    let file = facts.path().join(format!("{NODE}.yaml"));
+    let written = Command::new(tool("ENC_TEST_RUBY", "ruby"))
+        .args(["-e", r#"require "puppet"
+facts = Puppet::Node::Facts.new(ARGV[0], {"os" => {"family" => "Debian"}, "processors" => {"count" => 4}, "kernel" => "Linux"})
+facts.timestamp = Time.now
+Puppet::Util::Yaml.dump(facts, ARGV[1])"#, NODE])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .starts_with("--- !ruby/object:Puppet::Node::Facts")
+    );
+
+    let (dirs, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let env = [("ENC_FACTS_DIR", facts.path())];
+    let out = puppet_find_with(
+        NODE,
+        &enc.url(),
+        token_file.path(),
+        cache.path(),
+        dirs.path(),
+        &env,
+    );
+    let node = puppet_node(&out);
+    assert_eq!(
+        node["classes"]["profile::apt"],
+        serde_json::json!({"mirror": "deb.example.com"})
+    );
+    for (class, parameters) in expected_classes().as_object().unwrap() {
+        assert_eq!(&node["classes"][class], parameters, "{class}");
+    }
+    // enc kept the facts: it explains the match, and classifies by them without the cache.
+    let (status, explained) = enc.http(
+        "GET",
+        &format!("/nodes/{NODE}/classification?explain=true"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let explained: Value = serde_json::from_str(&explained).unwrap();
+    let groups = explained["membership"]["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["group"] == "Debian boxes" && g["why"][0] == "rule"),
+        "{groups:?}"
+    );
+    assert!(explained["membership"]["facts_received_at"].is_string());
+    let plain = puppet_find(
+        NODE,
+        &enc.url(),
+        token_file.path(),
+        cache.path(),
+        dirs.path(),
+    );
+    assert_eq!(
+        puppet_node(&plain)["classes"]["profile::apt"]["mirror"],
+        "deb.example.com"
+    );
 }
 
 #[test]

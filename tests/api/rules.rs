@@ -231,3 +231,160 @@ async fn malformed_rules_and_facts_are_refused_and_change_nothing() {
     .problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.dump().await, before);
 }
+
+#[tokio::test]
+async fn a_write_that_would_conflict_is_refused_unless_forced_and_then_recorded() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    app.node("web01", Some("base")).await;
+    app.post("/nodes/web01/classification", facts("Debian", 8))
+        .await
+        .ok(StatusCode::OK);
+    let edit = json!({
+        "parent": "base",
+        "rule": ["and", [">=", ["fact", "processorcount"], "8"], ["=", ["trusted", "extensions", "pp_role"], "web"]],
+        "parameters": {"pkg": "yum"}
+    });
+    let before = app.dump().await;
+    let refused = app.put("/nodegroup/big", edit.clone(), None).await;
+    let problem = refused.problem(StatusCode::CONFLICT);
+    assert_eq!(problem["type"], "urn:enc:problem:classification-conflict");
+    assert_eq!(problem["conflicts"][0]["unique_name"], "web01");
+    assert_eq!(
+        problem["conflicts"][0]["conflicts"][0]["key"],
+        "parameters.pkg"
+    );
+    assert_eq!(
+        app.dump().await,
+        before,
+        "refused: nothing stored, no revision"
+    );
+
+    // The preview shows it as a failure to come.
+    let preview = app
+        .put("/nodegroup/big?dry_run=true", edit.clone(), None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(preview["failed"][0]["unique_name"], "web01");
+    assert_eq!(
+        preview["failed"][0]["conflicts"][0]["key"],
+        "parameters.pkg"
+    );
+
+    // Forced, it is made and its revision says what it broke; the node now answers 409.
+    app.put("/nodegroup/big?force=true", edit, None)
+        .await
+        .ok(StatusCode::OK);
+    let revision = &app.all("/nodegroup/big/history").await[0];
+    assert_eq!(revision["forced_conflicts"][0]["unique_name"], "web01");
+    app.get("/nodes/web01/classification")
+        .await
+        .problem(StatusCode::CONFLICT);
+
+    // A pin can conflict too.
+    app.put("/nodegroup/big?force=true", json!({"parent": "base"}), None)
+        .await
+        .ok(StatusCode::OK);
+    app.get("/nodes/web01/classification")
+        .await
+        .ok(StatusCode::OK);
+    app.group(json!({"name": "other", "parameters": {"pkg": "other"}}))
+        .await;
+    let before = app.dump().await;
+    app.post("/nodegroup/other/pin", json!({"nodes": ["web01"]}))
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert_eq!(app.dump().await, before);
+
+    // Joins and leaves show in a preview.
+    let joining = app
+        .post(
+            "/nodegroup/?dry_run=true",
+            json!({"name": "extra", "rule": ["~", "name", "^web"], "classes": {"extra": {}}}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(joining["examined"], 1);
+    assert_eq!(joining["nodes"][0]["joins"], json!(["extra"]));
+    assert_eq!(
+        joining["nodes"][0]["diff"]["classes_added"],
+        json!(["extra"])
+    );
+    let leaving = app
+        .put(
+            "/nodegroup/debian?dry_run=true",
+            json!({"parent": "base", "rule": ["=", ["fact", "os", "family"], "RedHat"], "classes": {"apt": {}}, "parameters": {"pkg": "apt"}}),
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(leaving["nodes"][0]["leaves"], json!(["debian"]));
+    assert_eq!(
+        leaving["nodes"][0]["diff"]["classes_removed"],
+        json!(["apt"])
+    );
+}
+
+#[tokio::test]
+async fn operators_see_who_a_group_holds_and_who_gets_a_class() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    for name in ["web01", "web02", "web03"] {
+        app.node(name, Some("base")).await;
+    }
+    app.post("/nodes/web01/classification", facts("Debian", 8))
+        .await
+        .ok(StatusCode::OK);
+    app.post("/nodes/web02/classification", facts("Debian", 1))
+        .await
+        .ok(StatusCode::OK);
+    app.post("/nodegroup/big/pin", json!({"nodes": ["web03"]}))
+        .await
+        .ok(StatusCode::OK);
+
+    let debian = app.get("/nodegroup/debian/nodes").await.ok(StatusCode::OK);
+    assert_eq!(
+        debian["items"],
+        json!([{"unique_name": "web01", "why": ["rule"]}, {"unique_name": "web02", "why": ["rule"]}])
+    );
+    let big = app.get("/nodegroup/big/nodes").await.ok(StatusCode::OK);
+    assert_eq!(
+        big["items"],
+        json!([{"unique_name": "web01", "why": ["rule"]}, {"unique_name": "web03", "why": ["pinned"]}])
+    );
+    let base = app
+        .get("/nodegroup/base/nodes?limit=2")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(base["items"].as_array().unwrap().len(), 2);
+    assert_eq!(base["next_cursor"], "web02");
+    let rest = app
+        .get("/nodegroup/base/nodes?limit=2&cursor=web02")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        rest["items"],
+        json!([{"unique_name": "web03", "why": ["named"]}])
+    );
+    assert!(rest["next_cursor"].is_null());
+
+    let apt = app.get("/classes/apt/nodes").await.ok(StatusCode::OK);
+    assert_eq!(
+        apt["items"],
+        json!([
+            {"unique_name": "web01", "from": {"kind": "node_group", "name": "debian"}},
+            {"unique_name": "web02", "from": {"kind": "node_group", "name": "debian"}},
+        ])
+    );
+    let ntp = app.get("/classes/ntp/nodes").await.ok(StatusCode::OK);
+    assert_eq!(ntp["items"].as_array().unwrap().len(), 3);
+    app.get("/nodegroup/nope/nodes")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    app.get("/nodegroup/base/nodes?cursor=%20bad")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    app.get("/classes/Not%20A%20Class/nodes")
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+}

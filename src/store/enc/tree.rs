@@ -102,6 +102,38 @@ impl GroupTree {
         found
     }
 
+    /// Whether the node is in any of `groups` (by name, pin or rule), judging only their rules.
+    pub fn in_any(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+        groups: &HashSet<GroupName>,
+    ) -> bool {
+        if node
+            .node_group_name
+            .as_ref()
+            .is_some_and(|g| groups.contains(g))
+        {
+            return true;
+        }
+        if self
+            .pins
+            .get(&node.unique_name)
+            .is_some_and(|pinned| pinned.iter().any(|g| groups.contains(g)))
+        {
+            return true;
+        }
+        let empty = Map::new();
+        let subject = Subject {
+            name: node.unique_name.as_str(),
+            facts: facts.map_or(&empty, |f| &f.facts),
+            trusted: facts.map_or(&empty, |f| &f.trusted),
+        };
+        self.rules
+            .iter()
+            .any(|(group, rule)| groups.contains(group) && rule.matches(&subject))
+    }
+
     /// How every group's rule fares on the node, by group name (for `explain`).
     pub fn rule_outcomes(
         &self,

@@ -1,0 +1,135 @@
+//! What operators ask of rules: which nodes a group holds now, and which nodes get a class
+//! and from where. Both judge every node on its last facts, so each page costs a read of the
+//! fleet: for operators, not for agent runs.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::impact::fleet;
+use super::{ListResponse, page_request, parse_name};
+use crate::AppState;
+use crate::domain::{Certname, ClassName, GroupName, NodeGroup, Source, classify_all};
+use crate::error::{AppError, ReadProblems};
+use crate::extract::{Path, Query};
+use crate::store::enc::Why;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LookupQuery {
+    /// Nodes per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page: the last certname it held.
+    cursor: Option<String>,
+}
+
+/// A node in a group, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    #[schema(value_type = String)]
+    pub unique_name: Certname,
+    pub why: Vec<Why>,
+}
+
+/// A node that gets a class, and where it comes from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Holder {
+    #[schema(value_type = String)]
+    pub unique_name: Certname,
+    pub from: Source,
+}
+
+/// One page of `items`, sorted by certname, after the cursor's certname.
+fn page<T>(items: Vec<(Certname, T)>, query: LookupQuery) -> Result<ListResponse<T>, AppError> {
+    let request = page_request(query.limit, query.cursor)?;
+    let after = match &request.cursor {
+        Some(text) => Some(Certname::parse(text).map_err(|_| {
+            AppError::BadRequest("the pagination cursor is not valid for this listing".into())
+        })?),
+        None => None,
+    };
+    let mut items: Vec<(Certname, T)> = items
+        .into_iter()
+        .filter(|(name, _)| after.as_ref().is_none_or(|a| name > a))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let more = items.len() > request.limit;
+    items.truncate(request.limit);
+    let next_cursor = more
+        .then(|| items.last().map(|(n, _)| n.to_string()))
+        .flatten();
+    Ok(ListResponse {
+        items: items.into_iter().map(|(_, item)| item).collect(),
+        next_cursor,
+    })
+}
+
+/// The nodes a group holds now: by name, pin or rule (on each node's last facts); not those
+/// of the groups below it.
+#[utoipa::path(get, path = "/nodegroup/{node_group_name}/nodes", tag = "node groups",
+    operation_id = "node_group_members", security(("bearer" = ["read"])),
+    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), LookupQuery),
+    responses((status = 200, body = ListResponse<Member>), ReadProblems))]
+pub async fn members(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<LookupQuery>,
+) -> Result<axum::Json<ListResponse<Member>>, AppError> {
+    let name = parse_name("node_group_name", &name, GroupName::parse)?;
+    state.store.get_node_group(&name).await?;
+    let tree = state.store.current_tree().await?;
+    let (nodes, facts) = fleet(&state).await?;
+    let found = nodes
+        .iter()
+        .filter_map(|node| {
+            let why: Vec<Why> = tree
+                .memberships(node, facts.get(&node.unique_name))
+                .into_iter()
+                .filter(|(g, _)| *g == name)
+                .map(|(_, why)| why)
+                .collect();
+            let unique_name = node.unique_name.clone();
+            (!why.is_empty()).then(|| (unique_name.clone(), Member { unique_name, why }))
+        })
+        .collect();
+    Ok(axum::Json(page(found, query)?))
+}
+
+/// The nodes that get a class, each with the group (or the node) it comes from; nodes whose
+/// groups conflict are left out.
+#[utoipa::path(get, path = "/classes/{class_name}/nodes", tag = "classification",
+    operation_id = "class_holders", security(("bearer" = ["read"])),
+    params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), LookupQuery),
+    responses((status = 200, body = ListResponse<Holder>), ReadProblems))]
+pub async fn holders(
+    State(state): State<AppState>,
+    Path(class): Path<String>,
+    Query(query): Query<LookupQuery>,
+) -> Result<axum::Json<ListResponse<Holder>>, AppError> {
+    let class = parse_name("class_name", &class, ClassName::parse)?;
+    let tree = state.store.current_tree().await?;
+    let (nodes, facts) = fleet(&state).await?;
+    let mut found = Vec::new();
+    for node in &nodes {
+        let chains = tree.leaves(node, facts.get(&node.unique_name))?;
+        let chains: Vec<Vec<&NodeGroup>> = chains
+            .iter()
+            .map(|chain| chain.iter().map(|g| &**g).collect())
+            .collect();
+        if let Ok((_, why)) = classify_all(node, &chains)
+            && let Some(from) = why.classes.get(&class)
+        {
+            let unique_name = node.unique_name.clone();
+            found.push((
+                unique_name.clone(),
+                Holder {
+                    unique_name,
+                    from: from.clone(),
+                },
+            ));
+        }
+    }
+    Ok(axum::Json(page(found, query)?))
+}
