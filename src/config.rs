@@ -142,6 +142,11 @@ pub struct Config {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Whether a node enc does not know, sent with facts that a group's rule takes in (or
+    /// pinned by a group), is recorded, in the environment that group gives, and classified.
+    #[arg(long, env = "ENC_CLASSIFY_UNKNOWN", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub classify_unknown: bool,
+
     /// Days the change history is kept (DynamoDB's TTL on `expires_at`, and an hourly prune);
     /// unset: forever.
     #[arg(long, env = "ENC_HISTORY_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36500), global = true)]

@@ -44,6 +44,9 @@ pub struct App {
     pub limits: Limits,
     /// Answers made once per version of the records they come from (see `memo`).
     pub answers: Answers,
+    /// Whether a node enc does not know, whose facts a group's rule (or whose certname a pin)
+    /// takes in, is recorded and classified (`ENC_CLASSIFY_UNKNOWN`).
+    pub classify_unknown: bool,
 }
 
 /// Bytes of answers kept per kind, at most.
@@ -100,7 +103,13 @@ impl App {
             auth: Auth::new(true, None, None, false, access()),
             limits: Limits::new(std::time::Duration::from_secs(30), 256),
             answers: Answers::default(),
+            classify_unknown: true,
         }
+    }
+
+    pub fn with_classify_unknown(mut self, enabled: bool) -> Self {
+        self.classify_unknown = enabled;
+        self
     }
 
     /// Keeps history for `retention` (default: forever). Call before the state is shared.

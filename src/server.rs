@@ -154,6 +154,7 @@ pub async fn serve(
         .with_trace_context(trace_context)
         .with_auth(auth)
         .with_history_retention(config.history_retention())
+        .with_classify_unknown(config.classify_unknown)
         .with_limits(crate::Limits::new(
             Duration::from_secs(config.request_timeout_seconds.max(1)),
             config.max_concurrent_requests,

@@ -56,6 +56,24 @@ pub struct NodeGroup {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub pinned: BTreeSet<Certname>,
+    /// The environment (with its cluster) of a node enc first learns of through this group's
+    /// rule or pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub environment_name: Option<EnvironmentName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub puppet_cluster_name: Option<ClusterName>,
+}
+
+impl NodeGroup {
+    /// The environment the group gives a node it takes in, if it gives one.
+    pub fn environment(&self) -> Option<EnvironmentKey> {
+        Some(EnvironmentKey {
+            environment_name: self.environment_name.clone()?,
+            puppet_cluster_name: self.puppet_cluster_name.clone()?,
+        })
+    }
 }
 
 /// A node's facts as Puppet last sent them, and when.

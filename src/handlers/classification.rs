@@ -7,10 +7,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::parse_name;
 use crate::AppState;
-use crate::auth::Deferred;
+use crate::auth::{Caller, Deferred};
 use crate::domain::rule::RuleOutcome;
 use crate::domain::{
-    Certname, Classification, Conflict, Explanation, GroupName, NodeFacts, NodeGroup, classify_all,
+    Certname, Classification, Conflict, Explanation, GroupName, Node, NodeFacts, NodeGroup,
+    classify_all,
 };
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Json, Path, Query};
@@ -67,6 +68,9 @@ pub struct Membership {
     /// When the facts the rules were judged on came (absent: the node sent none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts_received_at: Option<String>,
+    /// Their age, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts_age_seconds: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -137,6 +141,7 @@ fn membership(inputs: &ClassificationInputs, classifiable: &Classifiable) -> Mem
             f.received_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         }),
+        facts_age_seconds: facts.map(|f| (chrono::Utc::now() - f.received_at).num_seconds().max(0)),
     }
 }
 
@@ -339,6 +344,7 @@ async fn classify_inputs(
     ))]
 pub async fn post(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<ClassificationQuery>,
     headers: HeaderMap,
@@ -357,16 +363,90 @@ pub async fn post(
             "the facts are {size} bytes as JSON; at most {MAX_FACTS_BYTES} are kept"
         )));
     }
-    let inputs = state.store.classification_inputs(&name, None).await?;
+    let mut inputs = state.store.classification_inputs(&name, None).await?;
     if inputs.node.is_none() {
-        return Err(StoreError::NotFound {
-            kind: crate::store::Kind::Node,
-            key: name.to_string(),
-        }
-        .into());
+        learn(&state, &caller, &name, &facts, &inputs).await?;
+        inputs = state.store.classification_inputs(&name, None).await?;
     }
     state.store.put_facts(&facts).await?;
     classify_inputs(&state, name, inputs, Some(facts), query, &headers).await
+}
+
+/// Records a node enc does not know, if its facts (or a pin) put it in groups that give it
+/// an environment: the nearest group with one on each leaf's chain, all the same.
+async fn learn(
+    state: &AppState,
+    caller: &Caller,
+    name: &Certname,
+    facts: &NodeFacts,
+    inputs: &ClassificationInputs,
+) -> Result<(), AppError> {
+    let unknown = || -> AppError {
+        StoreError::NotFound {
+            kind: crate::store::Kind::Node,
+            key: name.to_string(),
+        }
+        .into()
+    };
+    if !state.classify_unknown {
+        return Err(unknown());
+    }
+    let placeholder = crate::domain::EnvironmentName::parse("production")
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let bare = Node {
+        unique_name: name.clone(),
+        node_group_name: None,
+        environment_name: placeholder,
+        puppet_cluster_name: crate::domain::ClusterName::parse("unknown")
+            .map_err(|e| AppError::Internal(e.into()))?,
+        classes: Default::default(),
+        parameters: Default::default(),
+    };
+    let chains = inputs.tree.leaves(&bare, Some(facts))?;
+    if chains.is_empty() {
+        return Err(AppError::NotFound(format!(
+            "node {name} does not exist, and no group's rule or pin takes it in"
+        )));
+    }
+    let mut environments: Vec<(crate::domain::EnvironmentKey, GroupName)> = Vec::new();
+    for chain in &chains {
+        if let Some(group) = chain.iter().find(|g| g.environment().is_some())
+            && let Some(environment) = group.environment()
+            && !environments.iter().any(|(e, _)| *e == environment)
+        {
+            environments.push((environment, group.name.clone()));
+        }
+    }
+    let (environment, _) = match environments.len() {
+        0 => {
+            return Err(AppError::NotFound(format!(
+                "node {name} does not exist, and the groups that take it in give no environment"
+            )));
+        }
+        1 => environments.remove(0),
+        _ => {
+            let conflicts = vec![Conflict {
+                key: "environment".into(),
+                values: environments
+                    .iter()
+                    .map(|(e, g)| crate::domain::ConflictValue {
+                        value: serde_json::json!(e.to_string()),
+                        group: g.clone(),
+                    })
+                    .collect(),
+            }];
+            return Err(conflicted(name, conflicts));
+        }
+    };
+    let node = Node {
+        environment_name: environment.environment_name,
+        puppet_cluster_name: environment.puppet_cluster_name,
+        ..bare
+    };
+    match state.store.create_node(node, caller.actor()).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

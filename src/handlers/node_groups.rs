@@ -11,7 +11,10 @@ use super::impact::{self, Preview, WriteQuery};
 use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored, within_size};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::domain::{Certname, ClassName, Fields, GroupName, NodeGroup, ParamName, Stored};
+use crate::domain::{
+    Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, NodeGroup, ParamName,
+    Stored,
+};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
 use crate::store::{By, StoreError};
@@ -55,6 +58,12 @@ pub struct NodeGroupBody {
     /// pins stay as they are (see also `/pin` and `/unpin`).
     #[schema(value_type = Option<Vec<Certname>>)]
     pinned: Option<Vec<String>>,
+    /// With `puppet_cluster_name`: the environment (which must exist) of a node enc first
+    /// learns of through this group's rule or pins.
+    #[schema(value_type = Option<EnvironmentName>)]
+    environment_name: Option<String>,
+    #[schema(value_type = Option<ClusterName>)]
+    puppet_cluster_name: Option<String>,
 }
 
 /// A new node group: as when replacing one, with its name.
@@ -84,6 +93,8 @@ pub struct NewNodeGroup {
     #[schema(value_type = Option<Vec<Value>>)]
     rule: Option<Value>,
     pinned: Option<Vec<Certname>>,
+    environment_name: Option<EnvironmentName>,
+    puppet_cluster_name: Option<ClusterName>,
 }
 
 /// The most nodes one group may pin.
@@ -146,6 +157,22 @@ impl NodeGroupBody {
                 }
             },
         };
+        let environment_name = f.optional(
+            "environment_name",
+            self.environment_name,
+            EnvironmentName::parse,
+        );
+        let puppet_cluster_name = f.optional(
+            "puppet_cluster_name",
+            self.puppet_cluster_name,
+            ClusterName::parse,
+        );
+        if environment_name.is_some() != puppet_cluster_name.is_some() {
+            f.error(
+                "environment_name",
+                "environment_name and puppet_cluster_name go together",
+            );
+        }
         let pinned_given = self.pinned.is_some();
         let pinned = pins(&mut f, "pinned", self.pinned.unwrap_or_default());
         f.finish(|| {
@@ -157,6 +184,8 @@ impl NodeGroupBody {
                 parameters,
                 rule,
                 pinned,
+                environment_name,
+                puppet_cluster_name,
             })
         })
         .map(|group| (group, pinned_given))

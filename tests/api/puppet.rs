@@ -105,42 +105,50 @@ fn puppet_classifies_by_the_facts_of_its_own_fact_cache() {
     let rule_group = serde_json::json!({
         "name": "Debian boxes",
         "rule": ["and", ["=", ["fact", "os", "family"], "Debian"], [">=", ["fact", "processors", "count"], "2"]],
-        "classes": {"profile::apt": {"mirror": "deb.example.com"}}
+        "classes": {"profile::apt": {"mirror": "deb.example.com"}},
+        "environment_name": "production", "puppet_cluster_name": "eu"
     });
     let (status, answer) = enc.http("POST", "/nodegroup/", Some(&rule_group.to_string()));
     assert_eq!(status, 201, "{answer}");
     // The fact cache as a Puppet server keeps it, written by Puppet's own YAML writer.
     let facts = tempfile::tempdir().unwrap();
-    let file = facts.path().join(format!("{NODE}.yaml"));
-    let written = Command::new(tool("ENC_TEST_RUBY", "ruby"))
-        .args(["-e", r#"require "puppet"
+    let cache_facts = |certname: &str| {
+        let file = facts.path().join(format!("{certname}.yaml"));
+        let written = Command::new(tool("ENC_TEST_RUBY", "ruby"))
+            .args(["-e", r#"require "puppet"
 facts = Puppet::Node::Facts.new(ARGV[0], {"os" => {"family" => "Debian"}, "processors" => {"count" => 4}, "kernel" => "Linux"})
 facts.timestamp = Time.now
-Puppet::Util::Yaml.dump(facts, ARGV[1])"#, NODE])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        written.status.success(),
-        "{}",
-        String::from_utf8_lossy(&written.stderr)
-    );
-    assert!(
-        std::fs::read_to_string(&file)
-            .unwrap()
-            .starts_with("--- !ruby/object:Puppet::Node::Facts")
-    );
+Puppet::Util::Yaml.dump(facts, ARGV[1])"#, certname])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            written.status.success(),
+            "{}",
+            String::from_utf8_lossy(&written.stderr)
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.starts_with("--- !ruby/object:Puppet::Node::Facts"),
+            "{text}"
+        );
+    };
+    cache_facts(NODE);
 
     let (dirs, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let env = [("ENC_FACTS_DIR", facts.path())];
-    let out = puppet_find_with(
-        NODE,
-        &enc.url(),
-        token_file.path(),
-        cache.path(),
-        dirs.path(),
-        &env,
-    );
+    let url = enc.url();
+    let find = |certname: &str| {
+        puppet_find_with(
+            certname,
+            &url,
+            token_file.path(),
+            cache.path(),
+            dirs.path(),
+            &env,
+        )
+    };
+    let out = find(NODE);
     let node = puppet_node(&out);
     assert_eq!(
         node["classes"]["profile::apt"],
@@ -176,6 +184,35 @@ Puppet::Util::Yaml.dump(facts, ARGV[1])"#, NODE])
         puppet_node(&plain)["classes"]["profile::apt"]["mirror"],
         "deb.example.com"
     );
+
+    // A node enc has never heard of, that the rule takes in through its facts: recorded, in
+    // the environment its group gives, and classified.
+    let newcomer = "new01.example.com";
+    cache_facts(newcomer);
+    let out = find(newcomer);
+    let node = puppet_node(&out);
+    assert_eq!(node["name"], newcomer);
+    assert_eq!(node["environment"], "production");
+    assert_eq!(
+        node["classes"],
+        serde_json::json!({"profile::apt": {"mirror": "deb.example.com"}})
+    );
+    let (status, recorded) = enc.http("GET", &format!("/nodes/{newcomer}"), None);
+    assert_eq!(status, 200, "{recorded}");
+
+    // A forced change that makes the node's groups disagree: enc answers 409, and Puppet
+    // keeps the last good answer from enc classify's cache.
+    let rival = serde_json::json!({
+        "name": "rival", "pinned": [NODE],
+        "classes": {"profile::apt": {"mirror": "elsewhere.example.com"}}
+    });
+    let (status, answer) = enc.http("POST", "/nodegroup/?force=true", Some(&rival.to_string()));
+    assert_eq!(status, 201, "{answer}");
+    let (status, _) = enc.http("GET", &format!("/nodes/{NODE}/classification"), None);
+    assert_eq!(status, 409);
+    let out = find(NODE);
+    let kept = puppet_node(&out);
+    assert_eq!(kept["classes"]["profile::apt"]["mirror"], "deb.example.com");
 }
 
 #[test]

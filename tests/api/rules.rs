@@ -388,3 +388,104 @@ async fn operators_see_who_a_group_holds_and_who_gets_a_class() {
         .await
         .problem(StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn a_node_enc_learns_of_through_its_facts_is_recorded_in_its_groups_environment() {
+    let app = TestApp::new().await;
+    fleet(&app).await;
+    app.env("staging", "eu").await;
+    let debian = json!({
+        "parent": "base", "rule": ["=", ["fact", "os", "family"], "Debian"], "classes": {"apt": {}},
+        "environment_name": "production", "puppet_cluster_name": "eu"
+    });
+    app.put("/nodegroup/debian", debian, None)
+        .await
+        .ok(StatusCode::OK);
+    let puppet = app.token("puppet", &["classify"]).await;
+    let as_puppet = app.as_caller(Some(&puppet));
+    let answer = as_puppet
+        .post("/nodes/new01/classification", facts("Debian", 2))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(answer["environment"], "production");
+    assert_eq!(
+        answer["classes"],
+        json!({"apt": {}, "ntp": {"servers": ["a"]}})
+    );
+    let node = app.get("/nodes/new01").await.ok(StatusCode::OK);
+    assert_eq!(node["environment_name"], "production");
+    assert_eq!(node["puppet_cluster_name"], "eu");
+    assert!(node["node_group_name"].is_null());
+    let made = &app.all("/nodes/new01/history").await[0];
+    assert_eq!(
+        (made["operation"].clone(), made["actor"].clone()),
+        (json!("create"), json!("puppet"))
+    );
+
+    // Nothing takes a RedHat node in; a group's environment must exist and come whole.
+    as_puppet
+        .post("/nodes/new02/classification", facts("RedHat", 2))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    app.get("/nodes/new02").await.problem(StatusCode::NOT_FOUND);
+    let missing = app
+        .put(
+            "/nodegroup/big",
+            json!({"parent": "base", "environment_name": "nope", "puppet_cluster_name": "eu"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        missing.problem(StatusCode::UNPROCESSABLE_ENTITY)["errors"][0]["field"],
+        "environment_name"
+    );
+    app.put(
+        "/nodegroup/big",
+        json!({"parent": "base", "environment_name": "staging"}),
+        None,
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    // An environment a group gives is in use.
+    app.delete("/environment/production/eu", None)
+        .await
+        .problem(StatusCode::CONFLICT);
+
+    // Two groups giving two environments: a conflict, and nothing recorded.
+    app.put(
+        "/nodegroup/big",
+        json!({"parent": "base", "rule": [">=", ["fact", "processorcount"], "8"], "environment_name": "staging", "puppet_cluster_name": "eu"}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    let torn = as_puppet
+        .post("/nodes/new03/classification", facts("Debian", 8))
+        .await;
+    assert_eq!(
+        torn.problem(StatusCode::CONFLICT)["conflicts"][0]["key"],
+        "environment"
+    );
+    app.get("/nodes/new03").await.problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unknown_nodes_stay_unknown_when_the_setting_says_so() {
+    let backing = crate::helpers::TestStore::new().await;
+    let state = enc::App::new(backing.engine.clone())
+        .with_auth(crate::helpers::test_auth())
+        .with_classify_unknown(false);
+    let app = TestApp::with_state(state, backing);
+    fleet(&app).await;
+    app.put(
+        "/nodegroup/debian",
+        json!({"parent": "base", "rule": ["=", ["fact", "os", "family"], "Debian"], "environment_name": "production", "puppet_cluster_name": "eu"}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    app.post("/nodes/new01/classification", facts("Debian", 2))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    app.get("/nodes/new01").await.problem(StatusCode::NOT_FOUND);
+}

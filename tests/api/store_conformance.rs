@@ -34,6 +34,8 @@ fn group(name: &str, parent: Option<&str>) -> NodeGroup {
         parameters: BTreeMap::new(),
         rule: None,
         pinned: Default::default(),
+        environment_name: None,
+        puppet_cluster_name: None,
     }
 }
 

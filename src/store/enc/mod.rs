@@ -93,7 +93,14 @@ pub static NODE_GROUP: RecordKind = RecordKind {
         Index::new("by_parent", "parent", "name"),
     ],
     derived: &[],
-    references: &[Reference::new("parent", &NODE_GROUP, &["parent"])],
+    references: &[
+        Reference::new("parent", &NODE_GROUP, &["parent"]),
+        Reference::new(
+            "environment_name",
+            &ENVIRONMENT,
+            &["environment_name", "puppet_cluster_name"],
+        ),
+    ],
     referenced: true,
     json: &["classes", "parameters", "rule", "pinned"],
     history: Some(&[]),

@@ -321,6 +321,8 @@ mod tests {
             parameters: BTreeMap::new(),
             rule: None,
             pinned: Default::default(),
+            environment_name: None,
+            puppet_cluster_name: None,
         }
     }
 
