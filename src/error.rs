@@ -31,6 +31,11 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub conflicts: Option<serde_json::Value>,
+    /// For a conflict asked with `explain=true`: the groups the node is in and why, its leaf
+    /// groups and every rule's outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub membership: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,9 @@ pub enum AppError {
     /// Groups that give a node different values for the same key.
     #[error("{0}")]
     Conflicts(String, serde_json::Value),
+    /// A conflict explained (`?explain=true`): the conflicts and the node's membership.
+    #[error("{0}")]
+    ExplainedConflicts(String, serde_json::Value, serde_json::Value),
     #[error("the store is unavailable, try again shortly")]
     Unavailable(#[source] StoreError),
     #[error("{0}; try again shortly")]
@@ -84,7 +92,7 @@ impl AppError {
                 "Method not allowed",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            Conflicts(..) => (
+            Conflicts(..) | ExplainedConflicts(..) => (
                 StatusCode::CONFLICT,
                 "classification-conflict",
                 "Classification conflict",
@@ -185,10 +193,13 @@ impl IntoResponse for AppError {
             AppError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
             other => other.to_string(),
         };
-        let (errors, conflicts) = match self {
-            AppError::Validation(errors) => (errors, None),
-            AppError::Conflicts(_, conflicts) => (Vec::new(), Some(conflicts)),
-            _ => (Vec::new(), None),
+        let (errors, conflicts, membership) = match self {
+            AppError::Validation(errors) => (errors, None, None),
+            AppError::Conflicts(_, conflicts) => (Vec::new(), Some(conflicts), None),
+            AppError::ExplainedConflicts(_, conflicts, membership) => {
+                (Vec::new(), Some(conflicts), Some(membership))
+            }
+            _ => (Vec::new(), None, None),
         };
         let mut response = problem_response(
             status,
@@ -199,6 +210,7 @@ impl IntoResponse for AppError {
                 detail,
                 errors,
                 conflicts,
+                membership,
             },
         );
         if let Some(failure) = failure {

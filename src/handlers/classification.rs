@@ -297,8 +297,16 @@ async fn classify_inputs(
             .iter()
             .map(|chain| chain.iter().map(|g| &**g).collect())
             .collect();
-        let classified = classify_all(&classifiable.node.item, &chains)
-            .map_err(|conflicts| conflicted(&name, conflicts))?;
+        let classified =
+            classify_all(&classifiable.node.item, &chains).map_err(|conflicts| {
+                match (conflicted(&name, conflicts), query.explain) {
+                    (AppError::Conflicts(detail, conflicts), true) => {
+                        let why = serde_json::to_value(membership(&inputs, &classifiable));
+                        AppError::ExplainedConflicts(detail, conflicts, why.unwrap_or_default())
+                    }
+                    (other, _) => other,
+                }
+            })?;
         let membership = query.explain.then(|| membership(&inputs, &classifiable));
         render(classified, membership)
     };

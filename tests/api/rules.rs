@@ -171,6 +171,20 @@ async fn groups_that_disagree_are_a_conflict_unless_the_node_decides() {
         ]}]),
         "the same value from both (ntp servers) is no conflict"
     );
+    // Explained, the conflict comes with why the node is in each group.
+    let explained = app
+        .get(&format!("{uri}?explain=true"))
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert_eq!(explained["conflicts"], problem["conflicts"]);
+    assert_eq!(explained["membership"]["leaves"], json!(["big", "debian"]));
+    assert!(
+        explained["membership"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"]["matched"] == true)
+    );
     // The node's own value settles it.
     app.put(
         "/nodes/web01",
