@@ -404,7 +404,7 @@ async fn operators_see_who_a_group_holds_and_who_gets_a_class() {
 }
 
 #[tokio::test]
-async fn a_node_enc_learns_of_through_its_facts_is_recorded_in_its_groups_environment() {
+async fn newcomers_are_recorded_in_the_environment_their_groups_give() {
     let app = TestApp::new().await;
     fleet(&app).await;
     app.env("staging", "eu").await;

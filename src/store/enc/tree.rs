@@ -24,6 +24,19 @@ pub struct GroupTree {
     pins: HashMap<Certname, Vec<GroupName>>,
 }
 
+/// What rules judge: the node's certname and its facts (none: empty).
+fn subject<'a>(
+    node: &'a Node,
+    facts: Option<&'a NodeFacts>,
+    empty: &'a Map<String, serde_json::Value>,
+) -> Subject<'a> {
+    Subject {
+        name: node.unique_name.as_str(),
+        facts: facts.map_or(empty, |f| &f.facts),
+        trusted: facts.map_or(empty, |f| &f.trusted),
+    }
+}
+
 /// Why a node is in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -88,11 +101,7 @@ impl GroupTree {
             found.push((group.clone(), Why::Pinned));
         }
         let empty = Map::new();
-        let subject = Subject {
-            name: node.unique_name.as_str(),
-            facts: facts.map_or(&empty, |f| &f.facts),
-            trusted: facts.map_or(&empty, |f| &f.trusted),
-        };
+        let subject = subject(node, facts, &empty);
         for (group, rule) in &self.rules {
             if rule.matches(&subject) {
                 found.push((group.clone(), Why::Rule));
@@ -124,11 +133,7 @@ impl GroupTree {
             return true;
         }
         let empty = Map::new();
-        let subject = Subject {
-            name: node.unique_name.as_str(),
-            facts: facts.map_or(&empty, |f| &f.facts),
-            trusted: facts.map_or(&empty, |f| &f.trusted),
-        };
+        let subject = subject(node, facts, &empty);
         self.rules
             .iter()
             .any(|(group, rule)| groups.contains(group) && rule.matches(&subject))
@@ -141,11 +146,7 @@ impl GroupTree {
         facts: Option<&NodeFacts>,
     ) -> Vec<(GroupName, RuleOutcome)> {
         let empty = Map::new();
-        let subject = Subject {
-            name: node.unique_name.as_str(),
-            facts: facts.map_or(&empty, |f| &f.facts),
-            trusted: facts.map_or(&empty, |f| &f.trusted),
-        };
+        let subject = subject(node, facts, &empty);
         self.rules
             .iter()
             .map(|(group, rule)| (group.clone(), rule.explain(&subject)))
