@@ -32,6 +32,32 @@ pub enum Command {
         /// The node's certname, as Puppet passes it.
         certname: String,
     },
+    /// Write the whole classification (from the enc at ENC_URL, with the token in
+    /// ENC_TOKEN_FILE) as a tree of YAML files, one per object, under --dir.
+    Export {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Plan the tree under --dir against the enc at ENC_URL: prints every change and its
+    /// impact on nodes, then `plan <id>`. Exits 0 when nothing would change, 2 when
+    /// something would (as terraform's -detailed-exitcode), 1 on an error.
+    Plan {
+        #[command(flatten)]
+        tree: TreeArgs,
+    },
+    /// Apply exactly the plan <id> of the tree under --dir (with a token of scope write);
+    /// refused if anything the plan read has changed since. Asked again after an
+    /// interruption, it finishes the plan.
+    Apply {
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// The plan id `enc plan` printed.
+        #[arg(long)]
+        plan: String,
+        /// Apply even though the plan gives nodes conflicting values.
+        #[arg(long)]
+        force: bool,
+    },
     /// Exit 0 if the local server answers /healthz (for container health checks).
     Healthcheck,
     /// DynamoDB table definitions.
@@ -39,6 +65,20 @@ pub enum Command {
         #[command(subcommand)]
         action: DynamodbCommand,
     },
+}
+
+/// A classification tree and how to take it.
+#[derive(Debug, clap::Args)]
+pub struct TreeArgs {
+    /// The tree: environments/, node_groups/ and nodes/ with one YAML file per object.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// Delete the objects that are not in the tree (default: leave them alone).
+    #[arg(long)]
+    pub prune: bool,
+    /// The tree's source revision (e.g. a git commit), kept on every object applied.
+    #[arg(long, env = "ENC_SOURCE_REVISION")]
+    pub source_revision: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,6 +48,18 @@ pub async fn fetch(
     json: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Fetched, FetchError> {
+    fetch_with(url, accept, token, json, &[], timeout).await
+}
+
+/// As `fetch`, with more request headers.
+pub async fn fetch_with(
+    url: &str,
+    accept: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    headers: &[(header::HeaderName, String)],
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
     let failed = |reason: String| FetchError::Failed {
         url: url.to_owned(),
         reason,
@@ -66,6 +78,9 @@ pub async fn fetch(
     }
     if json.is_some() {
         request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(name, value);
     }
     let request = request
         .body(Full::new(Bytes::from(json.unwrap_or_default())))

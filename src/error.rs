@@ -36,6 +36,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub membership: Option<serde_json::Value>,
+    /// For an apply that failed part way: every object it wrote before it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub applied: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,12 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    #[error("{0}")]
+    PreconditionRequired(String),
+    /// A change made in several commits that failed after some: the failure, how much was
+    /// done, and what was (`applied`).
+    #[error("{0}; {1}")]
+    Partial(Box<AppError>, String, serde_json::Value),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -102,6 +112,12 @@ impl AppError {
                 "precondition-failed",
                 "Precondition failed",
             ),
+            PreconditionRequired(_) => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition-required",
+                "Precondition required",
+            ),
+            Partial(inner, ..) => inner.parts(),
             PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -141,7 +157,10 @@ impl From<StoreError> for AppError {
         use StoreError::*;
         match e {
             NotFound { .. } => AppError::NotFound(e.to_string()),
-            AlreadyExists { .. } | StillReferenced { .. } => AppError::Conflict(e.to_string()),
+            AlreadyExists { .. } | StillReferenced { .. } | Managed { .. } => {
+                AppError::Conflict(e.to_string())
+            }
+            PlanStale { .. } => AppError::PreconditionFailed(e.to_string()),
             VersionMismatch { .. } => AppError::PreconditionFailed(e.to_string()),
             MissingReference {
                 field,
@@ -193,7 +212,11 @@ impl IntoResponse for AppError {
             AppError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
             other => other.to_string(),
         };
-        let (errors, conflicts, membership) = match self {
+        let (inner, applied) = match self {
+            AppError::Partial(inner, _, applied) => (*inner, Some(applied)),
+            other => (other, None),
+        };
+        let (errors, conflicts, membership) = match inner {
             AppError::Validation(errors) => (errors, None, None),
             AppError::Conflicts(_, conflicts) => (Vec::new(), Some(conflicts), None),
             AppError::ExplainedConflicts(_, conflicts, membership) => {
@@ -211,6 +234,7 @@ impl IntoResponse for AppError {
                 errors,
                 conflicts,
                 membership,
+                applied,
             },
         );
         if let Some(failure) = failure {

@@ -1,6 +1,7 @@
 //! enc: an external node classifier for Puppet, with the metrics form and operations
 //! endpoints, on an embedded store or DynamoDB.
 
+pub mod as_code;
 pub mod auth;
 pub mod classify;
 pub mod cli;

@@ -4,7 +4,7 @@ use clap::Parser;
 
 use enc::cli::{Cli, Command, DynamodbCommand};
 use enc::store::dynamodb::{DynamoDb, tables};
-use enc::{classify, client, server, telemetry};
+use enc::{as_code, classify, client, server, telemetry};
 
 /// Threads for blocking work (the embedded store's commits, which redb runs one at a time):
 /// a burst of writes waits in a queue rather than holding a thread, and its memory, each.
@@ -33,6 +33,9 @@ async fn run() -> ExitCode {
             report(served)
         }
         Command::Classify { certname } => classify::run(&config, &certname).await,
+        Command::Export { dir } => as_code::export(&config, &dir).await,
+        Command::Plan { tree } => as_code::plan(&config, &tree).await,
+        Command::Apply { tree, plan, force } => as_code::apply(&config, &tree, &plan, force).await,
         Command::Healthcheck => {
             if client::healthcheck(&config).await {
                 ExitCode::SUCCESS

@@ -27,8 +27,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
-    activities, classification, environments, health, history, lookups, metrics_form, node_groups,
-    nodes, session, tokens,
+    activities, classification, environments, health, history, import, lookups, metrics_form,
+    node_groups, nodes, session, tokens,
 };
 use crate::{AppState, auth, telemetry};
 
@@ -47,6 +47,7 @@ use crate::{AppState, auth, telemetry};
         (name = "node groups", description = "Classes and parameters shared by nodes, with inheritance"),
         (name = "environments", description = "Puppet environments per Puppet cluster"),
         (name = "history", description = "Who changed what and when: every change of a node, group, environment or token is kept as a revision (with the whole object and an RFC 6902 patch) in the same commit as the change; classifications as they were at any instant; restoring an earlier version. Every write to a node or group also takes `dry_run=true` to preview its effect on every affected node."),
+        (name = "classification as code", description = "The whole classification as a tree of YAML files, one per object (`GET /export`), kept in git and reviewed like Puppet code; a tree planned against what is stored (`POST /import?dry_run=true`: every create, change and, with `prune`, deletion, each with its diff, the impact on every node, and a plan id) and applied exactly as planned (`POST /import` with `If-Match: <plan id>`: refused with 412 if anything the plan read has changed). Objects applied are `managed_by: git`: API writes to them answer 409 unless `force=true`. The command line: `enc export`, `enc plan`, `enc apply`."),
         (name = "tokens", description = "API tokens: the secret is shown once, when made; deleting one revokes it at once"),
         (name = "metrics form", description = "Work engineers record for customer projects. `GET /metrics-form` and `/metrics-form/report` are HTML pages for people; the rest is JSON or CSV."),
         (name = "sign-in", description = "A session for the metrics form's pages, for people without the load balancer's sign-in"),
@@ -113,6 +114,12 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(history::restore_environment))
         .routes(routes!(session::page_get, session::sign_in))
         .routes(routes!(session::sign_out))
+        .routes(routes!(import::export))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(import::import))
+                .layer(DefaultBodyLimit::max(import::MAX_IMPORT_BYTES)),
+        )
 }
 
 /// Health and metrics: answered whatever the load, outside the limits.

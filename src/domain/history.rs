@@ -51,6 +51,9 @@ pub struct Revision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub forced_conflicts: Option<Value>,
+    /// For a change made by applying a classification tree: the plan applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
     /// The whole object as this change left it, as `GET` showed it; absent for a deletion.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

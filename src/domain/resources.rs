@@ -126,6 +126,14 @@ pub struct Meta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "ci-deploy")]
     pub updated_by: Option<String>,
+    /// Who owns the object: `git` when it was applied from a classification tree
+    /// (`POST /import`); API writes to it are refused (409) unless `force=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "git")]
+    pub managed_by: Option<String>,
+    /// The source revision (e.g. a git commit) of the tree that last applied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
 }
 
 impl Meta {
@@ -137,6 +145,8 @@ impl Meta {
             created_at: now,
             updated_at: now,
             updated_by: Some(by.to_owned()),
+            managed_by: None,
+            source_revision: None,
         }
     }
 
@@ -147,6 +157,8 @@ impl Meta {
             created_at: self.created_at,
             updated_at: now().max(self.updated_at),
             updated_by: Some(by.to_owned()),
+            managed_by: self.managed_by.clone(),
+            source_revision: self.source_revision.clone(),
         }
     }
 }

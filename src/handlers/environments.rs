@@ -5,7 +5,8 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, within_size,
+    ForceQuery, IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored,
+    within_size,
 };
 use crate::AppState;
 use crate::auth::Caller;
@@ -28,7 +29,7 @@ pub struct EnvironmentBody {
 }
 
 impl EnvironmentBody {
-    fn into_domain(self) -> Result<Environment, AppError> {
+    pub(crate) fn into_domain(self) -> Result<Environment, AppError> {
         let mut f = Fields::default();
         let name = f.required(
             "environment_name",
@@ -138,18 +139,19 @@ pub async fn get(
 /// Delete an environment; refused (409) while nodes use it.
 #[utoipa::path(delete, path = "/environment/{environment_name}/{puppet_cluster_name}",
     tag = "environments", operation_id = "delete_environment", security(("bearer" = ["write"])),
-    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), IfMatchHeader),
+    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), IfMatchHeader, ForceQuery),
     responses((status = 204, description = "Deleted"), WriteProblems))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
+    Query(options): Query<ForceQuery>,
     Path((environment_name, puppet_cluster_name)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let key = key(&environment_name, &puppet_cluster_name)?;
     state
         .store
-        .delete_environment(&key, expected, caller.actor())
+        .delete_environment(&key, expected, options.by(&caller))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

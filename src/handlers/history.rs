@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored};
+use super::{ForceQuery, IfMatchHeader, ListResponse, page_request, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::domain::{
@@ -213,18 +213,19 @@ pub async fn changes(
 #[utoipa::path(post, path = "/nodes/{unique_name}/history/{version}/restore", tag = "history",
     operation_id = "restore_node", security(("bearer" = ["write"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"),
-        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader),
+        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader, ForceQuery),
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_node(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
+    Query(options): Query<ForceQuery>,
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
     let restored = state
         .store
-        .restore_node(&name, version, expected, caller.actor())
+        .restore_node(&name, version, expected, options.by(&caller))
         .await?;
     Ok(stored(StatusCode::OK, &restored, &[]))
 }
@@ -234,18 +235,19 @@ pub async fn restore_node(
 #[utoipa::path(post, path = "/nodegroup/{node_group_name}/history/{version}/restore", tag = "history",
     operation_id = "restore_node_group", security(("bearer" = ["write"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"),
-        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader),
+        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader, ForceQuery),
     responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_node_group(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
+    Query(options): Query<ForceQuery>,
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
     let restored = state
         .store
-        .restore_node_group(&name, version, expected, caller.actor())
+        .restore_node_group(&name, version, expected, options.by(&caller))
         .await?;
     Ok(stored(StatusCode::OK, &restored, &[]))
 }
@@ -255,18 +257,19 @@ pub async fn restore_node_group(
 #[utoipa::path(post, path = "/environment/{environment_name}/{puppet_cluster_name}/history/{version}/restore",
     tag = "history", operation_id = "restore_environment", security(("bearer" = ["write"])),
     params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path),
-        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader),
+        ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader, ForceQuery),
     responses((status = 200, body = Stored<crate::domain::Environment>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_environment(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
+    Query(options): Query<ForceQuery>,
     Path((environment, cluster, version)): Path<(String, String, u64)>,
 ) -> Result<Response, AppError> {
     let key = environment_key(&environment, &cluster)?;
     let restored = state
         .store
-        .restore_environment(&key, version, expected, caller.actor())
+        .restore_environment(&key, version, expected, options.by(&caller))
         .await?;
     Ok(stored(StatusCode::OK, &restored, &[]))
 }

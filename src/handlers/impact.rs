@@ -29,8 +29,8 @@ pub struct WriteQuery {
     /// affects (200 with a preview).
     #[serde(default)]
     pub dry_run: bool,
-    /// Make a group write even though it gives nodes conflicting values (recorded in its
-    /// revision with those conflicts).
+    /// Make the write even though it gives nodes conflicting values (recorded in its
+    /// revision with those conflicts), or the object is managed by a classification tree.
     #[serde(default)]
     pub force: bool,
 }
@@ -40,6 +40,7 @@ impl WriteQuery {
     pub fn by<'a>(&self, caller: &'a Caller) -> By<'a> {
         By {
             dry_run: self.dry_run,
+            force: self.force,
             ..By::actor(caller.actor())
         }
     }
@@ -72,7 +73,7 @@ pub struct NodeFailure {
 }
 
 /// What a write would do; nothing was stored.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Preview {
     /// Always true: this is a preview.
     pub dry_run: bool,
@@ -351,4 +352,25 @@ pub async fn of_node<T: Serialize>(
         tree_after: &tree,
     };
     Ok(assess(object, std::iter::once(change)).preview)
+}
+
+/// What a change of many objects would do to every node: each node as it is (`before`) and
+/// as it would be (`after`; absent: deleted), classified under the tree as it is and as it
+/// would be, with its last facts. Nodes are looked at by certname.
+pub fn of_many(
+    before: &HashMap<Certname, Node>,
+    after: &HashMap<Certname, Node>,
+    facts: &HashMap<Certname, NodeFacts>,
+    tree_before: &GroupTree,
+    tree_after: &GroupTree,
+) -> Assessment {
+    let names: BTreeSet<&Certname> = before.keys().chain(after.keys()).collect();
+    let changes = names.into_iter().map(|name| Change {
+        before: before.get(name),
+        after: after.get(name),
+        facts: facts.get(name),
+        tree_before,
+        tree_after,
+    });
+    assess(None, changes)
 }

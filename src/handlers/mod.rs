@@ -6,6 +6,7 @@ pub mod environments;
 pub mod health;
 pub mod history;
 pub mod impact;
+pub mod import;
 pub mod lookups;
 pub mod metrics_form;
 pub mod node_groups;
@@ -15,7 +16,7 @@ pub mod tokens;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::Stored;
@@ -54,6 +55,26 @@ pub struct IfMatchHeader {
     /// Another version answers 412.
     #[param(rename = "If-Match", value_type = String, required = false, pattern = r#"^(\*|"[0-9]{1,19}"|[0-9]{1,19})$"#)]
     if_match: Option<String>,
+}
+
+/// `force`, for writes that have no other options.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    /// Make the write even though the object is managed by a classification tree
+    /// (`managed_by`): the next apply of the tree changes it back.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl ForceQuery {
+    pub fn by<'a>(&self, caller: &'a crate::auth::Caller) -> crate::store::By<'a> {
+        crate::store::By {
+            force: self.force,
+            ..crate::store::By::actor(caller.actor())
+        }
+    }
 }
 
 fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequest, AppError> {

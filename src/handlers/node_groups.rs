@@ -120,7 +120,10 @@ pub fn pins(f: &mut Fields, field: &str, names: Vec<String>) -> BTreeSet<Certnam
 
 impl NodeGroupBody {
     /// The group, and whether the body said which nodes are pinned.
-    fn into_domain(self, path_name: Option<&GroupName>) -> Result<(NodeGroup, bool), AppError> {
+    pub(crate) fn into_domain(
+        self,
+        path_name: Option<&GroupName>,
+    ) -> Result<(NodeGroup, bool), AppError> {
         let mut f = Fields::default();
         let name = match path_name {
             Some(path) => {
@@ -211,6 +214,10 @@ fn group_name(raw: &str) -> Result<GroupName, AppError> {
 /// A replace's answer: the group as stored, or with `dry_run` the preview.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "only names the answer's schema in the OpenAPI document"
+)]
 pub enum GroupOrPreview {
     Stored(Stored<NodeGroup>),
     Preview(Preview),

@@ -75,7 +75,7 @@ pub struct NewNode {
 }
 
 impl NodeBody {
-    fn into_domain(self, path_name: Option<&Certname>) -> Result<Node, AppError> {
+    pub(crate) fn into_domain(self, path_name: Option<&Certname>) -> Result<Node, AppError> {
         let mut f = Fields::default();
         let name = match path_name {
             Some(path) => {

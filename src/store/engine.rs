@@ -172,6 +172,11 @@ pub trait Engine: Send + Sync + 'static {
     /// commit that finished before the call (not one snapshot: callers check a counter).
     async fn scan(&self, kind: &'static RecordKind, after: Option<Position>) -> Result<Batch>;
 
+    /// The most writes one commit may hold, if the engine has a limit.
+    fn max_writes(&self) -> Option<usize> {
+        None
+    }
+
     /// Applies every write or none: all expectations are checked in the same atomic step.
     async fn commit(&self, writes: &[Write]) -> Result<(), CommitError>;
 }

@@ -50,6 +50,34 @@ pub static HEAD: RecordKind = RecordKind {
     history: None,
 };
 
+/// A plan being applied over several commits (DynamoDB), kept so that an interrupted apply
+/// can be resumed: what each object was planned to be at and to become.
+pub static PLAN: RecordKind = RecordKind {
+    kind: Kind::Revision,
+    name: "plan",
+    table: "history",
+    key: &["subject", "seq"],
+    indexes: &[],
+    derived: &[],
+    references: &[],
+    referenced: false,
+    json: &["entries"],
+    history: None,
+};
+
+/// Entries per plan record (each well under a kilobyte).
+const PLAN_CHUNK: usize = 1000;
+/// How long a plan being applied is kept.
+const PLAN_KEPT_DAYS: i64 = 30;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PlanChunk {
+    subject: String,
+    seq: String,
+    expires_at: i64,
+    entries: Vec<Value>,
+}
+
 /// The attribute holding when a revision may go (DynamoDB's TTL attribute).
 pub const EXPIRES_AT: &str = "expires_at";
 
@@ -109,6 +137,7 @@ pub(super) struct Made<'a> {
     pub at: DateTime<Utc>,
     pub restored_from: Option<u64>,
     pub conflicts: Option<&'a Value>,
+    pub plan_id: Option<&'a str>,
     /// The last version number given before this change.
     pub head: i64,
     pub before: Option<&'a Map<String, Value>>,
@@ -153,6 +182,7 @@ pub(super) fn record(made: Made<'_>) -> Result<Vec<Step>> {
             request_id: crate::telemetry::current_request_id(),
             restored_from: made.restored_from,
             forced_conflicts: made.conflicts.cloned(),
+            plan_id: made.plan_id.map(str::to_owned),
             object: (!after.is_null()).then_some(after),
             patch,
         },
@@ -321,6 +351,51 @@ impl Store {
             }
             other => other,
         }
+    }
+
+    /// Keeps a plan's entries while it is applied over several commits.
+    pub async fn keep_plan(&self, id: &str, entries: &[Value]) -> Result<()> {
+        let expires_at =
+            (crate::domain::now() + chrono::Duration::days(PLAN_KEPT_DAYS)).timestamp();
+        for (i, chunk) in entries.chunks(PLAN_CHUNK).enumerate() {
+            let record = PlanChunk {
+                subject: format!("plan/{id}"),
+                seq: seq(i as u64),
+                expires_at,
+                entries: chunk.to_vec(),
+            };
+            let key = Key::two(record.subject.clone(), record.seq.clone());
+            let body = to_body(&record)?;
+            let write = Write::new(&PLAN, key, Op::Put { body, refs: 0 }, Expect::Anything);
+            self.db.commit(vec![(write, OnFail::Changed)]).await?;
+        }
+        Ok(())
+    }
+
+    /// The entries of a plan kept by `keep_plan`, if it was.
+    pub async fn kept_plan(&self, id: &str) -> Result<Option<Vec<Value>>> {
+        let mut entries = Vec::new();
+        for i in 0.. {
+            let key = Key::two(format!("plan/{id}"), seq(i));
+            match self.db.get::<PlanChunk>(&PLAN, &key).await {
+                Ok(chunk) => entries.extend(chunk.entries),
+                Err(StoreError::NotFound { .. }) if i == 0 => return Ok(None),
+                Err(StoreError::NotFound { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    /// The last version number an object was given, its deletion included (0: never made).
+    pub async fn last_version(&self, kind: &'static RecordKind, key: &Key) -> Result<u64> {
+        let found = self
+            .db
+            .engine()
+            .get(&[(&HEAD, head_key(kind, key))])
+            .await?;
+        let head = found.first().and_then(Option::as_ref).map_or(0, |r| r.refs);
+        Ok(u64::try_from(head).unwrap_or(0))
     }
 
     /// Removes revisions made before `before`, a few at a time; answers how many went.

@@ -85,6 +85,10 @@ impl Engine for Instrumented {
         self.inner.backend()
     }
 
+    fn max_writes(&self) -> Option<usize> {
+        self.inner.max_writes()
+    }
+
     async fn ping(&self) -> Result<()> {
         let kind = super::KINDS[0];
         self.observe("ping", kind, self.inner.ping(), read).await

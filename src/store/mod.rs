@@ -2,6 +2,7 @@
 //! small engines that hold them: an embedded redb file and DynamoDB.
 
 pub mod activities;
+mod apply;
 mod cursor;
 pub mod dynamodb;
 pub mod embedded;
@@ -13,9 +14,10 @@ pub mod record;
 mod rules;
 pub mod tokens;
 
+pub use apply::Planned;
 pub use cursor::Cursor;
 pub use history::ChangeFilter;
-pub use rules::{By, MAX_REFERRERS, decode};
+pub use rules::{Apply, By, MAX_REFERRERS, TREE_OWNER, decode};
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 10] = [
+pub static KINDS: [&RecordKind; 11] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
@@ -37,6 +39,7 @@ pub static KINDS: [&RecordKind; 10] = [
     &tokens::TOKEN,
     &history::REVISION,
     &history::HEAD,
+    &history::PLAN,
 ];
 
 /// Results of the store: its errors unless said otherwise.
@@ -111,6 +114,16 @@ pub enum StoreError {
         key: String,
         version: u64,
     },
+    /// The object is owned by a classification tree: an API write must be forced.
+    #[error("{kind} {key} is managed by {owner}: change it there, or send force=true")]
+    Managed {
+        kind: Kind,
+        key: String,
+        owner: String,
+    },
+    /// An apply found something changed since its plan was made.
+    #[error("{kind} {key} changed since the plan was made: plan again")]
+    PlanStale { kind: Kind, key: String },
     #[error("the pagination cursor is not valid for this listing")]
     InvalidCursor,
     /// An idempotency key sent again with something else than it first came with.

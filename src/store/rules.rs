@@ -102,7 +102,7 @@ fn key_of<T: Serialize>(kind: &RecordKind, object: &T) -> Result<Key> {
 
 /// The reference-count changes from `before` to `after` (either absent), one per record
 /// named; every record named must exist, and a newly named one missing is refused.
-fn references(
+pub(super) fn references(
     kind: &RecordKind,
     before: Option<&Map<String, Value>>,
     after: Option<&Map<String, Value>>,
@@ -145,6 +145,40 @@ pub struct By<'a> {
     pub restored_from: Option<u64>,
     /// The conflicts a forced change creates, for its revision.
     pub conflicts: Option<&'a serde_json::Value>,
+    /// Write even over an object a classification tree owns (`force=true`).
+    pub force: bool,
+    /// The change applies a plan (`POST /import`): the object becomes owned by the tree.
+    pub apply: Option<Apply<'a>>,
+}
+
+/// A plan being applied, for the objects it writes and their revisions.
+#[derive(Debug, Clone, Copy)]
+pub struct Apply<'a> {
+    pub plan_id: &'a str,
+    pub source_revision: Option<&'a str>,
+}
+
+/// Who owns objects applied from a tree.
+pub const TREE_OWNER: &str = "git";
+
+impl Apply<'_> {
+    /// The metadata of an object this apply writes.
+    pub(super) fn own(&self, meta: &mut Meta) {
+        meta.managed_by = Some(TREE_OWNER.to_owned());
+        meta.source_revision = self.source_revision.map(str::to_owned);
+    }
+}
+
+/// Refuses an API write to an object a tree owns, unless forced.
+fn check_owner(kind: Kind, key: &Key, meta: &Meta, by: &By<'_>) -> Result<()> {
+    match &meta.managed_by {
+        Some(owner) if by.apply.is_none() && !by.force => Err(StoreError::Managed {
+            kind,
+            key: key.to_string(),
+            owner: owner.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl<'a> By<'a> {
@@ -155,6 +189,8 @@ impl<'a> By<'a> {
             quiet: false,
             restored_from: None,
             conflicts: None,
+            force: false,
+            apply: None,
         }
     }
 }
@@ -343,6 +379,7 @@ impl Db {
                 }
                 Some((stored, record)) => {
                     check_version(kind.kind, key, expected, stored.meta.version)?;
+                    check_owner(kind.kind, key, &stored.meta, &by)?;
                     if after.is_none() && record.refs > 0 {
                         let referrers = self.referrers(kind, key).await?;
                         let key = key.to_string();
@@ -407,6 +444,7 @@ impl Db {
                     at,
                     restored_from: by.restored_from,
                     conflicts: by.conflicts,
+                    plan_id: by.apply.map(|a| a.plan_id),
                     head,
                     before: before.as_ref(),
                     after: body.as_ref(),
@@ -500,7 +538,7 @@ impl Db {
 
     /// Who refers to the record: up to `MAX_REFERRERS` of each kind that can, e.g.
     /// `node web01`, then `more` if there are more.
-    async fn referrers(&self, target: &RecordKind, key: &Key) -> Result<Vec<String>> {
+    pub(super) async fn referrers(&self, target: &RecordKind, key: &Key) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for kind in self.kinds {
             for reference in kind.references.iter().filter(|r| r.target == target) {

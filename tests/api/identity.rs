@@ -135,6 +135,8 @@ fn known_case(method: &Method, path: &str) -> Option<Case> {
             json_case("/environment/production/eu/history", None, ok)
         }
         ("GET", "/changes") => json_case("/changes?kind=node", None, ok),
+        ("GET", "/export") => json_case("/export", None, ok),
+        ("POST", "/import") => json_case("/import?dry_run=true", Some(json!({"files": {}})), ok),
         ("GET", "/nodes/{unique_name}/classification/diff") => json_case(
             "/nodes/web01/classification/diff?from=2020-01-01T00:00:00Z",
             None,

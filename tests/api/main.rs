@@ -1,6 +1,7 @@
 //! Integration tests: one binary, driving the same router the service serves.
 
 mod alb;
+mod as_code;
 mod binary;
 mod browser;
 mod classification;

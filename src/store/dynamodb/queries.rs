@@ -45,6 +45,11 @@ impl Engine for DynamoDb {
         BACKEND
     }
 
+    /// `TransactWriteItems` takes at most 100 items.
+    fn max_writes(&self) -> Option<usize> {
+        Some(100)
+    }
+
     /// Reads an absent item of every table: each must exist and answer.
     async fn ping(&self) -> Result<()> {
         for table in tables::tables() {

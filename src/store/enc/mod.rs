@@ -466,3 +466,47 @@ impl Store {
             .await
     }
 }
+
+impl Store {
+    /// The most writes one commit may hold on this store's engine, if it has a limit.
+    pub fn max_writes(&self) -> Option<usize> {
+        self.db.engine().max_writes()
+    }
+
+    /// Writes a set of planned changes of environments, node groups and nodes in one
+    /// commit (each at the version planned), the group tree checked as the commit leaves it.
+    pub async fn apply_set(
+        &self,
+        planned: &[super::Planned],
+        by: impl Into<By<'_>>,
+    ) -> Result<Vec<u64>> {
+        let mut extra = Vec::new();
+        let mut changes = Vec::new();
+        for p in planned.iter().filter(|p| p.kind.name == NODE_GROUP.name) {
+            let name =
+                GroupName::parse(&p.key.to_string()).map_err(|e| StoreError::Internal(e.into()))?;
+            let group: Option<NodeGroup> = p
+                .after
+                .clone()
+                .map(|body| serde_json::from_value(serde_json::Value::Object(body)))
+                .transpose()
+                .map_err(|e| StoreError::Internal(Box::new(e)))?;
+            changes.push((name, group));
+        }
+        if !changes.is_empty() {
+            let tree = self.current_tree().await?;
+            let after = tree.with_changes(&changes);
+            for group in changes.iter().filter_map(|(_, g)| g.as_ref()) {
+                after.check_parent(group)?;
+            }
+            let bump = Write::new(
+                &GENERATION,
+                generation_key(),
+                Op::Adjust(1),
+                Expect::Refs(tree.generation),
+            );
+            extra.push((bump, OnFail::Changed));
+        }
+        self.db.write_set(planned, by.into(), extra).await
+    }
+}

@@ -181,14 +181,25 @@ impl GroupTree {
     /// This tree with `group` in place of the group of its name (added if new), or with the
     /// group `removed` taken out: what a write would make of it.
     pub fn changed(&self, group: Option<NodeGroup>, removed: &GroupName) -> Self {
+        self.with_changes(&[(removed.clone(), group)])
+    }
+
+    /// This tree with each named group replaced by the one given, or taken out (`None`).
+    pub fn with_changes(&self, changes: &[(GroupName, Option<NodeGroup>)]) -> Self {
+        let gone: HashSet<&GroupName> = changes.iter().map(|(name, _)| name).collect();
         let mut groups: Vec<NodeGroup> = self
             .groups
             .values()
-            .filter(|g| &g.name != removed)
+            .filter(|g| !gone.contains(&g.name))
             .map(|g| (**g).clone())
             .collect();
-        groups.extend(group);
+        groups.extend(changes.iter().filter_map(|(_, g)| g.clone()));
         Self::of(self.generation, groups)
+    }
+
+    /// Every group, by name.
+    pub fn groups(&self) -> impl Iterator<Item = &NodeGroup> {
+        self.groups.values().map(|g| &**g)
     }
 
     /// The group and every group below it.
