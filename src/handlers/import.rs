@@ -268,7 +268,7 @@ fn parse_tree(files: &BTreeMap<String, String>) -> Result<Desired, AppError> {
 /// What an apply does to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub enum PlanAction {
     Create,
     Replace,
     Delete,
@@ -279,7 +279,7 @@ pub enum Action {
 
 /// One object a plan changes.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Change {
+pub struct PlannedChange {
     /// `environment`, `node_group` or `node`.
     #[schema(example = "node")]
     pub kind: String,
@@ -288,7 +288,7 @@ pub struct Change {
     pub key: String,
     #[schema(example = "nodes/web01.example.com.yaml")]
     pub file: String,
-    pub action: Action,
+    pub action: PlanAction,
     /// The version read: the apply writes only over this version (absent: only while the
     /// object is still absent).
     pub version: Option<u64>,
@@ -299,7 +299,7 @@ pub struct Change {
 
 /// How many objects a plan changes, and how many it leaves.
 #[derive(Debug, Default, Clone, Serialize, ToSchema)]
-pub struct Summary {
+pub struct PlanSummary {
     pub create: usize,
     pub replace: usize,
     pub delete: usize,
@@ -310,7 +310,7 @@ pub struct Summary {
     pub left_alone: usize,
 }
 
-impl Summary {
+impl PlanSummary {
     /// How many objects' content the plan changes (adoptions change only ownership).
     pub fn changes(&self) -> usize {
         self.create + self.replace + self.delete
@@ -326,8 +326,8 @@ pub struct Plan {
     pub prune: bool,
     pub source_revision: Option<String>,
     /// Every object the apply writes, in the order it writes them.
-    pub changes: Vec<Change>,
-    pub summary: Summary,
+    pub changes: Vec<PlannedChange>,
+    pub summary: PlanSummary,
     /// How every node's classification would change.
     pub impact: Preview,
 }
@@ -339,7 +339,7 @@ pub struct Applied {
     pub kind: String,
     #[schema(example = "web01.example.com")]
     pub key: String,
-    pub action: Action,
+    pub action: PlanAction,
     /// The version it made (for a deletion: the version the deletion took).
     pub version: u64,
 }
@@ -352,13 +352,25 @@ pub struct ApplyOutcome {
     pub applied: Vec<Applied>,
     /// Objects an earlier, interrupted apply of the same plan had written already.
     pub already_applied: usize,
-    pub summary: Summary,
+    pub summary: PlanSummary,
+}
+
+/// The answer of `POST /import`: the plan (`dry_run`), or what the apply did.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "only names the answer's schema in the OpenAPI document"
+)]
+pub enum PlanOrOutcome {
+    Plan(Plan),
+    Outcome(ApplyOutcome),
 }
 
 /// A planned change with what the store needs to make it.
 #[derive(Debug, Clone)]
 struct Step {
-    change: Change,
+    change: PlannedChange,
     planned: Planned,
     /// Where it goes in the apply: (phase, depth).
     order: (u8, usize),
@@ -381,11 +393,11 @@ fn plan_kind<T: Object>(
     desired: &BTreeMap<Key, T>,
     prune: bool,
     (phase, depth): (usize, &Depth<'_, T>),
-    summary: &mut Summary,
+    summary: &mut PlanSummary,
 ) -> Result<Vec<Step>, AppError> {
     let stored: HashMap<Key, &Stored<T>> = current.iter().map(|s| (s.item.key(), s)).collect();
     let mut steps = Vec::new();
-    let mut step = |action: Action, now: Option<&Stored<T>>, after: Option<&T>| {
+    let mut step = |action: PlanAction, now: Option<&Stored<T>>, after: Option<&T>| {
         let object = after.or(now.map(|s| &s.item)).expect("an object");
         let body = after.map(to_body).transpose()?;
         let order = match after {
@@ -393,7 +405,7 @@ fn plan_kind<T: Object>(
             None => (DELETE[phase], usize::MAX - depth(object, false)),
         };
         steps.push(Step {
-            change: Change {
+            change: PlannedChange {
                 kind: T::KIND.name.to_owned(),
                 key: object.key().to_string(),
                 file: object.path(),
@@ -419,19 +431,19 @@ fn plan_kind<T: Object>(
         match stored.get(key).copied() {
             None => {
                 summary.create += 1;
-                step(Action::Create, None, Some(item))?;
+                step(PlanAction::Create, None, Some(item))?;
             }
             Some(now) if now.item == *item => {
                 if now.meta.managed_by.as_deref() == Some(TREE_OWNER) {
                     summary.unchanged += 1;
                 } else {
                     summary.adopt += 1;
-                    step(Action::Adopt, Some(now), Some(item))?;
+                    step(PlanAction::Adopt, Some(now), Some(item))?;
                 }
             }
             Some(now) => {
                 summary.replace += 1;
-                step(Action::Replace, Some(now), Some(item))?;
+                step(PlanAction::Replace, Some(now), Some(item))?;
             }
         }
     }
@@ -441,7 +453,7 @@ fn plan_kind<T: Object>(
     {
         if prune {
             summary.delete += 1;
-            step(Action::Delete, Some(now), None)?;
+            step(PlanAction::Delete, Some(now), None)?;
         } else {
             summary.left_alone += 1;
         }
@@ -510,7 +522,7 @@ async fn plan(state: &AppState, body: &ImportBody) -> Result<Planning, AppError>
         let in_tree = if after { &tree_after } else { &tree };
         in_tree.chain(Some(&group.name)).map_or(0, |c| c.len())
     };
-    let mut summary = Summary::default();
+    let mut summary = PlanSummary::default();
     let no_depth = |_: &Environment, _: bool| 0;
     let node_depth = |_: &Node, _: bool| 0;
     let prune = body.prune;
@@ -730,7 +742,7 @@ async fn write(
         ("If-Match" = Option<String>, Header, description = "To apply: the plan id of the plan to apply")),
     request_body = ImportBody,
     responses(
-        (status = 200, description = "`dry_run`: the plan; else what was applied", body = Plan),
+        (status = 200, description = "`dry_run`: the plan; else what was applied", body = PlanOrOutcome),
         (status = 428, description = "An apply without a plan id", body = crate::error::Problem,
             content_type = "application/problem+json"),
         WriteProblems,
