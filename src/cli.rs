@@ -58,6 +58,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write the earlier ENC's DynamoDB tables (Node, NodeGroup, Environment) as a tree
+    /// under --dir, for `enc plan` and `enc apply`. Reports every item it cannot map and why
+    /// on stderr; exits 0 when every item is mapped, 2 when some are not, 1 on an error.
+    Migrate(crate::migrate::MigrateArgs),
     /// Exit 0 if the local server answers /healthz (for container health checks).
     Healthcheck,
     /// DynamoDB table definitions.

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod handlers;
 pub mod memo;
 pub mod metrics;
+pub mod migrate;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -4,7 +4,7 @@ use clap::Parser;
 
 use enc::cli::{Cli, Command, DynamodbCommand};
 use enc::store::dynamodb::{DynamoDb, tables};
-use enc::{as_code, classify, client, server, telemetry};
+use enc::{as_code, classify, client, migrate, server, telemetry};
 
 /// Threads for blocking work (the embedded store's commits, which redb runs one at a time):
 /// a burst of writes waits in a queue rather than holding a thread, and its memory, each.
@@ -36,6 +36,7 @@ async fn run() -> ExitCode {
         Command::Export { dir } => as_code::export(&config, &dir).await,
         Command::Plan { tree } => as_code::plan(&config, &tree).await,
         Command::Apply { tree, plan, force } => as_code::apply(&config, &tree, &plan, force).await,
+        Command::Migrate(args) => migrate::run(&config, &args).await,
         Command::Healthcheck => {
             if client::healthcheck(&config).await {
                 ExitCode::SUCCESS

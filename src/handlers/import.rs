@@ -205,6 +205,49 @@ struct Desired {
     nodes: BTreeMap<Key, Node>,
 }
 
+/// One object of a tree.
+enum Parsed {
+    Environment(Environment),
+    Group(NodeGroup),
+    Node(Node),
+}
+
+/// An object from its body under a tree's directory (`environments`, `node_groups`,
+/// `nodes`), checked as the API checks a body; errors name the body's fields.
+fn parse_object(dir: &str, value: Value) -> Result<Parsed, AppError> {
+    match dir {
+        "environments" => parse_body::<EnvironmentBody>(value)
+            .and_then(|b| b.into_domain())
+            .map(Parsed::Environment),
+        "node_groups" => parse_body::<NodeGroupBody>(value)
+            .and_then(|b| b.into_domain(None))
+            .and_then(|(group, _)| within_size(group))
+            .map(Parsed::Group),
+        "nodes" => parse_body::<NodeBody>(value)
+            .and_then(|b| b.into_domain(None))
+            .and_then(within_size)
+            .map(Parsed::Node),
+        _ => Err(AppError::invalid(
+            "",
+            "is not under environments/, node_groups/ or nodes/",
+        )),
+    }
+}
+
+/// The file of an object given by its body as the API takes it (under `dir`, as
+/// `parse_object`): its path in the tree and its text, as `GET /export` would write them.
+pub fn object_file(dir: &str, body: Value) -> Result<(String, String), Vec<FieldError>> {
+    let file = parse_object(dir, body).and_then(|parsed| match parsed {
+        Parsed::Environment(e) => Ok((e.path(), render(&e)?)),
+        Parsed::Group(g) => Ok((g.path(), render(&g)?)),
+        Parsed::Node(n) => Ok((n.path(), render(&n)?)),
+    });
+    file.map_err(|e| match e {
+        AppError::Validation(list) => list,
+        other => vec![FieldError::new("", other.to_string())],
+    })
+}
+
 /// Reads one file as its object, checked as the API checks it, and named as its file says.
 fn parse_file(path: &str, text: &str, desired: &mut Desired) -> Result<(), Vec<FieldError>> {
     let at = |field: &str, message: String| match field {
@@ -229,24 +272,11 @@ fn parse_file(path: &str, text: &str, desired: &mut Desired) -> Result<(), Vec<F
         into.insert(object.key(), object);
         Ok(())
     }
-    let placed = match path.split('/').next() {
-        Some("environments") => {
-            let env = parse_body::<EnvironmentBody>(value).and_then(|b| b.into_domain());
-            placed(path, env.map_err(errors)?, &mut desired.environments)
-        }
-        Some("node_groups") => {
-            let group = parse_body::<NodeGroupBody>(value)
-                .and_then(|b| b.into_domain(None))
-                .and_then(|(group, _)| within_size(group));
-            placed(path, group.map_err(errors)?, &mut desired.groups)
-        }
-        Some("nodes") => {
-            let node = parse_body::<NodeBody>(value)
-                .and_then(|b| b.into_domain(None))
-                .and_then(within_size);
-            placed(path, node.map_err(errors)?, &mut desired.nodes)
-        }
-        _ => Err("is not under environments/, node_groups/ or nodes/".to_owned()),
+    let dir = path.split('/').next().unwrap_or_default();
+    let placed = match parse_object(dir, value).map_err(errors)? {
+        Parsed::Environment(env) => placed(path, env, &mut desired.environments),
+        Parsed::Group(group) => placed(path, group, &mut desired.groups),
+        Parsed::Node(node) => placed(path, node, &mut desired.nodes),
     };
     placed.map_err(|message| vec![at("", message)])
 }

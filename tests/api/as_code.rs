@@ -150,6 +150,7 @@ async fn an_exported_tree_plans_empty_and_a_one_line_change_plans_one_object() {
 async fn managed_objects_refuse_api_writes_unless_forced_and_prune_deletes_in_order() {
     let app = TestApp::new().await;
     seed(&app).await;
+    app.env("staging", "eu").await;
     let files = export(&app).await;
     let first = plan(&app, &files, false).await;
     apply(&app, &files, false, first["plan_id"].as_str().unwrap())
@@ -216,6 +217,24 @@ async fn managed_objects_refuse_api_writes_unless_forced_and_prune_deletes_in_or
         app.get("/nodegroup/web").await.status,
         StatusCode::NOT_FOUND
     );
+    // Environment deletion and restores honour the owner too, and give way to force.
+    let refused = app.delete("/environment/staging/eu", None).await;
+    assert!(
+        refused.problem(StatusCode::CONFLICT)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("managed by git")
+    );
+    app.delete("/environment/staging/eu?force=true", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    let restore = "/nodegroup/base/history/1/restore";
+    let refused = app.request(Method::POST, restore, None, None).await;
+    refused.problem(StatusCode::CONFLICT);
+    assert_eq!(app.get("/nodegroup/base").await.json()["version"], 2);
+    let forced = format!("{restore}?force=true");
+    let restored = app.request(Method::POST, &forced, None, None).await;
+    assert_eq!(restored.ok(StatusCode::OK)["version"], 3);
 }
 
 #[tokio::test]

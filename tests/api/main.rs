@@ -2,6 +2,7 @@
 
 mod alb;
 mod as_code;
+mod as_code_cli;
 mod binary;
 mod browser;
 mod classification;
