@@ -10,13 +10,14 @@ use crate::AppState;
 use crate::auth::Caller;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use super::all;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, Conflict, GroupName, Node, NodeFacts, NodeGroup,
     classification_diff, classify_all,
 };
 use crate::error::AppError;
 use crate::store::enc::GroupTree;
-use crate::store::{By, NodeFilter, PageRequest};
+use crate::store::{By, NodeFilter};
 
 /// The most affected nodes a preview lists; `more` counts the rest.
 pub const MAX_LISTED: usize = 100;
@@ -229,37 +230,16 @@ fn assess<'a>(object: Option<Value>, changes: impl Iterator<Item = Change<'a>>) 
 pub async fn fleet(
     state: &AppState,
 ) -> Result<(Vec<Node>, HashMap<Certname, NodeFacts>), AppError> {
-    let mut nodes = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = PageRequest {
-            limit: 1000,
-            cursor,
-        };
-        let found = state
-            .store
-            .list_nodes(&NodeFilter::default(), &page)
-            .await?;
-        nodes.extend(found.items.into_iter().map(|n| n.item));
-        match found.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let mut facts = HashMap::new();
-    let mut cursor = None;
-    loop {
-        let page = PageRequest {
-            limit: 1000,
-            cursor,
-        };
-        let found = state.store.list_facts(&page).await?;
-        facts.extend(found.items.into_iter().map(|f| (f.unique_name.clone(), f)));
-        match found.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok((nodes, facts)),
-        }
-    }
+    let (store, filter) = (&state.store, &NodeFilter::default());
+    let nodes = all(|p| async move { store.list_nodes(filter, &p).await }).await?;
+    let facts = all(|p| async move { store.list_facts(&p).await }).await?;
+    Ok((
+        nodes.into_iter().map(|n| n.item).collect(),
+        facts
+            .into_iter()
+            .map(|f| (f.unique_name.clone(), f))
+            .collect(),
+    ))
 }
 
 fn shown<T: Serialize>(object: &T) -> Result<Value, AppError> {

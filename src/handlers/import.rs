@@ -26,7 +26,7 @@ use super::environments::EnvironmentBody;
 use super::impact::{self, Preview};
 use super::node_groups::NodeGroupBody;
 use super::nodes::NodeBody;
-use super::within_size;
+use super::{all, within_size};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::domain::{Certname, Environment, FieldError, Node, NodeFacts, NodeGroup, Stored};
@@ -35,9 +35,7 @@ use crate::extract::{Query, parse_body};
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::engine::Key;
 use crate::store::record::{RecordKind, to_body};
-use crate::store::{
-    Apply, By, EnvironmentFilter, NodeFilter, Page, PageRequest, Planned, StoreError, TREE_OWNER,
-};
+use crate::store::{Apply, By, EnvironmentFilter, NodeFilter, Planned, StoreError, TREE_OWNER};
 
 /// The largest tree `POST /import` takes.
 pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -134,28 +132,6 @@ impl Object for Node {
 
 fn render<T: Serialize>(object: &T) -> Result<String, AppError> {
     serde_norway::to_string(object).map_err(|e| AppError::Internal(Box::new(e)))
-}
-
-/// Every item of a listing, page by page.
-async fn all<T, F, Fut>(list: F) -> Result<Vec<T>, AppError>
-where
-    F: Fn(PageRequest) -> Fut,
-    Fut: Future<Output = crate::store::Result<Page<T>>>,
-{
-    let mut items = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = list(PageRequest {
-            limit: 1000,
-            cursor,
-        })
-        .await?;
-        items.extend(page.items);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(items),
-        }
-    }
 }
 
 /// The classification as stored.
@@ -422,7 +398,7 @@ fn plan_kind<T: Object>(
     current: &[Stored<T>],
     desired: &BTreeMap<Key, T>,
     prune: bool,
-    (phase, depth): (usize, &Depth<'_, T>),
+    (phase, depth): (usize, Option<&Depth<'_, T>>),
     summary: &mut PlanSummary,
 ) -> Result<Vec<Step>, AppError> {
     let stored: HashMap<Key, &Stored<T>> = current.iter().map(|s| (s.item.key(), s)).collect();
@@ -431,8 +407,11 @@ fn plan_kind<T: Object>(
         let object = after.or(now.map(|s| &s.item)).expect("an object");
         let body = after.map(to_body).transpose()?;
         let order = match after {
-            Some(item) => (PUT[phase], depth(item, true)),
-            None => (DELETE[phase], usize::MAX - depth(object, false)),
+            Some(item) => (PUT[phase], depth.map_or(0, |d| d(item, true))),
+            None => (
+                DELETE[phase],
+                usize::MAX - depth.map_or(0, |d| d(object, false)),
+            ),
         };
         steps.push(Step {
             change: PlannedChange {
@@ -553,28 +532,26 @@ async fn plan(state: &AppState, body: &ImportBody) -> Result<Planning, AppError>
         in_tree.chain(Some(&group.name)).map_or(0, |c| c.len())
     };
     let mut summary = PlanSummary::default();
-    let no_depth = |_: &Environment, _: bool| 0;
-    let node_depth = |_: &Node, _: bool| 0;
     let prune = body.prune;
     let mut steps = plan_kind(
         &current.environments,
         &desired.environments,
         prune,
-        (0, &no_depth),
+        (0, None),
         &mut summary,
     )?;
     steps.extend(plan_kind(
         &current.groups,
         &desired.groups,
         prune,
-        (1, &depth_of),
+        (1, Some(&depth_of)),
         &mut summary,
     )?);
     steps.extend(plan_kind(
         &current.nodes,
         &desired.nodes,
         prune,
-        (2, &node_depth),
+        (2, None),
         &mut summary,
     )?);
     steps.sort_by(|a, b| {

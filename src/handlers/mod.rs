@@ -92,6 +92,28 @@ fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequ
 /// the store's own attributes, and the same for every backend.
 pub const MAX_OBJECT_BYTES: usize = 350 * 1024;
 
+/// Every item of a listing, page by page.
+pub(crate) async fn all<T, F, Fut>(list: F) -> Result<Vec<T>, AppError>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: Future<Output = crate::store::Result<Page<T>>>,
+{
+    let mut items = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = list(PageRequest {
+            limit: 1000,
+            cursor,
+        })
+        .await?;
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(items),
+        }
+    }
+}
+
 /// Refuses an object too large to store (413), before any store sees it.
 fn within_size<T: Serialize>(object: T) -> Result<T, AppError> {
     let size = serde_json::to_vec(&object).map_or(usize::MAX, |json| json.len());

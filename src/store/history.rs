@@ -37,33 +37,27 @@ pub static REVISION: RecordKind = RecordKind {
 };
 
 /// An object's last version number (the record's count), beside its revisions.
-pub static HEAD: RecordKind = RecordKind {
-    kind: Kind::Revision,
-    name: "history_head",
-    table: "history",
-    key: &["subject", "seq"],
-    indexes: &[],
-    derived: &[],
-    references: &[],
-    referenced: false,
-    json: &[],
-    history: None,
-};
+pub static HEAD: RecordKind = in_history("history_head", &[]);
 
 /// A plan being applied over several commits (DynamoDB), kept so that an interrupted apply
 /// can be resumed: what each object was planned to be at and to become.
-pub static PLAN: RecordKind = RecordKind {
-    kind: Kind::Revision,
-    name: "plan",
-    table: "history",
-    key: &["subject", "seq"],
-    indexes: &[],
-    derived: &[],
-    references: &[],
-    referenced: false,
-    json: &["entries"],
-    history: None,
-};
+pub static PLAN: RecordKind = in_history("plan", &["entries"]);
+
+/// A record kind of its own kept in the history table, beside the revisions.
+const fn in_history(name: &'static str, json: &'static [&'static str]) -> RecordKind {
+    RecordKind {
+        kind: Kind::Revision,
+        name,
+        table: "history",
+        key: &["subject", "seq"],
+        indexes: &[],
+        derived: &[],
+        references: &[],
+        referenced: false,
+        json,
+        history: None,
+    }
+}
 
 /// Entries per plan record (each well under a kilobyte).
 const PLAN_CHUNK: usize = 1000;

@@ -282,3 +282,40 @@ async fn a_bad_tree_is_refused_naming_each_file() {
     );
     assert_eq!(app.dump().await, before);
 }
+
+#[tokio::test]
+async fn groups_with_rules_and_pins_round_trip_through_a_tree() {
+    let app = TestApp::new().await;
+    seed(&app).await;
+    app.group(json!({
+        "name": "debian",
+        "parent": "base",
+        "rule": ["=", ["fact", "os", "family"], "Debian"],
+        "pinned": ["db01"],
+        "environment_name": "production",
+        "puppet_cluster_name": "eu",
+        "classes": {"apt": {}}
+    }))
+    .await;
+    let files = export(&app).await;
+    let debian = files["node_groups/debian.yaml"].as_str().unwrap();
+    assert!(debian.contains("rule:\n- ="), "{debian}");
+    assert!(debian.contains("pinned:\n- db01"), "{debian}");
+    let first = plan(&app, &files, false).await;
+    apply(&app, &files, false, first["plan_id"].as_str().unwrap())
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(export(&app).await, files);
+    assert_eq!(plan(&app, &files, false).await["changes"], json!([]));
+
+    // Unpinning in the tree: db01 leaves the group, and the plan says so.
+    let mut edited = files.clone();
+    let text = debian.replace("pinned:\n- db01\n", "");
+    assert_ne!(text, debian);
+    edited["node_groups/debian.yaml"] = text.into();
+    let one = plan(&app, &edited, false).await;
+    assert_eq!(one["changes"].as_array().unwrap().len(), 1, "{one:#}");
+    let impacted = &one["impact"]["nodes"];
+    assert_eq!(impacted[0]["unique_name"], "db01", "{one:#}");
+    assert_eq!(one["impact"]["affected"], 1, "{one:#}");
+}

@@ -197,11 +197,6 @@ impl GroupTree {
         Self::of(self.generation, groups)
     }
 
-    /// Every group, by name.
-    pub fn groups(&self) -> impl Iterator<Item = &NodeGroup> {
-        self.groups.values().map(|g| &**g)
-    }
-
     /// The group and every group below it.
     pub fn subtree(&self, name: &GroupName) -> Vec<GroupName> {
         let mut names = vec![name.clone()];
