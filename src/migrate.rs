@@ -320,7 +320,10 @@ impl Mapper<'_> {
                 let pair = (env.to_owned(), cluster.to_owned());
                 if !groups.contains(group) {
                     return Err(match group_items.contains(group) {
-                        true => format!("its node group {group:?} is not mapped (see above)"),
+                        true => format!(
+                            "its node group {group:?} is not mapped (see the {} items)",
+                            self.tables.node_group
+                        ),
                         false => format!(
                             "its node group {group:?} is not in table {}",
                             self.tables.node_group
@@ -329,9 +332,10 @@ impl Mapper<'_> {
                 }
                 if !environments.contains(&pair) {
                     return Err(match environment_items.contains(&pair) {
-                        true => {
-                            format!("its environment {env}/{cluster} is not mapped (see above)")
-                        }
+                        true => format!(
+                            "its environment {env}/{cluster} is not mapped (see the {} items)",
+                            self.tables.environment
+                        ),
                         false => format!(
                             "its environment {env}/{cluster} is not in table {}",
                             self.tables.environment
@@ -391,9 +395,10 @@ pub fn map(tables: &Tables, environments: &[Item], groups: &[Item], nodes: &[Ite
 /// Every item of a table, showing how many are read as it goes.
 async fn scan(client: &Client, table: &str) -> Result<Vec<Item>, String> {
     let failed = |e: &dyn std::fmt::Display| format!("table {table}: {e}");
-    let about = client.describe_table().table_name(table).send().await;
-    let about = about.map_err(|e| failed(&DisplayErrorContext(e)))?;
-    let total = about.table().and_then(|t| t.item_count());
+    // DynamoDB's own count (refreshed about every six hours), for progress only: a role that
+    // may scan but not describe the table reads it all the same.
+    let about = client.describe_table().table_name(table).send().await.ok();
+    let total = about.and_then(|a| a.table?.item_count);
     let mut items = Vec::new();
     let mut start = None;
     loop {
@@ -461,5 +466,76 @@ pub async fn run(config: &Config, args: &MigrateArgs) -> ExitCode {
     match migration.unmapped.is_empty() {
         true => ExitCode::SUCCESS,
         false => ExitCode::from(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(attributes: &[(&str, &str)]) -> Item {
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), s(v)))
+            .collect()
+    }
+
+    fn tables() -> Tables {
+        Tables {
+            node: "Node".into(),
+            node_group: "NodeGroup".into(),
+            environment: "Environment".into(),
+        }
+    }
+
+    #[test]
+    fn a_groups_items_merge_and_what_cannot_map_is_reported() {
+        let envs = [item(&[
+            ("EnvironmentName", "production"),
+            ("PuppetClusterName", "eu"),
+        ])];
+        let mut numbered = item(&[("Name", "web"), ("Class", "motd")]);
+        numbered.insert("Parameters".into(), AttributeValue::N("1".into()));
+        let groups = [
+            item(&[
+                ("Name", "web"),
+                ("Class", "nginx"),
+                ("Parameters", r#"{"w": 4}"#),
+            ]),
+            item(&[("Name", "base"), ("Class", "ntp")]),
+            numbered,
+        ];
+        let node = |name: &str, group: &str| {
+            item(&[
+                ("UniqueName", name),
+                ("NodeGroupName", group),
+                ("environment_name", "production"),
+                ("puppet_cluster_name", "eu"),
+            ])
+        };
+        let nodes = [node("a01", "base"), node("w01", "web")];
+        let migration = map(&tables(), &envs, &groups, &nodes);
+        assert_eq!(
+            (migration.environments, migration.groups, migration.nodes),
+            (1, 1, 1)
+        );
+        let reasons: Vec<String> = migration.unmapped.iter().map(|u| u.to_string()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "Node item UniqueName=w01, NodeGroupName=web: its node group \"web\" is not \
+                 mapped (see the NodeGroup items)",
+                "NodeGroup item Name=web, Class=motd: Parameters is a number, not a JSON string",
+                "NodeGroup item Name=web, Class=nginx: not mapped because another item of group \
+                 \"web\" cannot be (Name=web, Class=motd): without one of its classes the group \
+                 would classify its nodes differently",
+            ]
+        );
+        assert_eq!(
+            migration.files["node_groups/base.yaml"],
+            "name: base\ndescription: null\nparent: null\nclasses:\n  ntp: {}\nparameters: {}\n"
+        );
+        assert!(migration.files.contains_key("nodes/a01.yaml"));
     }
 }

@@ -28,6 +28,12 @@ fn client(enc: &Enc, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The id in the last line `enc plan` printed, `plan <id>`.
+fn plan_id(printed: &str) -> String {
+    let last = printed.lines().last().unwrap_or_default();
+    last.strip_prefix("plan ").expect(printed).to_owned()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -90,13 +96,7 @@ fn export_plan_and_apply_work_from_the_command_line() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
     assert!(printed.contains("= adopt node web01"), "{printed}");
-    let id = printed
-        .lines()
-        .last()
-        .unwrap()
-        .strip_prefix("plan ")
-        .unwrap()
-        .to_owned();
+    let id = plan_id(&printed);
 
     // A one-line change: exit 2, the change and its impact printed, then applied.
     let web = tree.join("node_groups/web.yaml");
@@ -123,44 +123,26 @@ fn export_plan_and_apply_work_from_the_command_line() {
         printed.contains("nodes: 2 of 2 would get another classification"),
         "{printed}"
     );
-    let new_id = printed
-        .lines()
-        .last()
-        .unwrap()
-        .strip_prefix("plan ")
-        .unwrap()
-        .to_owned();
+    let new_id = plan_id(&printed);
     assert_ne!(new_id, id);
 
     // The old plan id is refused; the new one applies.
-    let out = client(
-        &enc,
-        work.path(),
-        &[
+    let apply = |id: &str| {
+        let args = [
             "apply",
             "--dir",
             tree_arg,
             "--plan",
-            &id,
+            id,
             "--source-revision",
             "c0ffee",
-        ],
-    );
+        ];
+        client(&enc, work.path(), &args)
+    };
+    let out = apply(&id);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("412"), "{}", text(&out.stderr));
-    let out = client(
-        &enc,
-        work.path(),
-        &[
-            "apply",
-            "--dir",
-            tree_arg,
-            "--plan",
-            &new_id,
-            "--source-revision",
-            "c0ffee",
-        ],
-    );
+    let out = apply(&new_id);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("replace node_group web (version 2)"),
