@@ -501,7 +501,7 @@ async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: Vec<Va
 }
 
 #[tokio::test]
-async fn the_earlier_enc_migrates_with_every_unmappable_item_reported() {
+async fn a_migration_from_the_earlier_tables_reports_every_unmappable_item() {
     if !dynamodb_under_test() {
         eprintln!(
             "the earlier ENC's tables are made in DynamoDB Local in its pass of scripts/test"
