@@ -92,6 +92,23 @@ pub struct Tables {
     pub environment: String,
 }
 
+/// The names a table's items hold, and those of them mapped into the tree.
+struct Names<K> {
+    present: BTreeSet<K>,
+    mapped: BTreeSet<K>,
+}
+
+impl<K: Ord> Names<K> {
+    /// Why an object cannot refer to `name` (`shown` as `what`, from `table`), if it cannot.
+    fn refused(&self, name: &K, what: String, table: &str) -> Option<String> {
+        match (self.mapped.contains(name), self.present.contains(name)) {
+            (true, _) => None,
+            (false, true) => Some(format!("its {what} is not mapped (see the {table} items)")),
+            (false, false) => Some(format!("its {what} is not in table {table}")),
+        }
+    }
+}
+
 /// Attributes each table's items may have.
 const ENVIRONMENT_ATTRIBUTES: [&str; 2] = ["EnvironmentName", "PuppetClusterName"];
 const GROUP_ATTRIBUTES: [&str; 3] = ["Name", "Class", "Parameters"];
@@ -192,6 +209,26 @@ impl Mapper<'_> {
         }
     }
 
+    /// A table's items by their first key attribute; reports the items without it, and every
+    /// item's attributes enc has no field for.
+    fn by_first_key<'i>(
+        &mut self,
+        table: &str,
+        items: &'i [Item],
+        key: [&str; 2],
+        known: &[&str],
+    ) -> BTreeMap<&'i str, Vec<&'i Item>> {
+        let mut by_name: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
+        for item in items {
+            match string(item, key[0]) {
+                Ok(name) => by_name.entry(name).or_default().push(item),
+                Err(reason) => self.leave(table, describe(item, key), reason),
+            }
+            self.extra(table, item, key, known);
+        }
+        by_name
+    }
+
     /// Adds an object's file to the tree, or reports why it cannot be.
     fn add(&mut self, dir: &str, body: Value) -> Result<(), String> {
         let (path, text) = object_file(dir, body).map_err(|e| reasons(&e))?;
@@ -199,39 +236,35 @@ impl Mapper<'_> {
         Ok(())
     }
 
-    fn environments(&mut self, items: &[Item]) -> BTreeSet<(String, String)> {
+    fn environments(&mut self, items: &[Item]) -> Names<(String, String)> {
         let table = self.tables.environment.clone();
         let key = ["EnvironmentName", "PuppetClusterName"];
-        let mut mapped = BTreeSet::new();
+        let (mut present, mut mapped) = (BTreeSet::new(), BTreeSet::new());
         for item in items {
             let read = string(item, key[0]).and_then(|e| Ok((e, string(item, key[1])?)));
-            let body = read.map(|(e, c)| {
+            let added = read.and_then(|(e, c)| {
+                present.insert((e.to_owned(), c.to_owned()));
                 let body = json!({"environment_name": e, "puppet_cluster_name": c});
-                ((e.to_owned(), c.to_owned()), body)
+                self.add("environments", body)?;
+                Ok((e.to_owned(), c.to_owned()))
             });
-            match body.and_then(|(key, body)| self.add("environments", body).map(|()| key)) {
-                Ok(key) => {
-                    mapped.insert(key);
+            match added {
+                Ok(pair) => {
+                    mapped.insert(pair);
                 }
                 Err(reason) => self.leave(&table, describe(item, key), reason),
             }
             self.extra(&table, item, key, &ENVIRONMENT_ATTRIBUTES);
         }
         self.migration.environments = mapped.len();
-        mapped
+        Names { present, mapped }
     }
 
-    fn groups(&mut self, items: &[Item]) -> BTreeSet<String> {
+    fn groups(&mut self, items: &[Item]) -> Names<String> {
         let table = self.tables.node_group.clone();
         let key = ["Name", "Class"];
-        let mut by_name: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
-        for item in items {
-            match string(item, key[0]) {
-                Ok(name) => by_name.entry(name).or_default().push(item),
-                Err(reason) => self.leave(&table, describe(item, key), reason),
-            }
-            self.extra(&table, item, key, &GROUP_ATTRIBUTES);
-        }
+        let by_name = self.by_first_key(&table, items, key, &GROUP_ATTRIBUTES);
+        let present = by_name.keys().map(|name| name.to_string()).collect();
         let mut mapped = BTreeSet::new();
         for (name, items) in by_name {
             let mut classes = Map::new();
@@ -274,27 +307,18 @@ impl Mapper<'_> {
             }
         }
         self.migration.groups = mapped.len();
-        mapped
+        Names { present, mapped }
     }
 
     fn nodes(
         &mut self,
         items: &[Item],
-        environments: &BTreeSet<(String, String)>,
-        groups: &BTreeSet<String>,
-        group_items: &BTreeSet<String>,
-        environment_items: &BTreeSet<(String, String)>,
+        environments: &Names<(String, String)>,
+        groups: &Names<String>,
     ) {
         let table = self.tables.node.clone();
         let key = ["UniqueName", "NodeGroupName"];
-        let mut by_name: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
-        for item in items {
-            match string(item, key[0]) {
-                Ok(name) => by_name.entry(name).or_default().push(item),
-                Err(reason) => self.leave(&table, describe(item, key), reason),
-            }
-            self.extra(&table, item, key, &NODE_ATTRIBUTES);
-        }
+        let by_name = self.by_first_key(&table, items, key, &NODE_ATTRIBUTES);
         for (name, items) in by_name {
             if items.len() > 1 {
                 let under: Vec<String> = items
@@ -317,30 +341,19 @@ impl Mapper<'_> {
                 let group = string(item, key[1])?;
                 let env = string(item, "environment_name")?;
                 let cluster = string(item, "puppet_cluster_name")?;
-                let pair = (env.to_owned(), cluster.to_owned());
-                if !groups.contains(group) {
-                    return Err(match group_items.contains(group) {
-                        true => format!(
-                            "its node group {group:?} is not mapped (see the {} items)",
-                            self.tables.node_group
-                        ),
-                        false => format!(
-                            "its node group {group:?} is not in table {}",
-                            self.tables.node_group
-                        ),
+                let (tables, pair) = (self.tables, (env.to_owned(), cluster.to_owned()));
+                let refused = groups
+                    .refused(
+                        &group.to_owned(),
+                        format!("node group {group:?}"),
+                        &tables.node_group,
+                    )
+                    .or_else(|| {
+                        let what = format!("environment {env}/{cluster}");
+                        environments.refused(&pair, what, &tables.environment)
                     });
-                }
-                if !environments.contains(&pair) {
-                    return Err(match environment_items.contains(&pair) {
-                        true => format!(
-                            "its environment {env}/{cluster} is not mapped (see the {} items)",
-                            self.tables.environment
-                        ),
-                        false => format!(
-                            "its environment {env}/{cluster} is not in table {}",
-                            self.tables.environment
-                        ),
-                    });
+                if let Some(reason) = refused {
+                    return Err(reason);
                 }
                 Ok(json!({
                     "unique_name": name,
@@ -364,29 +377,9 @@ pub fn map(tables: &Tables, environments: &[Item], groups: &[Item], nodes: &[Ite
         tables,
         migration: Migration::default(),
     };
-    let mapped_environments = mapper.environments(environments);
-    let mapped_groups = mapper.groups(groups);
-    let group_items = groups
-        .iter()
-        .filter_map(|i| string(i, "Name").ok().map(str::to_owned))
-        .collect();
-    let environment_items = environments
-        .iter()
-        .filter_map(|i| {
-            let e = string(i, "EnvironmentName").ok()?;
-            Some((
-                e.to_owned(),
-                string(i, "PuppetClusterName").ok()?.to_owned(),
-            ))
-        })
-        .collect();
-    mapper.nodes(
-        nodes,
-        &mapped_environments,
-        &mapped_groups,
-        &group_items,
-        &environment_items,
-    );
+    let environments = mapper.environments(environments);
+    let groups = mapper.groups(groups);
+    mapper.nodes(nodes, &environments, &groups);
     let mut migration = mapper.migration;
     migration.unmapped.sort();
     migration

@@ -47,6 +47,13 @@ fn ok(enc: &Enc, method: &str, path: &str, body: Value) -> Value {
     serde_json::from_str(&answer).unwrap()
 }
 
+/// The plan enc makes of `body`, a `POST /import` body.
+fn dry_run(enc: &Enc, body: &str) -> Value {
+    let (status, answer) = enc.http("POST", "/import?dry_run=true", Some(body));
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
 /// The `.yaml` files of a tree by path.
 fn files(dir: &Path) -> BTreeMap<String, String> {
     enc::as_code::read_tree(dir).unwrap()
@@ -238,12 +245,7 @@ fn an_apply_killed_mid_way_on_dynamodb_resumes_to_the_plan() {
     let mut enc = Enc::start(&data, 1);
     let tree = large_tree(1000);
     let body = json!({"files": tree, "source_revision": "r1"}).to_string();
-    let plan = ok(
-        &enc,
-        "POST",
-        "/import?dry_run=true",
-        serde_json::from_str(&body).unwrap(),
-    );
+    let plan = dry_run(&enc, &body);
     assert_eq!(plan["summary"]["create"], 1006);
     let id = plan["plan_id"].as_str().unwrap().to_owned();
 
@@ -302,12 +304,7 @@ fn an_apply_killed_mid_way_on_dynamodb_resumes_to_the_plan() {
     let export: Value = serde_json::from_str(&export).unwrap();
     let exported: Vec<&String> = export["files"].as_object().unwrap().keys().collect();
     assert_eq!(exported, tree.keys().collect::<Vec<_>>());
-    let replan = ok(
-        &enc,
-        "POST",
-        "/import?dry_run=true",
-        serde_json::from_str(&body).unwrap(),
-    );
+    let replan = dry_run(&enc, &body);
     assert_eq!(replan["changes"], json!([]), "{replan}");
     let (status, history) = enc.http("GET", "/nodes/n0999.example.com/history", None);
     assert_eq!(status, 200);
@@ -367,12 +364,7 @@ fn a_batch_refused_after_others_answers_what_was_applied() {
     let enc = Enc::start(&data, 1);
     let tree = large_tree(600);
     let body = json!({"files": tree}).to_string();
-    let plan = ok(
-        &enc,
-        "POST",
-        "/import?dry_run=true",
-        serde_json::from_str(&body).unwrap(),
-    );
+    let plan = dry_run(&enc, &body);
     let id = plan["plan_id"].as_str().unwrap().to_owned();
     let apply = apply_in_background(&enc, &id, &body);
     wait_for_a_node(&enc);
@@ -410,12 +402,7 @@ fn a_batch_refused_after_others_answers_what_was_applied() {
     let (_, node) = enc.http("GET", "/nodes/n0599.example.com", None);
     assert!(node.contains(r#""node_group_name":"g0""#), "{node}");
     // A new plan takes it from there: the rest to create, the API's node to replace.
-    let replan = ok(
-        &enc,
-        "POST",
-        "/import?dry_run=true",
-        serde_json::from_str(&body).unwrap(),
-    );
+    let replan = dry_run(&enc, &body);
     assert_eq!(replan["summary"]["replace"], 1, "{}", replan["summary"]);
     assert_eq!(
         replan["summary"]["create"].as_u64().unwrap() as usize,
