@@ -285,8 +285,10 @@ impl Auth {
         store: &Store,
         presented: &str,
     ) -> Result<(Identity, Option<Arc<Stored<Token>>>), Refused> {
-        if let Some(digest) = &self.bootstrap
-            && secret::matches(presented, digest)
+        // Hashed once: compared with the bootstrap secret's digest and the stored token's.
+        let digest = secret::sha256(presented);
+        if let Some(bootstrap) = &self.bootstrap
+            && secret::matches(&digest, bootstrap)
         {
             return Ok((Identity::admin("bootstrap"), None));
         }
@@ -297,15 +299,15 @@ impl Auth {
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(Refused::Store(e)),
         };
-        let stored = self.stored_token(presented, &name, record.as_ref())?;
+        let stored = self.stored_token(&digest, &name, record.as_ref())?;
         Ok((identity_of(&stored), Some(stored)))
     }
 
-    /// The token `record` (read for the token `name`) if `presented` is its secret and it
-    /// has not expired.
+    /// The token `record` (read for the token `name`) if the presented secret (its `digest`)
+    /// is its secret and it has not expired.
     fn stored_token(
         &self,
-        presented: &str,
+        digest: &[u8; 32],
         name: &TokenName,
         record: Option<&Record>,
     ) -> Result<Arc<Stored<Token>>, Refused> {
@@ -317,7 +319,7 @@ impl Auth {
                 Ok((Arc::new(token), record.body.len() * 2))
             })
             .map_err(Refused::Store)?;
-        if !secret::matches_hex(presented, &stored.item.secret_sha256) {
+        if !secret::matches_hex(digest, &stored.item.secret_sha256) {
             return Err(Refused::Unknown);
         }
         if stored.item.expired(now()) {
@@ -337,7 +339,7 @@ impl Auth {
     ) -> Result<Identity, AppError> {
         deferred.checked.store(true, Ordering::Release);
         let checked = self
-            .stored_token(&deferred.presented, &deferred.name, record)
+            .stored_token(&deferred.digest, &deferred.name, record)
             .map(|stored| {
                 let identity = identity_of(&stored);
                 (identity, stored)
@@ -401,18 +403,21 @@ impl Auth {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         let presented = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer")
-            || self
-                .bootstrap
-                .as_ref()
-                .is_some_and(|digest| secret::matches(presented, digest))
-        {
+        if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
         let name = secret::token_name(presented)?;
+        let digest = secret::sha256(presented);
+        if self
+            .bootstrap
+            .as_ref()
+            .is_some_and(|bootstrap| secret::matches(&digest, bootstrap))
+        {
+            return None;
+        }
         Some(Deferred {
             name,
-            presented: presented.to_owned(),
+            digest,
             scope,
             checked: Arc::default(),
             admitted: Arc::default(),
@@ -598,7 +603,8 @@ pub async fn authorize(
 #[derive(Debug, Clone)]
 pub struct Deferred {
     pub name: TokenName,
-    presented: String,
+    /// The presented secret's digest: the secret itself is not kept.
+    digest: [u8; 32],
     scope: Scope,
     /// Set by [`Auth::admit`]: `authorize` refuses to send an answer made without it.
     checked: Arc<AtomicBool>,

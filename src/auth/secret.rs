@@ -79,14 +79,15 @@ pub fn sha256_hex(secret: &str) -> String {
         .collect()
 }
 
-/// Whether `secret` hashes to `stored` (hex), in time independent of where they differ.
-pub fn matches_hex(secret: &str, stored: &str) -> bool {
-    hex(&sha256(secret))[..].ct_eq(stored.as_bytes()).into()
+/// Whether `digest` is the one stored as `stored` (hex), in time independent of where they
+/// differ.
+pub fn matches_hex(digest: &[u8; 32], stored: &str) -> bool {
+    hex(digest)[..].ct_eq(stored.as_bytes()).into()
 }
 
-/// Whether `secret` hashes to `digest`, in constant time.
-pub fn matches(secret: &str, digest: &[u8; 32]) -> bool {
-    sha256(secret).ct_eq(digest).into()
+/// Whether two digests are the same, in constant time.
+pub fn matches(digest: &[u8; 32], other: &[u8; 32]) -> bool {
+    digest.ct_eq(other).into()
 }
 
 #[cfg(test)]
@@ -132,9 +133,10 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
             "the FIPS 180-2 test vector, in lower-case hex"
         );
-        assert!(matches_hex(secret, &stored));
-        assert!(!matches_hex("enc_ci_x", &stored));
-        assert!(matches(secret, &sha256(secret)));
-        assert!(!matches(&format!("{secret}x"), &sha256(secret)));
+        assert!(matches_hex(&sha256(secret), &stored));
+        assert!(!matches_hex(&sha256("enc_ci_x"), &stored));
+        assert!(!matches_hex(&sha256(secret), &stored.to_uppercase()));
+        assert!(matches(&sha256(secret), &sha256(secret)));
+        assert!(!matches(&sha256(&format!("{secret}x")), &sha256(secret)));
     }
 }
