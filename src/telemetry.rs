@@ -261,16 +261,17 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .map_or(UNMATCHED, |p| p.as_str())
         .to_owned();
     let path = request.uri().path().to_owned();
+    // Strings go in as `&str`, not `%`: each layer would format a `Display` value anew.
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = method,
-        http.route = %route,
-        url.path = %path,
+        http.route = route.as_str(),
+        url.path = path.as_str(),
         http.response.status_code = tracing::field::Empty,
-        request_id = %request_id,
+        request_id = request_id.as_str(),
     );
     if state.trace_context {
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -313,11 +314,11 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
                 tracing::$level!(
                     method,
                     actor,
-                    route = %route,
-                    path = %path,
+                    route = route.as_str(),
+                    path = path.as_str(),
                     status = status.as_u16(),
                     duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    request_id = %request_id,
+                    request_id = request_id.as_str(),
                     store = state.store.backend(),
                     error,
                     "request"
