@@ -1,14 +1,16 @@
 //! The embedded engine: one redb file, no network. A table of records per kind and a table
 //! per index, all written in the same write transaction, so a commit's expectations and its
 //! writes succeed or fail together. Reads run on the caller's thread: a redb read is a few
-//! page lookups; commits (which sync the file) run on the blocking pool.
+//! page lookups; reads by key share one read transaction until the next commit
+//! ([`Snapshot`]); commits (which sync the file) run on the blocking pool.
 
 mod migrate;
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -221,6 +223,48 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct Embedded {
     db: Arc<Database>,
+    /// Commits made, counted when each has finished (whatever its outcome).
+    commits: Arc<AtomicU64>,
+    /// The snapshot reads by key share while nothing is committed.
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+}
+
+type RecordTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+/// A read transaction kept from one read to the next while nothing is committed, with the
+/// record tables it has opened. Opening a redb table (a lookup in the file's table of tables
+/// and a check of its key and value types) costs more than the read by key after it; a
+/// fresh transaction per read paid it for every record read.
+///
+/// Never stale: a commit counts itself only once it has finished, before its caller hears
+/// of it, and a snapshot is labelled with the count read before its transaction began. So a
+/// snapshot with the current count began after every commit that has been answered.
+struct Snapshot {
+    commits: u64,
+    txn: redb::ReadTransaction,
+    /// By the kind's place in `KINDS`.
+    records: [OnceLock<RecordTable>; super::KINDS.len()],
+}
+
+impl Snapshot {
+    fn get(&self, kind: &RecordKind, key: &Key) -> Result<Option<Record>> {
+        let key = encode_key(key);
+        let place = super::KINDS.iter().position(|k| std::ptr::eq(*k, kind));
+        let found = match place.map(|i| &self.records[i]) {
+            Some(cell) => {
+                if cell.get().is_none() {
+                    let _ = cell.set(self.open(kind)?);
+                }
+                cell.get().expect("just opened").get(key.as_str())?
+            }
+            None => self.open(kind)?.get(key.as_str())?,
+        };
+        found.map(|v| decode_record(v.value())).transpose()
+    }
+
+    fn open(&self, kind: &RecordKind) -> Result<RecordTable> {
+        Ok(self.txn.open_table(Records::new(&records_table(kind)))?)
+    }
 }
 
 impl Embedded {
@@ -234,7 +278,11 @@ impl Embedded {
         let txn = db.begin_write()?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            commits: Arc::default(),
+            snapshot: Mutex::default(),
+        })
     }
 
     /// The layout version recorded in the file.
@@ -244,10 +292,20 @@ impl Embedded {
         Ok(table.get("version")?.map(|v| v.value()))
     }
 
-    fn get_in(txn: &redb::ReadTransaction, kind: &RecordKind, key: &Key) -> Result<Option<Record>> {
-        let table = txn.open_table(Records::new(&records_table(kind)))?;
-        let found = table.get(encode_key(key).as_str())?;
-        found.map(|v| decode_record(v.value())).transpose()
+    /// The snapshot of the last commit: the one kept, or a new one after a commit.
+    fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        let commits = self.commits.load(Ordering::Acquire);
+        let mut kept = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(snapshot) = kept.as_ref().filter(|s| s.commits == commits) {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = Arc::new(Snapshot {
+            commits,
+            txn: self.db.begin_read()?,
+            records: std::array::from_fn(|_| OnceLock::new()),
+        });
+        *kept = Some(snapshot.clone());
+        Ok(snapshot)
     }
 }
 
@@ -280,9 +338,9 @@ impl Engine for Embedded {
     }
 
     async fn get(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>> {
-        let txn = self.db.begin_read()?;
+        let snapshot = self.snapshot()?;
         keys.iter()
-            .map(|(kind, key)| Self::get_in(&txn, kind, key))
+            .map(|(kind, key)| snapshot.get(kind, key))
             .collect()
     }
 
@@ -345,16 +403,21 @@ impl Engine for Embedded {
     }
 
     async fn commit(&self, writes: &[Write]) -> Result<(), CommitError> {
-        let db = self.db.clone();
+        let (db, commits) = (self.db.clone(), self.commits.clone());
         let writes = writes.to_vec();
-        tokio::task::spawn_blocking(move || commit_now(&db, &writes))
-            .await
-            .map_err(|e| CommitError::Store(internal(e)))?
+        tokio::task::spawn_blocking(move || {
+            let result = commit_now(&db, &writes);
+            commits.fetch_add(1, Ordering::Release);
+            result
+        })
+        .await
+        .map_err(|e| CommitError::Store(internal(e)))?
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::engine::Expect;
     use super::*;
 
     #[test]
@@ -364,6 +427,77 @@ mod tests {
         let c = encode_key(&Key::two("prod", "us"));
         assert!(a < c && c < b, "{a:?} {b:?} {c:?}");
         assert_eq!(decode_key(&a), Key::two("prod", "eu"));
+    }
+
+    fn put(version: u64, expect: Expect) -> Write {
+        let body = serde_json::json!({ "name": "g", "version": version });
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        Write::new(
+            &crate::store::enc::GENERATION,
+            Key::one("g"),
+            Op::Put { body, refs: 0 },
+            expect,
+        )
+    }
+
+    async fn version(store: &Embedded) -> Option<u64> {
+        let keys = [(&crate::store::enc::GENERATION, Key::one("g"))];
+        let mut found = store.get(&keys).await.unwrap();
+        found.pop().unwrap().map(|r| r.version)
+    }
+
+    #[tokio::test]
+    async fn reads_share_a_snapshot_until_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
+        assert_eq!(version(&store).await, None);
+        store.commit(&[put(1, Expect::Absent)]).await.unwrap();
+        assert_eq!(version(&store).await, Some(1));
+        let kept = store.snapshot().unwrap();
+        assert!(Arc::ptr_eq(&kept, &store.snapshot().unwrap()));
+        store.commit(&[put(2, Expect::Present)]).await.unwrap();
+        assert!(!Arc::ptr_eq(&kept, &store.snapshot().unwrap()));
+        assert_eq!(version(&store).await, Some(2));
+        // A refused commit changes nothing, and what is read stays right.
+        let refused = store.commit(&[put(3, Expect::Absent)]).await;
+        assert!(matches!(refused, Err(CommitError::Condition(0))));
+        assert_eq!(version(&store).await, Some(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_after_a_commit_sees_it_while_others_read_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Embedded::open(dir.path()).unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        version(&store).await;
+                        reads += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for v in 1..=200 {
+            let expect = if v == 1 {
+                Expect::Absent
+            } else {
+                Expect::Present
+            };
+            store.commit(&[put(v, expect)]).await.unwrap();
+            assert_eq!(version(&store).await, Some(v), "read after commit {v}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
     }
 
     #[test]
