@@ -226,7 +226,7 @@ pub struct Embedded {
     /// Commits made, counted when each has finished (whatever its outcome).
     commits: Arc<AtomicU64>,
     /// The snapshot reads by key share while nothing is committed.
-    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    snapshot: Arc<Mutex<Option<Arc<Snapshot>>>>,
 }
 
 type RecordTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
@@ -281,7 +281,7 @@ impl Embedded {
         Ok(Self {
             db: Arc::new(db),
             commits: Arc::default(),
-            snapshot: Mutex::default(),
+            snapshot: Arc::default(),
         })
     }
 
@@ -403,11 +403,20 @@ impl Engine for Embedded {
     }
 
     async fn commit(&self, writes: &[Write]) -> Result<(), CommitError> {
-        let (db, commits) = (self.db.clone(), self.commits.clone());
+        let (db, commits, snapshot) =
+            (self.db.clone(), self.commits.clone(), self.snapshot.clone());
         let writes = writes.to_vec();
         tokio::task::spawn_blocking(move || {
             let result = commit_now(&db, &writes);
             commits.fetch_add(1, Ordering::Release);
+            // Not needed for the next read to be right (the count is), but a snapshot kept
+            // through a run of writes would keep redb from reusing the pages they free.
+            drop(
+                snapshot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
             result
         })
         .await
@@ -458,6 +467,10 @@ mod tests {
         let kept = store.snapshot().unwrap();
         assert!(Arc::ptr_eq(&kept, &store.snapshot().unwrap()));
         store.commit(&[put(2, Expect::Present)]).await.unwrap();
+        assert!(
+            store.snapshot.lock().unwrap().is_none(),
+            "let go at the commit"
+        );
         assert!(!Arc::ptr_eq(&kept, &store.snapshot().unwrap()));
         assert_eq!(version(&store).await, Some(2));
         // A refused commit changes nothing, and what is read stays right.
