@@ -248,22 +248,20 @@ struct Snapshot {
 
 impl Snapshot {
     fn get(&self, kind: &RecordKind, key: &Key) -> Result<Option<Record>> {
-        let key = encode_key(key);
-        let place = super::KINDS.iter().position(|k| std::ptr::eq(*k, kind));
-        let found = match place.map(|i| &self.records[i]) {
-            Some(cell) => {
-                if cell.get().is_none() {
-                    let _ = cell.set(self.open(kind)?);
-                }
-                cell.get().expect("just opened").get(key.as_str())?
-            }
-            None => self.open(kind)?.get(key.as_str())?,
-        };
+        // Every kind is in KINDS: its tables are made from that list when the file opens.
+        let table = super::KINDS
+            .iter()
+            .position(|k| std::ptr::eq(*k, kind))
+            .map(|i| &self.records[i])
+            .ok_or_else(|| StoreError::Internal(format!("{} is not in KINDS", kind.name).into()))?;
+        if table.get().is_none() {
+            let _ = table.set(self.txn.open_table(Records::new(&records_table(kind)))?);
+        }
+        let found = table
+            .get()
+            .expect("just opened")
+            .get(encode_key(key).as_str())?;
         found.map(|v| decode_record(v.value())).transpose()
-    }
-
-    fn open(&self, kind: &RecordKind) -> Result<RecordTable> {
-        Ok(self.txn.open_table(Records::new(&records_table(kind)))?)
     }
 }
 
