@@ -354,10 +354,29 @@ async fn spans_reach_an_otlp_endpoint_with_parents_and_the_callers_trace() {
         attribute(server, "http.request.method"),
         Some(AnyValue::StringValue("GET".into()))
     );
+    assert!(
+        server.events.is_empty(),
+        "the request's info event is its log line, not a span event: {:?}",
+        server.events
+    );
     let store = spans
         .iter()
         .find(|s| s.name == "store.get" && s.parent_span_id == server.span_id)
         .expect("a store span under the request span");
+    for span in [server, store] {
+        for costly in [
+            "code.file.path",
+            "code.line.number",
+            "code.module.name",
+            "thread.id",
+            "thread.name",
+            "busy_ns",
+            "idle_ns",
+            "target",
+        ] {
+            assert_eq!(attribute(span, costly), None, "{} has {costly}", span.name);
+        }
+    }
     assert_eq!(store.trace_id, server.trace_id);
     assert_eq!(
         attribute(store, "record"),
