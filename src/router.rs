@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, State};
@@ -22,7 +23,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
@@ -273,18 +274,30 @@ fn both_spellings(document: &mut Document) {
     }
 }
 
-/// The OpenAPI document, as served at `/api-docs/openapi.json`.
-pub fn document() -> &'static Document {
-    static DOCUMENT: LazyLock<Document> = LazyLock::new(|| {
-        let (_, mut document) = api()
-            .merge(metrics_form())
-            .merge(operations())
-            .split_for_parts();
-        link(&mut document);
-        both_spellings(&mut document);
-        document
+/// The OpenAPI document, made afresh from the routes.
+pub fn document() -> Document {
+    let (_, mut document) = api()
+        .merge(metrics_form())
+        .merge(operations())
+        .split_for_parts();
+    link(&mut document);
+    both_spellings(&mut document);
+    document
+}
+
+/// The OpenAPI document as served at `/api-docs/openapi.json`: its JSON, made once. Only the
+/// text is kept: the document's own structure takes several MiB (every schema inlined into
+/// each path, and each path twice), the text about half a MiB.
+pub fn document_json() -> &'static Bytes {
+    static JSON: LazyLock<Bytes> = LazyLock::new(|| {
+        Bytes::from(serde_json::to_vec(&document()).expect("the document serializes"))
     });
-    &DOCUMENT
+    &JSON
+}
+
+async fn serve_document() -> Response {
+    let json = HeaderValue::from_static("application/json");
+    ([(header::CONTENT_TYPE, json)], document_json().clone()).into_response()
 }
 
 /// CORS for the configured origins, if any.
@@ -333,7 +346,8 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(limits)
         .merge(operations)
-        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", document().clone()))
+        .route("/api-docs/openapi.json", axum::routing::get(serve_document))
+        .merge(SwaggerUi::new("/swagger-ui").config(Config::from("/api-docs/openapi.json")))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // One layer, not four: axum boxes each layer it applies to a route, and clones
