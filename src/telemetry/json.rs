@@ -17,6 +17,11 @@ use tracing_subscriber::registry::LookupSpan;
 /// The format of `ENC_LOG_FORMAT=json`.
 pub(super) struct Json;
 
+thread_local! {
+    /// The line being made: written whole here, then handed to the writer in one piece.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 impl<S, N> FormatEvent<S, N> for Json
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -28,61 +33,81 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // Events of the `log` crate carry their origin in fields; this is what they say.
-        let normalized = event.normalized_metadata();
-        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        writer.write_str("{\"timestamp\":\"")?;
-        timestamp(&mut writer, std::time::SystemTime::now())?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(meta.level().as_str())?;
-        writer.write_char('"')?;
-        let mut fields = Fields {
-            out: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_str(",\"target\":")?;
-        string(&mut writer, meta.target())?;
-        writer.write_str("}\n")
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                write_line(&mut line, event)?;
+                writer.write_str(&line)
+            }
+            // An event logged while a field of another was being formatted.
+            Err(_) => {
+                let mut line = String::new();
+                write_line(&mut line, event)?;
+                writer.write_str(&line)
+            }
+        })
     }
 }
 
+fn write_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
+    // Events of the `log` crate carry their origin in fields; this is what they say.
+    let normalized = event.normalized_metadata();
+    let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+    out.push_str("{\"timestamp\":\"");
+    timestamp(out, std::time::SystemTime::now())?;
+    out.push_str("\",\"level\":\"");
+    out.push_str(meta.level().as_str());
+    out.push('"');
+    let mut fields = Fields {
+        out,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    out.push_str(",\"target\":");
+    string(out, meta.target());
+    out.push_str("}\n");
+    Ok(())
+}
+
 /// Writes each field as `,"name":value`.
-struct Fields<'a, 'w> {
-    out: &'a mut Writer<'w>,
+struct Fields<'a> {
+    out: &'a mut String,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+impl Fields<'_> {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_ok() {
-            self.result = (|| {
-                self.out.write_char(',')?;
-                string(self.out, field.name())?;
-                self.out.write_char(':')?;
-                value(self.out)
-            })();
+            self.out.push(',');
+            string(self.out, field.name());
+            self.out.push(':');
+            self.result = value(self.out);
         }
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.entry(field, |out| {
-            out.write_char('"')?;
+            out.push('"');
             write!(Escaped(out), "{value:?}")?;
-            out.write_char('"')
+            out.push('"');
+            Ok(())
         });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, |out| string(out, value));
+        self.entry(field, |out| {
+            string(out, value);
+            Ok(())
+        });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.entry(field, |out| {
-            out.write_str(if value { "true" } else { "false" })
+            out.push_str(if value { "true" } else { "false" });
+            Ok(())
         });
     }
 
@@ -97,50 +122,72 @@ impl Visit for Fields<'_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.entry(field, |out| {
             if value.is_finite() {
-                out.write_str(ryu::Buffer::new().format_finite(value))
+                out.push_str(ryu::Buffer::new().format_finite(value));
             } else {
                 // What serde_json writes for a number JSON cannot hold.
-                out.write_str("null")
+                out.push_str("null");
             }
+            Ok(())
         });
     }
 }
 
 /// A JSON string, quoted.
-fn string(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
-    out.write_char('"')?;
-    Escaped(out).write_str(text)?;
-    out.write_char('"')
+fn string(out: &mut String, text: &str) {
+    out.push('"');
+    escape(out, text);
+    out.push('"');
 }
 
-/// Escapes what it is given as the inside of a JSON string, as serde_json does: quotes,
-/// backslashes and control characters; everything else as it is.
-struct Escaped<'a, W: fmt::Write>(&'a mut W);
+/// What JSON writes in a string for each byte: 0 for the byte itself, else the letter after
+/// the backslash (`u`: `\u00XX`). Quotes, backslashes and control characters, as serde_json.
+static ESCAPES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
-impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (at, byte) in text.bytes().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0..0x20 => "",
-                _ => continue,
-            };
-            self.0.write_str(&text[plain..at])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
-            } else {
-                self.0.write_str(escape)?;
-            }
-            plain = at + 1;
+/// `text` as the inside of a JSON string.
+fn escape(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    let mut plain = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escape = ESCAPES[byte as usize];
+        if escape == 0 {
+            continue;
         }
-        self.0.write_str(&text[plain..])
+        out.push_str(&text[plain..at]);
+        out.push('\\');
+        out.push(escape as char);
+        if escape == b'u' {
+            out.push_str("00");
+            out.push(HEX[(byte >> 4) as usize] as char);
+            out.push(HEX[(byte & 0xf) as usize] as char);
+        }
+        plain = at + 1;
+    }
+    out.push_str(&text[plain..]);
+}
+
+/// Escapes what is formatted into it (a `Debug` value) as the inside of a JSON string.
+struct Escaped<'a>(&'a mut String);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        escape(self.0, text);
+        Ok(())
     }
 }
 
@@ -334,9 +381,9 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
-        let text = "quote \" backslash \\ newline \n tab \t nul \0 bell \u{7} del \u{7f} é ✓";
+        let text = "quote \" backslash \\ newline \n tab \t nul \0 bell \u{7} backspace \u{8} form feed \u{c} escape \u{1b} unit \u{1f} del \u{7f} é ✓";
         let mut ours = String::new();
-        string(&mut ours, text).unwrap();
+        string(&mut ours, text);
         assert_eq!(ours, serde_json::to_string(text).unwrap());
     }
 
