@@ -2,7 +2,7 @@
 //! engine. Engine calls are what costs: each is one redb transaction or one DynamoDB request.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -16,7 +16,13 @@ use crate::metrics::Metrics;
 pub struct Instrumented {
     inner: Arc<dyn Engine>,
     metrics: Arc<Metrics>,
+    /// The histogram of each operation, kind (of `KINDS`) and outcome, found by its labels
+    /// the first time and kept: a label lookup hashes every label on every call.
+    histograms: Box<[OnceLock<prometheus::Histogram>]>,
 }
+
+const OPERATIONS: [&str; 5] = ["get", "query", "scan", "commit", "ping"];
+const OUTCOMES: [&str; 5] = ["ok", "not_found", "refused", "error", "unavailable"];
 
 fn outcome_of(e: &StoreError) -> &'static str {
     match e {
@@ -27,7 +33,33 @@ fn outcome_of(e: &StoreError) -> &'static str {
 
 impl Instrumented {
     pub fn new(inner: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+        let slots = OPERATIONS.len() * super::KINDS.len() * OUTCOMES.len();
+        Self {
+            inner,
+            metrics,
+            histograms: (0..slots).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Records how long a call took, under its labels.
+    fn record(&self, operation: &str, kind: &'static RecordKind, outcome: &str, seconds: f64) {
+        let backend = self.inner.backend();
+        let labels = [backend, operation, kind.name, outcome];
+        let at = |names: &[&str], name: &str| names.iter().position(|n| *n == name);
+        let slot = (|| {
+            let kind = super::KINDS.iter().position(|k| std::ptr::eq(*k, kind))?;
+            let operation = at(&OPERATIONS, operation)?;
+            let outcome = at(&OUTCOMES, outcome)?;
+            let index = (operation * super::KINDS.len() + kind) * OUTCOMES.len() + outcome;
+            self.histograms.get(index)
+        })();
+        let store_duration = &self.metrics.store_duration;
+        match slot {
+            Some(slot) => slot
+                .get_or_init(|| store_duration.with_label_values(&labels))
+                .observe(seconds),
+            None => store_duration.with_label_values(&labels).observe(seconds),
+        }
     }
 
     async fn observe<T>(
@@ -52,10 +84,7 @@ impl Instrumented {
         let result = call.instrument(span.clone()).await;
         let outcome = outcome(&result);
         span.record("outcome", outcome);
-        self.metrics
-            .store_duration
-            .with_label_values(&[backend, operation, kind.name, outcome])
-            .observe(started.elapsed().as_secs_f64());
+        self.record(operation, kind, outcome, started.elapsed().as_secs_f64());
         result
     }
 }
@@ -126,5 +155,66 @@ impl Engine for Instrumented {
             Err(CommitError::Store(e)) => outcome_of(e),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::Embedded;
+    use crate::store::record::Index;
+
+    /// A kind the store does not keep: its calls are counted all the same.
+    static STRAY: RecordKind = RecordKind {
+        kind: super::super::Kind::Node,
+        name: "stray",
+        table: "strays",
+        key: &["name"],
+        indexes: &[Index::new(
+            "ordered",
+            super::super::record::ITEM_TYPE,
+            "name",
+        )],
+        derived: &[],
+        references: &[],
+        referenced: false,
+        json: &[],
+        history: None,
+    };
+
+    fn count(metrics: &Metrics, operation: &str, record: &str, outcome: &str) -> u64 {
+        let labels = ["embedded", operation, record, outcome];
+        let histogram = metrics.store_duration.with_label_values(&labels);
+        histogram.get_sample_count()
+    }
+
+    #[tokio::test]
+    async fn every_call_is_counted_under_its_own_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let store = Instrumented::new(
+            Arc::new(Embedded::open(dir.path()).unwrap()),
+            metrics.clone(),
+        );
+        let node = &super::super::enc::NODE;
+        for _ in 0..3 {
+            store.get(&[(node, Key::one("web01"))]).await.unwrap();
+        }
+        store.ping().await.unwrap();
+        store.get(&[(&STRAY, Key::one("x"))]).await.unwrap_err();
+        store.record("vanish", node, "odd", 0.5);
+        assert_eq!(count(&metrics, "get", "node", "not_found"), 3);
+        assert_eq!(count(&metrics, "get", "node", "ok"), 0);
+        assert_eq!(
+            count(&metrics, "ping", super::super::KINDS[0].name, "ok"),
+            1
+        );
+        assert_eq!(count(&metrics, "get", "stray", "error"), 1);
+        assert_eq!(count(&metrics, "vanish", "node", "odd"), 1);
+        let rendered = metrics.render();
+        assert!(
+            rendered.contains(r#"store_operation_duration_seconds_count{backend="embedded",operation="get",outcome="not_found",record="node"} 3"#),
+            "{rendered}"
+        );
     }
 }
