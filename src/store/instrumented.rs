@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use prometheus::Histogram;
 use tracing::Instrument;
 
 use super::engine::{Batch, CommitError, Engine, Key, Query, Record, Write};
@@ -18,7 +19,7 @@ pub struct Instrumented {
     metrics: Arc<Metrics>,
     /// The histogram of each operation, kind (of `KINDS`) and outcome, found by its labels
     /// the first time and kept: a label lookup hashes every label on every call.
-    histograms: Box<[OnceLock<prometheus::Histogram>]>,
+    histograms: Box<[OnceLock<Histogram>]>,
 }
 
 const OPERATIONS: [&str; 5] = ["get", "query", "scan", "commit", "ping"];
@@ -41,20 +42,26 @@ impl Instrumented {
         }
     }
 
+    /// The kept histogram of a call with these labels, if they are among those kept.
+    fn slot(
+        &self,
+        operation: &str,
+        kind: &RecordKind,
+        outcome: &str,
+    ) -> Option<&OnceLock<Histogram>> {
+        let at = |names: &[&str], name: &str| names.iter().position(|n| *n == name);
+        let kind = super::KINDS.iter().position(|k| std::ptr::eq(*k, kind))?;
+        let operation = at(&OPERATIONS, operation)?;
+        let outcome = at(&OUTCOMES, outcome)?;
+        let index = (operation * super::KINDS.len() + kind) * OUTCOMES.len() + outcome;
+        self.histograms.get(index)
+    }
+
     /// Records how long a call took, under its labels.
     fn record(&self, operation: &str, kind: &'static RecordKind, outcome: &str, seconds: f64) {
-        let backend = self.inner.backend();
-        let labels = [backend, operation, kind.name, outcome];
-        let at = |names: &[&str], name: &str| names.iter().position(|n| *n == name);
-        let slot = (|| {
-            let kind = super::KINDS.iter().position(|k| std::ptr::eq(*k, kind))?;
-            let operation = at(&OPERATIONS, operation)?;
-            let outcome = at(&OUTCOMES, outcome)?;
-            let index = (operation * super::KINDS.len() + kind) * OUTCOMES.len() + outcome;
-            self.histograms.get(index)
-        })();
+        let labels = [self.inner.backend(), operation, kind.name, outcome];
         let store_duration = &self.metrics.store_duration;
-        match slot {
+        match self.slot(operation, kind, outcome) {
             Some(slot) => slot
                 .get_or_init(|| store_duration.with_label_values(&labels))
                 .observe(seconds),

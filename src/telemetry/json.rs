@@ -33,18 +33,18 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                write_line(&mut line, event)?;
-                writer.write_str(&line)
-            }
-            // An event logged while a field of another was being formatted.
-            Err(_) => {
-                let mut line = String::new();
-                write_line(&mut line, event)?;
-                writer.write_str(&line)
-            }
+        LINE.with(|kept| {
+            // A fresh line only for an event logged while a field of another was formatted.
+            let (mut kept, mut fresh) = (kept.try_borrow_mut(), String::new());
+            let line = match &mut kept {
+                Ok(kept) => {
+                    kept.clear();
+                    &mut **kept
+                }
+                Err(_) => &mut fresh,
+            };
+            write_line(line, event)?;
+            writer.write_str(line)
         })
     }
 }
