@@ -5,18 +5,18 @@
 //! nothing otherwise (spans exist only for the exporter; log lines do not carry them). Every
 //! request gets an id, a server span, metrics and one log event.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::KeyValue;
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Instrument;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::Level;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::Targets;
@@ -97,6 +97,77 @@ fn traces_without_exporter() -> bool {
     std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none")
 }
 
+/// The tracer of enc's spans, once spans are exported.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer of enc's spans, if spans are exported (or made and dropped).
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
+
+/// The context a span of the current request's work starts in: the request's span, or an
+/// empty context (a new trace) outside requests.
+pub fn request_context() -> opentelemetry::Context {
+    REQUEST
+        .try_with(|r| r.trace.clone())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Makes warn and error events logged while a request is answered events of its span, with
+/// their message as the name and their fields as attributes.
+struct SpanEvents;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let _ = REQUEST.try_with(|r| {
+            let Some(trace) = &r.trace else { return };
+            let mut fields = EventFields {
+                name: String::new(),
+                attributes: vec![KeyValue::new("level", event.metadata().level().as_str())],
+            };
+            event.record(&mut fields);
+            trace.span().add_event(fields.name, fields.attributes);
+        });
+    }
+}
+
+struct EventFields {
+    name: String,
+    attributes: Vec<KeyValue>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.name = value.to_owned(),
+            name => self.attributes.push(KeyValue::new(name, value.to_owned())),
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
 /// Sets up logging, and with `traces` and an OTLP endpoint configured, span export.
 pub fn init(format: LogFormat, traces: bool) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -113,29 +184,19 @@ pub fn init(format: LogFormat, traces: bool) -> Telemetry {
     } else {
         None
     };
-    // RUST_LOG filters the logs only: quieting them must not switch tracing off. A span
-    // carries what its attributes say and nothing that costs on every request without telling
-    // anything: no source location, thread or busy/idle times, and no OpenTelemetry context
-    // made current on every poll (nothing in enc reads it). Events become span events only
-    // at warn and error: the one info event per request is the log line, and the span
-    // already has its method, route, status and request id.
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("enc"))
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(tracing_subscriber::filter::FilterExt::and(
-                Targets::new().with_target("enc", Level::INFO),
-                tracing_subscriber::filter::filter_fn(|m| m.is_span() || *m.level() <= Level::WARN),
-            ))
+    // RUST_LOG filters the logs only: quieting them must not switch tracing off. Spans are
+    // made with OpenTelemetry's API (`request_span`, the store's), not as `tracing` spans that
+    // every layer would see on each poll; warn and error events of a request become events
+    // of its span (`SpanEvents`): the one info event per request is the log line, and the
+    // span already has its method, route, status and request id.
+    let events = provider.as_ref().map(|p| {
+        let _ = TRACER.set(p.tracer("enc"));
+        SpanEvents.with_filter(Targets::new().with_target("enc", Level::WARN))
     });
     // Log lines go to stderr from a thread of their own, so a request never waits for a write.
     let (writer, logs) = logs::to(std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
-    let registry = tracing_subscriber::registry().with(otel);
+    let registry = tracing_subscriber::registry().with(events);
     let result = match format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
         LogFormat::Json => registry
@@ -237,14 +298,43 @@ impl Drop for InFlight {
     }
 }
 
+/// What the task answering a request knows of it.
+struct Current {
+    /// For what the request records (history revisions).
+    id: String,
+    /// The context holding the request's span, when spans are exported.
+    trace: Option<opentelemetry::Context>,
+}
+
 tokio::task_local! {
-    /// The id of the request being answered, for what it records (history revisions).
-    static REQUEST_ID_NOW: String;
+    static REQUEST: Current;
 }
 
 /// The id of the request this task is answering, if it is answering one.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID_NOW.try_with(Clone::clone).ok()
+    REQUEST.try_with(|r| r.id.clone()).ok()
+}
+
+/// The server span of a request, as a child of the caller's `traceparent` when `propagate`,
+/// in the context its work's spans start in.
+fn request_span(
+    tracer: &SdkTracer,
+    propagate: bool,
+    headers: &HeaderMap,
+    attributes: Vec<KeyValue>,
+    name: String,
+) -> opentelemetry::Context {
+    let parent = if propagate {
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+    } else {
+        opentelemetry::Context::new()
+    };
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    parent.with_span(span)
 }
 
 /// Every request: an id (kept from `x-request-id` or made), a server span (child of an
@@ -261,38 +351,37 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .map_or(UNMATCHED, |p| p.as_str())
         .to_owned();
     let path = request.uri().path().to_owned();
-    // Strings go in as `&str`, not `%`: each layer would format a `Display` value anew.
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method,
-        http.route = route.as_str(),
-        url.path = path.as_str(),
-        http.response.status_code = tracing::field::Empty,
-        request_id = request_id.as_str(),
-    );
-    if state.trace_context {
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(request.headers()))
-        });
-        let _ = span.set_parent(parent);
-    }
+    let trace = tracer().map(|tracer| {
+        let attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", route.clone()),
+            KeyValue::new("url.path", path.clone()),
+            KeyValue::new("request_id", request_id.clone()),
+        ];
+        let name = format!("{method} {route}");
+        request_span(
+            tracer,
+            state.trace_context,
+            request.headers(),
+            attributes,
+            name,
+        )
+    });
+    let current = Current {
+        id: request_id.clone(),
+        trace,
+    };
 
     state.metrics.http_in_flight.inc();
     let in_flight = InFlight(state.metrics.http_in_flight.clone());
-    let run = next.run(request).instrument(span.clone());
-    let mut response = REQUEST_ID_NOW.scope(request_id.clone(), run).await;
+    let mut run = std::pin::pin!(REQUEST.scope(current, next.run(request)));
+    let mut response = run.as_mut().await;
+    let current = run.as_mut().take_value();
+    let current_trace = current.as_ref().and_then(|c| c.trace.clone());
     drop(in_flight);
 
     let status = response.status();
     let elapsed = started.elapsed();
-    // As an integer attribute, as the HTTP semantic conventions have it.
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
     state
         .metrics
         .http_requests
@@ -310,26 +399,41 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     // One event per request, at the level of what went wrong, with the cause if any.
     macro_rules! request_event {
         ($level:ident) => {
-            span.in_scope(|| {
-                tracing::$level!(
-                    method,
-                    actor,
-                    route = route.as_str(),
-                    path = path.as_str(),
-                    status = status.as_u16(),
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    request_id = request_id.as_str(),
-                    store = state.store.backend(),
-                    error,
-                    "request"
-                )
-            })
+            tracing::$level!(
+                method,
+                actor,
+                route = route.as_str(),
+                path = path.as_str(),
+                status = status.as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = request_id.as_str(),
+                store = state.store.backend(),
+                error,
+                "request"
+            )
         };
     }
-    match failure.map(|f| f.level) {
+    let event = || match failure.map(|f| f.level) {
         Some(Level::ERROR) => request_event!(error),
         Some(_) => request_event!(warn),
         None => request_event!(info),
+    };
+    match current {
+        // In the request's scope again, so that the warning is an event of its span too.
+        Some(current) if failure.is_some() => REQUEST.sync_scope(current, event),
+        _ => event(),
+    }
+    if let Some(trace) = current_trace {
+        let span = trace.span();
+        // As an integer attribute, as the HTTP semantic conventions have it.
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            span.set_status(opentelemetry::trace::Status::error(""));
+        }
+        span.end();
     }
     response.headers_mut().insert(REQUEST_ID, id);
     response

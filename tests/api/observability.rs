@@ -391,3 +391,76 @@ async fn spans_reach_an_otlp_endpoint_with_parents_and_the_callers_trace() {
         Some(AnyValue::StringValue("not_found".into()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_an_error_span_with_its_warning_as_an_event() {
+    let (endpoint, spans) = otlp_receiver().await;
+    // A DynamoDB store nobody listens for: every store call is unavailable (503, a warning).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut enc = tokio::task::spawn_blocking(move || {
+        let data = EncData::new();
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("ENC_STORE", "dynamodb"),
+            ("ENC_DYNAMODB_ENDPOINT", nowhere.as_str()),
+            ("ENC_DYNAMODB_TIMEOUT_MS", "2000"),
+            ("AWS_ACCESS_KEY_ID", "local"),
+            ("AWS_SECRET_ACCESS_KEY", "local"),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        (Enc::start_with(&data, 5, &env, false), data)
+    })
+    .await
+    .unwrap();
+    let (status, body) = enc.0.send_raw(&format!(
+        "GET /nodes/web01 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nx-request-id: fails\r\nConnection: close\r\n\r\n",
+        crate::helpers::ADMIN
+    ));
+    assert_eq!(status, 503, "{body}");
+    enc.0.terminate();
+    assert!(enc.0.wait(Duration::from_secs(10)).success());
+
+    let spans = spans.lock().unwrap().clone();
+    let server = spans
+        .iter()
+        .find(|s| attribute(s, "request_id") == Some(AnyValue::StringValue("fails".into())))
+        .unwrap_or_else(|| panic!("no server span among {} spans", spans.len()));
+    assert_eq!(
+        attribute(server, "http.response.status_code"),
+        Some(AnyValue::IntValue(503))
+    );
+    // OTLP's STATUS_CODE_ERROR is 2.
+    assert_eq!(
+        server.status.as_ref().map(|s| s.code),
+        Some(2),
+        "{server:?}"
+    );
+    let [event] = server.events.as_slice() else {
+        panic!("one event, the request's warning: {:?}", server.events);
+    };
+    assert_eq!(event.name, "request");
+    let value = |key: &str| {
+        event
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+    };
+    assert_eq!(value("level"), Some(AnyValue::StringValue("WARN".into())));
+    assert_eq!(value("status"), Some(AnyValue::IntValue(503)));
+    assert!(
+        matches!(value("error"), Some(AnyValue::StringValue(e)) if e.contains("unavailable")),
+        "the cause: {:?}",
+        value("error")
+    );
+    let store = spans
+        .iter()
+        .find(|s| s.parent_span_id == server.span_id)
+        .expect("a store span under the request span");
+    assert_eq!(
+        attribute(store, "outcome"),
+        Some(AnyValue::StringValue("unavailable".into()))
+    );
+}
