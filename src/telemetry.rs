@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::KeyValue;
@@ -30,7 +30,8 @@ use crate::metrics::UNMATCHED;
 mod json;
 mod logs;
 
-pub const REQUEST_ID: &str = "x-request-id";
+/// A static name: a name made from a `&str` is copied on every insert.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest incoming request id kept; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -301,7 +302,7 @@ impl Drop for InFlight {
 /// What the task answering a request knows of it.
 struct Current {
     /// For what the request records (history revisions).
-    id: String,
+    id: HeaderValue,
     /// The context holding the request's span, when spans are exported.
     trace: Option<opentelemetry::Context>,
 }
@@ -312,7 +313,10 @@ tokio::task_local! {
 
 /// The id of the request this task is answering, if it is answering one.
 pub fn current_request_id() -> Option<String> {
-    REQUEST.try_with(|r| r.id.clone()).ok()
+    REQUEST
+        .try_with(|r| r.id.to_str().ok().map(str::to_owned))
+        .ok()
+        .flatten()
 }
 
 /// The server span of a request, as a child of the caller's `traceparent` when `propagate`,
@@ -343,20 +347,19 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let started = Instant::now();
     let id = usable_request_id(request.headers()).unwrap_or_else(new_request_id);
     request.headers_mut().insert(REQUEST_ID, id.clone());
-    let request_id = id.to_str().unwrap_or_default().to_owned();
+    let request_id = id.to_str().unwrap_or_default();
     let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, |p| p.as_str())
-        .to_owned();
-    let path = request.uri().path().to_owned();
+    // Kept as they came (shared, not copied): the request itself is gone when they are logged.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let uri = request.uri().clone();
+    let path = uri.path();
     let trace = tracer().map(|tracer| {
         let attributes = vec![
             KeyValue::new("http.request.method", method),
-            KeyValue::new("http.route", route.clone()),
-            KeyValue::new("url.path", path.clone()),
-            KeyValue::new("request_id", request_id.clone()),
+            KeyValue::new("http.route", route.to_owned()),
+            KeyValue::new("url.path", path.to_owned()),
+            KeyValue::new("request_id", request_id.to_owned()),
         ];
         let name = format!("{method} {route}");
         request_span(
@@ -368,7 +371,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         )
     });
     let current = Current {
-        id: request_id.clone(),
+        id: id.clone(),
         trace,
     };
 
@@ -385,12 +388,12 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     state
         .metrics
         .http_requests
-        .with_label_values(&[method, &route, status.as_str()])
+        .with_label_values(&[method, route, status.as_str()])
         .inc();
     state
         .metrics
         .http_duration
-        .with_label_values(&[method, &route])
+        .with_label_values(&[method, route])
         .observe(elapsed.as_secs_f64());
     let extensions = response.extensions();
     let actor = extensions.get::<crate::auth::Actor>().map(|a| a.0.as_str());
@@ -402,11 +405,11 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
             tracing::$level!(
                 method,
                 actor,
-                route = route.as_str(),
-                path = path.as_str(),
+                route,
+                path,
                 status = status.as_u16(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = request_id.as_str(),
+                request_id,
                 store = state.store.backend(),
                 error,
                 "request"

@@ -337,7 +337,7 @@ impl Auth {
         deferred: &Deferred,
         record: Option<&Record>,
     ) -> Result<Identity, AppError> {
-        deferred.checked.store(true, Ordering::Release);
+        deferred.check.checked.store(true, Ordering::Release);
         let checked = self
             .stored_token(&deferred.digest, &deferred.name, record)
             .map(|stored| {
@@ -353,7 +353,7 @@ impl Auth {
         };
         let (outcome, result) = match admitted {
             Ok(identity) => {
-                let _ = deferred.admitted.set(identity.actor.clone());
+                let _ = deferred.check.admitted.set(identity.actor.clone());
                 ("ok", Ok(identity))
             }
             Err((outcome, denial)) => (outcome, Err(denial)),
@@ -379,7 +379,7 @@ impl Auth {
     /// The answer when the read that would have checked a deferred token failed: what
     /// `authorize` answers when it cannot read a token (503), counted the same way.
     pub fn unreadable(&self, state: &AppState, deferred: &Deferred, e: StoreError) -> AppError {
-        deferred.checked.store(true, Ordering::Release);
+        deferred.check.checked.store(true, Ordering::Release);
         state.metrics.auth.with_label_values(&["unavailable"]).inc();
         e.into()
     }
@@ -419,8 +419,7 @@ impl Auth {
             name,
             digest,
             scope,
-            checked: Arc::default(),
-            admitted: Arc::default(),
+            check: Arc::default(),
         })
     }
 
@@ -516,30 +515,27 @@ pub async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(route) = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-    else {
+    // Shared, not copied: the request is gone by the time the route is needed again.
+    let Some(matched) = request.extensions().get::<MatchedPath>().cloned() else {
         // No route: the fallback answers 404 and reads nothing.
         return next.run(request).await;
     };
-    let mut needs = state.auth.access.needs(request.method(), &route);
+    let route = matched.as_str();
+    let mut needs = state.auth.access.needs(request.method(), route);
     if route == "/metrics" && state.auth.metrics_token_required {
         needs = Some(Needs::Scope(Scope::Read));
     }
-    if let Some(deferred) =
-        state
-            .auth
-            .deferrable(request.method(), request.headers(), &route, needs)
+    if let Some(deferred) = state
+        .auth
+        .deferrable(request.method(), request.headers(), route, needs)
     {
-        let (checked, admitted) = (deferred.checked.clone(), deferred.admitted.clone());
+        let check = deferred.check.clone();
         request.extensions_mut().insert(deferred);
         let mut response = next.run(request).await;
-        if let Some(actor) = admitted.get() {
+        if let Some(actor) = check.admitted.get() {
             response.extensions_mut().insert(Actor(actor.clone()));
         }
-        if !checked.load(Ordering::Acquire) {
+        if !check.checked.load(Ordering::Acquire) {
             // A handler of a deferred route that never checked the token: nothing it made
             // may go out.
             return AppError::Internal(
@@ -549,7 +545,7 @@ pub async fn authorize(
         }
         return response;
     }
-    let identity = state.auth.identify(&state, request.headers(), &route).await;
+    let identity = state.auth.identify(&state, request.headers(), route).await;
     let (outcome, denial) = match (needs, identity) {
         (None, _) => (
             "undeclared",
@@ -564,7 +560,7 @@ pub async fn authorize(
         (Some(Needs::Nothing), Err(_)) => ("open", None),
         (Some(Needs::Scope(_)), Err(refused)) => (refused.outcome(), Some(refused.into_error())),
         (Some(Needs::Scope(scope)), Ok(None)) => {
-            if wants_a_page(request.headers()) && session::accepted_on(&route) {
+            if wants_a_page(request.headers()) && session::accepted_on(route) {
                 state.metrics.auth.with_label_values(&["missing"]).inc();
                 return Redirect::to("/sign-in").into_response();
             }
@@ -606,10 +602,17 @@ pub struct Deferred {
     /// The presented secret's digest: the secret itself is not kept.
     digest: [u8; 32],
     scope: Scope,
+    /// Shared with `authorize`, which reads it once the handler answered.
+    check: Arc<Check>,
+}
+
+/// What the handler of a deferred token did with it, for `authorize`.
+#[derive(Debug, Default)]
+struct Check {
     /// Set by [`Auth::admit`]: `authorize` refuses to send an answer made without it.
-    checked: Arc<AtomicBool>,
+    checked: AtomicBool,
     /// Who was admitted, for the request's log event.
-    admitted: Arc<OnceLock<String>>,
+    admitted: OnceLock<String>,
 }
 
 /// Routes whose GET handlers check a stored token themselves, in the read they make anyway:

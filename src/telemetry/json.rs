@@ -388,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn special_characters_are_escaped_wherever_they_fall() {
+        let specials = [
+            '"', '\\', '\n', '\0', '\u{1f}', ' ', '\u{7f}', 'é', '✓', '~',
+        ];
+        for special in specials {
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut text: String = "abcdefghijklmnopqrstu".chars().take(len).collect();
+                    text.insert(at, special);
+                    let mut ours = String::new();
+                    string(&mut ours, &text);
+                    assert_eq!(ours, serde_json::to_string(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let mut written = String::new();
         for micros in [
