@@ -9,14 +9,15 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{MatchedPath, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
+use futures_util::FutureExt as _;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::option_layer;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -354,15 +355,7 @@ pub fn router(state: AppState) -> Router {
         // every box on every request.
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    telemetry::observe,
-                ))
-                .layer(CatchPanicLayer::custom(panicked))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::authorize,
-                ))
+                .layer(middleware::from_fn_with_state(state.clone(), edge))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
@@ -392,6 +385,55 @@ async fn method_not_allowed(
     response
 }
 
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    AppError::Internal("a handler panicked".into()).into_response()
+/// What every request goes through, as one middleware: it is observed (`telemetry`), then
+/// authorized (`auth`); a panic in either's inner part is a 500, observed like any other.
+async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    telemetry::observe(&state, request, |request| async {
+        let authorized = auth::authorize(State(state.clone()), request, next);
+        std::panic::AssertUnwindSafe(authorized)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| AppError::Internal("a handler panicked".into()).into_response())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn boom() -> Response {
+        panic!("a handler that fails")
+    }
+
+    #[tokio::test]
+    async fn a_panic_below_the_edge_is_a_500_counted_and_answered_with_its_request_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::store::embedded::Embedded::open(dir.path()).unwrap();
+        let state = AppState::new(Arc::new(engine));
+        // An open route of the real table, served by a handler that panics.
+        let app = Router::new()
+            .route("/healthz", axum::routing::get(boom))
+            .layer(middleware::from_fn_with_state(state.clone(), edge))
+            .with_state(state.clone());
+        let request = Request::get("/healthz").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert!(response.headers().contains_key(telemetry::REQUEST_ID));
+        let rendered = state.metrics.render();
+        assert!(
+            rendered
+                .contains(r#"http_requests_total{method="GET",route="/healthz",status="500"} 1"#),
+            "{rendered}"
+        );
+    }
 }

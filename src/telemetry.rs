@@ -8,9 +8,8 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::Extractor;
@@ -342,8 +341,16 @@ fn request_span(
 }
 
 /// Every request: an id (kept from `x-request-id` or made), a server span (child of an
-/// incoming `traceparent`), metrics by matched route, one log event, the id on the response.
-pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// incoming `traceparent`), metrics by matched route, one log event, the id on the response;
+/// `answer` makes the response.
+pub async fn observe<F>(
+    state: &AppState,
+    mut request: Request,
+    answer: impl FnOnce(Request) -> F,
+) -> Response
+where
+    F: Future<Output = Response>,
+{
     let started = Instant::now();
     let id = usable_request_id(request.headers()).unwrap_or_else(new_request_id);
     request.headers_mut().insert(REQUEST_ID, id.clone());
@@ -377,7 +384,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
 
     state.metrics.http_in_flight.inc();
     let in_flight = InFlight(state.metrics.http_in_flight.clone());
-    let mut run = std::pin::pin!(REQUEST.scope(current, next.run(request)));
+    let mut run = std::pin::pin!(REQUEST.scope(current, answer(request)));
     let mut response = run.as_mut().await;
     let current = run.as_mut().take_value();
     let current_trace = current.as_ref().and_then(|c| c.trace.clone());
