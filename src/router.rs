@@ -7,7 +7,6 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri, header};
@@ -16,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
 use futures_util::FutureExt as _;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::option_layer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::openapi::OpenApi as Document;
@@ -316,23 +314,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
     )
 }
 
-/// Past the limit of requests in flight, or past the request timeout: 503, try again soon.
-async fn overloaded(error: tower::BoxError) -> AppError {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        AppError::Overloaded("the request took too long".into())
-    } else {
-        AppError::Overloaded("too many requests at once".into())
-    }
-}
-
 pub fn router(state: AppState) -> Router {
-    let limits = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(overloaded))
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
-            state.limits.in_flight.clone(),
-        ))
-        .timeout(state.limits.request_timeout);
     // CORS wraps the form's routes whole, their 405 answers too, so that preflights work.
     let (form, _) = metrics_form().split_for_parts();
     let form = form
@@ -345,7 +327,6 @@ pub fn router(state: AppState) -> Router {
             "/tokens/",
             axum::routing::get(tokens::list).post(tokens::create),
         )
-        .layer(limits)
         .merge(operations)
         .route("/api-docs/openapi.json", axum::routing::get(serve_document))
         .merge(SwaggerUi::new("/swagger-ui").config(Config::from("/api-docs/openapi.json")))
@@ -385,15 +366,46 @@ async fn method_not_allowed(
     response
 }
 
-/// What every request goes through, as one middleware: it is observed (`telemetry`), then
-/// authorized (`auth`); a panic in either's inner part is a 500, observed like any other.
+/// Routes answered whatever the load: health checks, metrics, the documentation, and what
+/// no route matches.
+fn unlimited(route: Option<&str>) -> bool {
+    route.is_none_or(|r| {
+        matches!(
+            r,
+            "/healthz" | "/readyz" | "/metrics" | "/api-docs/openapi.json"
+        ) || r == "/swagger-ui"
+            || r.starts_with("/swagger-ui/")
+    })
+}
+
+/// What every request goes through, as one middleware: it is observed (`telemetry`); unless
+/// it is `unlimited`, it takes one of the places in flight (503 at once when none is free)
+/// and must be answered within the request timeout (503); then it is authorized (`auth`).
+/// A panic below is a 500, observed like any other answer.
 async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
     telemetry::observe(&state, request, |request| async {
+        let route = request.extensions().get::<MatchedPath>();
+        let limited = !unlimited(route.map(MatchedPath::as_str));
+        let _place = match limited.then(|| state.limits.in_flight.try_acquire()) {
+            Some(Err(_)) => {
+                return AppError::Overloaded("too many requests at once".into()).into_response();
+            }
+            place => place,
+        };
         let authorized = auth::authorize(State(state.clone()), request, next);
-        std::panic::AssertUnwindSafe(authorized)
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| AppError::Internal("a handler panicked".into()).into_response())
+        let caught = std::panic::AssertUnwindSafe(authorized).catch_unwind();
+        let answered = if limited {
+            match tokio::time::timeout(state.limits.request_timeout, caught).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    let late = AppError::Overloaded("the request took too long".into());
+                    return late.into_response();
+                }
+            }
+        } else {
+            caught.await
+        };
+        answered.unwrap_or_else(|_| AppError::Internal("a handler panicked".into()).into_response())
     })
     .await
 }
@@ -406,6 +418,31 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+
+    #[test]
+    fn only_operations_and_documentation_are_answered_whatever_the_load() {
+        let paths = |router: OpenApiRouter<AppState>| {
+            let (_, document) = router.split_for_parts();
+            document.paths.paths.into_keys().collect::<Vec<_>>()
+        };
+        let operations = paths(operations());
+        assert_eq!(operations.len(), 3, "{operations:?}");
+        for path in &operations {
+            assert!(unlimited(Some(path)), "{path}");
+        }
+        for path in paths(api()).iter().chain(&paths(metrics_form())) {
+            assert!(!unlimited(Some(path)), "{path}");
+        }
+        assert!(!unlimited(Some("/tokens/")));
+        for path in [
+            "/api-docs/openapi.json",
+            "/swagger-ui",
+            "/swagger-ui/index.html",
+        ] {
+            assert!(unlimited(Some(path)), "{path}");
+        }
+        assert!(unlimited(None), "no route matched: a 404");
+    }
 
     async fn boom() -> Response {
         panic!("a handler that fails")
