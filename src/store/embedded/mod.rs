@@ -6,6 +6,7 @@
 
 mod migrate;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -71,8 +72,12 @@ fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Internal(Box::new(e))
 }
 
-fn encode_key(key: &Key) -> String {
-    key.0.join(SEPARATOR)
+/// A key as the text redb keeps; a key of one part is that part, not a copy of it.
+fn encode_key(key: &Key) -> Cow<'_, str> {
+    match key.0.as_slice() {
+        [one] => Cow::Borrowed(one),
+        parts => Cow::Owned(parts.join(SEPARATOR)),
+    }
 }
 
 fn decode_key(text: &str) -> Key {
@@ -166,7 +171,7 @@ impl<'t> Open<'t> {
 /// Applies one write, given the record as it is, without checking expectations.
 fn apply(open: &mut Open<'_>, write: &Write, current: Option<Record>) -> Result<()> {
     let kind = write.kind;
-    let key = encode_key(&write.key);
+    let key = encode_key(&write.key).into_owned();
     let records = open.records(kind)?;
     let old_entries = match &current {
         Some(record) if !kind.indexes.is_empty() => entries(kind, &body_of(record)?),
@@ -260,7 +265,7 @@ impl Snapshot {
         let found = table
             .get()
             .expect("just opened")
-            .get(encode_key(key).as_str())?;
+            .get(&*encode_key(key))?;
         found.map(|v| decode_record(v.value())).transpose()
     }
 }
@@ -352,7 +357,7 @@ impl Engine for Embedded {
             .as_ref()
             .map(|a| (a.sort.as_str(), encode_key(&a.key)));
         let lower = match &after {
-            Some((sort, key)) => Bound::Excluded((p, *sort, key.as_str())),
+            Some((sort, key)) => Bound::Excluded((p, *sort, key.as_ref())),
             None => Bound::Included((p, query.from.unwrap_or(""), "")),
         };
         // The smallest strings above the partition, or above the last sort value wanted.
@@ -429,9 +434,9 @@ mod tests {
 
     #[test]
     fn keys_keep_the_order_of_their_parts() {
-        let a = encode_key(&Key::two("prod", "eu"));
-        let b = encode_key(&Key::two("prod_x", "eu"));
-        let c = encode_key(&Key::two("prod", "us"));
+        let a = encode_key(&Key::two("prod", "eu")).into_owned();
+        let b = encode_key(&Key::two("prod_x", "eu")).into_owned();
+        let c = encode_key(&Key::two("prod", "us")).into_owned();
         assert!(a < c && c < b, "{a:?} {b:?} {c:?}");
         assert_eq!(decode_key(&a), Key::two("prod", "eu"));
     }
