@@ -262,10 +262,7 @@ impl Snapshot {
         if table.get().is_none() {
             let _ = table.set(self.txn.open_table(Records::new(&records_table(kind)))?);
         }
-        let found = table
-            .get()
-            .expect("just opened")
-            .get(&*encode_key(key))?;
+        let found = table.get().expect("just opened").get(&*encode_key(key))?;
         found.map(|v| decode_record(v.value())).transpose()
     }
 }
