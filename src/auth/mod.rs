@@ -88,8 +88,8 @@ pub enum Needs {
 /// Every documented operation's needs, read from the OpenAPI document.
 #[derive(Debug, Default)]
 pub struct Access {
-    routes: HashMap<(Method, String), Needs>,
-    paths: BTreeSet<String>,
+    /// By route, what each of its methods needs (looked up without a copy of the route).
+    routes: HashMap<String, Vec<(Method, Needs)>>,
 }
 
 /// Routes served beside the documented API, open to all: the documentation itself.
@@ -117,9 +117,12 @@ impl Access {
                     continue;
                 };
                 let needs = needs_of(operation).map_err(|e| format!("{method} {path}: {e}"))?;
-                let route = normalized(path).to_owned();
-                access.paths.insert(route.clone());
-                access.routes.insert((method, route), needs);
+                let methods = access
+                    .routes
+                    .entry(normalized(path).to_owned())
+                    .or_default();
+                methods.retain(|(m, _)| *m != method);
+                methods.push((method, needs));
             }
         }
         Ok(access)
@@ -134,11 +137,12 @@ impl Access {
         } else {
             method
         };
-        if let Some(needs) = self.routes.get(&(method.clone(), route.to_owned())) {
+        let methods = self.routes.get(route);
+        if let Some((_, needs)) = methods.into_iter().flatten().find(|(m, _)| m == method) {
             return Some(*needs);
         }
         // Another method on a documented path is answered 405 by the router.
-        (self.paths.contains(route) || is_documentation(route)).then_some(Needs::Nothing)
+        (methods.is_some() || is_documentation(route)).then_some(Needs::Nothing)
     }
 
     /// The methods a route answers, for `Allow` (HEAD with GET).
@@ -146,8 +150,9 @@ impl Access {
         let route = normalized(route);
         let mut methods: Vec<&'static str> = self
             .routes
-            .keys()
-            .filter(|(_, path)| path == route)
+            .get(route)
+            .into_iter()
+            .flatten()
             .map(|(method, _)| method_name(method))
             .collect();
         if methods.contains(&"GET") {
@@ -158,7 +163,9 @@ impl Access {
     }
 
     pub fn operations(&self) -> impl Iterator<Item = (&Method, &str, Needs)> {
-        self.routes.iter().map(|((m, p), n)| (m, p.as_str(), *n))
+        self.routes
+            .iter()
+            .flat_map(|(p, methods)| methods.iter().map(|(m, n)| (m, p.as_str(), *n)))
     }
 }
 
@@ -490,11 +497,14 @@ impl Auth {
             .item
             .last_used_at
             .is_some_and(|t| (at - t).to_std().is_ok_and(|age| age < TOUCH_EVERY));
+        if fresh {
+            return;
+        }
         let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
         let recent = touched
             .get(used.item.name.as_str())
             .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
-        if fresh || recent {
+        if recent {
             return;
         }
         touched.insert(used.item.name.to_string(), Instant::now());
