@@ -369,14 +369,9 @@ async fn method_not_allowed(
 /// Routes answered whatever the load: health checks, metrics, the documentation, and what
 /// no route matches.
 fn unlimited(route: Option<&str>) -> bool {
-    const OPEN: [&str; 5] = [
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api-docs/openapi.json",
-        "/swagger-ui",
-    ];
-    route.is_none_or(|r| OPEN.contains(&r) || r.starts_with("/swagger-ui/"))
+    route.is_none_or(|r| {
+        matches!(r, "/healthz" | "/readyz" | "/metrics") || auth::is_documentation(r)
+    })
 }
 
 /// What every request goes through, as one middleware: it is observed (`telemetry`); unless

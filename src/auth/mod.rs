@@ -93,7 +93,7 @@ pub struct Access {
 }
 
 /// Routes served beside the documented API, open to all: the documentation itself.
-fn is_documentation(route: &str) -> bool {
+pub(crate) fn is_documentation(route: &str) -> bool {
     route == "/api-docs/openapi.json" || route == "/swagger-ui" || route.starts_with("/swagger-ui/")
 }
 
