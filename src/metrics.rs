@@ -1,8 +1,14 @@
 //! Prometheus metrics: one registry per application, rendered at `/metrics`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::StatusCode;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// From a tenth of a millisecond (an embedded read) to ten seconds (a stuck dependency).
@@ -14,13 +20,57 @@ const BUCKETS: &[f64] = &[
 /// The `route` label of requests no route matched, so scanners cannot add label values.
 pub const UNMATCHED: &str = "unmatched";
 
+/// What an identity check can find, as `auth_requests_total` labels them.
+const AUTH_OUTCOMES: [&str; 10] = [
+    "open",
+    "ok",
+    "missing",
+    "malformed",
+    "unknown",
+    "expired",
+    "alb_invalid",
+    "forbidden",
+    "undeclared",
+    "unavailable",
+];
+
+/// The series of one answered method, route and status in one registry.
+struct Answered {
+    metrics: u64,
+    method: &'static str,
+    status: StatusCode,
+    count: IntCounter,
+    duration: Histogram,
+}
+
+/// This thread's kept series, by route (a handful of methods and statuses each).
+#[derive(Default)]
+struct Kept(HashMap<Box<str>, Vec<Answered>>);
+
+impl Kept {
+    fn entry_ref(&mut self, route: &str) -> &mut Vec<Answered> {
+        if !self.0.contains_key(route) {
+            self.0.insert(route.into(), Vec::new());
+        }
+        self.0.get_mut(route).expect("just inserted")
+    }
+}
+
+thread_local! {
+    static ANSWERED: RefCell<Kept> = RefCell::default();
+}
+
 pub struct Metrics {
+    /// Tells this registry's kept handles from another's (tests run several in one thread).
+    id: u64,
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
     pub store_duration: HistogramVec,
-    pub auth: IntCounterVec,
+    auth: IntCounterVec,
+    /// The `auth` counter of each of `AUTH_OUTCOMES`, found by its label once.
+    auth_outcomes: [OnceLock<IntCounter>; AUTH_OUTCOMES.len()],
     pub classifications: IntCounterVec,
     pub form_submissions: IntCounterVec,
 }
@@ -104,15 +154,62 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("registered once");
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             registry,
             http_requests,
             http_duration,
             http_in_flight,
             store_duration,
             auth,
+            auth_outcomes: Default::default(),
             classifications,
             form_submissions,
+        }
+    }
+
+    /// Counts an answered request and its duration. The two series are found by their labels
+    /// once per thread and kept (a label lookup hashes every label, takes the family's lock
+    /// and clones the series, on every request).
+    pub fn answered(&self, method: &'static str, route: &str, status: StatusCode, seconds: f64) {
+        ANSWERED.with_borrow_mut(|kept| {
+            let series = kept.entry_ref(route);
+            let found = series
+                .iter()
+                .find(|s| s.metrics == self.id && s.method == method && s.status == status);
+            match found {
+                Some(s) => {
+                    s.count.inc();
+                    s.duration.observe(seconds);
+                }
+                None => {
+                    let s = Answered {
+                        metrics: self.id,
+                        method,
+                        status,
+                        count: self.http_requests.with_label_values(&[
+                            method,
+                            route,
+                            status.as_str(),
+                        ]),
+                        duration: self.http_duration.with_label_values(&[method, route]),
+                    };
+                    s.count.inc();
+                    s.duration.observe(seconds);
+                    series.push(s);
+                }
+            }
+        });
+    }
+
+    /// Counts a request by what its identity check found: one of `AUTH_OUTCOMES`.
+    pub fn auth_outcome(&self, outcome: &str) {
+        match AUTH_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(at) => self.auth_outcomes[at]
+                .get_or_init(|| self.auth.with_label_values(&[outcome]))
+                .inc(),
+            None => self.auth.with_label_values(&[outcome]).inc(),
         }
     }
 
@@ -127,5 +224,75 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(rendered: &'a str, series: &str) -> Option<&'a str> {
+        rendered
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn answered_requests_count_under_their_labels_in_their_own_registry_from_any_thread() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let route = "/nodes/{unique_name}";
+        a.answered("GET", route, StatusCode::OK, 0.001);
+        a.answered("GET", route, StatusCode::OK, 0.002);
+        a.answered("GET", route, StatusCode::NOT_FOUND, 0.004);
+        a.answered("PUT", route, StatusCode::OK, 0.008);
+        a.answered("GET", "/healthz", StatusCode::OK, 0.016);
+        b.answered("GET", route, StatusCode::OK, 0.5);
+        std::thread::scope(|s| {
+            s.spawn(|| a.answered("GET", route, StatusCode::OK, 0.032));
+        });
+        let (a, b) = (a.render(), b.render());
+        let count = |rendered, method, route, status| {
+            let series = format!(
+                r#"http_requests_total{{method="{method}",route="{route}",status="{status}"}}"#
+            );
+            line(rendered, &series).map(str::to_owned)
+        };
+        assert_eq!(count(&a, "GET", route, 200).as_deref(), Some("3"), "{a}");
+        assert_eq!(count(&a, "GET", route, 404).as_deref(), Some("1"));
+        assert_eq!(count(&a, "PUT", route, 200).as_deref(), Some("1"));
+        assert_eq!(count(&a, "GET", "/healthz", 200).as_deref(), Some("1"));
+        assert_eq!(count(&b, "GET", route, 200).as_deref(), Some("1"), "{b}");
+        assert_eq!(count(&b, "GET", route, 404), None);
+        let duration = |rendered, what| {
+            let series =
+                format!(r#"http_request_duration_seconds_{what}{{method="GET",route="{route}"}}"#);
+            line(rendered, &series).map(|v| v.parse::<f64>().unwrap())
+        };
+        assert_eq!(duration(&a, "count"), Some(4.0));
+        assert!((duration(&a, "sum").unwrap() - 0.039).abs() < 1e-9);
+        assert_eq!(duration(&b, "count"), Some(1.0));
+    }
+
+    #[test]
+    fn auth_outcomes_count_kept_ones_and_odd_ones_alike() {
+        let metrics = Metrics::new();
+        for outcome in ["ok", "ok", "forbidden", "something new"] {
+            metrics.auth_outcome(outcome);
+        }
+        let rendered = metrics.render();
+        let count = |outcome| {
+            line(
+                &rendered,
+                &format!(r#"auth_requests_total{{outcome="{outcome}"}}"#),
+            )
+        };
+        assert_eq!(count("ok"), Some("2"), "{rendered}");
+        assert_eq!(count("forbidden"), Some("1"));
+        assert_eq!(count("something new"), Some("1"));
+        assert_eq!(
+            count("missing"),
+            None,
+            "only outcomes that happened are shown"
+        );
     }
 }

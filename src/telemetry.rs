@@ -5,6 +5,8 @@
 //! nothing otherwise (spans exist only for the exporter; log lines do not carry them). Every
 //! request gets an id, a server span, metrics and one log event.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -238,6 +240,38 @@ fn usable_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     ((1..=MAX_REQUEST_ID).contains(&text.len()) && text.chars().all(plain)).then(|| value.clone())
 }
 
+/// The method labels `method_label` gives.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other",
+];
+
+thread_local! {
+    /// Each matched route, and the span name of each method on it, as they were first made
+    /// on this thread (routes are a few dozen, methods eight): a request span would otherwise
+    /// copy both into new strings on every request.
+    static SPAN_NAMES: RefCell<HashMap<&'static str, [Option<&'static str>; METHODS.len()]>> =
+        RefCell::default();
+}
+
+/// The route as a `&'static str`, and the span name of `method` (a `method_label`) on it.
+fn span_names(method: &'static str, route: &str) -> (&'static str, &'static str) {
+    SPAN_NAMES.with_borrow_mut(|kept| {
+        let route: &'static str = match kept.get_key_value(route) {
+            Some((route, _)) => route,
+            None => {
+                let made: &'static str = Box::leak(route.into());
+                kept.insert(made, Default::default());
+                made
+            }
+        };
+        let at = METHODS.iter().position(|m| *m == method);
+        let names = kept.get_mut(route).expect("kept just above");
+        let name = names[at.unwrap_or(METHODS.len() - 1)]
+            .get_or_insert_with(|| Box::leak(format!("{method} {route}").into_boxed_str()));
+        (route, *name)
+    })
+}
+
 /// Method names as labels: the standard ones, and `other` for anything a client invents.
 fn method_label(method: &Method) -> &'static str {
     match *method {
@@ -325,7 +359,7 @@ fn request_span(
     propagate: bool,
     headers: &HeaderMap,
     attributes: Vec<KeyValue>,
-    name: String,
+    name: &'static str,
 ) -> opentelemetry::Context {
     let parent = if propagate {
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
@@ -362,13 +396,16 @@ where
     let uri = request.uri().clone();
     let path = uri.path();
     let trace = tracer().map(|tracer| {
-        let attributes = vec![
+        // Room for the status code set at the end: growing the list then would move it to a
+        // new allocation, often freed by the other worker thread (a contended malloc arena).
+        let mut attributes = Vec::with_capacity(5);
+        let (route, name) = span_names(method, route);
+        attributes.extend([
             KeyValue::new("http.request.method", method),
-            KeyValue::new("http.route", route.to_owned()),
+            KeyValue::new("http.route", route),
             KeyValue::new("url.path", path.to_owned()),
             KeyValue::new("request_id", request_id.to_owned()),
-        ];
-        let name = format!("{method} {route}");
+        ]);
         request_span(
             tracer,
             state.trace_context,
@@ -394,14 +431,7 @@ where
     let elapsed = started.elapsed();
     state
         .metrics
-        .http_requests
-        .with_label_values(&[method, route, status.as_str()])
-        .inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&[method, route])
-        .observe(elapsed.as_secs_f64());
+        .answered(method, route, status, elapsed.as_secs_f64());
     let extensions = response.extensions();
     let actor = extensions.get::<crate::auth::Actor>().map(|a| a.0.as_str());
     let failure = extensions.get::<Failure>();
@@ -467,6 +497,28 @@ mod tests {
         assert!(usable_request_id(&headers("has space")).is_none());
         assert!(usable_request_id(&headers("<script>")).is_none());
         assert!(usable_request_id(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn span_names_are_made_once_per_route_and_method() {
+        let (route, name) = span_names("GET", "/nodes/{unique_name}");
+        assert_eq!(
+            (route, name),
+            ("/nodes/{unique_name}", "GET /nodes/{unique_name}")
+        );
+        let (again, same) = span_names("GET", &String::from("/nodes/{unique_name}"));
+        assert!(std::ptr::eq(route, again) && std::ptr::eq(name, same));
+        let (other_route, put) = span_names("PUT", "/nodes/{unique_name}");
+        assert!(std::ptr::eq(route, other_route));
+        assert_eq!(put, "PUT /nodes/{unique_name}");
+        assert_eq!(
+            span_names("other", UNMATCHED),
+            (UNMATCHED, "other unmatched")
+        );
+        for method in METHODS {
+            let made = method_label(&Method::from_bytes(method.as_bytes()).unwrap());
+            assert!(METHODS.contains(&made), "{made}");
+        }
     }
 
     #[test]

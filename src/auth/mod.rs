@@ -365,7 +365,7 @@ impl Auth {
             }
             Err((outcome, denial)) => (outcome, Err(denial)),
         };
-        state.metrics.auth.with_label_values(&[outcome]).inc();
+        state.metrics.auth_outcome(outcome);
         result
     }
 
@@ -387,7 +387,7 @@ impl Auth {
     /// `authorize` answers when it cannot read a token (503), counted the same way.
     pub fn unreadable(&self, state: &AppState, deferred: &Deferred, e: StoreError) -> AppError {
         deferred.check.checked.store(true, Ordering::Release);
-        state.metrics.auth.with_label_values(&["unavailable"]).inc();
+        state.metrics.auth_outcome("unavailable");
         e.into()
     }
 
@@ -571,7 +571,7 @@ pub async fn authorize(
         (Some(Needs::Scope(_)), Err(refused)) => (refused.outcome(), Some(refused.into_error())),
         (Some(Needs::Scope(scope)), Ok(None)) => {
             if wants_a_page(request.headers()) && session::accepted_on(route) {
-                state.metrics.auth.with_label_values(&["missing"]).inc();
+                state.metrics.auth_outcome("missing");
                 return Redirect::to("/sign-in").into_response();
             }
             (
@@ -589,7 +589,7 @@ pub async fn authorize(
             Err((outcome, denial)) => (outcome, Some(denial)),
         },
     };
-    state.metrics.auth.with_label_values(&[outcome]).inc();
+    state.metrics.auth_outcome(outcome);
     if let Some(denial) = denial {
         return denial.into_response();
     }

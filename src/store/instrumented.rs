@@ -83,15 +83,18 @@ impl Instrumented {
     ) -> T {
         let span = crate::telemetry::tracer().map(|tracer| {
             let parent = crate::telemetry::request_context();
+            // Room for the outcome set at the end, so the list is not moved then.
+            let mut attributes = Vec::with_capacity(5);
+            attributes.extend([
+                KeyValue::new("db.system.name", self.inner.backend()),
+                KeyValue::new("db.operation.name", operation),
+                KeyValue::new("db.collection.name", kind.table),
+                KeyValue::new("record", kind.name),
+            ]);
             tracer
                 .span_builder(span_name(operation))
                 .with_kind(SpanKind::Client)
-                .with_attributes([
-                    KeyValue::new("db.system.name", self.inner.backend()),
-                    KeyValue::new("db.operation.name", operation),
-                    KeyValue::new("db.collection.name", kind.table),
-                    KeyValue::new("record", kind.name),
-                ])
+                .with_attributes(attributes)
                 .start_with_context(tracer, &parent)
         });
         let started = Instant::now();
