@@ -600,6 +600,22 @@ impl Db {
         range: (Option<&str>, Option<&str>),
         page: &PageRequest,
     ) -> Result<Page<T>> {
+        let page = self.list_records(kind, filters, range, page).await?;
+        let items = page.items.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// [`Db::list`], the records as stored.
+    pub(super) async fn list_records(
+        &self,
+        kind: &'static RecordKind,
+        filters: &[(&'static str, String)],
+        range: (Option<&str>, Option<&str>),
+        page: &PageRequest,
+    ) -> Result<Page<Record>> {
         let listing = format!("{}?{filters:?}&{range:?}", kind.name);
         let backend = self.backend();
         let after = match &page.cursor {
@@ -628,7 +644,9 @@ impl Db {
                 next_cursor = Some(Cursor::encode(backend, &listing, Position { sort, key }));
             }
         }
-        let items = records.iter().map(decode).collect::<Result<_, _>>()?;
-        Ok(Page { items, next_cursor })
+        Ok(Page {
+            items: records,
+            next_cursor,
+        })
     }
 }

@@ -357,3 +357,48 @@ async fn concurrent_puts_with_one_if_match_have_one_winner() {
     assert_eq!(node["version"], 2);
     assert_eq!(node["parameters"]["writer"], winners[0]);
 }
+
+/// A page is made of the JSON each node's own read answers (kept per version of its record):
+/// the same bytes, never an earlier version, a page and a cursor as ever.
+#[tokio::test]
+async fn a_page_holds_each_nodes_own_answer_and_never_an_old_one() {
+    let app = seeded().await;
+    for name in ["a1.example.com", "b2.example.com", "c3.example.com"] {
+        app.node(name, Some("web")).await;
+    }
+    // Read once, so that the node's answer is kept before the page is asked for.
+    app.get("/nodes/b2.example.com").await.ok(StatusCode::OK);
+    let page = app.get("/nodes?limit=2").await;
+    assert_eq!(page.header("content-type"), Some("application/json"));
+    let text = String::from_utf8(page.body.to_vec()).unwrap();
+    let (a1, b2) = (
+        app.get("/nodes/a1.example.com").await,
+        app.get("/nodes/b2.example.com").await,
+    );
+    let items = format!(
+        "{{\"items\":[{},{}],\"next_cursor\":",
+        String::from_utf8_lossy(&a1.body),
+        String::from_utf8_lossy(&b2.body)
+    );
+    assert!(text.starts_with(&items), "{text}\n{items}");
+    let cursor = page.ok(StatusCode::OK)["next_cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let replaced = json!({"node_group_name": "db", "environment_name": "staging",
+        "puppet_cluster_name": "eu", "parameters": {"rack": "r7"}});
+    app.put("/nodes/b2.example.com", replaced, Some("\"1\""))
+        .await
+        .ok(StatusCode::OK);
+    let again = app.get("/nodes?limit=2").await.ok(StatusCode::OK);
+    assert_eq!(again["items"][1]["node_group_name"], "db");
+    assert_eq!(again["items"][1]["parameters"], json!({"rack": "r7"}));
+    assert_eq!(again["items"][1]["version"], 2);
+    assert_eq!(
+        again["items"][1],
+        app.get("/nodes/b2.example.com").await.ok(StatusCode::OK)
+    );
+    let last = app.get(&format!("/nodes?limit=2&cursor={cursor}")).await;
+    assert!(String::from_utf8_lossy(&last.body).ends_with("],\"next_cursor\":null}"));
+    assert_eq!(names(&last.ok(StatusCode::OK)), ["c3.example.com"]);
+}

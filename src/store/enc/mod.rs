@@ -393,6 +393,20 @@ impl Store {
         filter: &NodeFilter,
         page: &PageRequest,
     ) -> Result<Page<Stored<Node>>> {
+        let page = self.list_node_records(filter, page).await?;
+        let items = page.items.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// [`Store::list_nodes`], each node's record as stored.
+    pub async fn list_node_records(
+        &self,
+        filter: &NodeFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Record>> {
         let mut filters = Vec::new();
         if let Some(group) = &filter.node_group_name {
             filters.push(("node_group_name", group.to_string()));
@@ -403,7 +417,9 @@ impl Store {
         if let Some(cluster) = &filter.puppet_cluster_name {
             filters.push(("puppet_cluster_name", cluster.to_string()));
         }
-        self.db.list(&NODE, &filters, (None, None), page).await
+        self.db
+            .list_records(&NODE, &filters, (None, None), page)
+            .await
     }
 
     pub async fn replace_node(
