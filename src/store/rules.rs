@@ -61,6 +61,17 @@ pub fn decode<T: DeserializeOwned>(record: &Record) -> Result<T> {
     serde_json::from_slice(&record.body).map_err(|e| StoreError::Internal(Box::new(e)))
 }
 
+impl Page<Record> {
+    /// The page with each record decoded.
+    pub fn decode<T: DeserializeOwned>(self) -> Result<Page<T>> {
+        let items = self.items.iter().map(decode).collect::<Result<_>>()?;
+        Ok(Page {
+            items,
+            next_cursor: self.next_cursor,
+        })
+    }
+}
+
 /// Refuses a write whose `If-Match` version is not the stored one.
 fn check_version(kind: Kind, key: &Key, expected: Option<u64>, actual: u64) -> Result<()> {
     match expected {
@@ -600,12 +611,9 @@ impl Db {
         range: (Option<&str>, Option<&str>),
         page: &PageRequest,
     ) -> Result<Page<T>> {
-        let page = self.list_records(kind, filters, range, page).await?;
-        let items = page.items.iter().map(decode).collect::<Result<_, _>>()?;
-        Ok(Page {
-            items,
-            next_cursor: page.next_cursor,
-        })
+        self.list_records(kind, filters, range, page)
+            .await?
+            .decode()
     }
 
     /// [`Db::list`], the records as stored.

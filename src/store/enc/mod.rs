@@ -393,12 +393,7 @@ impl Store {
         filter: &NodeFilter,
         page: &PageRequest,
     ) -> Result<Page<Stored<Node>>> {
-        let page = self.list_node_records(filter, page).await?;
-        let items = page.items.iter().map(decode).collect::<Result<_, _>>()?;
-        Ok(Page {
-            items,
-            next_cursor: page.next_cursor,
-        })
+        self.list_node_records(filter, page).await?.decode()
     }
 
     /// [`Store::list_nodes`], each node's record as stored.
