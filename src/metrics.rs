@@ -44,17 +44,7 @@ struct Answered {
 }
 
 /// This thread's kept series, by route (a handful of methods and statuses each).
-#[derive(Default)]
-struct Kept(HashMap<Box<str>, Vec<Answered>>);
-
-impl Kept {
-    fn entry_ref(&mut self, route: &str) -> &mut Vec<Answered> {
-        if !self.0.contains_key(route) {
-            self.0.insert(route.into(), Vec::new());
-        }
-        self.0.get_mut(route).expect("just inserted")
-    }
-}
+type Kept = HashMap<Box<str>, Vec<Answered>>;
 
 thread_local! {
     static ANSWERED: RefCell<Kept> = RefCell::default();
@@ -173,33 +163,30 @@ impl Metrics {
     /// once per thread and kept (a label lookup hashes every label, takes the family's lock
     /// and clones the series, on every request).
     pub fn answered(&self, method: &'static str, route: &str, status: StatusCode, seconds: f64) {
+        let observe = |s: &Answered| {
+            s.count.inc();
+            s.duration.observe(seconds);
+        };
         ANSWERED.with_borrow_mut(|kept| {
-            let series = kept.entry_ref(route);
-            let found = series
-                .iter()
-                .find(|s| s.metrics == self.id && s.method == method && s.status == status);
-            match found {
-                Some(s) => {
-                    s.count.inc();
-                    s.duration.observe(seconds);
-                }
-                None => {
-                    let s = Answered {
-                        metrics: self.id,
-                        method,
-                        status,
-                        count: self.http_requests.with_label_values(&[
-                            method,
-                            route,
-                            status.as_str(),
-                        ]),
-                        duration: self.http_duration.with_label_values(&[method, route]),
-                    };
-                    s.count.inc();
-                    s.duration.observe(seconds);
-                    series.push(s);
-                }
+            let found = kept.get(route).and_then(|series| {
+                series
+                    .iter()
+                    .find(|s| s.metrics == self.id && s.method == method && s.status == status)
+            });
+            if let Some(s) = found {
+                return observe(s);
             }
+            let s = Answered {
+                metrics: self.id,
+                method,
+                status,
+                count: self
+                    .http_requests
+                    .with_label_values(&[method, route, status.as_str()]),
+                duration: self.http_duration.with_label_values(&[method, route]),
+            };
+            observe(&s);
+            kept.entry(route.into()).or_default().push(s);
         });
     }
 
