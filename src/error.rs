@@ -187,6 +187,12 @@ impl From<StoreError> for AppError {
     }
 }
 
+impl From<crate::domain::TreeError> for AppError {
+    fn from(e: crate::domain::TreeError) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
 /// The error and every cause under it, for one log field.
 pub fn cause_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

@@ -7,6 +7,7 @@ mod names;
 mod resources;
 pub mod rule;
 mod token;
+mod tree;
 mod validation;
 
 pub use activity::{
@@ -25,6 +26,7 @@ pub use names::{
 };
 pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeFacts, NodeGroup, Stored, now};
 pub use token::{Scope, Token};
+pub use tree::{GroupTree, MAX_DEPTH, TreeError, Why};
 pub use validation::{FieldError, Fields};
 
 use std::collections::BTreeMap;

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::parse_name;
 use crate::AppState;
 use crate::auth::{Caller, Deferred};
+use crate::domain::Why;
 use crate::domain::rule::RuleOutcome;
 use crate::domain::{
     Certname, Classification, Conflict, Explanation, GroupName, Node, NodeFacts, NodeGroup,
@@ -16,7 +17,7 @@ use crate::domain::{
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Json, Path, Query};
 use crate::store::StoreError;
-use crate::store::enc::{Classifiable, ClassificationInputs, MAX_FACTS_BYTES, Why};
+use crate::store::enc::{Classifiable, ClassificationInputs, MAX_FACTS_BYTES};
 
 pub const YAML: &str = "application/yaml";
 const YAML_TYPES: [&str; 4] = [YAML, "application/x-yaml", "text/yaml", "text/x-yaml"];

@@ -12,13 +12,14 @@ use utoipa::{IntoParams, ToSchema};
 use super::{ForceQuery, IfMatchHeader, ListResponse, page_request, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::domain::MAX_DEPTH;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName,
     Explanation, GroupName, Node, NodeGroup, Revision, Stored, classify,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Path, Query};
-use crate::store::enc::{ENVIRONMENT, MAX_DEPTH, NODE, NODE_GROUP};
+use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::engine::Key;
 use crate::store::history::kind_named;
 use crate::store::record::RecordKind;

@@ -11,12 +11,12 @@ use crate::auth::Caller;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::all;
+use crate::domain::GroupTree;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, Conflict, GroupName, Node, NodeFacts, NodeGroup,
     classification_diff, classify_all,
 };
 use crate::error::AppError;
-use crate::store::enc::GroupTree;
 use crate::store::{By, NodeFilter};
 
 /// The most affected nodes a preview lists; `more` counts the rest.

@@ -9,10 +9,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::impact::fleet;
 use super::{ListResponse, page_request, parse_name};
 use crate::AppState;
+use crate::domain::Why;
 use crate::domain::{Certname, ClassName, GroupName, NodeGroup, Source, classify_all};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Path, Query};
-use crate::store::enc::Why;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -135,6 +135,24 @@ pub enum StoreError {
     Internal(#[source] Source),
 }
 
+/// A tree refused as a store write is refused: a parent that is missing is a missing
+/// reference; a tree that is not one is the store's fault.
+impl From<crate::domain::TreeError> for StoreError {
+    fn from(e: crate::domain::TreeError) -> Self {
+        use crate::domain::TreeError;
+        match e {
+            TreeError::Cycle { chain } => StoreError::Cycle { chain },
+            TreeError::TooDeep { depth, max } => StoreError::TooDeep { depth, max },
+            TreeError::MissingParent(name) => StoreError::MissingReference {
+                field: "parent",
+                kind: Kind::NodeGroup,
+                key: name.to_string(),
+            },
+            TreeError::Broken(why) => StoreError::Internal(why.into()),
+        }
+    }
+}
+
 /// Which page of a listing to return.
 #[derive(Debug, Clone, Default)]
 pub struct PageRequest {

@@ -200,7 +200,7 @@ async fn chains_are_at_most_32_groups_deep() {
     assert_eq!(app.dump().await, before);
     let document = app.get("/api-docs/openapi.json").await.ok(StatusCode::OK);
     let documented = &document["components"]["schemas"]["NodeGroupBody"]["properties"]["parent"];
-    let limit = format!("at most {} groups", enc::store::enc::MAX_DEPTH);
+    let limit = format!("at most {} groups", enc::domain::MAX_DEPTH);
     assert!(documented.to_string().contains(&limit), "{documented}");
     // A group with no children may move to the 32nd level.
     app.put("/nodegroup/top", json!({"parent": "g31"}), None)

@@ -6,18 +6,18 @@ mod tree;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
 pub use self::facts::{FACTS, MAX_FACTS_BYTES};
-pub use self::tree::{GroupTree, MAX_DEPTH, TreeCache, Why};
+pub use self::tree::{GENERATION, TreeCache};
+use self::tree::{TreeGuard, generation_key};
 use super::engine::Record;
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
-use super::rules::{By, Guard, MAX_TRIES, NoGuard, OnFail, Step, decode};
+use super::rules::{By, MAX_TRIES, NoGuard, OnFail, decode};
 use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{
-    Certname, Environment, EnvironmentKey, GroupName, Node, NodeFacts, NodeGroup, Stored, TokenName,
+    Certname, Environment, EnvironmentKey, GroupName, GroupTree, Node, NodeFacts, NodeGroup,
+    Stored, TokenName,
 };
 
 /// What one classification read found (`Store::classification_inputs`).
@@ -131,25 +131,6 @@ pub static NODE: RecordKind = RecordKind {
     history: Some(&[]),
 };
 
-/// The group tree's generation: a counter (the record's reference count) that every group
-/// write raises in its own commit. It lives beside the groups, under a key no group can have.
-pub static GENERATION: RecordKind = RecordKind {
-    kind: Kind::NodeGroup,
-    name: "group_tree",
-    table: "node_groups",
-    key: &["name"],
-    indexes: &[],
-    derived: &[],
-    references: &[],
-    referenced: false,
-    json: &[],
-    history: None,
-};
-
-fn generation_key() -> Key {
-    Key::one("/generation")
-}
-
 fn env_key(key: &EnvironmentKey) -> Key {
     Key::two(
         key.environment_name.as_str(),
@@ -157,87 +138,7 @@ fn env_key(key: &EnvironmentKey) -> Key {
     )
 }
 
-/// Group writes check the tree they change as of one generation, and commit only if it is
-/// still current (raising it), so two writes can never together make a cycle or a chain
-/// deeper than `MAX_DEPTH`.
-struct TreeGuard<'a>(&'a Store);
-
-#[async_trait]
-impl Guard<NodeGroup> for TreeGuard<'_> {
-    async fn check(
-        &self,
-        before: Option<&NodeGroup>,
-        after: Option<&NodeGroup>,
-    ) -> Result<Vec<Step>> {
-        let tree = self.0.current_tree().await?;
-        if let Some(group) = after {
-            if before.is_none() && tree.contains(&group.name) {
-                return Err(StoreError::AlreadyExists {
-                    kind: Kind::NodeGroup,
-                    key: group.name.to_string(),
-                });
-            }
-            tree.check_parent(group)?;
-        }
-        let bump = Write::new(
-            &GENERATION,
-            generation_key(),
-            Op::Adjust(1),
-            Expect::Refs(tree.generation),
-        );
-        Ok(vec![(bump, OnFail::Changed)])
-    }
-}
-
 impl Store {
-    async fn generation(&self) -> Result<i64> {
-        let found = self
-            .db
-            .engine()
-            .get(&[(&GENERATION, generation_key())])
-            .await?;
-        Ok(found.first().and_then(Option::as_ref).map_or(0, |r| r.refs))
-    }
-
-    /// The tree at `generation` if this process has it; else the tree read now, which is
-    /// at `generation` or a later one.
-    async fn tree_at(&self, generation: i64) -> Result<Arc<GroupTree>> {
-        if let Some(tree) = self.groups.at(generation) {
-            return Ok(tree);
-        }
-        let mut before = generation;
-        for _ in 0..MAX_TRIES {
-            let mut groups = Vec::new();
-            let mut after = None;
-            loop {
-                let batch = self.db.engine().scan(&NODE_GROUP, after).await?;
-                for record in &batch.records {
-                    groups.push(decode(record)?);
-                }
-                match batch.more {
-                    Some(position) => after = Some(position),
-                    None => break,
-                }
-            }
-            let now = self.generation().await?;
-            if now == before {
-                let tree = Arc::new(GroupTree::new(now, groups));
-                self.groups.keep(tree.clone());
-                return Ok(tree);
-            }
-            before = now;
-        }
-        Err(StoreError::Unavailable(
-            "node groups kept changing while they were read".into(),
-        ))
-    }
-
-    /// The group tree as it is now.
-    pub async fn current_tree(&self) -> Result<Arc<GroupTree>> {
-        let generation = self.generation().await?;
-        self.tree_at(generation).await
-    }
-
     /// What a classification reads, in one store call: the node's record as stored, the
     /// group generation and, when the caller's token is checked here too, that token; then
     /// the group tree at that generation (from memory while groups are unchanged). Absent

@@ -1,289 +1,117 @@
-//! The node-group tree as of one generation: every group write bumps the generation in its
-//! own commit, so a tree read between two equal generation readings is one consistent
-//! snapshot, and a write conditional on the generation it checked cannot race another.
+//! The node-group tree as the store keeps it: every group write raises a generation counter
+//! in its own commit, so a tree read between two equal readings of the generation is one
+//! consistent snapshot, and a write conditional on the generation it checked cannot race
+//! another. Each process keeps the newest tree it read, until the generation moves.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use serde_json::Map;
+use async_trait::async_trait;
 
-use crate::domain::rule::{self, Rule, RuleOutcome, Subject};
-use crate::domain::{Certname, GroupName, Node, NodeFacts, NodeGroup, Stored};
-use crate::store::{Kind, Result, StoreError};
+use super::NODE_GROUP;
+use crate::domain::{GroupTree, NodeGroup};
+use crate::store::engine::{Expect, Key, Op, Write};
+use crate::store::record::RecordKind;
+use crate::store::rules::{Guard, MAX_TRIES, OnFail, Step, decode};
+use crate::store::{Kind, Result, Store, StoreError};
 
-/// The most groups a node's chain may hold, its own group included.
-pub const MAX_DEPTH: usize = 32;
+/// The group tree's generation: a counter (the record's reference count) that every group
+/// write raises in its own commit. It lives beside the groups, under a key no group can have.
+pub static GENERATION: RecordKind = RecordKind {
+    kind: Kind::NodeGroup,
+    name: "group_tree",
+    table: "node_groups",
+    key: &["name"],
+    indexes: &[],
+    derived: &[],
+    references: &[],
+    referenced: false,
+    json: &[],
+    history: None,
+};
 
-pub struct GroupTree {
-    pub generation: i64,
-    groups: HashMap<GroupName, Arc<NodeGroup>>,
-    children: HashMap<GroupName, Vec<GroupName>>,
-    /// Each group's rule, compiled once per tree.
-    rules: Vec<(GroupName, Rule)>,
-    /// The groups each node is pinned to.
-    pins: HashMap<Certname, Vec<GroupName>>,
+pub(super) fn generation_key() -> Key {
+    Key::one("/generation")
 }
 
-/// What rules judge: the node's certname and its facts (none: empty).
-fn subject<'a>(
-    node: &'a Node,
-    facts: Option<&'a NodeFacts>,
-    empty: &'a Map<String, serde_json::Value>,
-) -> Subject<'a> {
-    Subject {
-        name: node.unique_name.as_str(),
-        facts: facts.map_or(empty, |f| &f.facts),
-        trusted: facts.map_or(empty, |f| &f.trusted),
-    }
-}
+/// Group writes check the tree they change as of one generation, and commit only if it is
+/// still current (raising it), so two writes can never together make a cycle or a chain
+/// deeper than `MAX_DEPTH`.
+pub(super) struct TreeGuard<'a>(pub(super) &'a Store);
 
-/// Why a node is in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Why {
-    /// The node names the group (`node_group_name`).
-    Named,
-    Pinned,
-    /// The group's rule matches the node's facts.
-    Rule,
-}
-
-impl GroupTree {
-    pub fn new(generation: i64, groups: Vec<Stored<NodeGroup>>) -> Self {
-        Self::of(generation, groups.into_iter().map(|g| g.item).collect())
-    }
-
-    fn of(generation: i64, groups: Vec<NodeGroup>) -> Self {
-        let mut children: HashMap<GroupName, Vec<GroupName>> = HashMap::new();
-        for group in &groups {
-            if let Some(parent) = &group.parent {
-                children
-                    .entry(parent.clone())
-                    .or_default()
-                    .push(group.name.clone());
-            }
-        }
-        let mut rules = Vec::new();
-        let mut pins: HashMap<Certname, Vec<GroupName>> = HashMap::new();
-        for group in &groups {
-            for node in &group.pinned {
-                pins.entry(node.clone())
-                    .or_default()
-                    .push(group.name.clone());
-            }
-            // Rules are checked when written; one that no longer parses matches nothing.
-            if let Some(rule) = group.rule.as_ref().and_then(|r| rule::parse(r).ok()) {
-                rules.push((group.name.clone(), rule));
-            }
-        }
-        rules.sort_by(|a, b| a.0.cmp(&b.0));
-        let groups = groups
-            .into_iter()
-            .map(|g| (g.name.clone(), Arc::new(g)))
-            .collect();
-        Self {
-            generation,
-            groups,
-            children,
-            rules,
-            pins,
-        }
-    }
-
-    /// Every group the node is in, and why (a group may be in for more than one reason), by
-    /// group name.
-    pub fn memberships(&self, node: &Node, facts: Option<&NodeFacts>) -> Vec<(GroupName, Why)> {
-        let mut found: Vec<(GroupName, Why)> = Vec::new();
-        if let Some(group) = &node.node_group_name {
-            found.push((group.clone(), Why::Named));
-        }
-        for group in self.pins.get(&node.unique_name).into_iter().flatten() {
-            found.push((group.clone(), Why::Pinned));
-        }
-        let empty = Map::new();
-        let subject = subject(node, facts, &empty);
-        for (group, rule) in &self.rules {
-            if rule.matches(&subject) {
-                found.push((group.clone(), Why::Rule));
-            }
-        }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found
-    }
-
-    /// Whether the node is in any of `groups` (by name, pin or rule), judging only their rules.
-    pub fn in_any(
+#[async_trait]
+impl Guard<NodeGroup> for TreeGuard<'_> {
+    async fn check(
         &self,
-        node: &Node,
-        facts: Option<&NodeFacts>,
-        groups: &HashSet<GroupName>,
-    ) -> bool {
-        if node
-            .node_group_name
-            .as_ref()
-            .is_some_and(|g| groups.contains(g))
-        {
-            return true;
-        }
-        if self
-            .pins
-            .get(&node.unique_name)
-            .is_some_and(|pinned| pinned.iter().any(|g| groups.contains(g)))
-        {
-            return true;
-        }
-        let empty = Map::new();
-        let subject = subject(node, facts, &empty);
-        self.rules
-            .iter()
-            .any(|(group, rule)| groups.contains(group) && rule.matches(&subject))
-    }
-
-    /// How every group's rule fares on the node, by group name (for `explain`).
-    pub fn rule_outcomes(
-        &self,
-        node: &Node,
-        facts: Option<&NodeFacts>,
-    ) -> Vec<(GroupName, RuleOutcome)> {
-        let empty = Map::new();
-        let subject = subject(node, facts, &empty);
-        self.rules
-            .iter()
-            .map(|(group, rule)| (group.clone(), rule.explain(&subject)))
-            .collect()
-    }
-
-    /// The node's leaf groups: the groups it is in, but any with one of those below it, by
-    /// name; each with its chain up to the root.
-    pub fn leaves(
-        &self,
-        node: &Node,
-        facts: Option<&NodeFacts>,
-    ) -> Result<Vec<Vec<Arc<NodeGroup>>>> {
-        let members: HashSet<GroupName> = self
-            .memberships(node, facts)
-            .into_iter()
-            .map(|(g, _)| g)
-            .collect();
-        let mut chains: Vec<Vec<Arc<NodeGroup>>> = Vec::new();
-        let mut inner: HashSet<GroupName> = HashSet::new();
-        let mut names: Vec<&GroupName> = members.iter().collect();
-        names.sort();
-        for name in &names {
-            let chain = self.chain(Some(name))?;
-            inner.extend(chain.iter().skip(1).map(|g| g.name.clone()));
-            chains.push(chain);
-        }
-        chains.retain(|chain| chain.first().is_none_or(|g| !inner.contains(&g.name)));
-        Ok(chains)
-    }
-
-    /// This tree with `group` in place of the group of its name (added if new), or with the
-    /// group `removed` taken out: what a write would make of it.
-    pub fn changed(&self, group: Option<NodeGroup>, removed: &GroupName) -> Self {
-        self.with_changes(&[(removed.clone(), group)])
-    }
-
-    /// This tree with each named group replaced by the one given, or taken out (`None`).
-    pub fn with_changes(&self, changes: &[(GroupName, Option<NodeGroup>)]) -> Self {
-        let gone: HashSet<&GroupName> = changes.iter().map(|(name, _)| name).collect();
-        let mut groups: Vec<NodeGroup> = self
-            .groups
-            .values()
-            .filter(|g| !gone.contains(&g.name))
-            .map(|g| (**g).clone())
-            .collect();
-        groups.extend(changes.iter().filter_map(|(_, g)| g.clone()));
-        Self::of(self.generation, groups)
-    }
-
-    /// The group and every group below it.
-    pub fn subtree(&self, name: &GroupName) -> Vec<GroupName> {
-        let mut names = vec![name.clone()];
-        let mut i = 0;
-        while i < names.len() && names.len() <= self.groups.len() {
-            if let Some(children) = self.children.get(&names[i]) {
-                names.extend(children.iter().cloned());
-            }
-            i += 1;
-        }
-        names
-    }
-
-    pub fn contains(&self, name: &GroupName) -> bool {
-        self.groups.contains_key(name)
-    }
-
-    /// The group `first`, its parent, and so on up to the root.
-    pub fn chain(&self, first: Option<&GroupName>) -> Result<Vec<Arc<NodeGroup>>> {
-        let mut chain: Vec<Arc<NodeGroup>> = Vec::new();
-        let mut next = first;
-        while let Some(name) = next {
-            // References are kept intact by the store, so a gap or a loop is a fault.
-            let group = self.groups.get(name).ok_or_else(|| {
-                StoreError::Internal(format!("node group {name} is missing from the tree").into())
-            })?;
-            if chain.len() > MAX_DEPTH * 2 {
-                return Err(StoreError::Internal(
-                    format!("node group {name} is its own ancestor").into(),
-                ));
-            }
-            chain.push(group.clone());
-            next = group.parent.as_ref();
-        }
-        Ok(chain)
-    }
-
-    /// The longest path from `name` down to a descendant, in groups below it.
-    fn height(&self, name: &GroupName) -> usize {
-        let mut deepest = 0;
-        let mut level: Vec<&GroupName> = vec![name];
-        let mut seen: HashSet<&GroupName> = HashSet::from([name]);
-        while !level.is_empty() {
-            level = level
-                .iter()
-                .flat_map(|n| self.children.get(*n).into_iter().flatten())
-                .filter(|c| seen.insert(*c))
-                .collect();
-            if !level.is_empty() {
-                deepest += 1;
-            }
-        }
-        deepest
-    }
-
-    /// Refuses a parent that is missing, that has `group` among its ancestors, or that would
-    /// make some chain through `group` longer than `MAX_DEPTH`.
-    pub fn check_parent(&self, group: &NodeGroup) -> Result<()> {
-        let Some(parent) = &group.parent else {
-            return Ok(());
-        };
-        let mut chain = vec![group.name.to_string()];
-        let mut seen = HashSet::from([&group.name]);
-        let mut next = Some(parent);
-        while let Some(name) = next {
-            chain.push(name.to_string());
-            if !seen.insert(name) {
-                return Err(StoreError::Cycle { chain });
-            }
-            let found = self
-                .groups
-                .get(name)
-                .ok_or_else(|| StoreError::MissingReference {
-                    field: "parent",
+        before: Option<&NodeGroup>,
+        after: Option<&NodeGroup>,
+    ) -> Result<Vec<Step>> {
+        let tree = self.0.current_tree().await?;
+        if let Some(group) = after {
+            if before.is_none() && tree.contains(&group.name) {
+                return Err(StoreError::AlreadyExists {
                     kind: Kind::NodeGroup,
-                    key: name.to_string(),
-                })?;
-            next = found.parent.as_ref();
+                    key: group.name.to_string(),
+                });
+            }
+            tree.check_parent(group)?;
         }
-        let depth = chain.len() + self.height(&group.name);
-        if depth > MAX_DEPTH {
-            return Err(StoreError::TooDeep {
-                depth,
-                max: MAX_DEPTH,
-            });
+        let bump = Write::new(
+            &GENERATION,
+            generation_key(),
+            Op::Adjust(1),
+            Expect::Refs(tree.generation),
+        );
+        Ok(vec![(bump, OnFail::Changed)])
+    }
+}
+
+impl Store {
+    pub(super) async fn generation(&self) -> Result<i64> {
+        let found = self
+            .db
+            .engine()
+            .get(&[(&GENERATION, generation_key())])
+            .await?;
+        Ok(found.first().and_then(Option::as_ref).map_or(0, |r| r.refs))
+    }
+
+    /// The tree at `generation` if this process has it; else the tree read now, which is
+    /// at `generation` or a later one.
+    pub(super) async fn tree_at(&self, generation: i64) -> Result<Arc<GroupTree>> {
+        if let Some(tree) = self.groups.at(generation) {
+            return Ok(tree);
         }
-        Ok(())
+        let mut before = generation;
+        for _ in 0..MAX_TRIES {
+            let mut groups = Vec::new();
+            let mut after = None;
+            loop {
+                let batch = self.db.engine().scan(&NODE_GROUP, after).await?;
+                for record in &batch.records {
+                    groups.push(decode(record)?);
+                }
+                match batch.more {
+                    Some(position) => after = Some(position),
+                    None => break,
+                }
+            }
+            let now = self.generation().await?;
+            if now == before {
+                let tree = Arc::new(GroupTree::new(now, groups));
+                self.groups.keep(tree.clone());
+                return Ok(tree);
+            }
+            before = now;
+        }
+        Err(StoreError::Unavailable(
+            "node groups kept changing while they were read".into(),
+        ))
+    }
+
+    /// The group tree as it is now.
+    pub async fn current_tree(&self) -> Result<Arc<GroupTree>> {
+        let generation = self.generation().await?;
+        self.tree_at(generation).await
     }
 }
 
@@ -310,100 +138,5 @@ impl TreeCache {
         {
             *current = Some(tree);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::Meta;
-    use std::collections::BTreeMap;
-
-    fn group(name: &str, parent: Option<&str>) -> NodeGroup {
-        NodeGroup {
-            name: GroupName::parse(name).unwrap(),
-            description: None,
-            parent: parent.map(|p| GroupName::parse(p).unwrap()),
-            classes: BTreeMap::new(),
-            parameters: BTreeMap::new(),
-            rule: None,
-            pinned: Default::default(),
-            environment_name: None,
-            puppet_cluster_name: None,
-        }
-    }
-
-    /// g0 <- g1 <- ... <- g{n-1}
-    fn line(n: usize) -> GroupTree {
-        let groups = (0..n)
-            .map(|i| Stored {
-                item: group(
-                    &format!("g{i}"),
-                    (i > 0).then(|| format!("g{}", i - 1)).as_deref(),
-                ),
-                meta: Meta::first("test"),
-            })
-            .collect();
-        GroupTree::new(7, groups)
-    }
-
-    #[test]
-    fn chains_run_from_the_group_to_the_root() {
-        let tree = line(4);
-        let names: Vec<String> = tree
-            .chain(Some(&GroupName::parse("g3").unwrap()))
-            .unwrap()
-            .iter()
-            .map(|g| g.name.to_string())
-            .collect();
-        assert_eq!(names, ["g3", "g2", "g1", "g0"]);
-        assert!(tree.chain(None).unwrap().is_empty());
-        assert!(
-            tree.chain(Some(&GroupName::parse("nope").unwrap()))
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn depth_counts_the_subtree_that_moves_with_a_group() {
-        let tree = line(MAX_DEPTH);
-        // A new group under the deepest one would be the 33rd level.
-        let under_last = group("new", Some(&format!("g{}", MAX_DEPTH - 1)));
-        assert!(matches!(
-            tree.check_parent(&under_last),
-            Err(StoreError::TooDeep { depth: 33, .. })
-        ));
-        assert!(tree.check_parent(&group("new", Some("g30"))).is_ok());
-        // Moving g1 (with 30 groups below it) under a new root's child adds a level.
-        tree.check_parent(&group("g1", Some("g0"))).unwrap();
-        let mut taller = line(MAX_DEPTH);
-        taller.groups.insert(
-            GroupName::parse("x").unwrap(),
-            Arc::new(group("x", Some("g0"))),
-        );
-        assert!(matches!(
-            taller.check_parent(&group("g1", Some("x"))),
-            Err(StoreError::TooDeep { depth: 33, .. })
-        ));
-    }
-
-    #[test]
-    fn cycles_and_missing_parents_are_refused() {
-        let tree = line(3);
-        match tree.check_parent(&group("g0", Some("g2"))) {
-            Err(StoreError::Cycle { chain }) => assert_eq!(chain, ["g0", "g2", "g1", "g0"]),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            tree.check_parent(&group("g1", Some("g1"))),
-            Err(StoreError::Cycle { .. })
-        ));
-        assert!(matches!(
-            tree.check_parent(&group("g1", Some("nope"))),
-            Err(StoreError::MissingReference {
-                field: "parent",
-                ..
-            })
-        ));
     }
 }

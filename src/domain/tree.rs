@@ -1,0 +1,394 @@
+//! The node-group tree: which groups a node is in (named, pinned or by rule), each group's
+//! chain up to its root, and the checks a group's parent must pass (no cycle, no chain deeper
+//! than `MAX_DEPTH`). Pure: the store reads a tree as of one generation and keeps it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Map;
+
+use super::rule::{self, Rule, RuleOutcome, Subject};
+use super::{Certname, GroupName, Node, NodeFacts, NodeGroup, Stored};
+
+/// The most groups a node's chain may hold, its own group included.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a tree or a change of it is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The change would make a node group its own ancestor.
+    #[error("parent: the chain {} would be a cycle", chain.join(" -> "))]
+    Cycle { chain: Vec<String> },
+    /// The change would make a chain of node groups longer than `MAX_DEPTH`.
+    #[error("parent: the chain would hold {depth} node groups; at most {max} are allowed")]
+    TooDeep { depth: usize, max: usize },
+    /// The parent named does not exist.
+    #[error("parent: node group {0} does not exist")]
+    MissingParent(GroupName),
+    /// The tree read is not a tree: a fault of the store, never of a request.
+    #[error("{0}")]
+    Broken(String),
+}
+
+type Result<T, E = TreeError> = std::result::Result<T, E>;
+
+pub struct GroupTree {
+    pub generation: i64,
+    groups: HashMap<GroupName, Arc<NodeGroup>>,
+    children: HashMap<GroupName, Vec<GroupName>>,
+    /// Each group's rule, compiled once per tree.
+    rules: Vec<(GroupName, Rule)>,
+    /// The groups each node is pinned to.
+    pins: HashMap<Certname, Vec<GroupName>>,
+}
+
+/// What rules judge: the node's certname and its facts (none: empty).
+fn subject<'a>(
+    node: &'a Node,
+    facts: Option<&'a NodeFacts>,
+    empty: &'a Map<String, serde_json::Value>,
+) -> Subject<'a> {
+    Subject {
+        name: node.unique_name.as_str(),
+        facts: facts.map_or(empty, |f| &f.facts),
+        trusted: facts.map_or(empty, |f| &f.trusted),
+    }
+}
+
+/// Why a node is in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The node names the group (`node_group_name`).
+    Named,
+    Pinned,
+    /// The group's rule matches the node's facts.
+    Rule,
+}
+
+impl GroupTree {
+    pub fn new(generation: i64, groups: Vec<Stored<NodeGroup>>) -> Self {
+        Self::of(generation, groups.into_iter().map(|g| g.item).collect())
+    }
+
+    fn of(generation: i64, groups: Vec<NodeGroup>) -> Self {
+        let mut children: HashMap<GroupName, Vec<GroupName>> = HashMap::new();
+        for group in &groups {
+            if let Some(parent) = &group.parent {
+                children
+                    .entry(parent.clone())
+                    .or_default()
+                    .push(group.name.clone());
+            }
+        }
+        let mut rules = Vec::new();
+        let mut pins: HashMap<Certname, Vec<GroupName>> = HashMap::new();
+        for group in &groups {
+            for node in &group.pinned {
+                pins.entry(node.clone())
+                    .or_default()
+                    .push(group.name.clone());
+            }
+            // Rules are checked when written; one that no longer parses matches nothing.
+            if let Some(rule) = group.rule.as_ref().and_then(|r| rule::parse(r).ok()) {
+                rules.push((group.name.clone(), rule));
+            }
+        }
+        rules.sort_by(|a, b| a.0.cmp(&b.0));
+        let groups = groups
+            .into_iter()
+            .map(|g| (g.name.clone(), Arc::new(g)))
+            .collect();
+        Self {
+            generation,
+            groups,
+            children,
+            rules,
+            pins,
+        }
+    }
+
+    /// Every group the node is in, and why (a group may be in for more than one reason), by
+    /// group name.
+    pub fn memberships(&self, node: &Node, facts: Option<&NodeFacts>) -> Vec<(GroupName, Why)> {
+        let mut found: Vec<(GroupName, Why)> = Vec::new();
+        if let Some(group) = &node.node_group_name {
+            found.push((group.clone(), Why::Named));
+        }
+        for group in self.pins.get(&node.unique_name).into_iter().flatten() {
+            found.push((group.clone(), Why::Pinned));
+        }
+        let empty = Map::new();
+        let subject = subject(node, facts, &empty);
+        for (group, rule) in &self.rules {
+            if rule.matches(&subject) {
+                found.push((group.clone(), Why::Rule));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Whether the node is in any of `groups` (by name, pin or rule), judging only their rules.
+    pub fn in_any(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+        groups: &HashSet<GroupName>,
+    ) -> bool {
+        if node
+            .node_group_name
+            .as_ref()
+            .is_some_and(|g| groups.contains(g))
+        {
+            return true;
+        }
+        if self
+            .pins
+            .get(&node.unique_name)
+            .is_some_and(|pinned| pinned.iter().any(|g| groups.contains(g)))
+        {
+            return true;
+        }
+        let empty = Map::new();
+        let subject = subject(node, facts, &empty);
+        self.rules
+            .iter()
+            .any(|(group, rule)| groups.contains(group) && rule.matches(&subject))
+    }
+
+    /// How every group's rule fares on the node, by group name (for `explain`).
+    pub fn rule_outcomes(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+    ) -> Vec<(GroupName, RuleOutcome)> {
+        let empty = Map::new();
+        let subject = subject(node, facts, &empty);
+        self.rules
+            .iter()
+            .map(|(group, rule)| (group.clone(), rule.explain(&subject)))
+            .collect()
+    }
+
+    /// The node's leaf groups: the groups it is in, but any with one of those below it, by
+    /// name; each with its chain up to the root.
+    pub fn leaves(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+    ) -> Result<Vec<Vec<Arc<NodeGroup>>>> {
+        let members: HashSet<GroupName> = self
+            .memberships(node, facts)
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        let mut chains: Vec<Vec<Arc<NodeGroup>>> = Vec::new();
+        let mut inner: HashSet<GroupName> = HashSet::new();
+        let mut names: Vec<&GroupName> = members.iter().collect();
+        names.sort();
+        for name in &names {
+            let chain = self.chain(Some(name))?;
+            inner.extend(chain.iter().skip(1).map(|g| g.name.clone()));
+            chains.push(chain);
+        }
+        chains.retain(|chain| chain.first().is_none_or(|g| !inner.contains(&g.name)));
+        Ok(chains)
+    }
+
+    /// This tree with `group` in place of the group of its name (added if new), or with the
+    /// group `removed` taken out: what a write would make of it.
+    pub fn changed(&self, group: Option<NodeGroup>, removed: &GroupName) -> Self {
+        self.with_changes(&[(removed.clone(), group)])
+    }
+
+    /// This tree with each named group replaced by the one given, or taken out (`None`).
+    pub fn with_changes(&self, changes: &[(GroupName, Option<NodeGroup>)]) -> Self {
+        let gone: HashSet<&GroupName> = changes.iter().map(|(name, _)| name).collect();
+        let mut groups: Vec<NodeGroup> = self
+            .groups
+            .values()
+            .filter(|g| !gone.contains(&g.name))
+            .map(|g| (**g).clone())
+            .collect();
+        groups.extend(changes.iter().filter_map(|(_, g)| g.clone()));
+        Self::of(self.generation, groups)
+    }
+
+    /// The group and every group below it.
+    pub fn subtree(&self, name: &GroupName) -> Vec<GroupName> {
+        let mut names = vec![name.clone()];
+        let mut i = 0;
+        while i < names.len() && names.len() <= self.groups.len() {
+            if let Some(children) = self.children.get(&names[i]) {
+                names.extend(children.iter().cloned());
+            }
+            i += 1;
+        }
+        names
+    }
+
+    pub fn contains(&self, name: &GroupName) -> bool {
+        self.groups.contains_key(name)
+    }
+
+    /// The group `first`, its parent, and so on up to the root.
+    pub fn chain(&self, first: Option<&GroupName>) -> Result<Vec<Arc<NodeGroup>>> {
+        let mut chain: Vec<Arc<NodeGroup>> = Vec::new();
+        let mut next = first;
+        while let Some(name) = next {
+            // References are kept intact by the store, so a gap or a loop is a fault.
+            let group = self.groups.get(name).ok_or_else(|| {
+                TreeError::Broken(format!("node group {name} is missing from the tree"))
+            })?;
+            if chain.len() > MAX_DEPTH * 2 {
+                return Err(TreeError::Broken(format!(
+                    "node group {name} is its own ancestor"
+                )));
+            }
+            chain.push(group.clone());
+            next = group.parent.as_ref();
+        }
+        Ok(chain)
+    }
+
+    /// The longest path from `name` down to a descendant, in groups below it.
+    fn height(&self, name: &GroupName) -> usize {
+        let mut deepest = 0;
+        let mut level: Vec<&GroupName> = vec![name];
+        let mut seen: HashSet<&GroupName> = HashSet::from([name]);
+        while !level.is_empty() {
+            level = level
+                .iter()
+                .flat_map(|n| self.children.get(*n).into_iter().flatten())
+                .filter(|c| seen.insert(*c))
+                .collect();
+            if !level.is_empty() {
+                deepest += 1;
+            }
+        }
+        deepest
+    }
+
+    /// Refuses a parent that is missing, that has `group` among its ancestors, or that would
+    /// make some chain through `group` longer than `MAX_DEPTH`.
+    pub fn check_parent(&self, group: &NodeGroup) -> Result<()> {
+        let Some(parent) = &group.parent else {
+            return Ok(());
+        };
+        let mut chain = vec![group.name.to_string()];
+        let mut seen = HashSet::from([&group.name]);
+        let mut next = Some(parent);
+        while let Some(name) = next {
+            chain.push(name.to_string());
+            if !seen.insert(name) {
+                return Err(TreeError::Cycle { chain });
+            }
+            let found = self
+                .groups
+                .get(name)
+                .ok_or_else(|| TreeError::MissingParent(name.clone()))?;
+            next = found.parent.as_ref();
+        }
+        let depth = chain.len() + self.height(&group.name);
+        if depth > MAX_DEPTH {
+            return Err(TreeError::TooDeep {
+                depth,
+                max: MAX_DEPTH,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Meta;
+    use std::collections::BTreeMap;
+
+    fn group(name: &str, parent: Option<&str>) -> NodeGroup {
+        NodeGroup {
+            name: GroupName::parse(name).unwrap(),
+            description: None,
+            parent: parent.map(|p| GroupName::parse(p).unwrap()),
+            classes: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+            rule: None,
+            pinned: Default::default(),
+            environment_name: None,
+            puppet_cluster_name: None,
+        }
+    }
+
+    /// g0 <- g1 <- ... <- g{n-1}
+    fn line(n: usize) -> GroupTree {
+        let groups = (0..n)
+            .map(|i| Stored {
+                item: group(
+                    &format!("g{i}"),
+                    (i > 0).then(|| format!("g{}", i - 1)).as_deref(),
+                ),
+                meta: Meta::first("test"),
+            })
+            .collect();
+        GroupTree::new(7, groups)
+    }
+
+    #[test]
+    fn chains_run_from_the_group_to_the_root() {
+        let tree = line(4);
+        let names: Vec<String> = tree
+            .chain(Some(&GroupName::parse("g3").unwrap()))
+            .unwrap()
+            .iter()
+            .map(|g| g.name.to_string())
+            .collect();
+        assert_eq!(names, ["g3", "g2", "g1", "g0"]);
+        assert!(tree.chain(None).unwrap().is_empty());
+        assert!(
+            tree.chain(Some(&GroupName::parse("nope").unwrap()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn depth_counts_the_subtree_that_moves_with_a_group() {
+        let tree = line(MAX_DEPTH);
+        // A new group under the deepest one would be the 33rd level.
+        let under_last = group("new", Some(&format!("g{}", MAX_DEPTH - 1)));
+        assert!(matches!(
+            tree.check_parent(&under_last),
+            Err(TreeError::TooDeep { depth: 33, .. })
+        ));
+        assert!(tree.check_parent(&group("new", Some("g30"))).is_ok());
+        // Moving g1 (with 30 groups below it) under a new root's child adds a level.
+        tree.check_parent(&group("g1", Some("g0"))).unwrap();
+        let mut taller = line(MAX_DEPTH);
+        taller.groups.insert(
+            GroupName::parse("x").unwrap(),
+            Arc::new(group("x", Some("g0"))),
+        );
+        assert!(matches!(
+            taller.check_parent(&group("g1", Some("x"))),
+            Err(TreeError::TooDeep { depth: 33, .. })
+        ));
+    }
+
+    #[test]
+    fn cycles_and_missing_parents_are_refused() {
+        let tree = line(3);
+        match tree.check_parent(&group("g0", Some("g2"))) {
+            Err(TreeError::Cycle { chain }) => assert_eq!(chain, ["g0", "g2", "g1", "g0"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            tree.check_parent(&group("g1", Some("g1"))),
+            Err(TreeError::Cycle { .. })
+        ));
+        assert!(matches!(
+            tree.check_parent(&group("g1", Some("nope"))),
+            Err(TreeError::MissingParent(_))
+        ));
+    }
+}
