@@ -12,10 +12,6 @@ use crate::domain::Activity;
 /// Activities' sort key in every index: `<date>#<id>`, so a date range is a key range and
 /// entries of one day keep the order they were recorded in (ids are UUIDv7).
 pub static ACTIVITY: RecordKind = RecordKind {
-    kind: Kind::Activity,
-    name: "activity",
-    table: "activities",
-    key: &["id"],
     indexes: &[
         Index::new("ordered", ITEM_TYPE, "date_id"),
         Index::new("by_customer", "customer", "date_id"),
@@ -23,27 +19,14 @@ pub static ACTIVITY: RecordKind = RecordKind {
         Index::new("by_engineer", "engineer", "date_id"),
     ],
     derived: &[Derived::new("date_id", &["date", "id"], "#")],
-    references: &[],
-    referenced: false,
-    json: &[],
-    history: None,
+    ..RecordKind::new(Kind::Activity, "activity", "activities", &["id"])
 };
 
 /// A submission made with an idempotency key: the activity it recorded and a fingerprint of
 /// what was submitted, so that sending it again records nothing more. Kept beside the
 /// activities under a key no activity id can have.
-pub static SUBMISSION: RecordKind = RecordKind {
-    kind: Kind::Activity,
-    name: "activity_submission",
-    table: "activities",
-    key: &["id"],
-    indexes: &[],
-    derived: &[],
-    references: &[],
-    referenced: false,
-    json: &[],
-    history: None,
-};
+pub static SUBMISSION: RecordKind =
+    RecordKind::new(Kind::Activity, "activity_submission", "activities", &["id"]);
 
 #[derive(Serialize, Deserialize)]
 struct Submission {

@@ -19,21 +19,14 @@ use super::{Kind, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{Operation, Revision};
 
 pub static REVISION: RecordKind = RecordKind {
-    kind: Kind::Revision,
-    name: "revision",
-    table: "history",
-    key: &["subject", "seq"],
     indexes: &[
         Index::new("feed", ITEM_TYPE, "order"),
         Index::new("by_subject", "subject", "order"),
         Index::new("by_actor", "actor", "order"),
         Index::new("by_kind", "kind", "order"),
     ],
-    derived: &[],
-    references: &[],
-    referenced: false,
     json: &["object", "patch", "forced_conflicts"],
-    history: None,
+    ..RecordKind::new(Kind::Revision, "revision", "history", &["subject", "seq"])
 };
 
 /// An object's last version number (the record's count), beside its revisions.
@@ -45,18 +38,8 @@ pub static PLAN: RecordKind = in_history("plan", &["entries"]);
 
 /// A record kind of its own kept in the history table, beside the revisions.
 const fn in_history(name: &'static str, json: &'static [&'static str]) -> RecordKind {
-    RecordKind {
-        kind: Kind::Revision,
-        name,
-        table: "history",
-        key: &["subject", "seq"],
-        indexes: &[],
-        derived: &[],
-        references: &[],
-        referenced: false,
-        json,
-        history: None,
-    }
+    let kind = RecordKind::new(Kind::Revision, name, "history", &["subject", "seq"]);
+    RecordKind { json, ..kind }
 }
 
 /// Entries per plan record (each well under a kilobyte).

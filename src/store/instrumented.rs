@@ -186,20 +186,12 @@ mod tests {
 
     /// A kind the store does not keep: its calls are counted all the same.
     static STRAY: RecordKind = RecordKind {
-        kind: super::super::Kind::Node,
-        name: "stray",
-        table: "strays",
-        key: &["name"],
         indexes: &[Index::new(
             "ordered",
             super::super::record::ITEM_TYPE,
             "name",
         )],
-        derived: &[],
-        references: &[],
-        referenced: false,
-        json: &[],
-        history: None,
+        ..RecordKind::new(super::super::Kind::Node, "stray", "strays", &["name"])
     };
 
     fn count(metrics: &Metrics, operation: &str, record: &str, outcome: &str) -> u64 {

@@ -99,6 +99,30 @@ pub struct RecordKind {
     pub history: Option<&'static [&'static str]>,
 }
 
+impl RecordKind {
+    /// A kind with this key, listed by no index, naming and named by nothing, without
+    /// history: a description says only where a kind differs (`..RecordKind::new(..)`).
+    pub const fn new(
+        kind: Kind,
+        name: &'static str,
+        table: &'static str,
+        key: &'static [&'static str],
+    ) -> Self {
+        Self {
+            kind,
+            name,
+            table,
+            key,
+            indexes: &[],
+            derived: &[],
+            references: &[],
+            referenced: false,
+            json: &[],
+            history: None,
+        }
+    }
+}
+
 /// Kinds are statics that may refer to themselves: they are equal when they are the same
 /// kind, and shown by name.
 impl PartialEq for RecordKind {

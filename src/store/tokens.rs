@@ -8,16 +8,10 @@ use super::{Kind, Page, PageRequest, Result, Store};
 use crate::domain::{Stored, Token, TokenName};
 
 pub static TOKEN: RecordKind = RecordKind {
-    kind: Kind::Token,
-    name: "token",
-    table: "tokens",
-    key: &["name"],
     indexes: &[Index::new("ordered", ITEM_TYPE, "name")],
-    derived: &[],
-    references: &[],
-    referenced: false,
     json: &["scopes"],
     history: Some(&["secret_sha256"]),
+    ..RecordKind::new(Kind::Token, "token", "tokens", &["name"])
 };
 
 impl Store {

@@ -11,16 +11,9 @@ use crate::domain::{Certname, NodeFacts};
 pub const MAX_FACTS_BYTES: usize = 256 * 1024;
 
 pub static FACTS: RecordKind = RecordKind {
-    kind: Kind::Facts,
-    name: "facts",
-    table: "facts",
-    key: &["unique_name"],
     indexes: &[Index::new("ordered", ITEM_TYPE, "unique_name")],
-    derived: &[],
-    references: &[],
-    referenced: false,
     json: &["facts", "trusted"],
-    history: None,
+    ..RecordKind::new(Kind::Facts, "facts", "facts", &["unique_name"])
 };
 
 impl Store {

@@ -64,10 +64,6 @@ impl ClassificationInputs {
 }
 
 pub static ENVIRONMENT: RecordKind = RecordKind {
-    kind: Kind::Environment,
-    name: "environment",
-    table: "environments",
-    key: &["environment_name", "puppet_cluster_name"],
     indexes: &[
         Index::new("ordered", ITEM_TYPE, "sort_key"),
         Index::new("by_cluster", "puppet_cluster_name", "sort_key"),
@@ -77,22 +73,21 @@ pub static ENVIRONMENT: RecordKind = RecordKind {
         &["environment_name", "puppet_cluster_name"],
         "/",
     )],
-    references: &[],
     referenced: true,
-    json: &[],
     history: Some(&[]),
+    ..RecordKind::new(
+        Kind::Environment,
+        "environment",
+        "environments",
+        &["environment_name", "puppet_cluster_name"],
+    )
 };
 
 pub static NODE_GROUP: RecordKind = RecordKind {
-    kind: Kind::NodeGroup,
-    name: "node_group",
-    table: "node_groups",
-    key: &["name"],
     indexes: &[
         Index::new("ordered", ITEM_TYPE, "name"),
         Index::new("by_parent", "parent", "name"),
     ],
-    derived: &[],
     references: &[
         Reference::new("parent", &NODE_GROUP, &["parent"]),
         Reference::new(
@@ -104,20 +99,16 @@ pub static NODE_GROUP: RecordKind = RecordKind {
     referenced: true,
     json: &["classes", "parameters", "rule", "pinned"],
     history: Some(&[]),
+    ..RecordKind::new(Kind::NodeGroup, "node_group", "node_groups", &["name"])
 };
 
 pub static NODE: RecordKind = RecordKind {
-    kind: Kind::Node,
-    name: "node",
-    table: "nodes",
-    key: &["unique_name"],
     indexes: &[
         Index::new("ordered", ITEM_TYPE, "unique_name"),
         Index::new("by_group", "node_group_name", "unique_name"),
         Index::new("by_environment", "environment_name", "unique_name"),
         Index::new("by_cluster", "puppet_cluster_name", "unique_name"),
     ],
-    derived: &[],
     references: &[
         Reference::new(
             "environment_name",
@@ -126,9 +117,9 @@ pub static NODE: RecordKind = RecordKind {
         ),
         Reference::new("node_group_name", &NODE_GROUP, &["node_group_name"]),
     ],
-    referenced: false,
     json: &["classes", "parameters"],
     history: Some(&[]),
+    ..RecordKind::new(Kind::Node, "node", "nodes", &["unique_name"])
 };
 
 fn env_key(key: &EnvironmentKey) -> Key {

@@ -16,18 +16,8 @@ use crate::store::{Kind, Result, Store, StoreError};
 
 /// The group tree's generation: a counter (the record's reference count) that every group
 /// write raises in its own commit. It lives beside the groups, under a key no group can have.
-pub static GENERATION: RecordKind = RecordKind {
-    kind: Kind::NodeGroup,
-    name: "group_tree",
-    table: "node_groups",
-    key: &["name"],
-    indexes: &[],
-    derived: &[],
-    references: &[],
-    referenced: false,
-    json: &[],
-    history: None,
-};
+pub static GENERATION: RecordKind =
+    RecordKind::new(Kind::NodeGroup, "group_tree", "node_groups", &["name"]);
 
 pub(super) fn generation_key() -> Key {
     Key::one("/generation")
