@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 pub use self::facts::{FACTS, MAX_FACTS_BYTES};
 pub use self::tree::{GENERATION, TreeCache};
-use self::tree::{TreeGuard, generation_key};
-use super::engine::Record;
-use super::engine::{Expect, Key, Op, Write};
+use self::tree::{TreeGuard, generation_key, raise};
+use super::engine::{Key, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
-use super::rules::{By, MAX_TRIES, NoGuard, OnFail, decode};
+use super::rules::{By, MAX_TRIES, NoGuard, decode};
 use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{
@@ -402,13 +401,7 @@ impl Store {
             for group in changes.iter().filter_map(|(_, g)| g.as_ref()) {
                 after.check_parent(group)?;
             }
-            let bump = Write::new(
-                &GENERATION,
-                generation_key(),
-                Op::Adjust(1),
-                Expect::Refs(tree.generation),
-            );
-            extra.push((bump, OnFail::Changed));
+            extra.push(raise(&tree));
         }
         self.db.write_set(planned, by.into(), extra).await
     }

@@ -23,6 +23,13 @@ pub(super) fn generation_key() -> Key {
     Key::one("/generation")
 }
 
+/// The write that raises the generation, made only if the tree is still the one checked.
+pub(super) fn raise(tree: &GroupTree) -> Step {
+    let expect = Expect::Refs(tree.generation);
+    let write = Write::new(&GENERATION, generation_key(), Op::Adjust(1), expect);
+    (write, OnFail::Changed)
+}
+
 /// Group writes check the tree they change as of one generation, and commit only if it is
 /// still current (raising it), so two writes can never together make a cycle or a chain
 /// deeper than `MAX_DEPTH`.
@@ -45,13 +52,7 @@ impl Guard<NodeGroup> for TreeGuard<'_> {
             }
             tree.check_parent(group)?;
         }
-        let bump = Write::new(
-            &GENERATION,
-            generation_key(),
-            Op::Adjust(1),
-            Expect::Refs(tree.generation),
-        );
-        Ok(vec![(bump, OnFail::Changed)])
+        Ok(vec![raise(&tree)])
     }
 }
 
