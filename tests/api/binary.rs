@@ -92,6 +92,8 @@ pub(crate) struct Enc {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The thread reading enc's stderr into `logs`; it ends when enc has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Enc {
@@ -121,7 +123,7 @@ impl Enc {
             });
         let mut child = command.spawn().expect("start enc");
         let logs = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let reader = child.stderr.take().map(|stderr| {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -129,9 +131,14 @@ impl Enc {
                     all.push_str(&line);
                     all.push('\n');
                 }
-            });
-        }
-        let enc = Enc { child, addr, logs };
+            })
+        });
+        let enc = Enc {
+            child,
+            addr,
+            logs,
+            reader,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok((200, _)) =
@@ -144,9 +151,22 @@ impl Enc {
         panic!("enc did not become healthy on {addr}");
     }
 
-    /// What enc logged so far (with `capture`).
+    /// What enc logged so far (with `capture`): complete once `wait` has seen enc exit.
     pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// What enc logged, once it holds `needle` (or after 10 s): enc writes its log lines a
+    /// few milliseconds after the event, and a thread here reads them after that.
+    pub(crate) fn logs_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) || Instant::now() > deadline {
+                return logs;
+            }
+            sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends a raw request (with whatever headers) and returns status and body.
@@ -211,6 +231,10 @@ impl Enc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its stderr is closed: the reader has every line, or soon will.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("the log reader");
+                }
                 return status;
             }
             if Instant::now() > deadline {

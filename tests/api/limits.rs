@@ -83,7 +83,16 @@ fn a_flood_past_the_limit_gets_503_at_once_and_enc_recovers() {
         false,
     );
     let held: Vec<TcpStream> = (0..4).map(|_| hold(&enc)).collect();
-    sleep(Duration::from_millis(300));
+    // The held requests take their places once enc has read their heads; on a busy machine
+    // that may take a moment, and a request before then is served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while enc.http("GET", "/nodes", None).0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "the held requests never took the places"
+        );
+        sleep(Duration::from_millis(50));
+    }
     for _ in 0..20 {
         let asked = Instant::now();
         let (status, body) = enc.http("GET", "/nodes", None);
