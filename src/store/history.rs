@@ -309,13 +309,7 @@ impl Store {
             .await
         {
             Err(StoreError::NotFound { .. }) => {
-                let head = self
-                    .db
-                    .engine()
-                    .get(&[(&HEAD, head_key(kind, key))])
-                    .await?;
-                let deleted_at = head.first().and_then(Option::as_ref).map_or(0, |r| r.refs);
-                let actual = u64::try_from(deleted_at).unwrap_or(0);
+                let actual = self.last_version(kind, key).await?;
                 if let Some(expected) = expected.filter(|e| *e != actual) {
                     return Err(StoreError::VersionMismatch {
                         kind: kind.kind,
@@ -366,12 +360,7 @@ impl Store {
 
     /// The last version number an object was given, its deletion included (0: never made).
     pub async fn last_version(&self, kind: &'static RecordKind, key: &Key) -> Result<u64> {
-        let found = self
-            .db
-            .engine()
-            .get(&[(&HEAD, head_key(kind, key))])
-            .await?;
-        let head = found.first().and_then(Option::as_ref).map_or(0, |r| r.refs);
+        let head = self.db.count(&HEAD, head_key(kind, key)).await?;
         Ok(u64::try_from(head).unwrap_or(0))
     }
 

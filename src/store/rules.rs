@@ -287,6 +287,12 @@ impl Db {
         }
     }
 
+    /// The count a counter record keeps (its reference count); 0 while it is absent.
+    pub(super) async fn count(&self, kind: &'static RecordKind, key: Key) -> Result<i64> {
+        let found = self.engine.get(&[(kind, key)]).await?;
+        Ok(found.first().and_then(Option::as_ref).map_or(0, |r| r.refs))
+    }
+
     /// The object and the record holding it, or `NotFound`.
     async fn require<T: DeserializeOwned>(
         &self,

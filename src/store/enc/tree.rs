@@ -58,12 +58,7 @@ impl Guard<NodeGroup> for TreeGuard<'_> {
 
 impl Store {
     pub(super) async fn generation(&self) -> Result<i64> {
-        let found = self
-            .db
-            .engine()
-            .get(&[(&GENERATION, generation_key())])
-            .await?;
-        Ok(found.first().and_then(Option::as_ref).map_or(0, |r| r.refs))
+        self.db.count(&GENERATION, generation_key()).await
     }
 
     /// The tree at `generation` if this process has it; else the tree read now, which is
