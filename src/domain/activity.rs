@@ -121,8 +121,12 @@ pub const EARLIEST: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
 
 /// A work date: from 2000 up to tomorrow (time zones differ), never further ahead.
 pub fn parse_work_date(text: &str, today: NaiveDate) -> Result<NaiveDate, String> {
-    let date = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .map_err(|_| "must be a date such as 2026-11-22".to_owned())?;
+    // Exactly `YYYY-MM-DD` (OpenAPI's `date`): chrono alone would take `2026-1-5`.
+    let shaped = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|_| shaped)
+        .ok_or_else(|| "must be a date such as 2026-11-22".to_owned())?;
     if date < EARLIEST || date > today + chrono::Days::new(1) {
         return Err(format!("must be between {EARLIEST} and tomorrow"));
     }
@@ -256,6 +260,16 @@ mod tests {
         assert!(parse_work_date("1999-12-31", today).is_err());
         assert!(parse_work_date("2026-02-30", today).is_err());
         assert!(parse_work_date("22/11/2026", today).is_err());
+        for odd in [
+            "",
+            " 2026-11-20",
+            "2026-11-20 ",
+            "2026-1-05",
+            "2026-01-5",
+            "+2026-1-05",
+        ] {
+            assert!(parse_work_date(odd, today).is_err(), "{odd:?}");
+        }
     }
 
     #[test]

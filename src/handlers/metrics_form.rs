@@ -134,7 +134,9 @@ impl ActivityBody {
             text(self.activity_type),
             ActivityType::parse,
         );
-        let date = match text(self.date) {
+        // Absent: today. Sent, it must be a date: the form's field is required (and filled
+        // with today's), so an empty one is not "absent".
+        let date = match self.date {
             None => Some(today),
             Some(raw) => parse_work_date(&raw, today)
                 .map_err(|e| f.error("date", e))

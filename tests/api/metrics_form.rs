@@ -121,7 +121,7 @@ async fn each_invalid_field_is_shown_with_the_values_kept_and_nothing_stored() {
     let app = TestApp::new().await;
     let long_name = "x".repeat(101);
     let long_text = "d".repeat(2001);
-    let cases: [(&str, &str, &str); 14] = [
+    let cases: [(&str, &str, &str); 16] = [
         ("engineer", "", "Engineer is required"),
         ("engineer", &long_name, "Engineer must be 1 to 100"),
         ("customer", "   ", "Customer is required"),
@@ -129,6 +129,8 @@ async fn each_invalid_field_is_shown_with_the_values_kept_and_nothing_stored() {
         ("activity_type", "", "Activity type is required"),
         ("activity_type", "gardening", "Activity type must be one of"),
         ("date", "2026-02-30", "Date must be a date"),
+        ("date", "", "Date must be a date"),
+        ("date", "2026-1-05", "Date must be a date"),
         ("date", "1999-12-31", "Date must be between"),
         ("date", "2999-01-01", "Date must be between"),
         ("hours", "", "Hours is required"),
