@@ -72,6 +72,7 @@ async fn first_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow:
         created_by: "enc".into(),
         last_used_at: None,
         secret_sha256: sha256_hex(secret.expose()),
+        clusters: None,
     };
     match store.create_token(token, "enc").await {
         Ok(_) => {}

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::domain::{Scope, Stored, Token, TokenName, now};
+use crate::domain::{ClusterName, Scope, Stored, Token, TokenName, now};
 use crate::error::AppError;
 use crate::memo::Memo;
 use crate::store::engine::Record;
@@ -34,6 +34,8 @@ pub struct Identity {
     pub scopes: BTreeSet<Scope>,
     /// A person signed in through the load balancer: the metrics form's engineer.
     pub person: Option<String>,
+    /// A token bound to Puppet clusters reaches only their nodes; `None`: every cluster.
+    pub clusters: Option<BTreeSet<ClusterName>>,
 }
 
 impl Identity {
@@ -41,11 +43,17 @@ impl Identity {
         self.scopes.iter().any(|s| s.grants(needed))
     }
 
+    /// Whether it may see and touch nodes of `cluster`.
+    pub fn reaches(&self, cluster: &ClusterName) -> bool {
+        self.clusters.as_ref().is_none_or(|c| c.contains(cluster))
+    }
+
     fn admin(actor: &str) -> Self {
         Identity {
             actor: actor.to_owned(),
             scopes: BTreeSet::from([Scope::Admin]),
             person: None,
+            clusters: None,
         }
     }
 }
@@ -73,6 +81,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                     actor: "anonymous".to_owned(),
                     scopes: BTreeSet::new(),
                     person: None,
+                    clusters: None,
                 }),
         ))
     }
@@ -83,6 +92,33 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub enum Needs {
     Nothing,
     Scope(Scope),
+    /// Either scope will do (a classification is read by people and by Puppet servers).
+    Either(Scope, Scope),
+}
+
+impl Needs {
+    /// Whether holding `scope` is enough.
+    pub fn granted_by(self, scope: Scope) -> bool {
+        match self {
+            Needs::Nothing => true,
+            Needs::Scope(needed) => scope.grants(needed),
+            Needs::Either(one, other) => scope.grants(one) || scope.grants(other),
+        }
+    }
+
+    fn granted_to(self, identity: &Identity) -> bool {
+        identity.scopes.iter().any(|s| self.granted_by(*s))
+    }
+}
+
+impl std::fmt::Display for Needs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Needs::Nothing => f.write_str("nothing"),
+            Needs::Scope(scope) => write!(f, "the scope {scope}"),
+            Needs::Either(one, other) => write!(f, "the scope {one} or {other}"),
+        }
+    }
 }
 
 /// Every documented operation's needs, read from the OpenAPI document.
@@ -185,7 +221,7 @@ fn needs_of(operation: &Value) -> Result<Needs, String> {
     let requirements = operation["security"]
         .as_array()
         .ok_or("declares no security (a scope, or `security(())` for none)")?;
-    let mut scope = None;
+    let mut scopes = Vec::new();
     for requirement in requirements {
         let Some(schemes) = requirement.as_object() else {
             return Err("a security requirement is not an object".into());
@@ -197,13 +233,15 @@ fn needs_of(operation: &Value) -> Result<Needs, String> {
             .as_array()
             .ok_or("names no bearer scopes")?;
         for name in names {
-            let parsed = Scope::parse(name.as_str().unwrap_or_default())?;
-            scope = Some(parsed);
+            scopes.push(Scope::parse(name.as_str().unwrap_or_default())?);
         }
     }
-    scope
-        .map(Needs::Scope)
-        .ok_or_else(|| "names no scope".into())
+    match scopes[..] {
+        [] => Err("names no scope".into()),
+        [one] => Ok(Needs::Scope(one)),
+        [one, other] => Ok(Needs::Either(one, other)),
+        _ => Err("names more than two scopes".into()),
+    }
 }
 
 /// How identity is checked, from the configuration.
@@ -354,7 +392,7 @@ impl Auth {
         let admitted = match checked {
             Ok((identity, stored)) => {
                 self.touch(state, stored);
-                verdict(Needs::Scope(deferred.scope), identity)
+                verdict(deferred.needs, deferred.route, identity)
             }
             Err(refused) => Err((refused.outcome(), refused.into_error())),
         };
@@ -400,11 +438,10 @@ impl Auth {
         route: &str,
         needs: Option<Needs>,
     ) -> Option<Deferred> {
-        let Some(Needs::Scope(scope)) = needs else {
-            return None;
-        };
+        let needs = needs.filter(|n| *n != Needs::Nothing)?;
         let read = method == Method::GET || method == Method::HEAD;
-        if !self.required || !read || !DEFERRED_ROUTES.contains(&route) {
+        let route = DEFERRED_ROUTES.into_iter().find(|r| *r == route)?;
+        if !self.required || !read {
             return None;
         }
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -425,7 +462,8 @@ impl Auth {
         Some(Deferred {
             name,
             digest,
-            scope,
+            needs,
+            route,
             check: Arc::default(),
         })
     }
@@ -474,6 +512,7 @@ impl Auth {
                 actor: user.name.clone(),
                 scopes: alb.rules.scopes(&user),
                 person: Some(user.name),
+                clusters: None,
             }));
         }
         if session::accepted_on(route)
@@ -568,8 +607,8 @@ pub async fn authorize(
             ("open", None)
         }
         (Some(Needs::Nothing), Err(_)) => ("open", None),
-        (Some(Needs::Scope(_)), Err(refused)) => (refused.outcome(), Some(refused.into_error())),
-        (Some(Needs::Scope(scope)), Ok(None)) => {
+        (Some(_), Err(refused)) => (refused.outcome(), Some(refused.into_error())),
+        (Some(needs), Ok(None)) => {
             if wants_a_page(request.headers()) && session::accepted_on(route) {
                 state.metrics.auth_outcome("missing");
                 return Redirect::to("/sign-in").into_response();
@@ -577,11 +616,11 @@ pub async fn authorize(
             (
                 "missing",
                 Some(AppError::Unauthorized(format!(
-                    "this needs a token with the scope {scope}: send Authorization: Bearer <token>"
+                    "this needs a token with {needs}: send Authorization: Bearer <token>"
                 ))),
             )
         }
-        (Some(needs), Ok(Some(identity))) => match verdict(needs, identity) {
+        (Some(needs), Ok(Some(identity))) => match verdict(needs, route, identity) {
             Ok(identity) => {
                 request.extensions_mut().insert(identity);
                 ("ok", None)
@@ -611,7 +650,8 @@ pub struct Deferred {
     pub name: TokenName,
     /// The presented secret's digest: the secret itself is not kept.
     digest: [u8; 32],
-    scope: Scope,
+    needs: Needs,
+    route: &'static str,
     /// Shared with `authorize`, which reads it once the handler answered.
     check: Arc<Check>,
 }
@@ -637,24 +677,48 @@ fn identity_of(stored: &Stored<Token>) -> Identity {
         actor: stored.item.name.to_string(),
         scopes: stored.item.scopes.clone(),
         person: None,
+        clusters: stored.item.clusters.clone(),
     }
 }
 
-/// Whether `identity` may do what `needs` says: the identity, or the metric outcome and the
-/// answer that refuses it.
-fn verdict(needs: Needs, identity: Identity) -> Result<Identity, (&'static str, AppError)> {
-    match needs {
-        Needs::Scope(scope) if !identity.grants(scope) => Err((
+/// Whether `identity` may do what `needs` says on `route`: the identity, or the metric
+/// outcome and the answer that refuses it.
+fn verdict(
+    needs: Needs,
+    route: &str,
+    identity: Identity,
+) -> Result<Identity, (&'static str, AppError)> {
+    if !needs.granted_to(&identity) {
+        return Err((
             "forbidden",
             AppError::Forbidden(format!(
-                "this needs the scope {scope}; {} has {}",
+                "this needs {needs}; {} has {}",
                 identity.actor,
                 describe(&identity.scopes)
             )),
-        )),
-        _ => Ok(identity),
+        ));
     }
+    if identity.clusters.is_some() && needs != Needs::Nothing && !CLUSTER_ROUTES.contains(&route) {
+        return Err((
+            "forbidden",
+            AppError::Forbidden(format!(
+                "{} is bound to Puppet clusters: it reaches only their nodes' classifications, \
+                 facts and history",
+                identity.actor
+            )),
+        ));
+    }
+    Ok(identity)
 }
+
+/// What a token bound to Puppet clusters may use: one node at a time, each checked against
+/// its clusters by the handler.
+const CLUSTER_ROUTES: [&str; 4] = [
+    "/nodes/{unique_name}",
+    "/nodes/{unique_name}/classification",
+    "/nodes/{unique_name}/classification/diff",
+    "/nodes/{unique_name}/history",
+];
 
 /// The actor of a request, for its log event.
 #[derive(Debug, Clone)]

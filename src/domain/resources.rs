@@ -88,6 +88,13 @@ pub struct NodeFacts {
     pub trusted: serde_json::Map<String, serde_json::Value>,
     #[serde(serialize_with = "rfc3339")]
     pub received_at: DateTime<Utc>,
+    /// The token (a Puppet server's) that posted them; absent on facts kept before enc
+    /// recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_by: Option<String>,
+    /// Whether `trusted` came with them (from the node's verified certificate).
+    #[serde(default)]
+    pub with_trusted: bool,
 }
 
 /// A Puppet node (agent), identified by its certname.

@@ -7,15 +7,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
-use super::TokenName;
+use super::{ClusterName, TokenName};
 
-/// What an identity may do. `admin` may do everything, `write` includes `read`, and `read`
-/// includes `classify`; the two activity scopes are separate from the rest and each other.
+/// What an identity may do. `admin` may do everything and `write` includes `read`. `classify`
+/// is a Puppet server's: it posts facts (which decide a node's groups) and reads
+/// classifications; nothing but `admin` includes it. The two activity scopes are separate
+/// from the rest and each other.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
 )]
 pub enum Scope {
-    /// Read classifications only: what a Puppet server holds.
+    /// Post facts and read classifications: what a Puppet server holds, and only it.
     #[serde(rename = "classify")]
     Classify,
     /// Read nodes, node groups and environments.
@@ -71,8 +73,7 @@ impl Scope {
         use Scope::*;
         match self {
             Admin => true,
-            Write => matches!(needed, Write | Read | Classify),
-            Read => matches!(needed, Read | Classify),
+            Write => matches!(needed, Write | Read),
             other => other == needed,
         }
     }
@@ -97,6 +98,9 @@ pub struct Token {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Hex SHA-256 of the secret.
     pub secret_sha256: String,
+    /// The Puppet clusters whose nodes alone it reaches; every cluster when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<BTreeSet<ClusterName>>,
 }
 
 impl Token {
@@ -124,8 +128,11 @@ mod tests {
     fn scopes_imply_what_the_issue_says() {
         use Scope::*;
         assert!(Admin.grants(ActivitiesRead) && Admin.grants(Write));
-        assert!(Write.grants(Read) && Write.grants(Classify) && !Write.grants(Admin));
-        assert!(Read.grants(Classify) && !Read.grants(Write));
+        assert!(Write.grants(Read) && !Write.grants(Admin));
+        assert!(Admin.grants(Classify));
+        // Facts decide membership: only a Puppet server's scope posts them.
+        assert!(!Read.grants(Classify) && !Write.grants(Classify) && !Read.grants(Write));
+        assert!(!ActivitiesWrite.grants(Classify) && !ActivitiesRead.grants(Classify));
         assert!(!Classify.grants(Read));
         assert!(!ActivitiesWrite.grants(ActivitiesRead) && !ActivitiesRead.grants(ActivitiesWrite));
         assert!(!Write.grants(ActivitiesWrite));

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::parse_name;
 use crate::AppState;
-use crate::auth::{Caller, Deferred};
+use crate::auth::{Caller, Deferred, Identity};
 use crate::domain::Why;
 use crate::domain::rule::RuleOutcome;
 use crate::domain::{
@@ -72,6 +72,13 @@ pub struct Membership {
     /// Their age, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts_age_seconds: Option<i64>,
+    /// Who posted them: the Puppet server's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts_posted_by: Option<String>,
+    /// Whether trusted facts (from the node's verified certificate) came with them; rules on
+    /// `trusted` paths match nothing without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts_with_trusted: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,6 +106,14 @@ pub struct FactsBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     trusted: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn absent(name: &Certname) -> AppError {
+    StoreError::NotFound {
+        kind: crate::store::Kind::Node,
+        key: name.to_string(),
+    }
+    .into()
 }
 
 /// The 409 a conflict answers: every key the node's leaf groups disagree on.
@@ -143,6 +158,8 @@ fn membership(inputs: &ClassificationInputs, classifiable: &Classifiable) -> Mem
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         }),
         facts_age_seconds: facts.map(|f| (chrono::Utc::now() - f.received_at).num_seconds().max(0)),
+        facts_posted_by: facts.and_then(|f| f.posted_by.clone()),
+        facts_with_trusted: facts.map(|f| f.with_trusted),
     }
 }
 
@@ -164,7 +181,7 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
 /// Classes and parameters merge from the root of the node's group chain down to its group,
 /// then the node itself; nearer wins, key by key.
 #[utoipa::path(get, path = "/nodes/{unique_name}/classification", tag = "classification",
-    operation_id = "get_classification", security(("bearer" = ["classify"])),
+    operation_id = "get_classification", security(("bearer" = ["read"]), ("bearer" = ["classify"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"), ClassificationQuery,
         ("Accept" = Option<String>, Header, description = "`application/yaml` for YAML")),
     responses(
@@ -174,12 +191,13 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
     ))]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let result = classification(&state, path, query, deferred.map(|d| d.0), &headers).await;
+    let result = classification(&state, caller, path, query, deferred.map(|d| d.0), &headers).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(AppError::NotFound(_)) => "not_found",
@@ -197,6 +215,7 @@ pub async fn get(
 /// the same store call and checked before anything else is said.
 async fn classification(
     state: &AppState,
+    caller: Caller,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     deferred: Option<Deferred>,
@@ -218,8 +237,8 @@ async fn classification(
                 .classification_inputs(&name, Some(&deferred.name))
                 .await
                 .map_err(|e| state.auth.unreadable(state, deferred, e))?;
-            state.auth.admit(state, deferred, inputs.token.as_ref())?;
-            Some((name, inputs))
+            let identity = state.auth.admit(state, deferred, inputs.token.as_ref())?;
+            Some((name, inputs, identity))
         }
         (Err(_), Some(deferred)) => {
             state.auth.admit_alone(state, deferred).await?;
@@ -227,24 +246,29 @@ async fn classification(
         }
         (_, None) => None,
     };
-    classify_with(state, name, inputs, query?.0, headers).await
+    classify_with(state, caller, name, inputs, query?.0, headers).await
 }
 
 async fn classify_with(
     state: &AppState,
+    caller: Caller,
     name: &str,
-    read: Option<(Certname, ClassificationInputs)>,
+    read: Option<(Certname, ClassificationInputs, Identity)>,
     query: ClassificationQuery,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let (name, inputs) = match read {
+    let (name, inputs, identity) = match read {
         Some(read) => read,
         None => {
             let name = parse_name("unique_name", name, Certname::parse)?;
             let inputs = state.store.classification_inputs(&name, None).await?;
-            (name, inputs)
+            (name, inputs, caller.0)
         }
     };
+    if identity.clusters.is_some() {
+        let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
+        super::nodes::reached(&identity, &name, record)?;
+    }
     classify_inputs(state, name, inputs, None, query, headers).await
 }
 
@@ -363,8 +387,10 @@ pub async fn post(
     let facts = NodeFacts {
         unique_name: name.clone(),
         facts: body.facts,
+        with_trusted: body.trusted.is_some(),
         trusted: body.trusted.unwrap_or_default(),
         received_at: crate::domain::now(),
+        posted_by: Some(caller.actor().to_owned()),
     };
     let size = serde_json::to_vec(&facts).map_or(usize::MAX, |b| b.len());
     if size > MAX_FACTS_BYTES {
@@ -377,6 +403,9 @@ pub async fn post(
         learn(&state, &caller, &name, &facts, &inputs).await?;
         inputs = state.store.classification_inputs(&name, None).await?;
     }
+    // A token bound to other clusters learns nothing of the node and stores nothing for it.
+    let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
+    super::nodes::reached(&caller.0, &name, record)?;
     state.store.put_facts(&facts).await?;
     classify_inputs(&state, name, inputs, Some(facts), query, &headers).await
 }
@@ -390,13 +419,7 @@ async fn learn(
     facts: &NodeFacts,
     inputs: &ClassificationInputs,
 ) -> Result<(), AppError> {
-    let unknown = || -> AppError {
-        StoreError::NotFound {
-            kind: crate::store::Kind::Node,
-            key: name.to_string(),
-        }
-        .into()
-    };
+    let unknown = || absent(name);
     if !state.classify_unknown {
         return Err(unknown());
     }
@@ -447,6 +470,9 @@ async fn learn(
             return Err(conflicted(name, conflicts));
         }
     };
+    if !caller.0.reaches(&environment.puppet_cluster_name) {
+        return Err(unknown());
+    }
     let node = Node {
         environment_name: environment.environment_name,
         puppet_cluster_name: environment.puppet_cluster_name,

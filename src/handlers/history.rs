@@ -131,15 +131,18 @@ fn env_key(key: &EnvironmentKey) -> Key {
 
 /// A node's revisions, newest first.
 #[utoipa::path(get, path = "/nodes/{unique_name}/history", tag = "history", operation_id = "node_history",
-    security(("bearer" = ["read"])),
+    security(("bearer" = ["read"]), ("bearer" = ["classify"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"), HistoryQuery),
     responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
 pub async fn node(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
-    let key = Key::one(certname(&name)?.as_str());
+    let name = certname(&name)?;
+    super::nodes::within_reach(&state, &caller.0, &name).await?;
+    let key = Key::one(name.as_str());
     history_of(&state, &NODE, key, query).await
 }
 
@@ -366,15 +369,17 @@ pub struct DiffResponse {
 /// The difference between a node's classifications at two instants: classes added and
 /// removed, parameters changed with old and new values, and the environment.
 #[utoipa::path(get, path = "/nodes/{unique_name}/classification/diff", tag = "history",
-    operation_id = "classification_diff", security(("bearer" = ["read"])),
+    operation_id = "classification_diff", security(("bearer" = ["read"]), ("bearer" = ["classify"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"), DiffQuery),
     responses((status = 200, body = DiffResponse), ReadProblems))]
 pub async fn diff(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<DiffQuery>,
 ) -> Result<axum::Json<DiffResponse>, AppError> {
     let name = certname(&name)?;
+    super::nodes::within_reach(&state, &caller.0, &name).await?;
     let Some(from) = query.from.as_deref() else {
         return Err(AppError::invalid("from", "is required"));
     };

@@ -13,7 +13,7 @@ use super::{
     within_size,
 };
 use crate::AppState;
-use crate::auth::{Caller, Deferred};
+use crate::auth::{Caller, Deferred, Identity};
 use crate::domain::{
     Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, Node, ParamName, Stored,
 };
@@ -225,6 +225,7 @@ pub async fn list(
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, AppError>,
     deferred: Option<Extension<Deferred>>,
 ) -> Result<Response, AppError> {
@@ -241,22 +242,69 @@ pub async fn get(
                 .node_and_token_records(&name, &deferred.name)
                 .await
                 .map_err(|e| state.auth.unreadable(&state, &deferred, e))?;
-            state.auth.admit(&state, &deferred, token.as_ref())?;
-            let record = record.ok_or_else(|| {
-                AppError::from(StoreError::NotFound {
-                    kind: Kind::Node,
-                    key: name.to_string(),
-                })
-            })?;
+            let identity = state.auth.admit(&state, &deferred, token.as_ref())?;
+            let record = record.ok_or_else(|| absent(&name))?;
+            reached(&identity, &name, &record)?;
             (name, record)
         }
         (name, None) => {
             let name = name?;
             let record = state.store.node_record(&name).await?;
+            reached(&caller.0, &name, &record)?;
             (name, record)
         }
     };
     node_json(&state, &name, &record)
+}
+
+fn absent(name: &Certname) -> AppError {
+    StoreError::NotFound {
+        kind: Kind::Node,
+        key: name.to_string(),
+    }
+    .into()
+}
+
+/// The cluster in a node's record, read without the rest of the node.
+#[derive(Deserialize)]
+struct InCluster<'a> {
+    #[serde(borrow)]
+    puppet_cluster_name: std::borrow::Cow<'a, str>,
+}
+
+/// Whether `identity` may see the node of `record`: a token bound to other clusters is
+/// answered as if the node did not exist.
+pub(super) fn reached(
+    identity: &Identity,
+    name: &Certname,
+    record: &Record,
+) -> Result<(), AppError> {
+    let Some(clusters) = &identity.clusters else {
+        return Ok(());
+    };
+    let node: InCluster<'_> =
+        serde_json::from_slice(&record.body).map_err(|e| AppError::Internal(Box::new(e)))?;
+    if clusters
+        .iter()
+        .any(|c| c.as_str() == node.puppet_cluster_name)
+    {
+        Ok(())
+    } else {
+        Err(absent(name))
+    }
+}
+
+/// [`reached`] for a handler that has not read the node: it is read only for a bound token.
+pub(super) async fn within_reach(
+    state: &AppState,
+    identity: &Identity,
+    name: &Certname,
+) -> Result<(), AppError> {
+    if identity.clusters.is_none() {
+        return Ok(());
+    }
+    let record = state.store.node_record(name).await?;
+    reached(identity, name, &record)
 }
 
 /// The name in a node's record, read without the rest of the node.

@@ -13,7 +13,7 @@ use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::auth::secret::{Secret, sha256_hex};
-use crate::domain::{Fields, Scope, Stored, Token, TokenName, now};
+use crate::domain::{ClusterName, Fields, Scope, Stored, Token, TokenName, now};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
 
@@ -32,6 +32,10 @@ pub struct TokenBody {
     expires_at: Option<String>,
     #[schema(max_length = 1000)]
     description: Option<String>,
+    /// Binds it to these Puppet clusters: it then reaches only their nodes (another
+    /// cluster's node answers 404, as if absent) and may hold only `classify` and `read`.
+    #[schema(value_type = Option<Vec<ClusterName>>, min_items = 1, example = json!(["puppet-eu"]))]
+    clusters: Option<Vec<String>>,
 }
 
 /// A token as shown: everything but its secret.
@@ -49,6 +53,10 @@ pub struct TokenView {
     /// When it was last used, to the minute.
     #[schema(value_type = Option<String>, format = DateTime)]
     last_used_at: Option<String>,
+    /// The Puppet clusters it is bound to; absent: it is not bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["puppet-eu"]))]
+    clusters: Option<BTreeSet<ClusterName>>,
 }
 
 /// A token just made: the only time its secret is shown.
@@ -60,6 +68,10 @@ pub struct CreatedToken {
     #[schema(example = "enc_puppet-eu-1_6QeT…")]
     token: String,
 }
+
+/// What a token bound to clusters may hold: it classifies and reads its clusters' nodes,
+/// and writes nothing else.
+const BOUND_SCOPES: [Scope; 2] = [Scope::Classify, Scope::Read];
 
 fn rfc3339(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -74,6 +86,7 @@ fn view(stored: Stored<Token>) -> Stored<TokenView> {
         expires_at: rfc3339(t.expires_at),
         created_by: t.created_by,
         last_used_at: rfc3339(t.last_used_at),
+        clusters: t.clusters,
     };
     Stored {
         item,
@@ -110,6 +123,30 @@ impl TokenBody {
             Ok(at)
         });
         let description = f.description(self.description);
+        let clusters = self.clusters.map(|names| {
+            if names.is_empty() {
+                f.error(
+                    "clusters",
+                    "must name at least one cluster (or be left out)",
+                );
+            }
+            let mut clusters = BTreeSet::new();
+            for (i, name) in names.iter().enumerate() {
+                match ClusterName::parse(name) {
+                    Ok(cluster) => {
+                        clusters.insert(cluster);
+                    }
+                    Err(e) => f.error(format!("clusters.{i}"), e),
+                }
+            }
+            clusters
+        });
+        if clusters.is_some() && scopes.iter().any(|s| !BOUND_SCOPES.contains(s)) {
+            f.error(
+                "scopes",
+                "a token bound to clusters may hold only classify and read",
+            );
+        }
         let token = f
             .finish(|| {
                 let name = name?;
@@ -122,6 +159,7 @@ impl TokenBody {
                     created_by: created_by.to_owned(),
                     last_used_at: None,
                     secret_sha256: sha256_hex(secret.expose()),
+                    clusters,
                 };
                 Some((token, secret))
             })

@@ -9,7 +9,7 @@ use crate::domain::{Stored, Token, TokenName};
 
 pub static TOKEN: RecordKind = RecordKind {
     indexes: &[Index::new("ordered", ITEM_TYPE, "name")],
-    json: &["scopes"],
+    json: &["scopes", "clusters"],
     history: Some(&["secret_sha256"]),
     ..RecordKind::new(Kind::Token, "token", "tokens", &["name"])
 };

@@ -267,6 +267,7 @@ async fn expired_token(app: &TestApp) -> String {
         created_by: "test".into(),
         last_used_at: None,
         secret_sha256: sha256_hex(secret.expose()),
+        clusters: None,
     };
     app.backing.store.create_token(token, "test").await.unwrap();
     secret.into_string()
@@ -346,11 +347,11 @@ async fn every_route_by_every_kind_of_caller() {
             let writes = method != Method::GET;
             for (what, authorization) in &invalid {
                 let row = case(&method, path).unwrap();
-                let watch = writes && matches!(declared, Needs::Scope(_));
+                let watch = writes && declared != Needs::Nothing;
                 let (response, changed) =
                     attempt_watching(&app, &method, row, authorization.as_deref(), watch).await;
                 match declared {
-                    Needs::Scope(_) => {
+                    Needs::Scope(_) | Needs::Either(..) => {
                         response.problem(StatusCode::UNAUTHORIZED);
                         assert_eq!(
                             response.header("www-authenticate"),
@@ -376,10 +377,7 @@ async fn every_route_by_every_kind_of_caller() {
                 let success = case.success;
                 let response =
                     attempt(&app, &method, case, Some(&format!("Bearer {secret}"))).await;
-                let allowed = match declared {
-                    Needs::Nothing => true,
-                    Needs::Scope(needed) => scope.grants(needed),
-                };
+                let allowed = declared.granted_by(*scope);
                 if allowed {
                     assert_eq!(
                         response.status,
@@ -389,14 +387,11 @@ async fn every_route_by_every_kind_of_caller() {
                     );
                 } else {
                     let problem = response.problem(StatusCode::FORBIDDEN);
-                    let Needs::Scope(needed) = declared else {
-                        unreachable!()
-                    };
                     assert!(
                         problem["detail"]
                             .as_str()
                             .unwrap()
-                            .contains(needed.as_str()),
+                            .contains(&declared.to_string()),
                         "{problem}"
                     );
                 }

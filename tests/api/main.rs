@@ -25,4 +25,5 @@ mod puppet;
 mod rules;
 mod snapshot;
 mod store_conformance;
+mod trust;
 mod yaml;
