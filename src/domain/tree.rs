@@ -38,6 +38,9 @@ pub struct GroupTree {
     children: HashMap<GroupName, Vec<GroupName>>,
     /// Each group's rule, compiled once per tree.
     rules: Vec<(GroupName, Rule)>,
+    /// By rule (as indexed in `rules`), the rules of its group's ancestors: as in Puppet
+    /// Enterprise, a node is in a group by rule only when those match it too.
+    inherited: Vec<Vec<usize>>,
     /// The groups each node is pinned to.
     pins: HashMap<Certname, Vec<GroupName>>,
 }
@@ -53,6 +56,29 @@ fn subject<'a>(
         facts: facts.map_or(empty, |f| &f.facts),
         trusted: facts.map_or(empty, |f| &f.trusted),
     }
+}
+
+/// For each rule, the indexes of the rules of its group's ancestors (a chain broken by a
+/// missing parent or a cycle stops there: the tree's checks refuse such writes).
+fn inherited_rules(
+    groups: &HashMap<GroupName, Arc<NodeGroup>>,
+    rules: &[(GroupName, Rule)],
+) -> Vec<Vec<usize>> {
+    let index: HashMap<&GroupName, usize> =
+        rules.iter().enumerate().map(|(i, (g, _))| (g, i)).collect();
+    rules
+        .iter()
+        .map(|(group, _)| {
+            let mut above = Vec::new();
+            let mut parent = groups.get(group).and_then(|g| g.parent.as_ref());
+            for _ in 0..MAX_DEPTH {
+                let Some(name) = parent else { break };
+                above.extend(index.get(name).copied());
+                parent = groups.get(name).and_then(|g| g.parent.as_ref());
+            }
+            above
+        })
+        .collect()
 }
 
 /// Why a node is in a group.
@@ -95,17 +121,27 @@ impl GroupTree {
             }
         }
         rules.sort_by(|a, b| a.0.cmp(&b.0));
-        let groups = groups
+        let groups: HashMap<GroupName, Arc<NodeGroup>> = groups
             .into_iter()
             .map(|g| (g.name.clone(), Arc::new(g)))
             .collect();
+        let inherited = inherited_rules(&groups, &rules);
         Self {
             generation,
             groups,
             children,
             rules,
+            inherited,
             pins,
         }
+    }
+
+    /// Whether each rule takes the node in: its own rule and every ancestor's match.
+    fn rule_members(&self, subject: &Subject<'_>) -> Vec<bool> {
+        let own: Vec<bool> = self.rules.iter().map(|(_, r)| r.matches(subject)).collect();
+        (0..own.len())
+            .map(|i| own[i] && self.inherited[i].iter().all(|&a| own[a]))
+            .collect()
     }
 
     /// Every group the node is in, and why (a group may be in for more than one reason), by
@@ -120,8 +156,9 @@ impl GroupTree {
         }
         let empty = Map::new();
         let subject = subject(node, facts, &empty);
-        for (group, rule) in &self.rules {
-            if rule.matches(&subject) {
+        let members = self.rule_members(&subject);
+        for ((group, _), member) in self.rules.iter().zip(members) {
+            if member {
                 found.push((group.clone(), Why::Rule));
             }
         }
@@ -152,9 +189,15 @@ impl GroupTree {
         }
         let empty = Map::new();
         let subject = subject(node, facts, &empty);
-        self.rules
-            .iter()
-            .any(|(group, rule)| groups.contains(group) && rule.matches(&subject))
+        // Each rule judged at most once, and only those the answer needs.
+        let mut judged: Vec<Option<bool>> = vec![None; self.rules.len()];
+        let mut matches =
+            |i: usize| *judged[i].get_or_insert_with(|| self.rules[i].1.matches(&subject));
+        (0..self.rules.len()).any(|i| {
+            groups.contains(&self.rules[i].0)
+                && matches(i)
+                && self.inherited[i].iter().all(|&a| matches(a))
+        })
     }
 
     /// How every group's rule fares on the node, by group name (for `explain`).
@@ -390,5 +433,66 @@ mod tests {
             tree.check_parent(&group("g1", Some("nope"))),
             Err(TreeError::MissingParent(_))
         ));
+    }
+
+    fn ruled(name: &str, parent: Option<&str>, rule: serde_json::Value) -> NodeGroup {
+        NodeGroup {
+            rule: Some(rule),
+            ..group(name, parent)
+        }
+    }
+
+    #[test]
+    fn a_rule_takes_a_node_in_only_with_every_ruled_ancestor() {
+        use crate::domain::{ClusterName, EnvironmentName};
+        let fact = |name: &str, value: &str| serde_json::json!(["=", ["fact", name], value]);
+        // a (rule) <- b (no rule) <- c (rule); d (rule) at the root.
+        let tree = GroupTree::of(
+            1,
+            vec![
+                ruled("a", None, fact("os", "Debian")),
+                group("b", Some("a")),
+                ruled("c", Some("b"), fact("role", "web")),
+                ruled("d", None, fact("role", "web")),
+            ],
+        );
+        let node = Node {
+            unique_name: Certname::parse("n1").unwrap(),
+            node_group_name: None,
+            environment_name: EnvironmentName::parse("production").unwrap(),
+            puppet_cluster_name: ClusterName::parse("eu").unwrap(),
+            classes: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+        };
+        let facts = |os: &str| NodeFacts {
+            unique_name: node.unique_name.clone(),
+            facts: serde_json::json!({"os": os, "role": "web"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            trusted: Map::new(),
+            received_at: crate::domain::now(),
+            posted_by: None,
+            with_trusted: false,
+        };
+        let names = |os: &str| -> Vec<String> {
+            let facts = facts(os);
+            tree.memberships(&node, Some(&facts))
+                .into_iter()
+                .map(|(g, _)| g.to_string())
+                .collect()
+        };
+        assert_eq!(names("RedHat"), ["d"]);
+        assert_eq!(names("Debian"), ["a", "c", "d"]);
+        let set = |names: &[&str]| -> HashSet<GroupName> {
+            names.iter().map(|n| GroupName::parse(n).unwrap()).collect()
+        };
+        let redhat = facts("RedHat");
+        assert!(!tree.in_any(&node, Some(&redhat), &set(&["c"])));
+        assert!(tree.in_any(&node, Some(&redhat), &set(&["c", "d"])));
+        let debian = facts("Debian");
+        assert!(tree.in_any(&node, Some(&debian), &set(&["c"])));
+        // b has no rule: it holds nobody by rule, and narrows nothing below it.
+        assert!(!tree.in_any(&node, Some(&debian), &set(&["b"])));
     }
 }

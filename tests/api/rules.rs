@@ -503,3 +503,143 @@ async fn unknown_nodes_stay_unknown_when_the_setting_says_so() {
         .problem(StatusCode::NOT_FOUND);
     app.get("/nodes/new01").await.problem(StatusCode::NOT_FOUND);
 }
+
+/// A node's facts as a Puppet server posts them.
+fn os_and_role(family: &str, role: &str) -> Value {
+    json!({"facts": {"os": {"family": family}, "role": role, "kernel": "Linux"}})
+}
+
+/// The certnames of a listing's items.
+fn names(page: &Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["unique_name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_childs_rule_is_narrowed_by_its_ancestors_rules_as_in_puppet_enterprise() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(json!({
+        "name": "Debian", "rule": ["=", ["fact", "os", "family"], "Debian"],
+        "classes": {"apt": {}}
+    }))
+    .await;
+    app.group(json!({
+        "name": "Debian web", "parent": "Debian", "rule": ["=", ["fact", "role"], "web"],
+        "classes": {"nginx": {}}
+    }))
+    .await;
+    // Three levels, a rule on the first and the last only: the middle narrows nothing.
+    app.group(json!({"name": "Debian web plain", "parent": "Debian web"}))
+        .await;
+    app.group(json!({
+        "name": "Debian web tls", "parent": "Debian web plain",
+        "rule": ["=", ["fact", "kernel"], "Linux"], "classes": {"tls": {}}
+    }))
+    .await;
+    for (node, family, role) in [
+        ("redhat01", "RedHat", "web"),
+        ("debweb01", "Debian", "web"),
+        ("debdb01", "Debian", "db"),
+        ("pinned01", "RedHat", "web"),
+        ("named01", "RedHat", "web"),
+    ] {
+        let group = (node == "named01").then_some("Debian web");
+        app.node(node, group).await;
+        app.post(
+            &format!("/nodes/{node}/classification"),
+            os_and_role(family, role),
+        )
+        .await
+        .ok(StatusCode::OK);
+    }
+    app.post(
+        "/nodegroup/Debian%20web/pin",
+        json!({"nodes": ["pinned01"]}),
+    )
+    .await
+    .ok(StatusCode::OK);
+
+    let classes = |node: &'static str| {
+        let app = &app;
+        async move {
+            app.get(&format!("/nodes/{node}/classification"))
+                .await
+                .ok(StatusCode::OK)["classes"]
+                .clone()
+        }
+    };
+    // A RedHat web host matches the child's rule but not its parent's: neither applies.
+    assert_eq!(classes("redhat01").await, json!({}));
+    assert_eq!(
+        classes("debweb01").await,
+        json!({"apt": {}, "nginx": {}, "tls": {}})
+    );
+    assert_eq!(classes("debdb01").await, json!({"apt": {}}));
+    // Pins and the named group are explicit: no rule on the chain needs to match.
+    assert_eq!(classes("pinned01").await, json!({"apt": {}, "nginx": {}}));
+    assert_eq!(classes("named01").await, json!({"apt": {}, "nginx": {}}));
+
+    let explained = app
+        .get("/nodes/redhat01/classification?explain=true")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(explained["membership"]["groups"], json!([]));
+
+    // Lookups agree with classification.
+    let web = app
+        .get("/nodegroup/Debian%20web/nodes")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(names(&web), ["debweb01", "named01", "pinned01"]);
+    let tls = app
+        .get("/nodegroup/Debian%20web%20tls/nodes")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(names(&tls), ["debweb01"]);
+    let nginx = app.get("/classes/nginx/nodes").await.ok(StatusCode::OK);
+    assert_eq!(names(&nginx), ["debweb01", "named01", "pinned01"]);
+    let apt = app.get("/classes/apt/nodes").await.ok(StatusCode::OK);
+    assert_eq!(names(&apt), ["debdb01", "debweb01", "named01", "pinned01"]);
+
+    // And so does the preview: widening the parent's rule brings the RedHat web hosts in by
+    // rule, each as far as the rules below let it; the Debian hosts' groups stay.
+    let widened = json!({
+        "name": "Debian", "rule": ["or", ["=", ["fact", "os", "family"], "Debian"], ["=", ["fact", "os", "family"], "RedHat"]],
+        "classes": {"apt": {}}
+    });
+    let preview = app
+        .put("/nodegroup/Debian?dry_run=true", widened.clone(), None)
+        .await
+        .ok(StatusCode::OK);
+    let joined: Vec<(&str, &Value)> = preview["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !n["joins"].as_array().unwrap().is_empty())
+        .map(|n| (n["unique_name"].as_str().unwrap(), &n["joins"]))
+        .collect();
+    assert_eq!(
+        joined,
+        [
+            ("named01", &json!(["Debian", "Debian web tls"])),
+            ("pinned01", &json!(["Debian", "Debian web tls"])),
+            (
+                "redhat01",
+                &json!(["Debian", "Debian web", "Debian web tls"])
+            )
+        ],
+        "{preview}"
+    );
+    app.put("/nodegroup/Debian", widened, None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        classes("redhat01").await,
+        json!({"apt": {}, "nginx": {}, "tls": {}})
+    );
+}
