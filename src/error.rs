@@ -181,7 +181,7 @@ impl From<StoreError> for AppError {
                 "idempotency_key",
                 "was used for another entry: use a new key for a new entry",
             ),
-            Unavailable(_) => AppError::Unavailable(e),
+            Unavailable(_) | TreeMoved => AppError::Unavailable(e),
             Internal(_) => AppError::Internal(Box::new(e)),
         }
     }

@@ -104,6 +104,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(lookups::holders))
         .routes(routes!(node_groups::pin))
         .routes(routes!(node_groups::unpin))
+        .routes(routes!(node_groups::unpin_from_all))
         .routes(routes!(history::node))
         .routes(routes!(history::node_group))
         .routes(routes!(history::environment))

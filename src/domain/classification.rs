@@ -82,6 +82,114 @@ pub fn classify(node: &Node, groups: &[&NodeGroup]) -> (Classification, Explanat
     (classification, why)
 }
 
+/// One leaf group's chain, explained: why a node gets each value through it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ChainExplanation {
+    /// The leaf group.
+    #[schema(value_type = String)]
+    pub leaf: GroupName,
+    /// Its chain from the root down to the leaf.
+    #[schema(value_type = Vec<String>)]
+    pub groups: Vec<GroupName>,
+    /// Every class and value a group of the chain (or the node itself) gives, by key
+    /// (`classes.<class>` for a class declared, `classes.<class>.<parameter>`,
+    /// `parameters.<name>`): the one that wins and those it overrode.
+    pub values: Vec<ValueExplanation>,
+}
+
+/// Why a key has its value along one chain.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ValueExplanation {
+    pub key: String,
+    /// The value that wins (for a class: its parameters as merged).
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// Where it came from: the nearest group that gives it, or the node.
+    pub from: Source,
+    /// The values it overrode, nearest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrode: Vec<Overridden>,
+}
+
+/// A value that a nearer group (or the node) overrode.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Overridden {
+    pub from: Source,
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+}
+
+/// The chain `chain` (the leaf first, up to the root) explained for `node`: each key's value
+/// from the root down, each nearer layer (and the node last) overriding the ones above.
+pub fn explain_chain(node: &Node, chain: &[&NodeGroup]) -> Option<ChainExplanation> {
+    let leaf = chain.first()?.name.clone();
+    let layers = chain
+        .iter()
+        .rev()
+        .map(|g| (Source::NodeGroup(g.name.clone()), &g.classes, &g.parameters))
+        .chain(std::iter::once((
+            Source::Node(node.unique_name.clone()),
+            &node.classes,
+            &node.parameters,
+        )));
+    // Each key's values, root first, each with where it came from.
+    let mut given: BTreeMap<String, Vec<(serde_json::Value, Source)>> = BTreeMap::new();
+    for (source, classes, parameters) in layers {
+        for (class, class_parameters) in classes {
+            let declared = serde_json::to_value(class_parameters).unwrap_or_default();
+            given
+                .entry(format!("classes.{class}"))
+                .or_default()
+                .push((declared, source.clone()));
+            for (name, value) in class_parameters {
+                given
+                    .entry(format!("classes.{class}.{name}"))
+                    .or_default()
+                    .push((value.clone(), source.clone()));
+            }
+        }
+        for (name, value) in parameters {
+            given
+                .entry(format!("parameters.{name}"))
+                .or_default()
+                .push((value.clone(), source.clone()));
+        }
+    }
+    let (classification, _) = classify(node, chain);
+    let values = given
+        .into_iter()
+        .filter_map(|(key, mut values)| {
+            let (last, from) = values.pop()?;
+            let value = match key.strip_prefix("classes.") {
+                // A class as it is merged along the chain, not as its nearest group wrote it.
+                Some(class) if !class.contains('.') => classification
+                    .classes
+                    .iter()
+                    .find(|(c, _)| c.as_str() == class)
+                    .and_then(|(_, p)| serde_json::to_value(p).ok())
+                    .unwrap_or(last),
+                _ => last,
+            };
+            let overrode = values
+                .into_iter()
+                .rev()
+                .map(|(value, from)| Overridden { from, value })
+                .collect();
+            Some(ValueExplanation {
+                key,
+                value,
+                from,
+                overrode,
+            })
+        })
+        .collect();
+    Some(ChainExplanation {
+        leaf,
+        groups: chain.iter().rev().map(|g| g.name.clone()).collect(),
+        values,
+    })
+}
+
 /// A value one of a node's leaf groups gives a key.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ConflictValue {

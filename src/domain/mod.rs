@@ -15,7 +15,8 @@ pub use activity::{
     Total, parse_work_date, summarize,
 };
 pub use classification::{
-    Classification, Conflict, ConflictValue, Explanation, Source, classify, classify_all,
+    ChainExplanation, Classification, Conflict, ConflictValue, Explanation, Overridden, Source,
+    ValueExplanation, classify, classify_all, explain_chain,
 };
 pub use history::{
     ClassificationDiff, EnvironmentChange, Operation, ParameterChange, Revision,

@@ -88,8 +88,11 @@ pub enum Why {
     /// The node names the group (`node_group_name`).
     Named,
     Pinned,
-    /// The group's rule matches the node's facts.
+    /// The group's rule matches the node's facts, and so do its ruled ancestors' rules.
     Rule,
+    /// It is an ancestor of a group the node is in (`ancestor_of`): the node gets its classes
+    /// and values through that group.
+    Ancestor,
 }
 
 impl GroupTree {
@@ -121,6 +124,9 @@ impl GroupTree {
             }
         }
         rules.sort_by(|a, b| a.0.cmp(&b.0));
+        for pinning in pins.values_mut() {
+            pinning.sort();
+        }
         let groups: HashMap<GroupName, Arc<NodeGroup>> = groups
             .into_iter()
             .map(|g| (g.name.clone(), Arc::new(g)))
@@ -164,6 +170,16 @@ impl GroupTree {
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found
+    }
+
+    /// The group of that name.
+    pub fn group(&self, name: &GroupName) -> Option<&NodeGroup> {
+        self.groups.get(name).map(|g| &**g)
+    }
+
+    /// The groups that pin `node`, by name.
+    pub fn pinning(&self, node: &Certname) -> &[GroupName] {
+        self.pins.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// Whether the node is in any of `groups` (by name, pin or rule), judging only their rules.

@@ -11,8 +11,8 @@ use crate::auth::{Caller, Deferred, Identity};
 use crate::domain::Why;
 use crate::domain::rule::RuleOutcome;
 use crate::domain::{
-    Certname, Classification, Conflict, Explanation, GroupName, Node, NodeFacts, NodeGroup,
-    classify_all,
+    Certname, ChainExplanation, Classification, Conflict, Explanation, GroupName, Node, NodeFacts,
+    NodeGroup, classify_all, explain_chain,
 };
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Json, Path, Query};
@@ -66,6 +66,9 @@ pub struct Membership {
     #[schema(value_type = Vec<String>)]
     pub leaves: Vec<GroupName>,
     pub rules: Vec<RuleResult>,
+    /// Each leaf group's chain from the root: every class and value each group (and the
+    /// node) gives, the one that wins and those it overrode.
+    pub chains: Vec<ChainExplanation>,
     /// When the facts the rules were judged on came (absent: the node sent none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts_received_at: Option<String>,
@@ -86,6 +89,10 @@ pub struct GroupMembership {
     #[schema(value_type = String)]
     pub group: GroupName,
     pub why: Vec<Why>,
+    /// The groups the node is in that this group is an ancestor of.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ancestor_of: Vec<GroupName>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -137,11 +144,44 @@ fn membership(inputs: &ClassificationInputs, classifiable: &Classifiable) -> Mem
             _ => groups.push(GroupMembership {
                 group,
                 why: vec![why],
+                ancestor_of: Vec::new(),
             }),
         }
     }
+    // Every group above one the node is in, and which of those it is above.
+    let members: Vec<GroupName> = groups.iter().map(|g| g.group.clone()).collect();
+    for member in &members {
+        let Ok(chain) = inputs.tree.chain(Some(member)) else {
+            continue;
+        };
+        for above in chain.iter().skip(1) {
+            match groups.iter_mut().find(|g| g.group == above.name) {
+                Some(known) => {
+                    if !known.why.contains(&Why::Ancestor) {
+                        known.why.push(Why::Ancestor);
+                    }
+                    known.ancestor_of.push(member.clone());
+                }
+                None => groups.push(GroupMembership {
+                    group: above.name.clone(),
+                    why: vec![Why::Ancestor],
+                    ancestor_of: vec![member.clone()],
+                }),
+            }
+        }
+    }
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    let chains = classifiable
+        .chains
+        .iter()
+        .filter_map(|chain| {
+            let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
+            explain_chain(node, &chain)
+        })
+        .collect();
     Membership {
         groups,
+        chains,
         leaves: classifiable
             .chains
             .iter()

@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::impact::WriteQuery;
+use super::node_groups::{JUDGED_TRIES, Judged, judged, kept_moving};
 use super::{ForceQuery, IfMatchHeader, ListResponse, page_request, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
@@ -249,11 +251,38 @@ pub async fn restore_node_group(
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    let restored = state
+    // Judged as any group write: the version restored must not give nodes conflicting
+    // values (unless forced), on the tree the restore's commit is conditional on.
+    let revision = state
         .store
-        .restore_node_group(&name, version, expected, options.by(&caller))
+        .revision(&NODE_GROUP, &Key::one(name.as_str()), version)
         .await?;
-    Ok(stored(StatusCode::OK, &restored, &[]))
+    let after: Option<NodeGroup> = revision
+        .object
+        .map(serde_json::from_value::<Stored<NodeGroup>>)
+        .transpose()
+        .map_err(|e| AppError::Internal(Box::new(e)))?
+        .map(|g| g.item);
+    let write = WriteQuery {
+        dry_run: false,
+        force: options.force,
+    };
+    for _ in 0..JUDGED_TRIES {
+        let judged = match &after {
+            Some(group) => judged(&state, &name, Some(group), &write).await?,
+            None => Judged::default(),
+        };
+        let by = judged.by(options.by(&caller));
+        match state
+            .store
+            .restore_node_group(&name, version, expected, by)
+            .await
+        {
+            Err(StoreError::TreeMoved) => continue,
+            restored => return Ok(stored(StatusCode::OK, &restored?, &[])),
+        }
+    }
+    Err(kept_moving())
 }
 
 /// The version's content written again as the environment's next version (made again if it

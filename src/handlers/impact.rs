@@ -93,6 +93,10 @@ pub struct Preview {
     pub more: usize,
     /// Nodes that would fail to classify, with the conflicts the write would give them.
     pub failed: Vec<NodeFailure>,
+    /// The groups that would stop pinning the node(s): a deleted node's pins go with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub unpinned_from: Vec<GroupName>,
 }
 
 /// Why a node does not classify.
@@ -159,9 +163,15 @@ fn groups_of(
 pub struct Assessment {
     pub preview: Preview,
     pub created: Vec<NodeFailure>,
+    /// The group-tree generation it was made on: the write commits only while it is current.
+    pub generation: i64,
 }
 
-fn assess<'a>(object: Option<Value>, changes: impl Iterator<Item = Change<'a>>) -> Assessment {
+fn assess<'a>(
+    object: Option<Value>,
+    generation: i64,
+    changes: impl Iterator<Item = Change<'a>>,
+) -> Assessment {
     let mut affected: Vec<NodeImpact> = Vec::new();
     let mut failed = Vec::new();
     let mut created = Vec::new();
@@ -222,8 +232,13 @@ fn assess<'a>(object: Option<Value>, changes: impl Iterator<Item = Change<'a>>) 
         more: count - affected.len(),
         nodes: affected,
         failed,
+        unpinned_from: Vec::new(),
     };
-    Assessment { preview, created }
+    Assessment {
+        preview,
+        created,
+        generation,
+    }
 }
 
 /// Every node and every node's facts.
@@ -277,7 +292,7 @@ pub async fn of_group<T: Serialize>(
             tree_after: &changed,
         })
     });
-    Ok(assess(object, changes))
+    Ok(assess(object, tree.generation, changes))
 }
 
 /// Refuses a group write that would give nodes conflicting values (409, listing the nodes
@@ -331,7 +346,49 @@ pub async fn of_node<T: Serialize>(
         tree_before: &tree,
         tree_after: &tree,
     };
-    Ok(assess(object, std::iter::once(change)).preview)
+    Ok(assess(object, tree.generation, std::iter::once(change)).preview)
+}
+
+/// What taking `nodes` off every group that pins them would do to them, under `tree`; the
+/// groups that would change with it.
+pub async fn of_unpinning(
+    state: &AppState,
+    tree: &GroupTree,
+    nodes: &BTreeSet<Certname>,
+) -> Result<Assessment, AppError> {
+    let mut groups: BTreeSet<&GroupName> = BTreeSet::new();
+    for node in nodes {
+        groups.extend(tree.pinning(node));
+    }
+    let mut changes = Vec::new();
+    for group in &groups {
+        let mut after = tree
+            .group(group)
+            .cloned()
+            .ok_or_else(|| AppError::Internal("a pinning group not in its tree".into()))?;
+        after.pinned.retain(|n| !nodes.contains(n));
+        changes.push((after.name.clone(), Some(after)));
+    }
+    let tree_after = tree.with_changes(&changes);
+    let mut read = Vec::new();
+    for name in nodes {
+        let node = match state.store.get_node(name).await {
+            Ok(node) => Some(node.item),
+            Err(crate::store::StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        read.push((node, state.store.facts(name).await?));
+    }
+    let changes = read.iter().map(|(node, facts)| Change {
+        before: node.as_ref(),
+        after: node.as_ref(),
+        facts: facts.as_ref(),
+        tree_before: tree,
+        tree_after: &tree_after,
+    });
+    let mut assessment = assess(None, tree.generation, changes);
+    assessment.preview.unpinned_from = groups.into_iter().cloned().collect();
+    Ok(assessment)
 }
 
 /// What a change of many objects would do to every node: each node as it is (`before`) and
@@ -352,5 +409,5 @@ pub fn of_many(
         tree_before,
         tree_after,
     });
-    assess(None, changes)
+    assess(None, tree_before.generation, changes)
 }

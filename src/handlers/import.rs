@@ -717,6 +717,11 @@ async fn write(
     let mut applied = Vec::new();
     for batch in batches.iter().filter(|b| !b.is_empty()) {
         let planned: Vec<Planned> = batch.iter().map(|s| s.planned.clone()).collect();
+        // Only the first commit can hold to the groups it was judged on: it moves them.
+        let by = match applied.is_empty() {
+            true => by,
+            false => By { judged: None, ..by },
+        };
         let versions = match state.store.apply_set(&planned, by).await {
             Ok(versions) => versions,
             Err(e) if applied.is_empty() => return Err(e.into()),
@@ -774,39 +779,48 @@ pub async fn import(
         true => None,
         false => Some(named_plan(&headers)?),
     };
-    let planning = plan(&state, &body).await?;
-    let Some(id) = named else {
-        return Ok(axum::Json(planning.plan).into_response());
-    };
-    let (steps, done) = match id == planning.plan.plan_id {
-        true => (planning.steps, 0),
-        false => resumed(&state, &id, &planning.steps).await?,
-    };
-    let conflicts = match done {
-        0 => impact::refuse_conflicts(&planning.conflicts, options.force)?,
-        _ => None,
-    };
-    let apply = Apply {
-        plan_id: &id,
-        source_revision: body.source_revision.as_deref(),
-    };
-    let by = By {
-        apply: Some(apply),
-        conflicts: conflicts.as_ref(),
-        ..By::actor(caller.actor())
-    };
-    let batches = batches(state.store.max_writes(), &steps);
-    if done == 0 && batches.len() > 1 {
-        let entries: Vec<Value> = steps.iter().map(entry).collect();
-        state.store.keep_plan(&id, &entries).await?;
+    // An apply commits only on the groups it was judged on; if they move, it is planned and
+    // judged again (and refused with 412 if that changes the plan).
+    for _ in 0..super::node_groups::JUDGED_TRIES {
+        let planning = plan(&state, &body).await?;
+        let Some(id) = named.clone() else {
+            return Ok(axum::Json(planning.plan).into_response());
+        };
+        let (steps, done) = match id == planning.plan.plan_id {
+            true => (planning.steps, 0),
+            false => resumed(&state, &id, &planning.steps).await?,
+        };
+        let conflicts = match done {
+            0 => impact::refuse_conflicts(&planning.conflicts, options.force)?,
+            _ => None,
+        };
+        let apply = Apply {
+            plan_id: &id,
+            source_revision: body.source_revision.as_deref(),
+        };
+        let by = By {
+            apply: Some(apply),
+            conflicts: conflicts.as_ref(),
+            judged: (done == 0).then_some(planning.conflicts.generation),
+            ..By::actor(caller.actor())
+        };
+        let batches = batches(state.store.max_writes(), &steps);
+        if done == 0 && batches.len() > 1 {
+            let entries: Vec<Value> = steps.iter().map(entry).collect();
+            state.store.keep_plan(&id, &entries).await?;
+        }
+        let applied = match write(&state, &batches, by).await {
+            Err(AppError::Unavailable(StoreError::TreeMoved)) => continue,
+            applied => applied?,
+        };
+        tracing::info!(plan_id = %id, applied = applied.len(), already_applied = done, "plan applied");
+        return Ok(axum::Json(ApplyOutcome {
+            plan_id: id,
+            applied,
+            already_applied: done,
+            summary: planning.plan.summary,
+        })
+        .into_response());
     }
-    let applied = write(&state, &batches, by).await?;
-    tracing::info!(plan_id = %id, applied = applied.len(), already_applied = done, "plan applied");
-    Ok(axum::Json(ApplyOutcome {
-        plan_id: id,
-        applied,
-        already_applied: done,
-        summary: planning.plan.summary,
-    })
-    .into_response())
+    Err(super::node_groups::kept_moving())
 }

@@ -63,7 +63,9 @@ pub struct IfMatchHeader {
 #[into_params(parameter_in = Query)]
 pub struct ForceQuery {
     /// Make the write even though the object is managed by a classification tree
-    /// (`managed_by`): the next apply of the tree changes it back.
+    /// (`managed_by`: the next apply of the tree changes it back), or, restoring a group,
+    /// even though the version restored gives nodes conflicting values (recorded in its
+    /// revision).
     #[serde(default)]
     pub force: bool,
 }

@@ -223,29 +223,6 @@ pub enum GroupOrPreview {
     Preview(Preview),
 }
 
-/// Replaces a group keeping the pins it has: each try reads them and writes over the version
-/// it read (or `expected`, if the client named one).
-pub async fn keeping_pins(
-    state: &AppState,
-    mut group: NodeGroup,
-    expected: Option<u64>,
-    by: crate::store::By<'_>,
-) -> Result<Stored<NodeGroup>, AppError> {
-    for _ in 0..8 {
-        let current = state.store.get_node_group(&group.name).await?;
-        group.pinned = current.item.pinned;
-        let at = expected.or(Some(current.meta.version));
-        let group = within_size(group.clone())?;
-        match state.store.replace_node_group(group, at, by).await {
-            Err(StoreError::VersionMismatch { .. }) if expected.is_none() => continue,
-            other => return Ok(other?),
-        }
-    }
-    Err(AppError::Unavailable(StoreError::Unavailable(
-        "the node group kept changing".into(),
-    )))
-}
-
 /// The preview of a group write, as the answer.
 async fn previewed(
     state: &AppState,
@@ -258,18 +235,51 @@ async fn previewed(
 }
 
 /// Before a group write: refused (409) if it would give nodes conflicting values, unless
-/// forced; the conflicts a forced one creates, for its revision.
-async fn judged(
+/// forced; the conflicts a forced one creates, for its revision, and the group-tree
+/// generation it was judged on, which the write's commit is conditional on.
+pub(super) async fn judged(
     state: &AppState,
     name: &GroupName,
     after: Option<&NodeGroup>,
     options: &WriteQuery,
-) -> Result<Option<serde_json::Value>, AppError> {
+) -> Result<Judged, AppError> {
     if options.dry_run {
-        return Ok(None);
+        return Ok(Judged::default());
     }
     let assessed = impact::of_group::<()>(state, name, after.cloned(), None).await?;
-    impact::refuse_conflicts(&assessed, options.force)
+    Ok(Judged {
+        conflicts: impact::refuse_conflicts(&assessed, options.force)?,
+        generation: Some(assessed.generation),
+    })
+}
+
+/// How a group write was judged.
+#[derive(Default)]
+pub(super) struct Judged {
+    /// The conflicts a forced write creates.
+    pub(super) conflicts: Option<serde_json::Value>,
+    /// The group-tree generation the judgement was made on.
+    pub(super) generation: Option<i64>,
+}
+
+impl Judged {
+    pub(super) fn by<'a>(&'a self, by: By<'a>) -> By<'a> {
+        By {
+            conflicts: self.conflicts.as_ref(),
+            judged: self.generation,
+            ..by
+        }
+    }
+}
+
+/// How often a group write is judged again when the groups change under it.
+pub(super) const JUDGED_TRIES: usize = 8;
+
+/// The answer when the groups kept changing under a write.
+pub(super) fn kept_moving() -> AppError {
+    AppError::Unavailable(StoreError::Unavailable(
+        "the node groups kept changing while the write was judged".into(),
+    ))
 }
 
 /// Create a node group (`dry_run`: check it and preview it, storing nothing).
@@ -290,17 +300,20 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let group = within_size(body.into_domain(None)?.0)?;
     let name = group.name.clone();
-    let conflicts = judged(&state, &name, Some(&group), &options).await?;
-    let by = By {
-        conflicts: conflicts.as_ref(),
-        ..options.by(&caller)
-    };
-    let created = state.store.create_node_group(group, by).await?;
-    if options.dry_run {
-        return previewed(&state, &name, Some(created)).await;
+    for _ in 0..JUDGED_TRIES {
+        let judged = judged(&state, &name, Some(&group), &options).await?;
+        let by = judged.by(options.by(&caller));
+        let created = match state.store.create_node_group(group.clone(), by).await {
+            Err(StoreError::TreeMoved) => continue,
+            other => other?,
+        };
+        if options.dry_run {
+            return previewed(&state, &name, Some(created)).await;
+        }
+        let location = ["nodegroup", created.item.name.as_str()];
+        return Ok(stored(StatusCode::CREATED, &created, &location));
     }
-    let location = ["nodegroup", created.item.name.as_str()];
-    Ok(stored(StatusCode::CREATED, &created, &location))
+    Err(kept_moving())
 }
 
 /// List node groups.
@@ -348,25 +361,29 @@ pub async fn replace(
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
     let (mut group, pinned_given) = body.into_domain(Some(&name))?;
-    if !pinned_given && !options.dry_run {
-        group.pinned = state.store.get_node_group(&name).await?.item.pinned;
-    }
-    let conflicts = judged(&state, &name, Some(&group), &options).await?;
-    let by = By {
-        conflicts: conflicts.as_ref(),
-        ..options.by(&caller)
-    };
-    let replaced = match pinned_given {
-        true => {
-            let group = within_size(group)?;
-            state.store.replace_node_group(group, expected, by).await?
+    for _ in 0..JUDGED_TRIES {
+        // Without `pinned` the group keeps its pins: judged with them, and any pin change
+        // since moves the tree, so the write is judged again with the new ones.
+        let mut at = expected;
+        if !pinned_given && !options.dry_run {
+            let current = state.store.get_node_group(&name).await?;
+            group.pinned = current.item.pinned;
+            at = expected.or(Some(current.meta.version));
         }
-        false => keeping_pins(&state, group, expected, by).await?,
-    };
-    if options.dry_run {
-        return previewed(&state, &name, Some(replaced)).await;
+        let judged = judged(&state, &name, Some(&group), &options).await?;
+        let by = judged.by(options.by(&caller));
+        let written = within_size(group.clone())?;
+        let replaced = match state.store.replace_node_group(written, at, by).await {
+            Err(StoreError::TreeMoved) => continue,
+            Err(StoreError::VersionMismatch { .. }) if expected.is_none() => continue,
+            other => other?,
+        };
+        if options.dry_run {
+            return previewed(&state, &name, Some(replaced)).await;
+        }
+        return Ok(stored(StatusCode::OK, &replaced, &[]));
     }
-    Ok(stored(StatusCode::OK, &replaced, &[]))
+    Err(kept_moving())
 }
 
 /// Delete a node group; refused (409) while nodes or child groups use it.
@@ -382,16 +399,19 @@ pub async fn delete(
     Query(options): Query<WriteQuery>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    let conflicts = judged(&state, &name, None, &options).await?;
-    let by = By {
-        conflicts: conflicts.as_ref(),
-        ..options.by(&caller)
-    };
-    state.store.delete_node_group(&name, expected, by).await?;
-    if options.dry_run {
-        return previewed(&state, &name, None).await;
+    for _ in 0..JUDGED_TRIES {
+        let judged = judged(&state, &name, None, &options).await?;
+        let by = judged.by(options.by(&caller));
+        match state.store.delete_node_group(&name, expected, by).await {
+            Err(StoreError::TreeMoved) => continue,
+            other => other?,
+        }
+        if options.dry_run {
+            return previewed(&state, &name, None).await;
+        }
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Err(kept_moving())
 }
 
 /// Nodes to pin to a group or unpin from it.
@@ -430,13 +450,10 @@ async fn change_pins(
             ));
         }
         let version = Some(current.meta.version);
-        let conflicts = judged(state, &name, Some(&group), &options).await?;
-        let by = By {
-            conflicts: conflicts.as_ref(),
-            ..options.by(caller)
-        };
+        let judged = judged(state, &name, Some(&group), &options).await?;
+        let by = judged.by(options.by(caller));
         match state.store.replace_node_group(group, version, by).await {
-            Err(StoreError::VersionMismatch { .. }) => continue,
+            Err(StoreError::VersionMismatch { .. } | StoreError::TreeMoved) => continue,
             Ok(changed) if options.dry_run => {
                 return previewed(state, &name, Some(changed)).await;
             }
@@ -478,4 +495,54 @@ pub async fn unpin(
     Json(body): Json<PinBody>,
 ) -> Result<Response, AppError> {
     change_pins(&state, &caller, &name, options, body, false).await
+}
+
+/// The groups a node was taken off.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Unpinned {
+    /// Each group that pinned one of the nodes: each a new version, all in one commit.
+    #[schema(value_type = Vec<String>)]
+    pub unpinned_from: Vec<GroupName>,
+}
+
+/// Take nodes off every group that pins them, in one commit (each group a new version): as
+/// Puppet Enterprise's `unpin-from-all`. Refused with 409 if it would give one of them
+/// conflicting values, unless `force`.
+#[utoipa::path(post, path = "/commands/unpin-from-all", tag = "node groups", operation_id = "unpin_from_all",
+    security(("bearer" = ["write"])), params(WriteQuery),
+    request_body = PinBody,
+    responses((status = 200, description = "The groups changed or, with `dry_run`, a `Preview` (with `unpinned_from`)",
+        body = Unpinned), WriteProblems))]
+pub async fn unpin_from_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(options): Query<WriteQuery>,
+    Json(body): Json<PinBody>,
+) -> Result<Response, AppError> {
+    let mut f = Fields::default();
+    let nodes = pins(&mut f, "nodes", body.nodes);
+    f.finish(|| Some(())).map_err(AppError::Validation)?;
+    for _ in 0..8 {
+        // Judged on the tree the commit is conditional on: if it moves, judged again.
+        let tree = state.store.current_tree().await?;
+        let assessment = impact::of_unpinning(&state, &tree, &nodes).await?;
+        let conflicts = impact::refuse_conflicts(&assessment, options.force)?;
+        let by = By {
+            conflicts: conflicts.as_ref(),
+            ..options.by(&caller)
+        };
+        let Some(groups) = state.store.unpin_from_all(&tree, &nodes, by).await? else {
+            continue;
+        };
+        if options.dry_run {
+            return Ok(axum::Json(assessment.preview).into_response());
+        }
+        return Ok(axum::Json(Unpinned {
+            unpinned_from: groups,
+        })
+        .into_response());
+    }
+    Err(AppError::Unavailable(StoreError::Unavailable(
+        "the node groups kept changing".into(),
+    )))
 }

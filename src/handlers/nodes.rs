@@ -367,7 +367,8 @@ pub async fn replace(
     Ok(stored(StatusCode::OK, &replaced, &[]))
 }
 
-/// Delete a node (`dry_run`: what its classification was; nothing stored).
+/// Delete a node, taking it off every group that pins it in the same commit (`dry_run`: what
+/// its classification was and the groups that would stop pinning it; nothing stored).
 #[utoipa::path(delete, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "delete_node",
     security(("bearer" = ["write"])), params(("unique_name" = Certname, Path, description = "The node's certname"), IfMatchHeader, WriteQuery),
     responses((status = 204, description = "Deleted"),
@@ -389,8 +390,10 @@ pub async fn delete(
         .delete_node(&name, expected, options.by(&caller))
         .await?;
     if let Some(current) = current {
-        let preview = impact::of_node::<Node>(&state, Some(&current.item), None, None);
-        return Ok(axum::Json(preview.await?).into_response());
+        let mut preview = impact::of_node::<Node>(&state, Some(&current.item), None, None).await?;
+        let tree = state.store.current_tree().await?;
+        preview.unpinned_from = tree.pinning(&name).to_vec();
+        return Ok(axum::Json(preview).into_response());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -59,7 +59,7 @@ fn fold(into: &mut Step, next: Step, deltas: &mut i64) -> Result<(), ()> {
 type Deletions = Vec<(usize, i64)>;
 
 /// The steps with one write per record (by table and key), in first-seen order.
-fn merge(steps: Vec<Step>) -> Result<(Vec<Step>, Deletions)> {
+pub(super) fn merge(steps: Vec<Step>) -> Result<(Vec<Step>, Deletions)> {
     let mut out: Vec<Step> = Vec::new();
     let mut deltas: Vec<i64> = Vec::new();
     let mut at: HashMap<(&'static str, Key), usize> = HashMap::new();
@@ -102,6 +102,46 @@ impl Db {
         by: By<'_>,
         extra: Vec<Step>,
     ) -> Result<Vec<u64>> {
+        let (mut steps, versions) = self.set_steps(planned, by).await?;
+        steps.extend(extra);
+        let (steps, deletes) = merge(steps)?;
+        for (i, delta) in deletes {
+            let write = &steps[i].0;
+            if let Expect::At { refs, .. } = write.expect
+                && refs + delta != 0
+            {
+                let referrers = self.referrers(write.kind, &write.key).await?;
+                return Err(StoreError::StillReferenced {
+                    kind: write.kind.kind,
+                    key: write.key.to_string(),
+                    referrers,
+                });
+            }
+        }
+        let first = planned.first();
+        let stale = |p: &Planned| StoreError::PlanStale {
+            kind: p.kind.kind,
+            key: p.key.to_string(),
+        };
+        let done = match by.dry_run {
+            true => self.check(steps).await,
+            false => self.commit(steps).await,
+        };
+        match done {
+            Ok(true) => Ok(versions),
+            Ok(false) => Err(first.map_or(StoreError::Unavailable("a lost race".into()), stale)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The writes (with their revisions and reference counts) that make each planned object
+    /// what it becomes, each conditional on the version planned, and each object's new
+    /// version; refused with `PlanStale` if one is not at the version planned.
+    pub(super) async fn set_steps(
+        &self,
+        planned: &[Planned],
+        by: By<'_>,
+    ) -> Result<(Vec<Step>, Vec<u64>)> {
         let keys: Vec<_> = planned
             .iter()
             .flat_map(|p| [(p.kind, p.key.clone()), (&HEAD, head_key(p.kind, &p.key))])
@@ -183,27 +223,7 @@ impl Db {
             }
             versions.push(version);
         }
-        steps.extend(extra);
-        let (steps, deletes) = merge(steps)?;
-        for (i, delta) in deletes {
-            let write = &steps[i].0;
-            if let Expect::At { refs, .. } = write.expect
-                && refs + delta != 0
-            {
-                let referrers = self.referrers(write.kind, &write.key).await?;
-                return Err(StoreError::StillReferenced {
-                    kind: write.kind.kind,
-                    key: write.key.to_string(),
-                    referrers,
-                });
-            }
-        }
-        let first = planned.first();
-        match self.commit(steps).await {
-            Ok(true) => Ok(versions),
-            Ok(false) => Err(first.map_or(StoreError::Unavailable("a lost race".into()), stale)),
-            Err(e) => Err(e),
-        }
+        Ok((steps, versions))
     }
 }
 

@@ -124,6 +124,9 @@ pub enum StoreError {
     /// An apply found something changed since its plan was made.
     #[error("{kind} {key} changed since the plan was made: plan again")]
     PlanStale { kind: Kind, key: String },
+    /// The node groups changed since the write was judged: judge it again.
+    #[error("the node groups changed while the write was judged")]
+    TreeMoved,
     #[error("the pagination cursor is not valid for this listing")]
     InvalidCursor,
     /// An idempotency key sent again with something else than it first came with.

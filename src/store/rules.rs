@@ -160,6 +160,9 @@ pub struct By<'a> {
     pub force: bool,
     /// The change applies a plan (`POST /import`): the object becomes owned by the tree.
     pub apply: Option<Apply<'a>>,
+    /// The group-tree generation the change was judged on (its conflicts): a group write
+    /// commits only while it is current, else fails with `TreeMoved`.
+    pub judged: Option<i64>,
 }
 
 /// A plan being applied, for the objects it writes and their revisions.
@@ -202,6 +205,7 @@ impl<'a> By<'a> {
             conflicts: None,
             force: false,
             apply: None,
+            judged: None,
         }
     }
 }
@@ -324,7 +328,7 @@ impl Db {
 
     /// What `commit` would answer, storing nothing: every expectation checked against the
     /// records as they are now (a dry run).
-    async fn check(&self, steps: Vec<Step>) -> Result<bool> {
+    pub(super) async fn check(&self, steps: Vec<Step>) -> Result<bool> {
         let keys: Vec<_> = steps.iter().map(|(w, _)| (w.kind, w.key.clone())).collect();
         let found = self.engine.get(&keys).await?;
         for (i, ((write, _), record)) in steps.iter().zip(&found).enumerate() {
@@ -468,6 +472,9 @@ impl Db {
                     retention: self.retention,
                 })?);
             }
+            // A guard's writes may touch records the object's own writes touch (a node and
+            // the groups that pinned it name the same environment): one write per record.
+            let (steps, _) = super::apply::merge(steps)?;
             let done = match by.dry_run {
                 true => self.check(steps).await?,
                 false => self.commit(steps).await?,

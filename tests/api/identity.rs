@@ -118,6 +118,11 @@ fn known_case(method: &Method, path: &str) -> Option<Case> {
             Some(json!({"nodes": [format!("p{u}")]})),
             ok,
         ),
+        ("POST", "/commands/unpin-from-all") => json_case(
+            "/commands/unpin-from-all",
+            Some(json!({"nodes": [format!("p{u}")]})),
+            ok,
+        ),
         ("POST", "/nodes/{unique_name}/classification") => json_case(
             "/nodes/web01/classification",
             Some(json!({"facts": {"round": u}})),

@@ -64,7 +64,10 @@ async fn nodes_join_groups_by_their_facts_and_the_facts_are_kept() {
     let membership = &explained["membership"];
     assert_eq!(
         membership["groups"],
-        json!([{"group": "base", "why": ["named"]}, {"group": "debian", "why": ["rule"]}])
+        json!([
+            {"group": "base", "why": ["named", "ancestor"], "ancestor_of": ["debian"]},
+            {"group": "debian", "why": ["rule"]}
+        ])
     );
     assert_eq!(membership["leaves"], json!(["debian"]));
     assert!(membership["facts_received_at"].is_string());
@@ -641,5 +644,349 @@ async fn a_childs_rule_is_narrowed_by_its_ancestors_rules_as_in_puppet_enterpris
     assert_eq!(
         classes("redhat01").await,
         json!({"apt": {}, "nginx": {}, "tls": {}})
+    );
+}
+
+/// The revisions of a group, newest first.
+async fn revisions(app: &TestApp, group: &str) -> Vec<Value> {
+    let page = app
+        .get(&format!("/nodegroup/{group}/history"))
+        .await
+        .ok(StatusCode::OK);
+    page["items"].as_array().unwrap().clone()
+}
+
+async fn pinned(app: &TestApp, group: &str) -> Value {
+    let group = app
+        .get(&format!("/nodegroup/{group}"))
+        .await
+        .ok(StatusCode::OK);
+    group.get("pinned").cloned().unwrap_or(json!([]))
+}
+
+#[tokio::test]
+async fn a_pin_dies_with_its_node() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    for group in ["a", "b", "c", "d"] {
+        app.group(json!({
+            "name": group, "classes": {format!("role_{group}"): {}},
+            "environment_name": "production", "puppet_cluster_name": "eu"
+        }))
+        .await;
+    }
+    app.node("n1", None).await;
+    app.node("n2", None).await;
+    for group in ["a", "b", "c"] {
+        app.post(
+            &format!("/nodegroup/{group}/pin"),
+            json!({"nodes": ["n1", "n2"]}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    }
+    let writer = app.as_caller(Some(&app.token("ops", &["write"]).await));
+
+    // The dry run names the groups that would stop pinning it, and changes nothing.
+    let preview = writer
+        .delete("/nodes/n1?dry_run=true", None)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        preview["unpinned_from"],
+        json!(["a", "b", "c"]),
+        "{preview}"
+    );
+    assert_eq!(pinned(&app, "a").await, json!(["n1", "n2"]));
+
+    // A refused delete (a stale If-Match) leaves every pin.
+    writer
+        .delete("/nodes/n1", Some("\"7\""))
+        .await
+        .problem(StatusCode::PRECONDITION_FAILED);
+    assert_eq!(pinned(&app, "b").await, json!(["n1", "n2"]));
+
+    writer
+        .delete("/nodes/n1", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    for group in ["a", "b", "c"] {
+        assert_eq!(pinned(&app, group).await, json!(["n2"]), "{group}");
+        let newest = &revisions(&app, group).await[0];
+        assert_eq!(newest["actor"], "ops", "{newest}");
+        assert_eq!(newest["operation"], "replace", "{newest}");
+        assert_eq!(newest["version"], 3, "{newest}");
+    }
+    assert_eq!(revisions(&app, "d").await.len(), 1, "d never pinned it");
+    // One request, one commit: the node's revision and the groups' share the request id.
+    let changes = app.get("/changes?actor=ops").await.ok(StatusCode::OK);
+    let changes = changes["items"].as_array().unwrap();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    let ids: std::collections::BTreeSet<&str> = changes
+        .iter()
+        .map(|c| c["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{changes:?}");
+
+    // A rebuilt host of that certname, learnt through its facts, joins none of them.
+    let learnt = app
+        .post(
+            "/nodes/n1/classification",
+            json!({"facts": {"kernel": "Linux"}}),
+        )
+        .await;
+    learnt.problem(StatusCode::NOT_FOUND);
+    app.get("/nodes/n1").await.problem(StatusCode::NOT_FOUND);
+
+    // unpin-from-all: the same without deleting the node, previewed first.
+    let preview = writer
+        .post(
+            "/commands/unpin-from-all?dry_run=true",
+            json!({"nodes": ["n2"]}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        preview["unpinned_from"],
+        json!(["a", "b", "c"]),
+        "{preview}"
+    );
+    assert_eq!(
+        preview["nodes"][0]["leaves"],
+        json!(["a", "b", "c"]),
+        "{preview}"
+    );
+    assert_eq!(pinned(&app, "c").await, json!(["n2"]));
+    let done = writer
+        .post("/commands/unpin-from-all", json!({"nodes": ["n2"]}))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(done["unpinned_from"], json!(["a", "b", "c"]));
+    for group in ["a", "b", "c"] {
+        assert_eq!(pinned(&app, group).await, json!([]), "{group}");
+    }
+    app.get("/nodes/n2").await.ok(StatusCode::OK);
+    let again = writer
+        .post("/commands/unpin-from-all", json!({"nodes": ["n2"]}))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(again["unpinned_from"], json!([]));
+    writer
+        .post("/commands/unpin-from-all", json!({"nodes": ["Not A Node"]}))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Groups `a` and `b` both pin `n1`; each may give it `port` alone, not both.
+async fn rivals() -> TestApp {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.node("n1", None).await;
+    for group in ["a", "b"] {
+        app.group(json!({"name": group, "pinned": ["n1"]})).await;
+    }
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writes_that_conflict_only_together_never_both_land() {
+    let app = rivals().await;
+    for round in 0..12 {
+        let writes = ["a", "b"].map(|group| {
+            let caller = app.as_caller(Some(crate::helpers::ADMIN));
+            let body = json!({"name": group, "parameters": {"port": format!("{group}{round}")}});
+            tokio::spawn(async move {
+                caller
+                    .put(&format!("/nodegroup/{group}"), body, None)
+                    .await
+                    .status
+            })
+        });
+        let mut statuses = Vec::new();
+        for write in writes {
+            statuses.push(write.await.unwrap());
+        }
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "round {round}"
+        );
+        app.get("/nodes/n1/classification").await.ok(StatusCode::OK);
+        // Back to no port at all, for the next round.
+        for group in ["a", "b"] {
+            app.put(&format!("/nodegroup/{group}"), json!({"name": group}), None)
+                .await
+                .ok(StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restore_or_an_import_that_would_conflict_is_refused_unless_forced() {
+    let app = rivals().await;
+    // a: version 2 gave port 1, version 3 took it away; b now gives port 2.
+    app.put(
+        "/nodegroup/a",
+        json!({"name": "a", "parameters": {"port": "1"}}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    app.put("/nodegroup/a", json!({"name": "a"}), None)
+        .await
+        .ok(StatusCode::OK);
+    let files = app.get("/export").await.ok(StatusCode::OK)["files"].clone();
+    app.put(
+        "/nodegroup/b",
+        json!({"name": "b", "parameters": {"port": "2"}}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+
+    let refused = app.post("/nodegroup/a/history/2/restore", json!({})).await;
+    let problem = refused.problem(StatusCode::CONFLICT);
+    assert!(problem["conflicts"].to_string().contains("n1"), "{problem}");
+    assert_eq!(
+        app.get("/nodegroup/a").await.ok(StatusCode::OK)["version"],
+        3
+    );
+    app.post("/nodegroup/a/history/2/restore?force=true", json!({}))
+        .await
+        .ok(StatusCode::OK);
+    let a = &revisions(&app, "a").await[0];
+    assert!(a["forced_conflicts"].is_array(), "{a}");
+    app.get("/nodes/n1/classification")
+        .await
+        .problem(StatusCode::CONFLICT);
+    app.post("/nodegroup/a/history/3/restore", json!({}))
+        .await
+        .ok(StatusCode::OK);
+
+    // The exported tree (a without a port, b without one) with a port on a: b gives one now.
+    let mut files = files;
+    let path = "node_groups/a.yaml";
+    let mut group: Value = serde_norway::from_str(files[path].as_str().unwrap()).unwrap();
+    group["parameters"] = json!({"port": "3"});
+    files[path] = json!(serde_norway::to_string(&group).unwrap());
+    let files = json!({"node_groups/a.yaml": files[path].clone()});
+    let body = json!({"files": files});
+    let planned = app
+        .post("/import?dry_run=true", body.clone())
+        .await
+        .ok(StatusCode::OK);
+    let id = planned["plan_id"].as_str().unwrap().to_owned();
+    let tag = format!("\"{id}\"");
+    let refused = app
+        .request(axum::http::Method::POST, "/import", Some(&body), Some(&tag))
+        .await;
+    refused.problem(StatusCode::CONFLICT);
+    assert!(
+        app.get("/nodegroup/a").await.ok(StatusCode::OK)["parameters"]
+            .get("port")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn explain_shows_each_chain_what_won_and_what_it_overrode() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    let linux = json!(["=", ["fact", "kernel"], "Linux"]);
+    app.group(json!({
+        "name": "root", "classes": {"ntp": {"servers": ["a"]}},
+        "parameters": {"port": "22", "tier": "base"}
+    }))
+    .await;
+    app.group(
+        json!({"name": "linux", "parent": "root", "rule": linux, "parameters": {"port": "2222"}}),
+    )
+    .await;
+    app.group(json!({"name": "web", "parent": "linux", "classes": {"ntp": {"servers": ["b"]}}}))
+        .await;
+    app.group(json!({"name": "web_eu", "parent": "web", "pinned": ["n1"], "parameters": {"tier": "web-eu"}}))
+        .await;
+    app.group(json!({"name": "monitored", "rule": linux, "classes": {"mon": {}}}))
+        .await;
+    app.node("n1", None).await;
+    let explained = app
+        .post(
+            "/nodes/n1/classification?explain=true",
+            json!({"facts": {"kernel": "Linux"}}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        explained["parameters"],
+        json!({"port": "2222", "tier": "web-eu"})
+    );
+    let membership = &explained["membership"];
+    assert_eq!(
+        membership["groups"],
+        json!([
+            {"group": "linux", "why": ["rule", "ancestor"], "ancestor_of": ["web_eu"]},
+            {"group": "monitored", "why": ["rule"]},
+            {"group": "root", "why": ["ancestor"], "ancestor_of": ["linux", "web_eu"]},
+            {"group": "web", "why": ["ancestor"], "ancestor_of": ["web_eu"]},
+            {"group": "web_eu", "why": ["pinned"]},
+        ])
+    );
+    assert_eq!(membership["leaves"], json!(["monitored", "web_eu"]));
+    let chains = membership["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2);
+    assert_eq!(chains[0]["groups"], json!(["monitored"]));
+    let web_eu = &chains[1];
+    assert_eq!(web_eu["leaf"], "web_eu");
+    assert_eq!(web_eu["groups"], json!(["root", "linux", "web", "web_eu"]));
+    let value = |key: &str| {
+        web_eu["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["key"] == key)
+            .unwrap_or_else(|| panic!("{key} in {web_eu}"))
+            .clone()
+    };
+    let group = |name: &str| json!({"kind": "node_group", "name": name});
+    // Why does this node get port 2222? linux gave it, over root's 22.
+    assert_eq!(
+        value("parameters.port"),
+        json!({"key": "parameters.port", "value": "2222", "from": group("linux"),
+               "overrode": [{"from": group("root"), "value": "22"}]})
+    );
+    assert_eq!(
+        value("parameters.tier")["overrode"],
+        json!([{"from": group("root"), "value": "base"}])
+    );
+    assert_eq!(
+        value("classes.ntp.servers"),
+        json!({"key": "classes.ntp.servers", "value": ["b"], "from": group("web"),
+               "overrode": [{"from": group("root"), "value": ["a"]}]})
+    );
+    // The node's own value wins last, over the whole chain.
+    app.put(
+        "/nodes/n1",
+        json!({"unique_name": "n1", "environment_name": "production", "puppet_cluster_name": "eu",
+               "parameters": {"port": "2200"}}),
+        None,
+    )
+    .await
+    .ok(StatusCode::OK);
+    let explained = app
+        .get("/nodes/n1/classification?explain=true")
+        .await
+        .ok(StatusCode::OK);
+    let chain = &explained["membership"]["chains"][1];
+    let port = chain["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == "parameters.port")
+        .unwrap();
+    assert_eq!(port["from"], json!({"kind": "node", "name": "n1"}));
+    assert_eq!(
+        port["overrode"],
+        json!([{"from": group("linux"), "value": "2222"}, {"from": group("root"), "value": "22"}])
     );
 }

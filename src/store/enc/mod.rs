@@ -2,13 +2,15 @@
 //! classification reads in one consistent snapshot.
 
 mod facts;
+mod pins;
 mod tree;
 
 use std::sync::Arc;
 
 pub use self::facts::{FACTS, MAX_FACTS_BYTES};
+use self::pins::Unpin;
 pub use self::tree::{GENERATION, TreeCache};
-use self::tree::{TreeGuard, generation_key, raise};
+use self::tree::{TreeGuard, generation_key, hold, raise};
 use super::engine::{Key, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
 use super::rules::{By, MAX_TRIES, NoGuard, decode};
@@ -129,6 +131,13 @@ fn env_key(key: &EnvironmentKey) -> Key {
 }
 
 impl Store {
+    fn tree_guard(&self, by: By<'_>) -> TreeGuard<'_> {
+        TreeGuard {
+            store: self,
+            judged: by.judged,
+        }
+    }
+
     /// What a classification reads, in one store call: the node's record as stored, the
     /// group generation and, when the caller's token is checked here too, that token; then
     /// the group tree at that generation (from memory while groups are unchanged). Absent
@@ -215,8 +224,9 @@ impl Store {
         group: NodeGroup,
         by: impl Into<By<'_>>,
     ) -> Result<Stored<NodeGroup>> {
+        let by = by.into();
         self.db
-            .create(&NODE_GROUP, group, by.into(), &TreeGuard(self))
+            .create(&NODE_GROUP, group, by, &self.tree_guard(by))
             .await
     }
 
@@ -234,8 +244,9 @@ impl Store {
         expected: Option<u64>,
         by: impl Into<By<'_>>,
     ) -> Result<Stored<NodeGroup>> {
+        let by = by.into();
         self.db
-            .replace(&NODE_GROUP, group, expected, by.into(), &TreeGuard(self))
+            .replace(&NODE_GROUP, group, expected, by, &self.tree_guard(by))
             .await
     }
 
@@ -246,8 +257,9 @@ impl Store {
         by: impl Into<By<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
+        let by = by.into();
         self.db
-            .delete(&NODE_GROUP, &key, expected, by.into(), &TreeGuard(self))
+            .delete(&NODE_GROUP, &key, expected, by, &self.tree_guard(by))
             .await
     }
 
@@ -319,6 +331,7 @@ impl Store {
             .await
     }
 
+    /// Deletes a node and, in the same commit, takes it off every group that pins it.
     pub async fn delete_node(
         &self,
         name: &Certname,
@@ -326,8 +339,10 @@ impl Store {
         by: impl Into<By<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
+        let by = by.into();
+        let guard = Unpin { store: self, by };
         self.db
-            .delete::<Node>(&NODE, &key, expected, by.into(), &NoGuard)
+            .delete::<Node>(&NODE, &key, expected, by, &guard)
             .await
     }
 
@@ -351,8 +366,9 @@ impl Store {
         by: impl Into<By<'_>>,
     ) -> Result<Stored<NodeGroup>> {
         let key = Key::one(name.as_str());
-        let guard = TreeGuard(self);
-        self.restore(&NODE_GROUP, &key, version, expected, by.into(), &guard)
+        let by = by.into();
+        let guard = self.tree_guard(by);
+        self.restore(&NODE_GROUP, &key, version, expected, by, &guard)
             .await
     }
 
@@ -382,6 +398,7 @@ impl Store {
         planned: &[super::Planned],
         by: impl Into<By<'_>>,
     ) -> Result<Vec<u64>> {
+        let by = by.into();
         let mut extra = Vec::new();
         let mut changes = Vec::new();
         for p in planned.iter().filter(|p| p.kind.name == NODE_GROUP.name) {
@@ -395,14 +412,19 @@ impl Store {
                 .map_err(|e| StoreError::Internal(Box::new(e)))?;
             changes.push((name, group));
         }
+        let tree = self.current_tree().await?;
+        if by.judged.is_some_and(|g| g != tree.generation) {
+            return Err(StoreError::TreeMoved);
+        }
         if !changes.is_empty() {
-            let tree = self.current_tree().await?;
             let after = tree.with_changes(&changes);
             for group in changes.iter().filter_map(|(_, g)| g.as_ref()) {
                 after.check_parent(group)?;
             }
             extra.push(raise(&tree));
+        } else if by.judged.is_some() {
+            extra.push(hold(&tree));
         }
-        self.db.write_set(planned, by.into(), extra).await
+        self.db.write_set(planned, by, extra).await
     }
 }

@@ -30,10 +30,22 @@ pub(super) fn raise(tree: &GroupTree) -> Step {
     (write, OnFail::Changed)
 }
 
+/// A write that changes nothing, made only while the tree is still `tree`: a commit that
+/// changes no group but was judged on the groups.
+pub(super) fn hold(tree: &GroupTree) -> Step {
+    let expect = Expect::Refs(tree.generation);
+    let write = Write::new(&GENERATION, generation_key(), Op::Adjust(0), expect);
+    (write, OnFail::Changed)
+}
+
 /// Group writes check the tree they change as of one generation, and commit only if it is
 /// still current (raising it), so two writes can never together make a cycle or a chain
 /// deeper than `MAX_DEPTH`.
-pub(super) struct TreeGuard<'a>(pub(super) &'a Store);
+pub(super) struct TreeGuard<'a> {
+    pub(super) store: &'a Store,
+    /// The generation the write was judged on, if it was.
+    pub(super) judged: Option<i64>,
+}
 
 #[async_trait]
 impl Guard<NodeGroup> for TreeGuard<'_> {
@@ -42,7 +54,10 @@ impl Guard<NodeGroup> for TreeGuard<'_> {
         before: Option<&NodeGroup>,
         after: Option<&NodeGroup>,
     ) -> Result<Vec<Step>> {
-        let tree = self.0.current_tree().await?;
+        let tree = self.store.current_tree().await?;
+        if self.judged.is_some_and(|g| g != tree.generation) {
+            return Err(StoreError::TreeMoved);
+        }
         if let Some(group) = after {
             if before.is_none() && tree.contains(&group.name) {
                 return Err(StoreError::AlreadyExists {
