@@ -332,6 +332,16 @@ pub async fn of_node<T: Serialize>(
     after: Option<&Node>,
     object: Option<&T>,
 ) -> Result<Preview, AppError> {
+    Ok(assess_node(state, before, after, object).await?.preview)
+}
+
+/// [`of_node`], with the conflicts the write would create and the tree it was judged on.
+pub async fn assess_node<T: Serialize>(
+    state: &AppState,
+    before: Option<&Node>,
+    after: Option<&Node>,
+    object: Option<&T>,
+) -> Result<Assessment, AppError> {
     let tree = state.store.current_tree().await?;
     let object = object.map(shown).transpose()?;
     let name = after.or(before).map(|n| n.unique_name.clone());
@@ -346,7 +356,7 @@ pub async fn of_node<T: Serialize>(
         tree_before: &tree,
         tree_after: &tree,
     };
-    Ok(assess(object, tree.generation, std::iter::once(change)).preview)
+    Ok(assess(object, tree.generation, std::iter::once(change)))
 }
 
 /// What taking `nodes` off every group that pins them would do to them, under `tree`; the

@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::impact::{self, Preview, WriteQuery};
+use super::node_groups::{JUDGED_TRIES, Judged, kept_moving};
 use super::{
     IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, stored_json,
     within_size,
@@ -166,13 +167,41 @@ pub async fn create(
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
     let node = within_size(body.into_domain(None)?)?;
-    let created = state.store.create_node(node, options.by(&caller)).await?;
-    if options.dry_run {
-        let preview = impact::of_node(&state, None, Some(&created.item), Some(&created));
-        return Ok(axum::Json(preview.await?).into_response());
+    for _ in 0..JUDGED_TRIES {
+        // Its groups must not give it conflicting values: judged on the groups the commit
+        // is conditional on.
+        let judged = judged(&state, None, &node, &options).await?;
+        let by = judged.by(options.by(&caller));
+        let created = match state.store.create_node(node.clone(), by).await {
+            Err(StoreError::TreeMoved) => continue,
+            other => other?,
+        };
+        if options.dry_run {
+            let preview = impact::of_node(&state, None, Some(&created.item), Some(&created));
+            return Ok(axum::Json(preview.await?).into_response());
+        }
+        let location = ["nodes", created.item.unique_name.as_str()];
+        return Ok(stored(StatusCode::CREATED, &created, &location));
     }
-    let location = ["nodes", created.item.unique_name.as_str()];
-    Ok(stored(StatusCode::CREATED, &created, &location))
+    Err(kept_moving())
+}
+
+/// Before a node write: refused (409) if the node's groups would give it conflicting values
+/// it did not have, unless forced; what a forced one creates, and the groups it was judged on.
+async fn judged(
+    state: &AppState,
+    before: Option<&Node>,
+    after: &Node,
+    options: &WriteQuery,
+) -> Result<Judged, AppError> {
+    if options.dry_run {
+        return Ok(Judged::default());
+    }
+    let assessed = impact::assess_node::<()>(state, before, Some(after), None).await?;
+    Ok(Judged {
+        conflicts: impact::refuse_conflicts(&assessed, options.force)?,
+        generation: Some(assessed.generation),
+    })
 }
 
 /// List nodes, optionally filtered by environment, cluster or group.
@@ -347,15 +376,21 @@ pub async fn replace(
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
     let node = within_size(body.into_domain(Some(&name))?)?;
-    let current = match options.dry_run {
-        true => Some(state.store.get_node(&name).await?),
-        false => None,
-    };
-    let replaced = state
-        .store
-        .replace_node(node, expected, options.by(&caller))
-        .await?;
-    if let Some(current) = current {
+    let current = state.store.get_node(&name).await?;
+    let mut replaced = None;
+    for _ in 0..JUDGED_TRIES {
+        let judged = judged(&state, Some(&current.item), &node, &options).await?;
+        let by = judged.by(options.by(&caller));
+        match state.store.replace_node(node.clone(), expected, by).await {
+            Err(StoreError::TreeMoved) => continue,
+            other => {
+                replaced = Some(other?);
+                break;
+            }
+        }
+    }
+    let replaced = replaced.ok_or_else(kept_moving)?;
+    if options.dry_run {
         let preview = impact::of_node(
             &state,
             Some(&current.item),

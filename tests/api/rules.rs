@@ -990,3 +990,52 @@ async fn explain_shows_each_chain_what_won_and_what_it_overrode() {
         json!([{"from": group("linux"), "value": "2222"}, {"from": group("root"), "value": "22"}])
     );
 }
+
+#[tokio::test]
+async fn a_node_write_that_would_give_it_conflicting_values_is_refused_unless_forced() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(json!({"name": "a", "parameters": {"port": "1"}}))
+        .await;
+    app.group(json!({"name": "b", "parameters": {"port": "2"}, "pinned": ["n1", "n2"]}))
+        .await;
+    let node = |name: &str, group: &str| {
+        json!({"unique_name": name, "node_group_name": group,
+               "environment_name": "production", "puppet_cluster_name": "eu"})
+    };
+    let before = app.dump().await;
+    let refused = app.post("/nodes/", node("n1", "a")).await;
+    let problem = refused.problem(StatusCode::CONFLICT);
+    assert!(
+        problem["conflicts"].to_string().contains("port"),
+        "{problem}"
+    );
+    assert_eq!(app.dump().await, before, "nothing stored");
+    // Named in b, where it is pinned anyway: no conflict.
+    app.post("/nodes/", node("n1", "b"))
+        .await
+        .ok(StatusCode::CREATED);
+    app.put("/nodes/n1", node("n1", "a"), None)
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert_eq!(
+        app.get("/nodes/n1").await.ok(StatusCode::OK)["node_group_name"],
+        "b"
+    );
+    // Its own value settles it.
+    let mut settled = node("n1", "a");
+    settled["parameters"] = json!({"port": "3"});
+    app.put("/nodes/n1", settled, None).await.ok(StatusCode::OK);
+    // Forced: stored, and its revision says what it broke.
+    app.post("/nodes/?force=true", node("n2", "a"))
+        .await
+        .ok(StatusCode::CREATED);
+    let history = app.get("/nodes/n2/history").await.ok(StatusCode::OK);
+    assert!(
+        history["items"][0]["forced_conflicts"].is_array(),
+        "{history}"
+    );
+    app.get("/nodes/n2/classification")
+        .await
+        .problem(StatusCode::CONFLICT);
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 pub use self::facts::{FACTS, MAX_FACTS_BYTES};
 use self::pins::Unpin;
 pub use self::tree::{GENERATION, TreeCache};
-use self::tree::{TreeGuard, generation_key, hold, raise};
+use self::tree::{Held, TreeGuard, generation_key, hold, raise};
 use super::engine::{Key, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
 use super::rules::{By, MAX_TRIES, NoGuard, decode};
@@ -263,8 +263,14 @@ impl Store {
             .await
     }
 
+    /// Creates a node; with `by.judged`, only while the groups are the ones it was judged on.
     pub async fn create_node(&self, node: Node, by: impl Into<By<'_>>) -> Result<Stored<Node>> {
-        self.db.create(&NODE, node, by.into(), &NoGuard).await
+        let by = by.into();
+        let held = Held {
+            store: self,
+            judged: by.judged,
+        };
+        self.db.create(&NODE, node, by, &held).await
     }
 
     pub async fn get_node(&self, name: &Certname) -> Result<Stored<Node>> {
@@ -320,15 +326,19 @@ impl Store {
             .await
     }
 
+    /// Replaces a node; with `by.judged`, only while the groups are the ones it was judged on.
     pub async fn replace_node(
         &self,
         node: Node,
         expected: Option<u64>,
         by: impl Into<By<'_>>,
     ) -> Result<Stored<Node>> {
-        self.db
-            .replace(&NODE, node, expected, by.into(), &NoGuard)
-            .await
+        let by = by.into();
+        let held = Held {
+            store: self,
+            judged: by.judged,
+        };
+        self.db.replace(&NODE, node, expected, by, &held).await
     }
 
     /// Deletes a node and, in the same commit, takes it off every group that pins it.

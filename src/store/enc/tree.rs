@@ -38,6 +38,27 @@ pub(super) fn hold(tree: &GroupTree) -> Step {
     (write, OnFail::Changed)
 }
 
+/// A write judged on the groups (a node's, whose groups it may change) commits only while
+/// they are the ones it was judged on.
+pub(super) struct Held<'a> {
+    pub(super) store: &'a Store,
+    pub(super) judged: Option<i64>,
+}
+
+#[async_trait]
+impl<T: Sync> Guard<T> for Held<'_> {
+    async fn check(&self, _: Option<&T>, _: Option<&T>) -> Result<Vec<Step>> {
+        let Some(judged) = self.judged else {
+            return Ok(Vec::new());
+        };
+        let tree = self.store.current_tree().await?;
+        if tree.generation != judged {
+            return Err(StoreError::TreeMoved);
+        }
+        Ok(vec![hold(&tree)])
+    }
+}
+
 /// Group writes check the tree they change as of one generation, and commit only if it is
 /// still current (raising it), so two writes can never together make a cycle or a chain
 /// deeper than `MAX_DEPTH`.
