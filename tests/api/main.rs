@@ -22,6 +22,7 @@ mod openapi;
 mod pagination;
 mod persistence;
 mod puppet;
+mod puppetserver;
 mod rules;
 mod snapshot;
 mod store_conformance;
