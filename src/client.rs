@@ -60,6 +60,30 @@ pub async fn fetch_with(
     headers: &[(header::HeaderName, String)],
     timeout: Duration,
 ) -> Result<Fetched, FetchError> {
+    exchange(url, accept, token, json, headers, None, timeout).await
+}
+
+/// GETs `url` over https trusting only `roots` (a private CA's, such as Puppet's),
+/// answering within `timeout` or failing.
+pub async fn get_trusting(
+    url: &str,
+    accept: &str,
+    roots: rustls::RootCertStore,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
+    exchange(url, accept, None, None, &[], Some(roots), timeout).await
+}
+
+/// The request, over https trusting `roots`, or the system's CAs when `None`.
+async fn exchange(
+    url: &str,
+    accept: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    headers: &[(header::HeaderName, String)],
+    roots: Option<rustls::RootCertStore>,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
     let failed = |reason: String| FetchError::Failed {
         url: url.to_owned(),
         reason,
@@ -86,13 +110,18 @@ pub async fn fetch_with(
         .body(Full::new(Bytes::from(json.unwrap_or_default())))
         .map_err(|_| failed("the request could not be made (is the token one line?)".into()))?;
     let exchange = async {
-        if url.starts_with("https:") {
-            let tls = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .map_err(|e| format!("no CA certificates: {e}"))?
-                .https_only()
-                .enable_http1()
-                .build();
+        if url.starts_with("https:") || roots.is_some() {
+            let tls = match roots {
+                Some(roots) => {
+                    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(roots)?)
+                }
+                None => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map_err(|e| format!("no CA certificates: {e}"))?,
+            }
+            .https_only()
+            .enable_http1()
+            .build();
             send(Client::builder(TokioExecutor::new()).build(tls), request).await
         } else {
             send(
@@ -109,6 +138,15 @@ pub async fn fetch_with(
             seconds: timeout.as_secs_f64(),
         }),
     }
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 async fn send<C: Connect + Clone + Send + Sync + 'static>(

@@ -184,10 +184,36 @@ pub struct Config {
     #[arg(long, env = "ENC_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 
-    /// Puppet's fact cache (`<vardir>/yaml/facts` on a Puppet server): `enc classify` sends
-    /// `<certname>.yaml` from it, so group rules judge the node's facts.
+    /// The Puppet server's fact cache, `<server_datadir>/facts` (Debian's puppetserver:
+    /// `/var/lib/puppetserver/server_data/facts`; Puppet's packages:
+    /// `/opt/puppetlabs/server/data/puppetserver/server_data/facts`): `enc classify` sends the
+    /// node's facts from `<certname>.json` there, or from an older server's
+    /// `<certname>.yaml`, so group rules judge them. No facts are sent when unset.
     #[arg(long, env = "ENC_FACTS_DIR", global = true)]
     pub facts_dir: Option<PathBuf>,
+
+    /// The Puppet CA's certificate (Puppet's `ssl/certs/ca.pem`; may hold a chain): `enc
+    /// classify` sends trusted facts only from a node certificate that verifies against it.
+    /// No trusted facts are sent when unset.
+    #[arg(long, env = "ENC_PUPPET_CA_CERT", global = true)]
+    pub puppet_ca_cert: Option<PathBuf>,
+
+    /// The Puppet CA's revocation list: a revoked node certificate gives no trusted facts.
+    /// Default: Puppet's `ssl/crl.pem` beside ENC_PUPPET_CA_CERT's `ssl/certs/`, when it exists.
+    #[arg(long, env = "ENC_PUPPET_CRL", global = true)]
+    pub puppet_crl: Option<PathBuf>,
+
+    /// The Puppet CA's signed certificates, `<certname>.pem` (Debian's puppetserver:
+    /// `/etc/puppet/puppetserver/ca/signed`; Puppet's packages:
+    /// `/etc/puppetlabs/puppetserver/ca/signed`), read for the node's trusted facts.
+    #[arg(long, env = "ENC_PUPPET_SIGNED_DIR", global = true)]
+    pub puppet_signed_dir: Option<PathBuf>,
+
+    /// The Puppet CA, e.g. `https://puppet:8140`: asked for
+    /// `/puppet-ca/v1/certificate/<certname>` when ENC_PUPPET_SIGNED_DIR is unset or lacks the
+    /// node; its server certificate must verify against ENC_PUPPET_CA_CERT.
+    #[arg(long, env = "ENC_PUPPET_CA_URL", global = true)]
+    pub puppet_ca_url: Option<String>,
 
     /// Whether callers must present identity: `on` (a bearer token, the load balancer's
     /// sign-in, or the form's session), or `off` for local experiments only.

@@ -110,10 +110,13 @@ fn puppet_classifies_by_the_facts_of_its_own_fact_cache() {
     });
     let (status, answer) = enc.http("POST", "/nodegroup/", Some(&rule_group.to_string()));
     assert_eq!(status, 201, "{answer}");
-    // The fact cache as a Puppet server keeps it, written by Puppet's own YAML writer.
-    let facts = tempfile::tempdir().unwrap();
-    let cache_facts = |certname: &str| {
-        let file = facts.path().join(format!("{certname}.yaml"));
+    // The fact cache as a Puppet server keeps it: an older server's YAML, written by Puppet's
+    // own YAML writer; Puppet Server 7's JSON, written by Puppet's JSON facts terminus.
+    let server_datadir = tempfile::tempdir().unwrap();
+    let facts = server_datadir.path().join("facts");
+    std::fs::create_dir(&facts).unwrap();
+    let cache_yaml_facts = |certname: &str| {
+        let file = facts.join(format!("{certname}.yaml"));
         let written = Command::new(tool("ENC_TEST_RUBY", "ruby"))
             .args(["-e", r#"require "puppet"
 facts = Puppet::Node::Facts.new(ARGV[0], {"os" => {"family" => "Debian"}, "processors" => {"count" => 4}, "kernel" => "Linux"})
@@ -133,10 +136,10 @@ Puppet::Util::Yaml.dump(facts, ARGV[1])"#, certname])
             "{text}"
         );
     };
-    cache_facts(NODE);
+    cache_yaml_facts(NODE);
 
     let (dirs, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let env = [("ENC_FACTS_DIR", facts.path())];
+    let env = [("ENC_FACTS_DIR", facts.as_path())];
     let url = enc.url();
     let find = |certname: &str| {
         puppet_find_with(
@@ -188,7 +191,12 @@ Puppet::Util::Yaml.dump(facts, ARGV[1])"#, certname])
     // A node enc has never heard of, that the rule takes in through its facts: recorded, in
     // the environment its group gives, and classified.
     let newcomer = "new01.example.com";
-    cache_facts(newcomer);
+    let written = crate::puppet_pki::cache_json_facts(
+        server_datadir.path(),
+        &[newcomer],
+        &serde_json::json!({"os": {"family": "Debian"}, "processors": {"count": 4}}),
+    );
+    assert_eq!(written, [facts.join(format!("{newcomer}.json"))]);
     let out = find(newcomer);
     let node = puppet_node(&out);
     assert_eq!(node["name"], newcomer);
@@ -375,6 +383,37 @@ fn puppet_reads_hostile_values_and_free_text_group_names_as_the_api_shows_them()
     for (name, value) in api["parameters"].as_object().unwrap() {
         assert_eq!(&node["parameters"][name], value, "parameter {name}");
     }
+}
+
+#[test]
+fn classify_says_once_that_the_fact_cache_has_no_facts_of_the_node() {
+    let Seeded {
+        enc, token_file, ..
+    } = seeded();
+    let facts = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(["classify", NODE])
+        .env("ENC_URL", enc.url())
+        .env("ENC_TOKEN_FILE", token_file.path())
+        .env("ENC_FACTS_DIR", facts.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines = stderr_lines(&out);
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with("enc: warning:")
+            && lines[0].contains(&format!("{NODE}.json"))
+            && lines[0].contains(&format!("{NODE}.yaml")),
+        "{lines:?}"
+    );
+    let (_, served) = enc.http(
+        "GET",
+        &format!("/nodes/{NODE}/classification?format=yaml"),
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), served);
 }
 
 #[test]

@@ -4,6 +4,14 @@
 //! with a warning, when the service cannot answer, so an outage does not fail agent runs.
 //! It asks for JSON and writes the YAML itself, so an answer replaces the cached one only
 //! once it has been read whole and is a classification of this node.
+//!
+//! It classifies with the node's facts from the Puppet server's fact cache (`facts`) and its
+//! trusted facts from its certificate alone (`certificate`, `puppet_trusted`).
+
+mod certificate;
+mod der;
+mod facts;
+mod puppet_trusted;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,17 +44,8 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
         None => None,
     };
     let timeout = Duration::from_secs(config.classify_timeout);
-    let facts = config
-        .facts_dir
-        .as_deref()
-        .and_then(|dir| match cached_facts(dir, &certname) {
-            Ok(facts) => facts,
-            Err(why) => {
-                eprintln!("enc: warning: {why}; classifying without facts");
-                None
-            }
-        });
-    let asked = fetch(&url, "application/json", token.as_deref(), facts, timeout);
+    let body = classification_inputs(config, &certname, timeout).await;
+    let asked = fetch(&url, "application/json", token.as_deref(), body, timeout);
     let outage = match asked.await {
         Ok(answer) if answer.status == StatusCode::OK => match as_yaml(&answer.body, &certname) {
             Ok(yaml) => {
@@ -94,49 +93,52 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
     }
 }
 
-/// The node's facts from Puppet's fact cache as the body to classify with: `None` if the
-/// cache has none for it. Puppet writes them as a `!ruby/object:Puppet::Node::Facts`
-/// document with `name` and `values`.
-fn cached_facts(dir: &Path, certname: &Certname) -> Result<Option<Vec<u8>>, String> {
-    let path = dir.join(format!("{certname}.yaml"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+/// The body to classify with, `{"facts": ..., "trusted": ...}`: the facts from the Puppet
+/// server's fact cache, `trusted` only from the node's verified certificate. `None` (a plain
+/// GET) when there is neither. Each thing missing is said once on stderr.
+async fn classification_inputs(
+    config: &Config,
+    certname: &Certname,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let facts = config
+        .facts_dir
+        .as_deref()
+        .and_then(|dir| match facts::cached_facts(dir, certname) {
+            Ok(Some(facts)) => Some(facts),
+            Ok(None) => {
+                eprintln!(
+                    "enc: warning: no facts of {certname} in {} (neither {certname}.json nor {certname}.yaml); classifying without facts",
+                    dir.display()
+                );
+                None
+            }
+            Err(why) => {
+                eprintln!("enc: warning: {why}; classifying without facts");
+                None
+            }
+        });
+    let ca = certificate::PuppetCa::from_config(config);
+    let trusted = if ca.configured() {
+        match ca.trusted(certname, timeout).await {
+            Ok(trusted) => Some(trusted),
+            Err(why) => {
+                eprintln!("enc: warning: {why}; classifying without trusted facts");
+                None
+            }
+        }
+    } else {
+        None
     };
-    let document: serde_norway::Value =
-        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut document = untagged(document);
-    let values = document
-        .get_mut("values")
-        .map(std::mem::take)
-        .ok_or_else(|| format!("{}: no values", path.display()))?;
-    let mut facts: serde_json::Value =
-        serde_json::to_value(values).map_err(|e| format!("{}: {e}", path.display()))?;
-    let Some(map) = facts.as_object_mut() else {
-        return Err(format!("{}: values is not a map", path.display()));
-    };
-    let trusted = match map.remove("trusted") {
-        Some(serde_json::Value::Object(trusted)) => trusted,
-        _ => serde_json::Map::new(),
-    };
-    let body = serde_json::json!({"facts": facts, "trusted": trusted});
-    Ok(Some(body.to_string().into_bytes()))
-}
-
-/// The YAML without its Ruby type tags.
-fn untagged(value: serde_norway::Value) -> serde_norway::Value {
-    use serde_norway::Value;
-    match value {
-        Value::Tagged(tagged) => untagged(tagged.value),
-        Value::Mapping(map) => Value::Mapping(
-            map.into_iter()
-                .map(|(k, v)| (untagged(k), untagged(v)))
-                .collect(),
-        ),
-        Value::Sequence(items) => Value::Sequence(items.into_iter().map(untagged).collect()),
-        other => other,
+    if facts.is_none() && trusted.is_none() {
+        return None;
     }
+    let mut body = serde_json::Map::new();
+    body.insert("facts".into(), facts.unwrap_or_default().into());
+    if let Some(trusted) = trusted {
+        body.insert("trusted".into(), trusted);
+    }
+    Some(serde_json::Value::Object(body).to_string().into_bytes())
 }
 
 /// The answer as Puppet's YAML, if it is a whole classification of `certname`.
