@@ -235,6 +235,9 @@ fn a_real_agent_run_is_classified_by_its_facts_and_its_certificate() {
         ("ENC_URL", enc.url()),
         ("ENC_TOKEN_FILE", path(&token_file)),
         ("ENC_CACHE_DIR", path(cache.path())),
+        // Time enough while the rest of the suite loads the machine: a timeout would give
+        // the answer cached before the facts came.
+        ("ENC_CLASSIFY_TIMEOUT", "60".to_owned()),
         ("ENC_FACTS_DIR", path(&server.facts_dir())),
         ("ENC_PUPPET_SIGNED_DIR", path(&server.signed_dir())),
         ("ENC_PUPPET_CA_CERT", path(&server.ca_cert())),
@@ -264,5 +267,35 @@ fn a_real_agent_run_is_classified_by_its_facts_and_its_certificate() {
         .unwrap();
         assert_eq!(facts["name"], **node);
         assert_eq!(facts["values"]["kernel"], "Linux");
+        // The group whose rule reads an ordinary fact took the node in.
+        assert_eq!(
+            probe(written.path(), node, "fact").as_deref(),
+            Some("kernel Linux"),
+            "{output}"
+        );
+    }
+    // The group whose rule reads the certificate's pp_role took in the node whose
+    // certificate carries pp_role db, and not the other.
+    assert_eq!(probe(written.path(), &db, "role").as_deref(), Some("db"));
+    assert_eq!(probe(written.path(), &web, "role"), None);
+    // enc says the same, by the facts the Puppet server sent it.
+    for (node, databases) in [(&db, true), (&web, false)] {
+        let (status, explained) = enc.http(
+            "GET",
+            &format!("/nodes/{node}/classification?explain=true"),
+            None,
+        );
+        assert_eq!(status, 200, "{explained}");
+        let explained: Value = serde_json::from_str(&explained).unwrap();
+        let membership = &explained["membership"];
+        let groups = membership["groups"].as_array().unwrap();
+        let by_rule = |name: &str| {
+            groups
+                .iter()
+                .any(|g| g["group"] == name && g["why"][0] == "rule")
+        };
+        assert!(by_rule("Linux kernels"), "{node}: {membership}");
+        assert_eq!(by_rule("Databases"), databases, "{node}: {membership}");
+        assert!(membership["facts_received_at"].is_string(), "{membership}");
     }
 }
