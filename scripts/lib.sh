@@ -233,18 +233,26 @@ CONF
   echo "Puppet Server starting on 127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT (logs in $dir/log)" >&2
 }
 
-# Waits (at most $1 seconds, default 300) until the Puppet Server start_puppetserver started
-# answers its status endpoint with "running".
+# Waits until the Puppet Server start_puppetserver started answers its status endpoint with
+# "running", at most $1 seconds (default 600) after it was started. Its port was free when
+# chosen; if something took it meanwhile, the server is started again on another.
 wait_for_puppetserver() {
-  local dir=$ENC_TEST_PUPPETSERVER_DIR deadline=$((SECONDS + ${1:-300})) status=""
-  until [ "$status" = running ]; do
+  local limit=${1:-600} status="" retries=2
+  while [ "$status" != running ]; do
+    local dir=$ENC_TEST_PUPPETSERVER_DIR
     if ! kill -0 "$PUPPETSERVER_PID" 2>/dev/null; then
+      if [ "$retries" -gt 0 ] && grep -qs "BindException\|Address already in use" "$dir/log/puppetserver.log"; then
+        echo "Puppet Server found port $ENC_TEST_PUPPETSERVER_PORT taken; starting it again" >&2
+        retries=$((retries - 1))
+        start_puppetserver
+        continue
+      fi
       echo "error: Puppet Server exited while starting; its logs:" >&2
       tail -n 40 "$dir/log/puppetserver.log" "$dir/log/stdout.log" >&2 || true
       return 1
     fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "error: Puppet Server did not start within ${1:-300} s; its logs:" >&2
+    if [ "$((SECONDS - PUPPETSERVER_STARTED))" -ge "$limit" ]; then
+      echo "error: Puppet Server did not start within $limit s; its logs:" >&2
       tail -n 40 "$dir/log/puppetserver.log" "$dir/log/stdout.log" >&2 || true
       return 1
     fi
@@ -253,7 +261,7 @@ wait_for_puppetserver() {
     status=$(curl -s --max-time 10 --cacert "$dir/ssl/certs/ca.pem" \
       "https://127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT/status/v1/simple" || true)
   done
-  echo "Puppet Server running on 127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT after $((SECONDS - PUPPETSERVER_STARTED)) s" >&2
+  echo "Puppet Server running on 127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT, $((SECONDS - PUPPETSERVER_STARTED)) s after its start" >&2
 }
 
 # Stops the Puppet Server start_puppetserver started (if any), waiting for it to exit.
