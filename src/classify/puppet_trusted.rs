@@ -54,7 +54,8 @@ const PUPPET_ARCS: [&str; 3] = [
 
 /// Whether Puppet includes the extension `oid` (dotted). `Oids.subtree_of?` compares the
 /// dotted strings by prefix, so `...34380.1.10` counts as under `...34380.1.1`; Puppet does
-/// so, and so does this.
+/// so, and so does this. (Puppet Server's `Puppet::Server::Certificate` also leaves out an
+/// extension whose OID is an arc itself, which no CSR attribute makes; this follows the Ruby.)
 pub(super) fn is_puppets(oid: &str) -> bool {
     PUPPET_ARCS.iter().any(|arc| oid.starts_with(arc))
 }

@@ -38,7 +38,50 @@ pub(crate) struct Ca {
 }
 
 impl Ca {
+    /// A self-signed CA.
     pub(crate) fn new(name: &str) -> Ca {
+        let ca = Ca::empty();
+        run(ca
+            .openssl_with("req")
+            .args(["-x509", "-extensions", "ca_ext", "-days", "30"])
+            .args(["-newkey", "rsa:2048", "-nodes", "-subj"])
+            .arg(format!("/CN=Puppet CA: {name}"))
+            .arg("-keyout")
+            .arg(ca.dir.path().join("ca/ca.key"))
+            .arg("-out")
+            .arg(ca.ca_cert()));
+        ca
+    }
+
+    /// A CA that `parent` signed; its `ca.pem` holds the chain, itself first, as Puppet's
+    /// does with an intermediate CA.
+    pub(crate) fn intermediate(parent: &Ca, name: &str) -> Ca {
+        let ca = Ca::empty();
+        let csr = ca.dir.path().join("keys/ca.csr");
+        run(ca
+            .openssl_with("req")
+            .args(["-new", "-newkey", "rsa:2048", "-nodes", "-subj"])
+            .arg(format!("/CN=Puppet CA: {name}"))
+            .arg("-keyout")
+            .arg(ca.dir.path().join("ca/ca.key"))
+            .arg("-out")
+            .arg(&csr));
+        run(parent
+            .openssl_with("ca")
+            .args(["-batch", "-notext", "-extensions", "ca_ext", "-in"])
+            .arg(&csr)
+            .arg("-out")
+            .arg(ca.ca_cert()));
+        let chain = [
+            std::fs::read(ca.ca_cert()).unwrap(),
+            std::fs::read(parent.ca_cert()).unwrap(),
+        ]
+        .concat();
+        std::fs::write(ca.ca_cert(), chain).unwrap();
+        ca
+    }
+
+    fn empty() -> Ca {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let root = root.as_path();
@@ -49,17 +92,7 @@ impl Ca {
         std::fs::write(root.join("ca/serial"), "1000\n").unwrap();
         std::fs::write(root.join("ca/crlnumber"), "1000\n").unwrap();
         std::fs::write(root.join("ca.cnf"), config(root)).unwrap();
-        let ca = Ca { dir };
-        run(ca
-            .openssl_with("req")
-            .args(["-x509", "-extensions", "ca_ext", "-days", "30"])
-            .args(["-newkey", "rsa:2048", "-nodes", "-subj"])
-            .arg(format!("/CN=Puppet CA: {name}"))
-            .arg("-keyout")
-            .arg(root.join("ca/ca.key"))
-            .arg("-out")
-            .arg(ca.ca_cert()));
-        ca
+        Ca { dir }
     }
 
     fn openssl_with(&self, command: &str) -> Command {
@@ -127,6 +160,14 @@ impl Ca {
         let crl = self.dir.path().join("ssl/crl.pem");
         run(self.openssl_with("ca").arg("-gencrl").arg("-out").arg(&crl));
         crl
+    }
+
+    /// Writes `ssl/crl.pem` as Puppet keeps it under an intermediate CA: this CA's CRL and
+    /// then `parent`'s.
+    pub(crate) fn write_crl_chain(&self, parent: &Ca) {
+        let own = std::fs::read(self.write_crl()).unwrap();
+        let parents = std::fs::read(parent.write_crl()).unwrap();
+        std::fs::write(self.dir.path().join("ssl/crl.pem"), [own, parents].concat()).unwrap();
     }
 }
 

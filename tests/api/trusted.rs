@@ -243,6 +243,33 @@ fn a_certificate_that_does_not_verify_gives_no_trusted_and_one_warning() {
 }
 
 #[test]
+fn a_chain_verifies_to_its_root_and_a_revoked_intermediate_vouches_for_no_one() {
+    let root = Ca::new("root");
+    let intermediate = Ca::intermediate(&root, "intermediate");
+    let chain = std::fs::read_to_string(intermediate.ca_cert()).unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+    let (cert, _) = intermediate.issue("web01.example.com", &[ROLE_DB], None);
+    intermediate.write_crl_chain(&root);
+    let (url, requests) = recorder();
+
+    let out = classify("web01.example.com", &url, &at_ca(&intermediate));
+    assert!(out.stderr.is_empty(), "{:?}", stderr_lines(&out));
+    let trusted = &posted(&out, &requests)["trusted"];
+    assert_eq!(trusted, &puppets_trusted(&cert, "web01.example.com"));
+
+    root.revoke(&intermediate.ca_cert());
+    intermediate.write_crl_chain(&root);
+    let out = classify("web01.example.com", &url, &at_ca(&intermediate));
+    let lines = stderr_lines(&out);
+    assert!(
+        lines.len() == 1 && lines[0].contains("revoked"),
+        "{lines:?}"
+    );
+    let sent = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(sent.method, "GET", "no facts and no trusted facts");
+}
+
+#[test]
 fn only_a_verified_certificate_places_a_node_by_its_trusted_facts() {
     const NODE: &str = "db01.example.com";
     let data = EncData::new();
