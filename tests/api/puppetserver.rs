@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::binary::{BIN, Enc, EncData};
+use crate::binary::{BIN, Enc, EncData, free_addr};
 use crate::helpers::tool;
 
 /// An agent run that takes longer than this has hung.
@@ -105,8 +105,15 @@ impl PuppetServer {
         .unwrap();
         let log = dir("agent.log");
         let out = std::fs::File::create(&log).unwrap();
+        // Facter asks a cloud's metadata service (169.254.169.254) on a cloud VM: its HTTP
+        // goes to a closed local port instead, and the agent's own to 127.0.0.1, directly.
+        let nowhere = format!("http://{}", free_addr());
         let started = Instant::now();
         let mut child = Command::new(tool("ENC_TEST_PUPPET", "puppet"))
+            .env("http_proxy", &nowhere)
+            .env("HTTP_PROXY", &nowhere)
+            .env("no_proxy", "127.0.0.1,localhost")
+            .env("NO_PROXY", "127.0.0.1,localhost")
             .args(["agent", "-t", "--color", "false"])
             .args([
                 "--server",
