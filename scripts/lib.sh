@@ -128,3 +128,150 @@ ensure_ruby() {
 ensure_shellcheck() {
   command -v shellcheck >/dev/null || ensure_apt shellcheck
 }
+
+# Debian's Puppet Server 7 (and its agent), for the end-to-end agent run; and curl, to poll it.
+ensure_puppetserver() {
+  local missing=()
+  [ -f "$PUPPETSERVER_JAR" ] || missing+=(puppetserver)
+  command -v puppet >/dev/null || missing+=(puppet)
+  command -v curl >/dev/null || missing+=(curl)
+  [ ${#missing[@]} -eq 0 ] || ensure_apt "${missing[@]}"
+  ensure_java
+}
+
+PUPPETSERVER_JAR=/usr/share/puppetserver/puppetserver.jar
+PUPPETSERVER_PACKAGE_CONF=/etc/puppet/puppetserver # Debian's package configuration
+
+# Starts Debian's Puppet Server with a throwaway configuration in $ENC_CACHE/puppetserver
+# (made anew each time): its own CA (autosigning), server certificate `localhost` (and
+# IP 127.0.0.1), code from tests/fixtures/puppetserver, listening on 127.0.0.1 only on a free
+# port; `node_terminus = exec` runs <dir>/enc-classify, which runs `enc classify` as the
+# test's <dir>/enc.env says. Returns at once; wait_for_puppetserver waits until it serves.
+# Sets PUPPETSERVER_PID and exports ENC_TEST_PUPPETSERVER_DIR and ENC_TEST_PUPPETSERVER_PORT.
+start_puppetserver() {
+  ensure_puppetserver
+  local dir="$ENC_CACHE/puppetserver" code="$PWD/tests/fixtures/puppetserver"
+  rm -rf "$dir"
+  mkdir -p "$dir"/{conf.d,puppet,var,run,log,ssl,ca,jruby-gems}
+  ENC_TEST_PUPPETSERVER_DIR=$dir
+  ENC_TEST_PUPPETSERVER_PORT=$(free_port)
+  export ENC_TEST_PUPPETSERVER_DIR ENC_TEST_PUPPETSERVER_PORT
+
+  cat >"$dir/puppet/puppet.conf" <<CONF
+[main]
+certname = localhost
+dns_alt_names = localhost,IP:127.0.0.1
+ssldir = $dir/ssl
+cadir = $dir/ca
+autosign = true
+node_terminus = exec
+external_nodes = $dir/enc-classify
+reports = none
+CONF
+  # What a test writes to enc.env (shell assignments) names the enc to ask.
+  cat >"$dir/enc-classify" <<'WRAPPER'
+#!/bin/sh
+# Puppet Server's external_nodes: `enc classify <certname>` for the enc the test started.
+set -a
+. "$(dirname "$0")/enc.env"
+set +a
+exec "$ENC_TEST_BIN" classify "$1"
+WRAPPER
+  chmod 0755 "$dir/enc-classify"
+
+  cat >"$dir/conf.d/puppetserver.conf" <<CONF
+jruby-puppet: {
+    ruby-load-path: [/usr/lib/puppetserver/ruby/vendor_ruby]
+    gem-home: "$dir/jruby-gems"
+    gem-path: ["$dir/jruby-gems", "/usr/lib/puppetserver/vendored-jruby-gems"]
+    server-conf-dir: "$dir/puppet"
+    server-code-dir: "$code"
+    server-var-dir: "$dir/var"
+    server-run-dir: "$dir/run"
+    server-log-dir: "$dir/log"
+    max-active-instances: 1
+}
+http-client: {}
+profiler: {}
+product: { check-for-updates: false }
+dropsonde: { enabled: false }
+CONF
+  cat >"$dir/conf.d/webserver.conf" <<CONF
+webserver: {
+    client-auth: want
+    ssl-host: 127.0.0.1
+    ssl-port: $ENC_TEST_PUPPETSERVER_PORT
+}
+CONF
+  cat >"$dir/conf.d/global.conf" <<CONF
+global: { logging-config: "$dir/logback.xml" }
+CONF
+  cat >"$dir/logback.xml" <<CONF
+<configuration>
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>$dir/log/puppetserver.log</file>
+    <encoder><pattern>%d{yyyy-MM-dd'T'HH:mm:ss.SSSXXX} %-5p [%c{2}] %m%n</pattern></encoder>
+  </appender>
+  <root level="info"><appender-ref ref="FILE"/></root>
+</configuration>
+CONF
+  local conf
+  for conf in auth ca metrics web-routes; do
+    cp "$PUPPETSERVER_PACKAGE_CONF/conf.d/$conf.conf" "$dir/conf.d/"
+  done
+
+  # shellcheck disable=SC2016 # %p is Java's, not the shell's
+  java -Xms512m -Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger \
+    -Djruby.lib=/usr/share/jruby/lib -XX:+CrashOnOutOfMemoryError \
+    -XX:ErrorFile="$dir/log/java_error_%p.log" \
+    -jar "$PUPPETSERVER_JAR" --config "$dir/conf.d" \
+    --bootstrap-config "$PUPPETSERVER_PACKAGE_CONF/services.d" \
+    >"$dir/log/stdout.log" 2>&1 &
+  PUPPETSERVER_PID=$!
+  PUPPETSERVER_STARTED=$SECONDS
+  echo "Puppet Server starting on 127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT (logs in $dir/log)" >&2
+}
+
+# Waits until the Puppet Server start_puppetserver started answers its status endpoint with
+# "running", at most $1 seconds (default 600) after it was started. Its port was free when
+# chosen; if something took it meanwhile, the server is started again on another.
+wait_for_puppetserver() {
+  local limit=${1:-600} status="" retries=2
+  while [ "$status" != running ]; do
+    local dir=$ENC_TEST_PUPPETSERVER_DIR
+    if ! kill -0 "$PUPPETSERVER_PID" 2>/dev/null; then
+      if [ "$retries" -gt 0 ] && grep -qs "BindException\|Address already in use" "$dir/log/puppetserver.log"; then
+        echo "Puppet Server found port $ENC_TEST_PUPPETSERVER_PORT taken; starting it again" >&2
+        retries=$((retries - 1))
+        start_puppetserver
+        continue
+      fi
+      echo "error: Puppet Server exited while starting; its logs:" >&2
+      tail -n 40 "$dir/log/puppetserver.log" "$dir/log/stdout.log" >&2 || true
+      return 1
+    fi
+    if [ "$((SECONDS - PUPPETSERVER_STARTED))" -ge "$limit" ]; then
+      echo "error: Puppet Server did not start within $limit s; its logs:" >&2
+      tail -n 40 "$dir/log/puppetserver.log" "$dir/log/stdout.log" >&2 || true
+      return 1
+    fi
+    sleep 2
+    [ -f "$dir/ssl/certs/ca.pem" ] || continue
+    status=$(curl -s --max-time 10 --cacert "$dir/ssl/certs/ca.pem" \
+      "https://127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT/status/v1/simple" || true)
+  done
+  echo "Puppet Server running on 127.0.0.1:$ENC_TEST_PUPPETSERVER_PORT, $((SECONDS - PUPPETSERVER_STARTED)) s after its start" >&2
+}
+
+# Stops the Puppet Server start_puppetserver started (if any), waiting for it to exit.
+stop_puppetserver() {
+  [ -n "${PUPPETSERVER_PID:-}" ] || return 0
+  kill "$PUPPETSERVER_PID" 2>/dev/null || return 0
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$PUPPETSERVER_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+    sleep 0.5
+  done
+  kill -9 "$PUPPETSERVER_PID" 2>/dev/null || true
+  PUPPETSERVER_PID=""
+}

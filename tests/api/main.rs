@@ -23,6 +23,7 @@ mod pagination;
 mod persistence;
 mod puppet;
 mod puppet_pki;
+mod puppetserver;
 mod rules;
 mod snapshot;
 mod store_conformance;
