@@ -36,7 +36,7 @@ use crate::{AppState, auth, telemetry};
 #[openapi(
     info(
         title = "enc",
-        description = "External node classifier for Puppet: nodes, node groups, environments and the classification Puppet asks for.\n\nEvery operation names the token scope it needs: send `Authorization: Bearer <token>` (the Authorize button). `admin` may do everything, `write` includes `read`, `read` includes `classify`.",
+        description = "External node classifier for Puppet: nodes, node groups, environments and the classification Puppet asks for.\n\nEvery operation names the token scope it needs: send `Authorization: Bearer <token>` (the Authorize button). `admin` may do everything and `write` includes `read`. `classify` is a Puppet server's: it posts facts (which decide a node's groups) and reads classifications; nothing but `admin` includes it. A token bound to Puppet clusters (`clusters`) reaches only their nodes.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&Bearer),

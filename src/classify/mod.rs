@@ -130,11 +130,16 @@ async fn classification_inputs(
     } else {
         None
     };
-    if facts.is_none() && trusted.is_none() {
+    // With certificates to check, every run posts: a certificate that no longer verifies
+    // (revoked, expired) must take away the trusted facts enc kept from an earlier run, and
+    // without facts the body leaves out `facts`, so enc keeps the ones it has.
+    if facts.is_none() && !ca.configured() {
         return None;
     }
     let mut body = serde_json::Map::new();
-    body.insert("facts".into(), facts.unwrap_or_default().into());
+    if let Some(facts) = facts {
+        body.insert("facts".into(), facts.into());
+    }
     if let Some(trusted) = trusted {
         body.insert("trusted".into(), trusted);
     }

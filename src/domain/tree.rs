@@ -118,8 +118,10 @@ impl GroupTree {
                     .or_default()
                     .push(group.name.clone());
             }
-            // Rules are checked when written; one that no longer parses matches nothing.
-            if let Some(rule) = group.rule.as_ref().and_then(|r| rule::parse(r).ok()) {
+            // Rules are checked when written; one that no longer parses matches nothing, and
+            // so takes in nobody below it either (an empty `or`).
+            if let Some(rule) = &group.rule {
+                let rule = rule::parse(rule).unwrap_or_else(|_| Rule::Or(Vec::new()));
                 rules.push((group.name.clone(), rule));
             }
         }

@@ -106,10 +106,13 @@ pub struct RuleResult {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FactsBody {
-    /// The node's facts (`$facts`).
-    #[schema(value_type = Object)]
-    facts: serde_json::Map<String, serde_json::Value>,
-    /// Its trusted facts (`$trusted`), such as `extensions`.
+    /// The node's facts (`$facts`); left out, enc keeps the facts it has for the node (and
+    /// replaces only its trusted facts).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    facts: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Its trusted facts (`$trusted`), such as `extensions`, from the node's verified
+    /// certificate; left out, the node has none (rules on `trusted` paths do not match).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     trusted: Option<serde_json::Map<String, serde_json::Value>>,
@@ -424,9 +427,15 @@ pub async fn post(
     Json(body): Json<FactsBody>,
 ) -> Result<Response, AppError> {
     let name = parse_name("unique_name", &name, Certname::parse)?;
+    let given = match body.facts {
+        Some(facts) => facts,
+        None => (state.store.facts(&name).await?)
+            .map(|kept| kept.facts)
+            .unwrap_or_default(),
+    };
     let facts = NodeFacts {
         unique_name: name.clone(),
-        facts: body.facts,
+        facts: given,
         with_trusted: body.trusted.is_some(),
         trusted: body.trusted.unwrap_or_default(),
         received_at: crate::domain::now(),
@@ -440,7 +449,14 @@ pub async fn post(
     }
     let mut inputs = state.store.classification_inputs(&name, None).await?;
     if inputs.node.is_none() {
-        learn(&state, &caller, &name, &facts, &inputs).await?;
+        match learn(&state, &caller, &name, &facts, &inputs).await {
+            // A token bound to clusters learns no more than that the node is absent: not
+            // whether some group (of another cluster) would have taken it in.
+            Err(AppError::NotFound(_)) if caller.0.clusters.is_some() => {
+                return Err(absent(&name));
+            }
+            learnt => learnt?,
+        }
         inputs = state.store.classification_inputs(&name, None).await?;
     }
     // A token bound to other clusters learns nothing of the node and stores nothing for it.
@@ -489,6 +505,12 @@ async fn learn(
             environments.push((environment, group.name.clone()));
         }
     }
+    if environments
+        .iter()
+        .any(|(e, _)| !caller.0.reaches(&e.puppet_cluster_name))
+    {
+        return Err(unknown());
+    }
     let (environment, _) = match environments.len() {
         0 => {
             return Err(AppError::NotFound(format!(
@@ -510,9 +532,6 @@ async fn learn(
             return Err(conflicted(name, conflicts));
         }
     };
-    if !caller.0.reaches(&environment.puppet_cluster_name) {
-        return Err(unknown());
-    }
     let node = Node {
         environment_name: environment.environment_name,
         puppet_cluster_name: environment.puppet_cluster_name,

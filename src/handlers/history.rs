@@ -229,11 +229,43 @@ pub async fn restore_node(
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
-    let restored = state
+    // Judged as any node write: its groups must not give it conflicting values it did not
+    // have (unless forced), on the groups the restore's commit is conditional on.
+    let revision = state
         .store
-        .restore_node(&name, version, expected, options.by(&caller))
+        .revision(&NODE, &Key::one(name.as_str()), version)
         .await?;
-    Ok(stored(StatusCode::OK, &restored, &[]))
+    let after: Option<Node> = revision
+        .object
+        .map(serde_json::from_value::<Stored<Node>>)
+        .transpose()
+        .map_err(|e| AppError::Internal(Box::new(e)))?
+        .map(|n| n.item);
+    for _ in 0..JUDGED_TRIES {
+        let judged = match &after {
+            Some(node) => {
+                let before = match state.store.get_node(&name).await {
+                    Ok(current) => Some(current.item),
+                    Err(StoreError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                let assessed =
+                    super::impact::assess_node::<()>(&state, before.as_ref(), Some(node), None)
+                        .await?;
+                Judged {
+                    conflicts: super::impact::refuse_conflicts(&assessed, options.force)?,
+                    generation: Some(assessed.generation),
+                }
+            }
+            None => Judged::default(),
+        };
+        let by = judged.by(options.by(&caller));
+        match state.store.restore_node(&name, version, expected, by).await {
+            Err(StoreError::TreeMoved) => continue,
+            restored => return Ok(stored(StatusCode::OK, &restored?, &[])),
+        }
+    }
+    Err(kept_moving())
 }
 
 /// The version's content written again as the group's next version (made again if the group

@@ -526,7 +526,10 @@ pub async fn unpin_from_all(
         // Judged on the tree the commit is conditional on: if it moves, judged again.
         let tree = state.store.current_tree().await?;
         let assessment = impact::of_unpinning(&state, &tree, &nodes).await?;
-        let conflicts = impact::refuse_conflicts(&assessment, options.force)?;
+        let conflicts = match options.dry_run {
+            true => None,
+            false => impact::refuse_conflicts(&assessment, options.force)?,
+        };
         let by = By {
             conflicts: conflicts.as_ref(),
             ..options.by(&caller)

@@ -376,9 +376,12 @@ pub async fn replace(
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
     let node = within_size(body.into_domain(Some(&name))?)?;
-    let current = state.store.get_node(&name).await?;
     let mut replaced = None;
-    for _ in 0..JUDGED_TRIES {
+    let mut current = state.store.get_node(&name).await?;
+    for tried in 0..JUDGED_TRIES {
+        if tried > 0 {
+            current = state.store.get_node(&name).await?;
+        }
         let judged = judged(&state, Some(&current.item), &node, &options).await?;
         let by = judged.by(options.by(&caller));
         match state.store.replace_node(node.clone(), expected, by).await {

@@ -1038,4 +1038,59 @@ async fn a_node_write_that_would_give_it_conflicting_values_is_refused_unless_fo
     app.get("/nodes/n2/classification")
         .await
         .problem(StatusCode::CONFLICT);
+    // Named where it is pinned anyway: settled. Restoring the forced version is judged again.
+    app.put("/nodes/n2", node("n2", "b"), None)
+        .await
+        .ok(StatusCode::OK);
+    app.post("/nodes/n2/history/1/restore", json!({}))
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert_eq!(
+        app.get("/nodes/n2").await.ok(StatusCode::OK)["node_group_name"],
+        "b"
+    );
+    app.post("/nodes/n2/history/1/restore?force=true", json!({}))
+        .await
+        .ok(StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_write_and_a_group_write_that_conflict_only_together_never_both_land() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(json!({"name": "a", "parameters": {"port": "1"}}))
+        .await;
+    app.group(json!({"name": "b", "pinned": ["n1"]})).await;
+    let node = |group: Option<&str>| {
+        json!({"unique_name": "n1", "node_group_name": group,
+               "environment_name": "production", "puppet_cluster_name": "eu"})
+    };
+    app.post("/nodes/", node(None))
+        .await
+        .ok(StatusCode::CREATED);
+    for round in 0..12 {
+        let (named, ported) = (
+            app.as_caller(Some(crate::helpers::ADMIN)),
+            app.as_caller(Some(crate::helpers::ADMIN)),
+        );
+        let body = node(Some("a"));
+        let name = tokio::spawn(async move { named.put("/nodes/n1", body, None).await.status });
+        let port =
+            json!({"name": "b", "pinned": ["n1"], "parameters": {"port": format!("b{round}")}});
+        let port = tokio::spawn(async move { ported.put("/nodegroup/b", port, None).await.status });
+        let mut statuses = vec![name.await.unwrap(), port.await.unwrap()];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "round {round}"
+        );
+        app.get("/nodes/n1/classification").await.ok(StatusCode::OK);
+        app.put("/nodes/n1", node(None), None)
+            .await
+            .ok(StatusCode::OK);
+        app.put("/nodegroup/b", json!({"name": "b", "pinned": ["n1"]}), None)
+            .await
+            .ok(StatusCode::OK);
+    }
 }

@@ -146,9 +146,12 @@ async fn a_token_bound_to_clusters_reaches_only_their_nodes() {
     // Another cluster's node, known or to be learnt, is absent to it, and nothing is stored.
     let before = app.dump().await;
     for node in ["web02", "newcomer02"] {
-        eu.post(&format!("/nodes/{node}/classification"), claims())
-            .await
-            .problem(StatusCode::NOT_FOUND);
+        let refused = eu
+            .post(&format!("/nodes/{node}/classification"), claims())
+            .await;
+        // The same answer as for a node nobody knows: nothing said of other clusters' groups.
+        let problem = refused.problem(StatusCode::NOT_FOUND);
+        assert_eq!(problem["detail"], format!("node {node} does not exist"));
         assert_eq!(stored_facts(&app, node).await, None, "{node}");
     }
     for uri in [
@@ -248,4 +251,39 @@ async fn a_binding_is_checked_when_the_token_is_made() {
         .await
         .ok(StatusCode::OK);
     assert_eq!(tokens["items"], json!([]), "none made");
+}
+
+#[tokio::test]
+async fn facts_left_out_are_kept_and_trusted_left_out_ends() {
+    let app = fleet().await;
+    app.group(json!({
+        "name": "Linux", "rule": ["=", ["fact", "kernel"], "Linux"], "classes": {"linux": {}}
+    }))
+    .await;
+    let puppet = app.as_caller(Some(&app.token("puppet-eu", &["classify"]).await));
+    let both = puppet
+        .post("/nodes/web01/classification", claims())
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        both["classes"],
+        json!({"linux": {}, "profile::db": {}}),
+        "{both}"
+    );
+    // The certificate no longer verifies (revoked): enc classify posts without trusted and,
+    // having no fact cache, without facts.
+    let after = puppet
+        .post("/nodes/web01/classification", json!({}))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(after["classes"], json!({"linux": {}}), "{after}");
+    let kept = stored_facts(&app, "web01").await.unwrap();
+    assert_eq!(kept.facts["kernel"], "Linux");
+    assert!(!kept.with_trusted && kept.trusted.is_empty());
+    // A plain GET uses what was kept: no trusted facts any more.
+    let plain = app
+        .get("/nodes/web01/classification")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(plain["classes"], json!({"linux": {}}));
 }

@@ -390,7 +390,12 @@ impl Store {
         by: impl Into<By<'_>>,
     ) -> Result<Stored<Node>> {
         let key = Key::one(name.as_str());
-        self.restore(&NODE, &key, version, expected, by.into(), &NoGuard)
+        let by = by.into();
+        let held = Held {
+            store: self,
+            judged: by.judged,
+        };
+        self.restore(&NODE, &key, version, expected, by, &held)
             .await
     }
 }

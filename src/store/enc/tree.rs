@@ -39,7 +39,8 @@ pub(super) fn hold(tree: &GroupTree) -> Step {
 }
 
 /// A write judged on the groups (a node's, whose groups it may change) commits only while
-/// they are the ones it was judged on.
+/// they are the ones it was judged on, and moves them on: a group write judged meanwhile (on
+/// the node as it was) is then judged again.
 pub(super) struct Held<'a> {
     pub(super) store: &'a Store,
     pub(super) judged: Option<i64>,
@@ -55,7 +56,7 @@ impl<T: Sync> Guard<T> for Held<'_> {
         if tree.generation != judged {
             return Err(StoreError::TreeMoved);
         }
-        Ok(vec![hold(&tree)])
+        Ok(vec![raise(&tree)])
     }
 }
 
