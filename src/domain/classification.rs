@@ -44,9 +44,13 @@ pub struct Explanation {
     pub parameters: BTreeMap<ParamName, Source>,
 }
 
-/// Merges `groups` (the node's group first, then its parent, up to the root) and the node.
-pub fn classify(node: &Node, groups: &[&NodeGroup]) -> (Classification, Explanation) {
-    let layers = groups
+/// What a classification merges, nearest last: each group of `chain` (its leaf first) from
+/// the root down, then the node itself.
+fn layers<'a>(
+    node: &'a Node,
+    chain: &'a [&'a NodeGroup],
+) -> impl Iterator<Item = (Source, &'a Classes, &'a Parameters)> + 'a {
+    chain
         .iter()
         .rev()
         .map(|g| (Source::NodeGroup(g.name.clone()), &g.classes, &g.parameters))
@@ -54,11 +58,15 @@ pub fn classify(node: &Node, groups: &[&NodeGroup]) -> (Classification, Explanat
             Source::Node(node.unique_name.clone()),
             &node.classes,
             &node.parameters,
-        )));
+        )))
+}
+
+/// Merges `groups` (the node's group first, then its parent, up to the root) and the node.
+pub fn classify(node: &Node, groups: &[&NodeGroup]) -> (Classification, Explanation) {
     let mut classes = Classes::new();
     let mut parameters = Parameters::new();
     let mut why = Explanation::default();
-    for (source, layer_classes, layer_parameters) in layers {
+    for (source, layer_classes, layer_parameters) in layers(node, groups) {
         for (class, class_parameters) in layer_classes {
             let merged = classes.entry(class.clone()).or_default();
             why.classes.insert(class.clone(), source.clone());
@@ -123,18 +131,9 @@ pub struct Overridden {
 /// from the root down, each nearer layer (and the node last) overriding the ones above.
 pub fn explain_chain(node: &Node, chain: &[&NodeGroup]) -> Option<ChainExplanation> {
     let leaf = chain.first()?.name.clone();
-    let layers = chain
-        .iter()
-        .rev()
-        .map(|g| (Source::NodeGroup(g.name.clone()), &g.classes, &g.parameters))
-        .chain(std::iter::once((
-            Source::Node(node.unique_name.clone()),
-            &node.classes,
-            &node.parameters,
-        )));
     // Each key's values, root first, each with where it came from.
     let mut given: BTreeMap<String, Vec<(serde_json::Value, Source)>> = BTreeMap::new();
-    for (source, classes, parameters) in layers {
+    for (source, classes, parameters) in layers(node, chain) {
         for (class, class_parameters) in classes {
             let declared = serde_json::to_value(class_parameters).unwrap_or_default();
             given

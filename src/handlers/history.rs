@@ -214,6 +214,23 @@ pub async fn changes(
     Ok(list(state.store.changes(&filter, &page).await?))
 }
 
+/// What restoring `version` of the object under `key` would write (`None`: that version is
+/// its deletion), to judge the restore before it is made.
+async fn restored<T: DeserializeOwned>(
+    state: &AppState,
+    kind: &'static RecordKind,
+    key: &str,
+    version: u64,
+) -> Result<Option<T>, AppError> {
+    let revision = state.store.revision(kind, &Key::one(key), version).await?;
+    let object = revision
+        .object
+        .map(serde_json::from_value::<Stored<T>>)
+        .transpose()
+        .map_err(|e| AppError::Internal(Box::new(e)))?;
+    Ok(object.map(|o| o.item))
+}
+
 /// The version's content written again as the node's next version (made again if the node
 /// was deleted: its group and environment must exist).
 #[utoipa::path(post, path = "/nodes/{unique_name}/history/{version}/restore", tag = "history",
@@ -231,16 +248,7 @@ pub async fn restore_node(
     let name = certname(&name)?;
     // Judged as any node write: its groups must not give it conflicting values it did not
     // have (unless forced), on the groups the restore's commit is conditional on.
-    let revision = state
-        .store
-        .revision(&NODE, &Key::one(name.as_str()), version)
-        .await?;
-    let after: Option<Node> = revision
-        .object
-        .map(serde_json::from_value::<Stored<Node>>)
-        .transpose()
-        .map_err(|e| AppError::Internal(Box::new(e)))?
-        .map(|n| n.item);
+    let after: Option<Node> = restored(&state, &NODE, name.as_str(), version).await?;
     for _ in 0..JUDGED_TRIES {
         let judged = match &after {
             Some(node) => {
@@ -285,16 +293,7 @@ pub async fn restore_node_group(
     let name = group_name(&name)?;
     // Judged as any group write: the version restored must not give nodes conflicting
     // values (unless forced), on the tree the restore's commit is conditional on.
-    let revision = state
-        .store
-        .revision(&NODE_GROUP, &Key::one(name.as_str()), version)
-        .await?;
-    let after: Option<NodeGroup> = revision
-        .object
-        .map(serde_json::from_value::<Stored<NodeGroup>>)
-        .transpose()
-        .map_err(|e| AppError::Internal(Box::new(e)))?
-        .map(|g| g.item);
+    let after: Option<NodeGroup> = restored(&state, &NODE_GROUP, name.as_str(), version).await?;
     let write = WriteQuery {
         dry_run: false,
         force: options.force,

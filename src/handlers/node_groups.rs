@@ -497,8 +497,18 @@ pub async fn unpin(
     change_pins(&state, &caller, &name, options, body, false).await
 }
 
+/// unpin-from-all's answer: the groups changed, or with `dry_run` the preview.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum UnpinnedOrPreview {
+    Unpinned(Unpinned),
+    Preview(Preview),
+}
+
 /// The groups a node was taken off.
 #[derive(Debug, Serialize, ToSchema)]
+// Nothing else in it: a preview (which may list `unpinned_from` too) is not one.
+#[serde(deny_unknown_fields)]
 pub struct Unpinned {
     /// Each group that pinned one of the nodes: each a new version, all in one commit.
     #[schema(value_type = Vec<String>)]
@@ -512,7 +522,7 @@ pub struct Unpinned {
     security(("bearer" = ["write"])), params(WriteQuery),
     request_body = PinBody,
     responses((status = 200, description = "The groups changed or, with `dry_run`, a `Preview` (with `unpinned_from`)",
-        body = Unpinned), WriteProblems))]
+        body = UnpinnedOrPreview), WriteProblems))]
 pub async fn unpin_from_all(
     State(state): State<AppState>,
     caller: Caller,

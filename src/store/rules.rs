@@ -2,7 +2,7 @@
 //! and who still refers to a record, retrying a write that lost a race, and listings cut into
 //! pages with cursors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -474,7 +474,7 @@ impl Db {
             }
             // A guard's writes may touch records the object's own writes touch (a node and
             // the groups that pinned it name the same environment): one write per record.
-            let (steps, _) = super::apply::merge(steps)?;
+            let (steps, _) = merge(steps)?;
             let done = match by.dry_run {
                 true => self.check(steps).await?,
                 false => self.commit(steps).await?,
@@ -670,4 +670,64 @@ impl Db {
             next_cursor,
         })
     }
+}
+
+/// Folds `next` into `into`, two writes to one record: reference-count changes add up, and
+/// join the object's own write if it is there. `Err(())`: both write the object.
+fn fold(into: &mut Step, next: Step, deltas: &mut i64) -> Result<(), ()> {
+    let (write, on_fail) = next;
+    match (&mut into.0.op, write.op) {
+        (Op::Adjust(a), Op::Adjust(b)) => {
+            *a += b;
+            into.0.expect = match (into.0.expect, write.expect) {
+                (Expect::Refs(n), _) | (_, Expect::Refs(n)) => Expect::Refs(n),
+                (Expect::Present, _) | (_, Expect::Present) => Expect::Present,
+                (kept, _) => kept,
+            };
+            if matches!(into.1, OnFail::Changed) {
+                into.1 = on_fail;
+            }
+        }
+        (Op::Put { refs, .. }, Op::Adjust(d)) => *refs += d,
+        (Op::Delete, Op::Adjust(d)) => *deltas += d,
+        (Op::Adjust(d), op @ (Op::Put { .. } | Op::Delete)) => {
+            let d = *d;
+            *into = (Write { op, ..write }, on_fail);
+            match &mut into.0.op {
+                Op::Put { refs, .. } => *refs += d,
+                _ => *deltas += d,
+            }
+        }
+        _ => return Err(()),
+    }
+    Ok(())
+}
+
+/// Deletions among merged steps: (step, reference-count change the others make to it).
+type Deletions = Vec<(usize, i64)>;
+
+/// The steps with one write per record (by table and key), in first-seen order.
+pub(super) fn merge(steps: Vec<Step>) -> Result<(Vec<Step>, Deletions)> {
+    let mut out: Vec<Step> = Vec::new();
+    let mut deltas: Vec<i64> = Vec::new();
+    let mut at: HashMap<(&'static str, Key), usize> = HashMap::new();
+    for step in steps {
+        let id = (step.0.kind.table, step.0.key.clone());
+        match at.get(&id) {
+            Some(&i) => fold(&mut out[i], step, &mut deltas[i]).map_err(|()| {
+                StoreError::Internal(format!("{} {} written twice", id.0, id.1).into())
+            })?,
+            None => {
+                at.insert(id, out.len());
+                out.push(step);
+                deltas.push(0);
+            }
+        }
+    }
+    let deletes = deltas
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(out[*i].0.op, Op::Delete))
+        .collect();
+    Ok((out, deletes))
 }

@@ -97,7 +97,7 @@ impl Store {
             return Ok(None);
         };
         // The groups may name the same environment: one write per record.
-        let (steps, _) = crate::store::apply::merge(steps)?;
+        let (steps, _) = crate::store::rules::merge(steps)?;
         let done = match by.dry_run {
             true => self.db.check(steps).await?,
             false => self.db.commit(steps).await?,
