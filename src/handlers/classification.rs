@@ -234,13 +234,24 @@ fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
     ))]
 pub async fn get(
     State(state): State<AppState>,
-    caller: Caller,
+    // Not `Caller`: an agent run's request (a token left to this handler) has none, and
+    // makes none.
+    identity: Option<Extension<Identity>>,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let result = classification(&state, caller, path, query, deferred.map(|d| d.0), &headers).await;
+    let identity = identity.map(|i| i.0);
+    let result = classification(
+        &state,
+        identity,
+        path,
+        query,
+        deferred.map(|d| d.0),
+        &headers,
+    )
+    .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(AppError::NotFound(_)) => "not_found",
@@ -258,7 +269,7 @@ pub async fn get(
 /// the same store call and checked before anything else is said.
 async fn classification(
     state: &AppState,
-    caller: Caller,
+    identity: Option<Identity>,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     deferred: Option<Deferred>,
@@ -281,7 +292,7 @@ async fn classification(
                 .await
                 .map_err(|e| state.auth.unreadable(state, deferred, e))?;
             let identity = state.auth.admit(state, deferred, inputs.token.as_ref())?;
-            Some((name, inputs, identity))
+            Some((name, inputs, Some(identity)))
         }
         (Err(_), Some(deferred)) => {
             state.auth.admit_alone(state, deferred).await?;
@@ -289,14 +300,14 @@ async fn classification(
         }
         (_, None) => None,
     };
-    classify_with(state, caller, name, inputs, query?.0, headers).await
+    classify_with(state, identity, name, inputs, query?.0, headers).await
 }
 
 async fn classify_with(
     state: &AppState,
-    caller: Caller,
+    identity: Option<Identity>,
     name: &str,
-    read: Option<(Certname, ClassificationInputs, Identity)>,
+    read: Option<(Certname, ClassificationInputs, Option<Identity>)>,
     query: ClassificationQuery,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
@@ -305,12 +316,12 @@ async fn classify_with(
         None => {
             let name = parse_name("unique_name", name, Certname::parse)?;
             let inputs = state.store.classification_inputs(&name, None).await?;
-            (name, inputs, caller.0)
+            (name, inputs, identity)
         }
     };
-    if identity.clusters.is_some() {
+    if let Some(bound) = identity.filter(|i| i.clusters.is_some()) {
         let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
-        super::nodes::reached(&identity, &name, record)?;
+        super::nodes::reached(&bound, &name, record)?;
     }
     classify_inputs(state, name, inputs, None, query, headers).await
 }
