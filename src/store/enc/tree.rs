@@ -39,8 +39,8 @@ pub(super) fn hold(tree: &GroupTree) -> Step {
 }
 
 /// A write judged on the groups (a node's, whose groups it may change) commits only while
-/// they are the ones it was judged on, and moves them on: a group write judged meanwhile (on
-/// the node as it was) is then judged again.
+/// they are the ones it was judged on. It does not move them: node writes would then refuse
+/// each other; so a group write judged meanwhile, on the node as it was, is not judged again.
 pub(super) struct Held<'a> {
     pub(super) store: &'a Store,
     pub(super) judged: Option<i64>,
@@ -56,7 +56,7 @@ impl<T: Sync> Guard<T> for Held<'_> {
         if tree.generation != judged {
             return Err(StoreError::TreeMoved);
         }
-        Ok(vec![raise(&tree)])
+        Ok(vec![hold(&tree)])
     }
 }
 
