@@ -1053,3 +1053,23 @@ async fn a_node_write_that_would_give_it_conflicting_values_is_refused_unless_fo
         .await
         .ok(StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_node_writes_judged_on_the_same_groups_all_land() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(json!({"name": "web", "parameters": {"port": "80"}}))
+        .await;
+    let creates: Vec<_> = (0..16)
+        .map(|i| {
+            let caller = app.as_caller(Some(crate::helpers::ADMIN));
+            let body = json!({"unique_name": format!("c{i}"), "node_group_name": "web",
+                              "environment_name": "production", "puppet_cluster_name": "eu"});
+            tokio::spawn(async move { caller.post("/nodes/", body).await.status })
+        })
+        .collect();
+    for create in creates {
+        assert_eq!(create.await.unwrap(), StatusCode::CREATED);
+    }
+    assert_eq!(app.all("/nodes").await.len(), 16);
+}
