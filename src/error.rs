@@ -157,9 +157,10 @@ impl From<StoreError> for AppError {
         use StoreError::*;
         match e {
             NotFound { .. } => AppError::NotFound(e.to_string()),
-            AlreadyExists { .. } | StillReferenced { .. } | Managed { .. } => {
-                AppError::Conflict(e.to_string())
-            }
+            AlreadyExists { .. }
+            | StillReferenced { .. }
+            | Managed { .. }
+            | TooManyWrites { .. } => AppError::Conflict(e.to_string()),
             PlanStale { .. } => AppError::PreconditionFailed(e.to_string()),
             VersionMismatch { .. } => AppError::PreconditionFailed(e.to_string()),
             MissingReference {

@@ -8,16 +8,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::parse_name;
 use crate::AppState;
 use crate::auth::{Caller, Deferred, Identity};
-use crate::domain::Why;
-use crate::domain::rule::RuleOutcome;
-use crate::domain::{
-    Certname, ChainExplanation, Classification, Conflict, Explanation, GroupName, Node, NodeFacts,
-    NodeGroup, classify_all, explain_chain,
-};
+pub use crate::classifier::explain::{GroupMembership, Membership, RuleResult};
+use crate::classifier::explain::{classified, membership};
+use crate::classifier::{absent, conflicted};
+use crate::domain::{Certname, Classification, Explanation, NodeFacts};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Json, Path, Query};
-use crate::store::StoreError;
-use crate::store::enc::{Classifiable, ClassificationInputs, MAX_FACTS_BYTES};
+use crate::store::enc::{ClassificationInputs, MAX_FACTS_BYTES};
 
 pub const YAML: &str = "application/yaml";
 const YAML_TYPES: [&str; 4] = [YAML, "application/x-yaml", "text/yaml", "text/x-yaml"];
@@ -58,50 +55,6 @@ pub struct ClassificationResponse {
     membership: Option<Membership>,
 }
 
-/// Why a node is in the groups it is in.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Membership {
-    pub groups: Vec<GroupMembership>,
-    /// The groups it is in that have none of those below them; each merges its ancestors.
-    #[schema(value_type = Vec<String>)]
-    pub leaves: Vec<GroupName>,
-    pub rules: Vec<RuleResult>,
-    /// Each leaf group's chain from the root: every class and value each group (and the
-    /// node) gives, the one that wins and those it overrode.
-    pub chains: Vec<ChainExplanation>,
-    /// When the facts the rules were judged on came (absent: the node sent none).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub facts_received_at: Option<String>,
-    /// Their age, in seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub facts_age_seconds: Option<i64>,
-    /// Who posted them: the Puppet server's token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub facts_posted_by: Option<String>,
-    /// Whether trusted facts (from the node's verified certificate) came with them; rules on
-    /// `trusted` paths match nothing without.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub facts_with_trusted: Option<bool>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GroupMembership {
-    #[schema(value_type = String)]
-    pub group: GroupName,
-    pub why: Vec<Why>,
-    /// The groups the node is in that this group is an ancestor of.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<String>)]
-    pub ancestor_of: Vec<GroupName>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RuleResult {
-    #[schema(value_type = String)]
-    pub group: GroupName,
-    pub outcome: RuleOutcome,
-}
-
 /// Facts to classify a node with, as Puppet has them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -116,94 +69,6 @@ pub struct FactsBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     trusted: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-fn absent(name: &Certname) -> AppError {
-    StoreError::NotFound {
-        kind: crate::store::Kind::Node,
-        key: name.to_string(),
-    }
-    .into()
-}
-
-/// The 409 a conflict answers: every key the node's leaf groups disagree on.
-fn conflicted(name: &Certname, conflicts: Vec<Conflict>) -> AppError {
-    let keys: Vec<&str> = conflicts.iter().map(|c| c.key.as_str()).collect();
-    let detail = format!(
-        "node {name}'s groups give different values for {}",
-        keys.join(", ")
-    );
-    AppError::Conflicts(detail, serde_json::to_value(conflicts).unwrap_or_default())
-}
-
-/// The membership part of an explanation.
-fn membership(inputs: &ClassificationInputs, classifiable: &Classifiable) -> Membership {
-    let node = &classifiable.node.item;
-    let facts = classifiable.facts.as_ref();
-    let mut groups: Vec<GroupMembership> = Vec::new();
-    for (group, why) in inputs.tree.memberships(node, facts) {
-        match groups.last_mut() {
-            Some(last) if last.group == group => last.why.push(why),
-            _ => groups.push(GroupMembership {
-                group,
-                why: vec![why],
-                ancestor_of: Vec::new(),
-            }),
-        }
-    }
-    // Every group above one the node is in, and which of those it is above.
-    let members: Vec<GroupName> = groups.iter().map(|g| g.group.clone()).collect();
-    for member in &members {
-        let Ok(chain) = inputs.tree.chain(Some(member)) else {
-            continue;
-        };
-        for above in chain.iter().skip(1) {
-            match groups.iter_mut().find(|g| g.group == above.name) {
-                Some(known) => {
-                    if !known.why.contains(&Why::Ancestor) {
-                        known.why.push(Why::Ancestor);
-                    }
-                    known.ancestor_of.push(member.clone());
-                }
-                None => groups.push(GroupMembership {
-                    group: above.name.clone(),
-                    why: vec![Why::Ancestor],
-                    ancestor_of: vec![member.clone()],
-                }),
-            }
-        }
-    }
-    groups.sort_by(|a, b| a.group.cmp(&b.group));
-    let chains = classifiable
-        .chains
-        .iter()
-        .filter_map(|chain| {
-            let chain: Vec<&NodeGroup> = chain.iter().map(|g| &**g).collect();
-            explain_chain(node, &chain)
-        })
-        .collect();
-    Membership {
-        groups,
-        chains,
-        leaves: classifiable
-            .chains
-            .iter()
-            .filter_map(|c| c.first().map(|g| g.name.clone()))
-            .collect(),
-        rules: inputs
-            .tree
-            .rule_outcomes(node, facts)
-            .into_iter()
-            .map(|(group, outcome)| RuleResult { group, outcome })
-            .collect(),
-        facts_received_at: facts.map(|f| {
-            f.received_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        }),
-        facts_age_seconds: facts.map(|f| (chrono::Utc::now() - f.received_at).num_seconds().max(0)),
-        facts_posted_by: facts.and_then(|f| f.posted_by.clone()),
-        facts_with_trusted: facts.map(|f| f.with_trusted),
-    }
 }
 
 fn wants_yaml(format: Option<Format>, headers: &HeaderMap) -> bool {
@@ -371,22 +236,18 @@ async fn classify_inputs(
     let fresh = given.is_some();
     let make = || {
         let classifiable = inputs.classifiable(&name, given)?;
-        let chains: Vec<Vec<&NodeGroup>> = classifiable
-            .chains
-            .iter()
-            .map(|chain| chain.iter().map(|g| &**g).collect())
-            .collect();
-        let classified =
-            classify_all(&classifiable.node.item, &chains).map_err(|conflicts| {
-                match (conflicted(&name, conflicts), query.explain) {
-                    (AppError::Conflicts(detail, conflicts), true) => {
-                        let why = serde_json::to_value(membership(&inputs, &classifiable));
-                        AppError::ExplainedConflicts(detail, conflicts, why.unwrap_or_default())
-                    }
-                    (other, _) => other,
+        let classified = classified(&classifiable).map_err(|conflicts| {
+            match (conflicted(&name, conflicts), query.explain) {
+                (AppError::Conflicts(detail, conflicts), true) => {
+                    let why = serde_json::to_value(membership(&inputs.tree, &classifiable));
+                    AppError::ExplainedConflicts(detail, conflicts, why.unwrap_or_default())
                 }
-            })?;
-        let membership = query.explain.then(|| membership(&inputs, &classifiable));
+                (other, _) => other,
+            }
+        })?;
+        let membership = query
+            .explain
+            .then(|| membership(&inputs.tree, &classifiable));
         render(classified, membership)
     };
     // The same node record and facts under the same groups classify the same: made once, kept.
@@ -460,7 +321,9 @@ pub async fn post(
     }
     let mut inputs = state.store.classification_inputs(&name, None).await?;
     if inputs.node.is_none() {
-        match learn(&state, &caller, &name, &facts, &inputs).await {
+        let reaches = |cluster: &crate::domain::ClusterName| caller.0.reaches(cluster);
+        let learnt = super::classifier(&state).learn(&name, &facts, reaches, caller.actor());
+        match learnt.await {
             // A token bound to clusters learns no more than that the node is absent: not
             // whether some group (of another cluster) would have taken it in.
             Err(AppError::NotFound(_)) if caller.0.clusters.is_some() => {
@@ -475,83 +338,6 @@ pub async fn post(
     super::nodes::reached(&caller.0, &name, record)?;
     state.store.put_facts(&facts).await?;
     classify_inputs(&state, name, inputs, Some(facts), query, &headers).await
-}
-
-/// Records a node enc does not know, if its facts (or a pin) put it in groups that give it
-/// an environment: the nearest group with one on each leaf's chain, all the same.
-async fn learn(
-    state: &AppState,
-    caller: &Caller,
-    name: &Certname,
-    facts: &NodeFacts,
-    inputs: &ClassificationInputs,
-) -> Result<(), AppError> {
-    let unknown = || absent(name);
-    if !state.classify_unknown {
-        return Err(unknown());
-    }
-    let placeholder = crate::domain::EnvironmentName::parse("production")
-        .map_err(|e| AppError::Internal(e.into()))?;
-    let bare = Node {
-        unique_name: name.clone(),
-        node_group_name: None,
-        environment_name: placeholder,
-        puppet_cluster_name: crate::domain::ClusterName::parse("unknown")
-            .map_err(|e| AppError::Internal(e.into()))?,
-        classes: Default::default(),
-        parameters: Default::default(),
-    };
-    let chains = inputs.tree.leaves(&bare, Some(facts))?;
-    if chains.is_empty() {
-        return Err(AppError::NotFound(format!(
-            "node {name} does not exist, and no group's rule or pin takes it in"
-        )));
-    }
-    let mut environments: Vec<(crate::domain::EnvironmentKey, GroupName)> = Vec::new();
-    for chain in &chains {
-        if let Some(group) = chain.iter().find(|g| g.environment().is_some())
-            && let Some(environment) = group.environment()
-            && !environments.iter().any(|(e, _)| *e == environment)
-        {
-            environments.push((environment, group.name.clone()));
-        }
-    }
-    if environments
-        .iter()
-        .any(|(e, _)| !caller.0.reaches(&e.puppet_cluster_name))
-    {
-        return Err(unknown());
-    }
-    let (environment, _) = match environments.len() {
-        0 => {
-            return Err(AppError::NotFound(format!(
-                "node {name} does not exist, and the groups that take it in give no environment"
-            )));
-        }
-        1 => environments.remove(0),
-        _ => {
-            let conflicts = vec![Conflict {
-                key: "environment".into(),
-                values: environments
-                    .iter()
-                    .map(|(e, g)| crate::domain::ConflictValue {
-                        value: serde_json::json!(e.to_string()),
-                        group: g.clone(),
-                    })
-                    .collect(),
-            }];
-            return Err(conflicted(name, conflicts));
-        }
-    };
-    let node = Node {
-        environment_name: environment.environment_name,
-        puppet_cluster_name: environment.puppet_cluster_name,
-        ..bare
-    };
-    match state.store.create_node(node, caller.actor()).await {
-        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::impact::WriteQuery;
-use super::node_groups::{JUDGED_TRIES, Judged, judged, kept_moving};
-use super::{ForceQuery, IfMatchHeader, ListResponse, page_request, parse_name, stored};
+use super::{ForceQuery, IfMatchHeader, ListResponse, answer, page_request, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::classifier::Change;
 use crate::domain::MAX_DEPTH;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName,
@@ -214,23 +213,6 @@ pub async fn changes(
     Ok(list(state.store.changes(&filter, &page).await?))
 }
 
-/// What restoring `version` of the object under `key` would write (`None`: that version is
-/// its deletion), to judge the restore before it is made.
-async fn restored<T: DeserializeOwned>(
-    state: &AppState,
-    kind: &'static RecordKind,
-    key: &str,
-    version: u64,
-) -> Result<Option<T>, AppError> {
-    let revision = state.store.revision(kind, &Key::one(key), version).await?;
-    let object = revision
-        .object
-        .map(serde_json::from_value::<Stored<T>>)
-        .transpose()
-        .map_err(|e| AppError::Internal(Box::new(e)))?;
-    Ok(object.map(|o| o.item))
-}
-
 /// The version's content written again as the node's next version (made again if the node
 /// was deleted: its group and environment must exist).
 #[utoipa::path(post, path = "/nodes/{unique_name}/history/{version}/restore", tag = "history",
@@ -247,33 +229,14 @@ pub async fn restore_node(
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
     // Judged as any node write: its groups must not give it conflicting values it did not
-    // have (unless forced), on the groups the restore's commit is conditional on.
-    let after: Option<Node> = restored(&state, &NODE, name.as_str(), version).await?;
-    for _ in 0..JUDGED_TRIES {
-        let judged = match &after {
-            Some(node) => {
-                let before = match state.store.get_node(&name).await {
-                    Ok(current) => Some(current.item),
-                    Err(StoreError::NotFound { .. }) => None,
-                    Err(e) => return Err(e.into()),
-                };
-                let assessed =
-                    super::impact::assess_node::<()>(&state, before.as_ref(), Some(node), None)
-                        .await?;
-                Judged {
-                    conflicts: super::impact::refuse_conflicts(&assessed, options.force)?,
-                    generation: Some(assessed.generation),
-                }
-            }
-            None => Judged::default(),
-        };
-        let by = judged.by(options.by(&caller));
-        match state.store.restore_node(&name, version, expected, by).await {
-            Err(StoreError::TreeMoved) => continue,
-            restored => return Ok(stored(StatusCode::OK, &restored?, &[])),
-        }
-    }
-    Err(kept_moving())
+    // have, unless forced.
+    let change = Change::RestoreNode {
+        name,
+        version,
+        expected,
+    };
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }
 
 /// The version's content written again as the group's next version (made again if the group
@@ -292,28 +255,14 @@ pub async fn restore_node_group(
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
     // Judged as any group write: the version restored must not give nodes conflicting
-    // values (unless forced), on the tree the restore's commit is conditional on.
-    let after: Option<NodeGroup> = restored(&state, &NODE_GROUP, name.as_str(), version).await?;
-    let write = WriteQuery {
-        dry_run: false,
-        force: options.force,
+    // values, unless forced.
+    let change = Change::RestoreGroup {
+        name,
+        version,
+        expected,
     };
-    for _ in 0..JUDGED_TRIES {
-        let judged = match &after {
-            Some(group) => judged(&state, &name, Some(group), &write).await?,
-            None => Judged::default(),
-        };
-        let by = judged.by(options.by(&caller));
-        match state
-            .store
-            .restore_node_group(&name, version, expected, by)
-            .await
-        {
-            Err(StoreError::TreeMoved) => continue,
-            restored => return Ok(stored(StatusCode::OK, &restored?, &[])),
-        }
-    }
-    Err(kept_moving())
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }
 
 /// The version's content written again as the environment's next version (made again if it

@@ -6,11 +6,10 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::impact::fleet;
 use super::{ListResponse, page_request, parse_name};
 use crate::AppState;
 use crate::domain::Why;
-use crate::domain::{Certname, ClassName, GroupName, NodeGroup, Source, classify_all};
+use crate::domain::{Certname, ClassName, GroupName, Source};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Path, Query};
 
@@ -78,21 +77,10 @@ pub async fn members(
     Query(query): Query<LookupQuery>,
 ) -> Result<axum::Json<ListResponse<Member>>, AppError> {
     let name = parse_name("node_group_name", &name, GroupName::parse)?;
-    state.store.get_node_group(&name).await?;
-    let tree = state.store.current_tree().await?;
-    let (nodes, facts) = fleet(&state).await?;
-    let found = nodes
-        .iter()
-        .filter_map(|node| {
-            let why: Vec<Why> = tree
-                .memberships(node, facts.get(&node.unique_name))
-                .into_iter()
-                .filter(|(g, _)| *g == name)
-                .map(|(_, why)| why)
-                .collect();
-            let unique_name = node.unique_name.clone();
-            (!why.is_empty()).then(|| (unique_name.clone(), Member { unique_name, why }))
-        })
+    let found = super::classifier(&state).members(&name).await?;
+    let found = found
+        .into_iter()
+        .map(|(unique_name, why)| (unique_name.clone(), Member { unique_name, why }))
         .collect();
     Ok(axum::Json(page(found, query)?))
 }
@@ -109,27 +97,10 @@ pub async fn holders(
     Query(query): Query<LookupQuery>,
 ) -> Result<axum::Json<ListResponse<Holder>>, AppError> {
     let class = parse_name("class_name", &class, ClassName::parse)?;
-    let tree = state.store.current_tree().await?;
-    let (nodes, facts) = fleet(&state).await?;
-    let mut found = Vec::new();
-    for node in &nodes {
-        let chains = tree.leaves(node, facts.get(&node.unique_name))?;
-        let chains: Vec<Vec<&NodeGroup>> = chains
-            .iter()
-            .map(|chain| chain.iter().map(|g| &**g).collect())
-            .collect();
-        if let Ok((_, why)) = classify_all(node, &chains)
-            && let Some(from) = why.classes.get(&class)
-        {
-            let unique_name = node.unique_name.clone();
-            found.push((
-                unique_name.clone(),
-                Holder {
-                    unique_name,
-                    from: from.clone(),
-                },
-            ));
-        }
-    }
+    let found = super::classifier(&state).holders(&class).await?;
+    let found = found
+        .into_iter()
+        .map(|(unique_name, from)| (unique_name.clone(), Holder { unique_name, from }))
+        .collect();
     Ok(axum::Json(page(found, query)?))
 }

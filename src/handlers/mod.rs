@@ -5,7 +5,6 @@ pub mod classification;
 pub mod environments;
 pub mod health;
 pub mod history;
-pub mod impact;
 pub mod import;
 pub mod lookups;
 pub mod metrics_form;
@@ -19,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+pub use crate::classifier::Preview;
+use crate::classifier::{Outcome, Write};
 use crate::domain::Stored;
 use crate::error::AppError;
 use crate::extract::etag;
@@ -77,6 +78,65 @@ impl ForceQuery {
             ..crate::store::By::actor(caller.actor())
         }
     }
+
+    /// A write to the classifier with this `force`.
+    pub fn write<'a>(&self, caller: &'a crate::auth::Caller) -> Write<'a> {
+        Write {
+            force: self.force,
+            ..Write::by(caller.actor())
+        }
+    }
+}
+
+/// `dry_run` and `force`, for writes that can change nodes' classifications.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WriteQuery {
+    /// Check the write, store nothing, and answer what it would change for every node it
+    /// affects (200 with a preview).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Make the write even though it gives nodes conflicting values (recorded in its
+    /// revision with those conflicts), or the object is managed by a classification tree.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl WriteQuery {
+    /// Who writes, whether only to preview, and whether forced.
+    pub fn write<'a>(&self, caller: &'a crate::auth::Caller) -> Write<'a> {
+        Write {
+            dry_run: self.dry_run,
+            force: self.force,
+            ..Write::by(caller.actor())
+        }
+    }
+}
+
+/// The classifier service over the app's store.
+fn classifier(state: &crate::AppState) -> crate::classifier::Classifier<'_> {
+    crate::classifier::Classifier::new(&state.store, state.classify_unknown)
+}
+
+/// The answer to a classifier write: the object as stored (201 with its `Location` if
+/// `created` names it), 204 for a deletion, or the preview of a dry run.
+fn answer(outcome: Outcome, created: Option<&[&str]>) -> Response {
+    let status = match created {
+        Some(_) => StatusCode::CREATED,
+        None => StatusCode::OK,
+    };
+    let location = created.unwrap_or(&[]);
+    match outcome {
+        Outcome::Group(group) => stored(status, &group, location),
+        Outcome::Node(node) => stored(status, &node, location),
+        Outcome::Deleted => StatusCode::NO_CONTENT.into_response(),
+        Outcome::Unpinned(groups) => axum::Json(node_groups::Unpinned {
+            unpinned_from: groups,
+        })
+        .into_response(),
+        Outcome::Preview(preview) => axum::Json(preview).into_response(),
+    }
 }
 
 fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequest, AppError> {
@@ -90,42 +150,7 @@ fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequ
     Ok(PageRequest { limit, cursor })
 }
 
-/// The largest object enc keeps, as JSON: within DynamoDB's 400 KB item limit with room for
-/// the store's own attributes, and the same for every backend.
-pub const MAX_OBJECT_BYTES: usize = 350 * 1024;
-
-/// Every item of a listing, page by page.
-pub(crate) async fn all<T, F, Fut>(list: F) -> Result<Vec<T>, AppError>
-where
-    F: Fn(PageRequest) -> Fut,
-    Fut: Future<Output = crate::store::Result<Page<T>>>,
-{
-    let mut items = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = list(PageRequest {
-            limit: 1000,
-            cursor,
-        })
-        .await?;
-        items.extend(page.items);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(items),
-        }
-    }
-}
-
-/// Refuses an object too large to store (413), before any store sees it.
-fn within_size<T: Serialize>(object: T) -> Result<T, AppError> {
-    let size = serde_json::to_vec(&object).map_or(usize::MAX, |json| json.len());
-    if size > MAX_OBJECT_BYTES {
-        return Err(AppError::PayloadTooLarge(format!(
-            "the object is {size} bytes as JSON; at most {MAX_OBJECT_BYTES} can be stored"
-        )));
-    }
-    Ok(object)
-}
+pub use crate::classifier::{MAX_OBJECT_BYTES, within_size};
 
 /// What a path segment may hold as it is: RFC 3986's unreserved characters.
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

@@ -2,22 +2,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::impact::{self, Preview, WriteQuery};
-use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored, within_size};
+use super::{
+    IfMatchHeader, ListResponse, Preview, WriteQuery, answer, page_request, parse_name, stored,
+    within_size,
+};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::classifier::Change;
+pub use crate::classifier::MAX_PINS;
 use crate::domain::{
     Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, NodeGroup, ParamName,
     Stored,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
-use crate::store::{By, StoreError};
 
 /// A node group as clients send it. The existing clients' shape `{name, class_, parameters}`
 /// means one class `class_` whose parameters are `parameters`.
@@ -96,9 +99,6 @@ pub struct NewNodeGroup {
     environment_name: Option<EnvironmentName>,
     puppet_cluster_name: Option<ClusterName>,
 }
-
-/// The most nodes one group may pin.
-pub const MAX_PINS: usize = 10_000;
 
 /// Checks pinned certnames: each a certname, at most `MAX_PINS`.
 pub fn pins(f: &mut Fields, field: &str, names: Vec<String>) -> BTreeSet<Certname> {
@@ -223,65 +223,6 @@ pub enum GroupOrPreview {
     Preview(Preview),
 }
 
-/// The preview of a group write, as the answer.
-async fn previewed(
-    state: &AppState,
-    name: &GroupName,
-    after: Option<Stored<NodeGroup>>,
-) -> Result<Response, AppError> {
-    let group = after.as_ref().map(|g| g.item.clone());
-    let assessed = impact::of_group(state, name, group, after.as_ref()).await?;
-    Ok(axum::Json(assessed.preview).into_response())
-}
-
-/// Before a group write: refused (409) if it would give nodes conflicting values, unless
-/// forced; the conflicts a forced one creates, for its revision, and the group-tree
-/// generation it was judged on, which the write's commit is conditional on.
-pub(super) async fn judged(
-    state: &AppState,
-    name: &GroupName,
-    after: Option<&NodeGroup>,
-    options: &WriteQuery,
-) -> Result<Judged, AppError> {
-    if options.dry_run {
-        return Ok(Judged::default());
-    }
-    let assessed = impact::of_group::<()>(state, name, after.cloned(), None).await?;
-    Ok(Judged {
-        conflicts: impact::refuse_conflicts(&assessed, options.force)?,
-        generation: Some(assessed.generation),
-    })
-}
-
-/// How a group write was judged.
-#[derive(Default)]
-pub(super) struct Judged {
-    /// The conflicts a forced write creates.
-    pub(super) conflicts: Option<serde_json::Value>,
-    /// The group-tree generation the judgement was made on.
-    pub(super) generation: Option<i64>,
-}
-
-impl Judged {
-    pub(super) fn by<'a>(&'a self, by: By<'a>) -> By<'a> {
-        By {
-            conflicts: self.conflicts.as_ref(),
-            judged: self.generation,
-            ..by
-        }
-    }
-}
-
-/// How often a group write is judged again when the groups change under it.
-pub(super) const JUDGED_TRIES: usize = 8;
-
-/// The answer when the groups kept changing under a write.
-pub(super) fn kept_moving() -> AppError {
-    AppError::Unavailable(StoreError::Unavailable(
-        "the node groups kept changing while the write was judged".into(),
-    ))
-}
-
 /// Create a node group (`dry_run`: check it and preview it, storing nothing).
 #[utoipa::path(post, path = "/nodegroup/", tag = "node groups", operation_id = "create_node_group",
     security(("bearer" = ["write"])), params(WriteQuery),
@@ -300,20 +241,9 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let group = within_size(body.into_domain(None)?.0)?;
     let name = group.name.clone();
-    for _ in 0..JUDGED_TRIES {
-        let judged = judged(&state, &name, Some(&group), &options).await?;
-        let by = judged.by(options.by(&caller));
-        let created = match state.store.create_node_group(group.clone(), by).await {
-            Err(StoreError::TreeMoved) => continue,
-            other => other?,
-        };
-        if options.dry_run {
-            return previewed(&state, &name, Some(created)).await;
-        }
-        let location = ["nodegroup", created.item.name.as_str()];
-        return Ok(stored(StatusCode::CREATED, &created, &location));
-    }
-    Err(kept_moving())
+    let change = Change::CreateGroup(group);
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, Some(&["nodegroup", name.as_str()])))
 }
 
 /// List node groups.
@@ -360,30 +290,15 @@ pub async fn replace(
     Json(body): Json<NodeGroupBody>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    let (mut group, pinned_given) = body.into_domain(Some(&name))?;
-    for _ in 0..JUDGED_TRIES {
-        // Without `pinned` the group keeps its pins: judged with them, and any pin change
-        // since moves the tree, so the write is judged again with the new ones.
-        let mut at = expected;
-        if !pinned_given && !options.dry_run {
-            let current = state.store.get_node_group(&name).await?;
-            group.pinned = current.item.pinned;
-            at = expected.or(Some(current.meta.version));
-        }
-        let judged = judged(&state, &name, Some(&group), &options).await?;
-        let by = judged.by(options.by(&caller));
-        let written = within_size(group.clone())?;
-        let replaced = match state.store.replace_node_group(written, at, by).await {
-            Err(StoreError::TreeMoved) => continue,
-            Err(StoreError::VersionMismatch { .. }) if expected.is_none() => continue,
-            other => other?,
-        };
-        if options.dry_run {
-            return previewed(&state, &name, Some(replaced)).await;
-        }
-        return Ok(stored(StatusCode::OK, &replaced, &[]));
-    }
-    Err(kept_moving())
+    let (group, pinned_given) = body.into_domain(Some(&name))?;
+    // Without `pinned` the group keeps the pins it has (checked for size with them).
+    let change = Change::ReplaceGroup {
+        group: within_size(group)?,
+        keep_pins: !pinned_given,
+        expected,
+    };
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }
 
 /// Delete a node group; refused (409) while nodes or child groups use it.
@@ -399,19 +314,9 @@ pub async fn delete(
     Query(options): Query<WriteQuery>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    for _ in 0..JUDGED_TRIES {
-        let judged = judged(&state, &name, None, &options).await?;
-        let by = judged.by(options.by(&caller));
-        match state.store.delete_node_group(&name, expected, by).await {
-            Err(StoreError::TreeMoved) => continue,
-            other => other?,
-        }
-        if options.dry_run {
-            return previewed(&state, &name, None).await;
-        }
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    Err(kept_moving())
+    let change = Change::DeleteGroup { name, expected };
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }
 
 /// Nodes to pin to a group or unpin from it.
@@ -435,34 +340,13 @@ async fn change_pins(
     let mut f = Fields::default();
     let nodes = pins(&mut f, "nodes", body.nodes);
     f.finish(|| Some(())).map_err(AppError::Validation)?;
-    for _ in 0..8 {
-        let current = state.store.get_node_group(&name).await?;
-        let mut group = current.item;
-        if pin {
-            group.pinned.extend(nodes.iter().cloned());
-        } else {
-            group.pinned.retain(|n| !nodes.contains(n));
-        }
-        if group.pinned.len() > MAX_PINS {
-            return Err(AppError::invalid(
-                "nodes",
-                format!("a group pins at most {MAX_PINS} nodes"),
-            ));
-        }
-        let version = Some(current.meta.version);
-        let judged = judged(state, &name, Some(&group), &options).await?;
-        let by = judged.by(options.by(caller));
-        match state.store.replace_node_group(group, version, by).await {
-            Err(StoreError::VersionMismatch { .. } | StoreError::TreeMoved) => continue,
-            Ok(changed) if options.dry_run => {
-                return previewed(state, &name, Some(changed)).await;
-            }
-            other => return Ok(stored(StatusCode::OK, &other?, &[])),
-        }
-    }
-    Err(AppError::Unavailable(StoreError::Unavailable(
-        "the node group kept changing".into(),
-    )))
+    let change = Change::Pins {
+        group: name,
+        nodes,
+        pin,
+    };
+    let outcome = super::classifier(state).write(&change, options.write(caller));
+    Ok(answer(outcome.await?, None))
 }
 
 /// Pin nodes to a group: they are members whatever their facts (a new version of the group).
@@ -532,30 +416,7 @@ pub async fn unpin_from_all(
     let mut f = Fields::default();
     let nodes = pins(&mut f, "nodes", body.nodes);
     f.finish(|| Some(())).map_err(AppError::Validation)?;
-    for _ in 0..8 {
-        // Judged on the tree the commit is conditional on: if it moves, judged again.
-        let tree = state.store.current_tree().await?;
-        let assessment = impact::of_unpinning(&state, &tree, &nodes).await?;
-        let conflicts = match options.dry_run {
-            true => None,
-            false => impact::refuse_conflicts(&assessment, options.force)?,
-        };
-        let by = By {
-            conflicts: conflicts.as_ref(),
-            ..options.by(&caller)
-        };
-        let Some(groups) = state.store.unpin_from_all(&tree, &nodes, by).await? else {
-            continue;
-        };
-        if options.dry_run {
-            return Ok(axum::Json(assessment.preview).into_response());
-        }
-        return Ok(axum::Json(Unpinned {
-            unpinned_from: groups,
-        })
-        .into_response());
-    }
-    Err(AppError::Unavailable(StoreError::Unavailable(
-        "the node groups kept changing".into(),
-    )))
+    let change = Change::UnpinFromAll(nodes);
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }

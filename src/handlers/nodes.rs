@@ -1,27 +1,26 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Extension, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::impact::{self, Preview, WriteQuery};
-use super::node_groups::{JUDGED_TRIES, Judged, kept_moving};
 use super::{
-    IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored, stored_json,
-    within_size,
+    IfMatchHeader, ListResponse, Preview, WriteQuery, answer, page_request, parse_filter,
+    parse_name, stored_json, within_size,
 };
 use crate::AppState;
 use crate::auth::{Caller, Deferred, Identity};
+use crate::classifier::{Change, absent};
 use crate::domain::{
     Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, Node, ParamName, Stored,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
+use crate::store::NodeFilter;
 use crate::store::engine::Record;
-use crate::store::{Kind, NodeFilter, StoreError};
 
 /// A node as clients send it to replace one.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -167,41 +166,10 @@ pub async fn create(
     Json(body): Json<NodeBody>,
 ) -> Result<Response, AppError> {
     let node = within_size(body.into_domain(None)?)?;
-    for _ in 0..JUDGED_TRIES {
-        // Its groups must not give it conflicting values: judged on the groups the commit
-        // is conditional on.
-        let judged = judged(&state, None, &node, &options).await?;
-        let by = judged.by(options.by(&caller));
-        let created = match state.store.create_node(node.clone(), by).await {
-            Err(StoreError::TreeMoved) => continue,
-            other => other?,
-        };
-        if options.dry_run {
-            let preview = impact::of_node(&state, None, Some(&created.item), Some(&created));
-            return Ok(axum::Json(preview.await?).into_response());
-        }
-        let location = ["nodes", created.item.unique_name.as_str()];
-        return Ok(stored(StatusCode::CREATED, &created, &location));
-    }
-    Err(kept_moving())
-}
-
-/// Before a node write: refused (409) if the node's groups would give it conflicting values
-/// it did not have, unless forced; what a forced one creates, and the groups it was judged on.
-async fn judged(
-    state: &AppState,
-    before: Option<&Node>,
-    after: &Node,
-    options: &WriteQuery,
-) -> Result<Judged, AppError> {
-    if options.dry_run {
-        return Ok(Judged::default());
-    }
-    let assessed = impact::assess_node::<()>(state, before, Some(after), None).await?;
-    Ok(Judged {
-        conflicts: impact::refuse_conflicts(&assessed, options.force)?,
-        generation: Some(assessed.generation),
-    })
+    let name = node.unique_name.clone();
+    let change = Change::CreateNode(node);
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, Some(&["nodes", name.as_str()])))
 }
 
 /// List nodes, optionally filtered by environment, cluster or group.
@@ -289,14 +257,6 @@ pub async fn get(
     node_json(&state, &name, &record)
 }
 
-fn absent(name: &Certname) -> AppError {
-    StoreError::NotFound {
-        kind: Kind::Node,
-        key: name.to_string(),
-    }
-    .into()
-}
-
 /// The cluster in a node's record, read without the rest of the node.
 #[derive(Deserialize)]
 struct InCluster<'a> {
@@ -379,33 +339,9 @@ pub async fn replace(
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
     let node = within_size(body.into_domain(Some(&name))?)?;
-    let mut replaced = None;
-    let mut current = state.store.get_node(&name).await?;
-    for tried in 0..JUDGED_TRIES {
-        if tried > 0 {
-            current = state.store.get_node(&name).await?;
-        }
-        let judged = judged(&state, Some(&current.item), &node, &options).await?;
-        let by = judged.by(options.by(&caller));
-        match state.store.replace_node(node.clone(), expected, by).await {
-            Err(StoreError::TreeMoved) => continue,
-            other => {
-                replaced = Some(other?);
-                break;
-            }
-        }
-    }
-    let replaced = replaced.ok_or_else(kept_moving)?;
-    if options.dry_run {
-        let preview = impact::of_node(
-            &state,
-            Some(&current.item),
-            Some(&replaced.item),
-            Some(&replaced),
-        );
-        return Ok(axum::Json(preview.await?).into_response());
-    }
-    Ok(stored(StatusCode::OK, &replaced, &[]))
+    let change = Change::ReplaceNode { node, expected };
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }
 
 /// Delete a node, taking it off every group that pins it in the same commit (`dry_run`: what
@@ -422,19 +358,7 @@ pub async fn delete(
     Query(options): Query<WriteQuery>,
 ) -> Result<Response, AppError> {
     let name = certname(&name)?;
-    let current = match options.dry_run {
-        true => Some(state.store.get_node(&name).await?),
-        false => None,
-    };
-    state
-        .store
-        .delete_node(&name, expected, options.by(&caller))
-        .await?;
-    if let Some(current) = current {
-        let mut preview = impact::of_node::<Node>(&state, Some(&current.item), None, None).await?;
-        let tree = state.store.current_tree().await?;
-        preview.unpinned_from = tree.pinning(&name).to_vec();
-        return Ok(axum::Json(preview).into_response());
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let change = Change::DeleteNode { name, expected };
+    let outcome = super::classifier(&state).write(&change, options.write(&caller));
+    Ok(answer(outcome.await?, None))
 }

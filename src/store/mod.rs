@@ -16,6 +16,7 @@ pub mod tokens;
 
 pub use apply::Planned;
 pub use cursor::Cursor;
+pub use enc::Snapshot;
 pub use history::ChangeFilter;
 pub use rules::{Apply, By, MAX_REFERRERS, TREE_OWNER, decode};
 
@@ -124,6 +125,12 @@ pub enum StoreError {
     /// An apply found something changed since its plan was made.
     #[error("{kind} {key} changed since the plan was made: plan again")]
     PlanStale { kind: Kind, key: String },
+    /// The change needs more writes in one commit than the engine takes.
+    #[error(
+        "the change needs {writes} writes in one commit and this store takes at most {max}: \
+         make it in smaller parts (e.g. unpin the node from some groups first)"
+    )]
+    TooManyWrites { writes: usize, max: usize },
     /// The node groups changed since the write was judged: judge it again.
     #[error("the node groups changed while the write was judged")]
     TreeMoved,
@@ -225,5 +232,27 @@ impl Store {
     /// Succeeds when the store can serve reads and writes.
     pub async fn ping(&self) -> Result<()> {
         self.db.engine().ping().await
+    }
+}
+
+/// Every item of a listing, page by page.
+pub async fn all<T, F, Fut>(list: F) -> Result<Vec<T>>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>>>,
+{
+    let mut items = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = list(PageRequest {
+            limit: 1000,
+            cursor,
+        })
+        .await?;
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(items),
+        }
     }
 }

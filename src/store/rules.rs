@@ -36,6 +36,8 @@ pub(super) enum OnFail {
     },
     /// Something changed since it was read: read again and retry.
     Changed,
+    /// Something changed since the write was judged: judge it again (`TreeMoved`).
+    Moved,
 }
 
 pub(super) type Step = (Write, OnFail);
@@ -160,9 +162,9 @@ pub struct By<'a> {
     pub force: bool,
     /// The change applies a plan (`POST /import`): the object becomes owned by the tree.
     pub apply: Option<Apply<'a>>,
-    /// The group-tree generation the change was judged on (its conflicts): a group write
-    /// commits only while it is current, else fails with `TreeMoved`.
-    pub judged: Option<i64>,
+    /// What the change was judged on (its conflicts): it commits only while the groups (and,
+    /// for a group write, the nodes) are as they were then, else fails with `TreeMoved`.
+    pub judged: Option<super::enc::Snapshot>,
 }
 
 /// A plan being applied, for the objects it writes and their revisions.
@@ -236,6 +238,7 @@ fn refusal(steps: &[Step], i: usize) -> Result<bool> {
     };
     match on_fail {
         OnFail::Changed => Ok(false),
+        OnFail::Moved => Err(StoreError::TreeMoved),
         OnFail::Exists => Err(StoreError::AlreadyExists {
             kind: write.kind.kind,
             key: write.key.to_string(),
@@ -315,8 +318,20 @@ impl Db {
         Ok(self.require(kind, key).await?.0)
     }
 
+    /// Refuses a commit larger than the engine takes, before it is sent.
+    fn within_limit(&self, steps: &[Step]) -> Result<()> {
+        match self.engine.max_writes() {
+            Some(max) if steps.len() > max => Err(StoreError::TooManyWrites {
+                writes: steps.len(),
+                max,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Commits: `Ok(true)` when done, `Ok(false)` when it should be tried again.
     pub(super) async fn commit(&self, steps: Vec<Step>) -> Result<bool> {
+        self.within_limit(&steps)?;
         let writes: Vec<Write> = steps.iter().map(|(w, _)| w.clone()).collect();
         match self.engine.commit(&writes).await {
             Ok(()) => Ok(true),
@@ -329,6 +344,7 @@ impl Db {
     /// What `commit` would answer, storing nothing: every expectation checked against the
     /// records as they are now (a dry run).
     pub(super) async fn check(&self, steps: Vec<Step>) -> Result<bool> {
+        self.within_limit(&steps)?;
         let keys: Vec<_> = steps.iter().map(|(w, _)| (w.kind, w.key.clone())).collect();
         let found = self.engine.get(&keys).await?;
         for (i, ((write, _), record)) in steps.iter().zip(&found).enumerate() {

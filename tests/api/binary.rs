@@ -261,7 +261,9 @@ pub(crate) fn free_addr() -> SocketAddr {
 }
 
 fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Longer than enc's own request timeout (30 s): enc answers first, a 503 if it ran out
+    // of time (a large apply on DynamoDB Local under a loaded test run takes over 10 s).
+    stream.set_read_timeout(Some(Duration::from_secs(35)))?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();

@@ -1,6 +1,6 @@
 //! Group rules over facts, pins, several groups per node, and conflicts, on the store under test.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -777,6 +777,148 @@ async fn a_pin_dies_with_its_node() {
         .problem(StatusCode::UNPROCESSABLE_ENTITY);
 }
 
+#[tokio::test]
+async fn a_pin_in_a_group_a_tree_owns_goes_with_its_node_only_when_forced() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.node("n1", None).await;
+    app.group(json!({"name": "web", "pinned": ["n1"]})).await;
+    // Adopted by a tree that holds it alone: the group is managed by git from now on.
+    let files = app.get("/export").await.ok(StatusCode::OK)["files"].clone();
+    let path = "node_groups/web.yaml";
+    let body = json!({"files": {path: files[path].clone()}});
+    let plan = app
+        .post("/import?dry_run=true", body.clone())
+        .await
+        .ok(StatusCode::OK);
+    let tag = format!("\"{}\"", plan["plan_id"].as_str().unwrap());
+    app.request(Method::POST, "/import", Some(&body), Some(&tag))
+        .await
+        .ok(StatusCode::OK);
+    let before = app.dump().await;
+    for refused in [
+        app.delete("/nodes/n1", None).await,
+        app.post("/commands/unpin-from-all", json!({"nodes": ["n1"]}))
+            .await,
+    ] {
+        let problem = refused.problem(StatusCode::CONFLICT);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("node group web is managed by git"),
+            "{detail}"
+        );
+    }
+    assert_eq!(app.dump().await, before, "nothing stored");
+    app.delete("/nodes/n1?force=true", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    assert_eq!(pinned(&app, "web").await, json!([]));
+}
+
+#[tokio::test]
+async fn a_node_pinned_in_more_groups_than_one_commit_holds_is_refused_clearly() {
+    // 40 groups: three writes each to unpin it, over DynamoDB's 100 writes per transaction.
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.node("n1", None).await;
+    for i in 0..40 {
+        app.group(json!({"name": format!("g{i}"), "pinned": ["n1"]}))
+            .await;
+    }
+    let before = app.dump().await;
+    let deleted = app.delete("/nodes/n1", None).await;
+    if !crate::helpers::dynamodb_under_test() {
+        // The embedded store commits any number of writes at once.
+        deleted.ok(StatusCode::NO_CONTENT);
+        assert_eq!(pinned(&app, "g39").await, json!([]));
+        return;
+    }
+    for refused in [deleted, app.delete("/nodes/n1?dry_run=true", None).await] {
+        let problem = refused.problem(StatusCode::CONFLICT);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("takes at most 100"), "{detail}");
+        assert!(
+            detail.contains("unpin the node from some groups first"),
+            "{detail}"
+        );
+    }
+    assert_eq!(app.dump().await, before, "nothing stored");
+    // In smaller parts, as the answer says.
+    for i in 0..30 {
+        app.post(&format!("/nodegroup/g{i}/unpin"), json!({"nodes": ["n1"]}))
+            .await
+            .ok(StatusCode::OK);
+    }
+    app.delete("/nodes/n1", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    assert_eq!(pinned(&app, "g39").await, json!([]));
+}
+
+#[tokio::test]
+async fn no_write_pins_a_deleted_node_again_unless_forced() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.node("n1", None).await;
+    app.group(json!({"name": "web", "pinned": ["n1"]})).await;
+    let old_tree = app.get("/export").await.ok(StatusCode::OK)["files"].clone();
+    app.delete("/nodes/n1", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    assert_eq!(pinned(&app, "web").await, json!([]));
+    let before = app.dump().await;
+    let deleted = |refused: crate::helpers::TestResponse| {
+        let problem = refused.problem(StatusCode::CONFLICT);
+        let detail = problem["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains("pin 1 node(s) that were deleted (n1)"),
+            "{detail}"
+        );
+    };
+    // A restore of the version that pinned it, a pin, a replace, a new group, an old tree.
+    deleted(
+        app.post("/nodegroup/web/history/1/restore", json!({}))
+            .await,
+    );
+    deleted(
+        app.post("/nodegroup/web/pin", json!({"nodes": ["n1"]}))
+            .await,
+    );
+    deleted(
+        app.put(
+            "/nodegroup/web",
+            json!({"name": "web", "pinned": ["n1"]}),
+            None,
+        )
+        .await,
+    );
+    deleted(
+        app.post("/nodegroup/", json!({"name": "db", "pinned": ["n1"]}))
+            .await,
+    );
+    let body = json!({"files": {"node_groups/web.yaml": old_tree["node_groups/web.yaml"].clone()}});
+    let plan = app
+        .post("/import?dry_run=true", body.clone())
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(plan["pins_of_deleted_nodes"], json!(["n1"]), "{plan}");
+    let tag = format!("\"{}\"", plan["plan_id"].as_str().unwrap());
+    deleted(
+        app.request(Method::POST, "/import", Some(&body), Some(&tag))
+            .await,
+    );
+    assert_eq!(app.dump().await, before, "nothing stored");
+    // A certname that never was a node may be pinned (ahead of its first run).
+    app.post("/nodegroup/web/pin", json!({"nodes": ["n9"]}))
+        .await
+        .ok(StatusCode::OK);
+    // Forced, it is pinned again.
+    app.post("/nodegroup/web/history/1/restore?force=true", json!({}))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(pinned(&app, "web").await, json!(["n1"]));
+}
+
 /// Groups `a` and `b` both pin `n1`; each may give it `port` alone, not both.
 async fn rivals() -> TestApp {
     let app = TestApp::new().await;
@@ -819,6 +961,51 @@ async fn two_writes_that_conflict_only_together_never_both_land() {
                 .await
                 .ok(StatusCode::OK);
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_write_and_a_node_write_that_conflict_only_together_never_both_land() {
+    // n1 is pinned in b (port 2) and named in c; moving it into a, and giving a a port,
+    // are each fine alone.
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(json!({"name": "b", "parameters": {"port": "2"}, "pinned": ["n1"]}))
+        .await;
+    for group in ["a", "c"] {
+        app.group(json!({"name": group})).await;
+    }
+    let node = |group: &str| {
+        json!({"unique_name": "n1", "node_group_name": group,
+               "environment_name": "production", "puppet_cluster_name": "eu"})
+    };
+    app.post("/nodes/", node("c")).await.ok(StatusCode::CREATED);
+    for round in 0..16 {
+        let group_write = {
+            let caller = app.as_caller(Some(crate::helpers::ADMIN));
+            let body = json!({"name": "a", "parameters": {"port": format!("a{round}")}});
+            tokio::spawn(async move { caller.put("/nodegroup/a", body, None).await.status })
+        };
+        let node_write = {
+            let caller = app.as_caller(Some(crate::helpers::ADMIN));
+            let body = node("a");
+            tokio::spawn(async move { caller.put("/nodes/n1", body, None).await.status })
+        };
+        let mut statuses = vec![group_write.await.unwrap(), node_write.await.unwrap()];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "round {round}"
+        );
+        app.get("/nodes/n1/classification").await.ok(StatusCode::OK);
+        // Back to n1 in c and a without a port, for the next round.
+        app.put("/nodes/n1", node("c"), None)
+            .await
+            .ok(StatusCode::OK);
+        app.put("/nodegroup/a", json!({"name": "a"}), None)
+            .await
+            .ok(StatusCode::OK);
     }
 }
 

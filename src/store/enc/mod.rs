@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 pub use self::facts::{FACTS, MAX_FACTS_BYTES};
 use self::pins::Unpin;
-pub use self::tree::{GENERATION, TreeCache};
-use self::tree::{Held, TreeGuard, generation_key, hold, raise};
+pub use self::tree::{GENERATION, Snapshot, TreeCache};
+use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, moved_fleet, raise};
 use super::engine::{Key, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
 use super::rules::{By, MAX_TRIES, NoGuard, decode};
@@ -428,7 +428,7 @@ impl Store {
             changes.push((name, group));
         }
         let tree = self.current_tree().await?;
-        if by.judged.is_some_and(|g| g != tree.generation) {
+        if by.judged.is_some_and(|j| j.groups != tree.generation) {
             return Err(StoreError::TreeMoved);
         }
         if !changes.is_empty() {
@@ -440,6 +440,12 @@ impl Store {
         } else if by.judged.is_some() {
             extra.push(hold(&tree));
         }
+        // Written nodes move the fleet; judged, the set commits only while no other node
+        // was written (one write to the counter: both merge).
+        if planned.iter().any(|p| p.kind.name == NODE.name) {
+            extra.push(moved_fleet());
+        }
+        extra.extend(by.judged.map(held_fleet));
         self.db.write_set(planned, by, extra).await
     }
 }

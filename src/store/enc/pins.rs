@@ -8,13 +8,14 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::NODE_GROUP;
-use super::tree::{hold, raise};
+use super::tree::{held_fleet, hold, moved_fleet, raise};
+use super::{NODE, NODE_GROUP};
 use crate::domain::{Certname, GroupName, GroupTree, Node};
 use crate::store::Planned;
 use crate::store::engine::Key;
+use crate::store::history::{HEAD, head_key};
 use crate::store::rules::{By, Guard, MAX_TRIES, Step};
-use crate::store::{Result, Store, StoreError};
+use crate::store::{Kind, Result, Store, StoreError};
 
 /// The guard of a node's deletion: the writes that take it off every group pinning it.
 pub(super) struct Unpin<'a> {
@@ -31,7 +32,8 @@ impl Guard<Node> for Unpin<'_> {
         let nodes = BTreeSet::from([node.unique_name.clone()]);
         for _ in 0..MAX_TRIES {
             let tree = self.store.current_tree().await?;
-            if let Some((steps, _)) = self.store.unpin_steps(&tree, &nodes, self.by).await? {
+            if let Some((mut steps, _)) = self.store.unpin_steps(&tree, &nodes, self.by).await? {
+                steps.push(moved_fleet());
                 return Ok(steps);
             }
         }
@@ -42,6 +44,29 @@ impl Guard<Node> for Unpin<'_> {
 }
 
 impl Store {
+    /// Those of `names` that were deleted: absent now, with a history (they existed once).
+    /// Read 50 at a time, each with its history head.
+    pub async fn deleted_nodes(&self, names: &BTreeSet<Certname>) -> Result<Vec<Certname>> {
+        let names: Vec<&Certname> = names.iter().collect();
+        let mut deleted = Vec::new();
+        for chunk in names.chunks(50) {
+            let keys: Vec<_> = chunk
+                .iter()
+                .flat_map(|name| {
+                    let key = Key::one(name.as_str());
+                    [(&NODE, key.clone()), (&HEAD, head_key(&NODE, &key))]
+                })
+                .collect();
+            let found = self.db.engine().get(&keys).await?;
+            for (name, pair) in chunk.iter().zip(found.chunks(2)) {
+                if pair[0].is_none() && pair[1].as_ref().is_some_and(|head| head.refs > 0) {
+                    deleted.push((*name).clone());
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The writes that take `nodes` off every group of `tree` that pins them, conditional on
     /// `tree` being current, and the groups they change; `None` if a group changed since
     /// `tree` was read (read the tree again).
@@ -52,9 +77,11 @@ impl Store {
         by: By<'_>,
     ) -> Result<Option<(Vec<Step>, Vec<GroupName>)>> {
         let names: BTreeSet<&GroupName> = nodes.iter().flat_map(|n| tree.pinning(n)).collect();
+        // Judged (unpin-from-all), on the nodes as they were too.
+        let held: Vec<Step> = by.judged.map(held_fleet).into_iter().collect();
         if names.is_empty() {
             // Still nobody pinning them at the commit.
-            return Ok(Some((vec![hold(tree)], Vec::new())));
+            return Ok(Some(([vec![hold(tree)], held].concat(), Vec::new())));
         }
         let mut planned = Vec::new();
         for name in &names {
@@ -63,6 +90,17 @@ impl Store {
                 Err(StoreError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e),
             };
+            // A group a classification tree owns changes there, or when forced.
+            if let Some(owner) = &group.meta.managed_by
+                && by.apply.is_none()
+                && !by.force
+            {
+                return Err(StoreError::Managed {
+                    kind: Kind::NodeGroup,
+                    key: name.to_string(),
+                    owner: owner.clone(),
+                });
+            }
             let mut item = group.item;
             item.pinned.retain(|n| !nodes.contains(n));
             let Ok(Value::Object(after)) = serde_json::to_value(&item) else {
@@ -81,6 +119,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         steps.push(raise(tree));
+        steps.extend(held);
         Ok(Some((steps, names.into_iter().cloned().collect())))
     }
 

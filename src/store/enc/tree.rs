@@ -23,6 +23,34 @@ pub(super) fn generation_key() -> Key {
     Key::one("/generation")
 }
 
+/// The fleet's generation: a counter every node write raises in its own commit, beside the
+/// groups' (same table, a key no group can have). A group write judged on the nodes commits
+/// only while it is unchanged, so a node written meanwhile makes it judged again.
+pub(super) fn fleet_key() -> Key {
+    Key::one("/nodes")
+}
+
+/// What a write was judged on (its conflicts): the group tree's generation and the fleet's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub groups: i64,
+    pub nodes: i64,
+}
+
+/// The write every node write makes: the fleet moves, whatever it was.
+pub(super) fn moved_fleet() -> Step {
+    let write = Write::new(&GENERATION, fleet_key(), Op::Adjust(1), Expect::Anything);
+    (write, OnFail::Changed)
+}
+
+/// A write that changes nothing, made only while no node was written since `snapshot`; if
+/// one was, the write is judged again.
+pub(super) fn held_fleet(snapshot: Snapshot) -> Step {
+    let expect = Expect::Refs(snapshot.nodes);
+    let write = Write::new(&GENERATION, fleet_key(), Op::Adjust(0), expect);
+    (write, OnFail::Moved)
+}
+
 /// The write that raises the generation, made only if the tree is still the one checked.
 pub(super) fn raise(tree: &GroupTree) -> Step {
     let expect = Expect::Refs(tree.generation);
@@ -38,25 +66,25 @@ pub(super) fn hold(tree: &GroupTree) -> Step {
     (write, OnFail::Changed)
 }
 
-/// A write judged on the groups (a node's, whose groups it may change) commits only while
-/// they are the ones it was judged on. It does not move them: node writes would then refuse
-/// each other; so a group write judged meanwhile, on the node as it was, is not judged again.
+/// A node write moves the fleet and, judged on the groups, commits only while they are the
+/// ones it was judged on. It does not move the groups (node writes would then refuse each
+/// other): a group write judged meanwhile, on the node as it was, fails on the fleet instead.
 pub(super) struct Held<'a> {
     pub(super) store: &'a Store,
-    pub(super) judged: Option<i64>,
+    pub(super) judged: Option<Snapshot>,
 }
 
 #[async_trait]
 impl<T: Sync> Guard<T> for Held<'_> {
     async fn check(&self, _: Option<&T>, _: Option<&T>) -> Result<Vec<Step>> {
         let Some(judged) = self.judged else {
-            return Ok(Vec::new());
+            return Ok(vec![moved_fleet()]);
         };
         let tree = self.store.current_tree().await?;
-        if tree.generation != judged {
+        if tree.generation != judged.groups {
             return Err(StoreError::TreeMoved);
         }
-        Ok(vec![hold(&tree)])
+        Ok(vec![hold(&tree), moved_fleet()])
     }
 }
 
@@ -65,8 +93,8 @@ impl<T: Sync> Guard<T> for Held<'_> {
 /// deeper than `MAX_DEPTH`.
 pub(super) struct TreeGuard<'a> {
     pub(super) store: &'a Store,
-    /// The generation the write was judged on, if it was.
-    pub(super) judged: Option<i64>,
+    /// What the write was judged on, if it was.
+    pub(super) judged: Option<Snapshot>,
 }
 
 #[async_trait]
@@ -77,9 +105,11 @@ impl Guard<NodeGroup> for TreeGuard<'_> {
         after: Option<&NodeGroup>,
     ) -> Result<Vec<Step>> {
         let tree = self.store.current_tree().await?;
-        if self.judged.is_some_and(|g| g != tree.generation) {
+        if self.judged.is_some_and(|j| j.groups != tree.generation) {
             return Err(StoreError::TreeMoved);
         }
+        let mut steps = vec![raise(&tree)];
+        steps.extend(self.judged.map(held_fleet));
         if let Some(group) = after {
             if before.is_none() && tree.contains(&group.name) {
                 return Err(StoreError::AlreadyExists {
@@ -89,7 +119,7 @@ impl Guard<NodeGroup> for TreeGuard<'_> {
             }
             tree.check_parent(group)?;
         }
-        Ok(vec![raise(&tree)])
+        Ok(steps)
     }
 }
 
@@ -135,6 +165,27 @@ impl Store {
     pub async fn current_tree(&self) -> Result<Arc<GroupTree>> {
         let generation = self.generation().await?;
         self.tree_at(generation).await
+    }
+
+    /// The group tree as it is now, and the snapshot a write judged on it (and on the nodes
+    /// read after this call) commits on.
+    pub async fn snapshot(&self) -> Result<(Arc<GroupTree>, Snapshot)> {
+        let keys = [(&GENERATION, generation_key()), (&GENERATION, fleet_key())];
+        for _ in 0..MAX_TRIES {
+            let found = self.db.engine().get(&keys).await?;
+            let count = |i: usize| found.get(i).and_then(Option::as_ref).map_or(0, |r| r.refs);
+            let snapshot = Snapshot {
+                groups: count(0),
+                nodes: count(1),
+            };
+            let tree = self.tree_at(snapshot.groups).await?;
+            if tree.generation == snapshot.groups {
+                return Ok((tree, snapshot));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "node groups kept changing while they were read".into(),
+        ))
     }
 }
 

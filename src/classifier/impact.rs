@@ -1,51 +1,23 @@
-//! Impact preview: a write to a node or node group with `?dry_run=true` is checked exactly as
-//! its commit would check it (`store::By::dry_run`), stores nothing, and answers which
-//! nodes' classifications it would change, and how.
+//! Impact: what a write would do to every node it touches (the groups each joins and
+//! leaves, how its classification changes, the conflicts it would get), judged on one
+//! snapshot of the groups and nodes. The same assessment refuses a write that creates
+//! conflicts and answers its dry run.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
-
-use crate::AppState;
-use crate::auth::Caller;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::all;
-use crate::domain::GroupTree;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
 use crate::domain::{
-    Certname, Classification, ClassificationDiff, Conflict, GroupName, Node, NodeFacts, NodeGroup,
-    classification_diff, classify_all,
+    Certname, Classification, ClassificationDiff, Conflict, GroupName, GroupTree, Node, NodeFacts,
+    NodeGroup, classification_diff, classify_all,
 };
 use crate::error::AppError;
-use crate::store::{By, NodeFilter};
+use crate::store::{NodeFilter, Snapshot, Store, StoreError, all};
 
 /// The most affected nodes a preview lists; `more` counts the rest.
 pub const MAX_LISTED: usize = 100;
-
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct WriteQuery {
-    /// Check the write, store nothing, and answer what it would change for every node it
-    /// affects (200 with a preview).
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Make the write even though it gives nodes conflicting values (recorded in its
-    /// revision with those conflicts), or the object is managed by a classification tree.
-    #[serde(default)]
-    pub force: bool,
-}
-
-impl WriteQuery {
-    /// Who writes, and whether only to preview.
-    pub fn by<'a>(&self, caller: &'a Caller) -> By<'a> {
-        By {
-            dry_run: self.dry_run,
-            force: self.force,
-            ..By::actor(caller.actor())
-        }
-    }
-}
 
 /// A node whose classification would change.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -163,15 +135,11 @@ fn groups_of(
 pub struct Assessment {
     pub preview: Preview,
     pub created: Vec<NodeFailure>,
-    /// The group-tree generation it was made on: the write commits only while it is current.
-    pub generation: i64,
+    /// What it was made on: the write commits only while the groups and nodes are as then.
+    pub snapshot: Snapshot,
 }
 
-fn assess<'a>(
-    object: Option<Value>,
-    generation: i64,
-    changes: impl Iterator<Item = Change<'a>>,
-) -> Assessment {
+fn assess<'a>(snapshot: Snapshot, changes: impl Iterator<Item = Change<'a>>) -> Assessment {
     let mut affected: Vec<NodeImpact> = Vec::new();
     let mut failed = Vec::new();
     let mut created = Vec::new();
@@ -226,7 +194,7 @@ fn assess<'a>(
     affected.truncate(MAX_LISTED);
     let preview = Preview {
         dry_run: true,
-        object,
+        object: None,
         examined,
         affected: count,
         more: count - affected.len(),
@@ -237,15 +205,13 @@ fn assess<'a>(
     Assessment {
         preview,
         created,
-        generation,
+        snapshot,
     }
 }
 
 /// Every node and every node's facts.
-pub async fn fleet(
-    state: &AppState,
-) -> Result<(Vec<Node>, HashMap<Certname, NodeFacts>), AppError> {
-    let (store, filter) = (&state.store, &NodeFilter::default());
+pub async fn fleet(store: &Store) -> Result<(Vec<Node>, HashMap<Certname, NodeFacts>), AppError> {
+    let filter = &NodeFilter::default();
     let nodes = all(|p| async move { store.list_nodes(filter, &p).await }).await?;
     let facts = all(|p| async move { store.list_facts(&p).await }).await?;
     Ok((
@@ -257,28 +223,28 @@ pub async fn fleet(
     ))
 }
 
-fn shown<T: Serialize>(object: &T) -> Result<Value, AppError> {
+/// An object as a preview shows it.
+pub fn shown<T: Serialize>(object: &T) -> Result<Value, AppError> {
     serde_json::to_value(object).map_err(|e| AppError::Internal(Box::new(e)))
 }
 
 /// What a write that leaves the group `name` as `after` (`None`: deleted) would change: every
 /// node in it or a group below it (by name, pin or rule), before or after, classified under
 /// the tree as it is and as it would be, each with its last facts.
-pub async fn of_group<T: Serialize>(
-    state: &AppState,
+pub(super) async fn of_group(
+    store: &Store,
     name: &GroupName,
     after: Option<NodeGroup>,
-    object: Option<&T>,
 ) -> Result<Assessment, AppError> {
-    let tree = state.store.current_tree().await?;
+    // The fleet is read after the snapshot: a node written meanwhile moves it.
+    let (tree, snapshot) = store.snapshot().await?;
     let changed = tree.changed(after, name);
     let below: HashSet<GroupName> = tree
         .subtree(name)
         .into_iter()
         .chain(changed.subtree(name))
         .collect();
-    let (nodes, facts) = fleet(state).await?;
-    let object = object.map(shown).transpose()?;
+    let (nodes, facts) = fleet(store).await?;
     let in_subtree = |node: &Node, facts: Option<&NodeFacts>| {
         tree.in_any(node, facts, &below) || changed.in_any(node, facts, &below)
     };
@@ -292,12 +258,15 @@ pub async fn of_group<T: Serialize>(
             tree_after: &changed,
         })
     });
-    Ok(assess(object, tree.generation, changes))
+    Ok(assess(snapshot, changes))
 }
 
-/// Refuses a group write that would give nodes conflicting values (409, listing the nodes
-/// and keys) unless forced; the conflicts a forced write creates, for its revision.
-pub fn refuse_conflicts(assessment: &Assessment, force: bool) -> Result<Option<Value>, AppError> {
+/// Refuses a write that would give nodes conflicting values (409, listing the nodes and
+/// keys) unless forced; the conflicts a forced write creates, for its revision.
+pub(super) fn refuse_conflicts(
+    assessment: &Assessment,
+    force: bool,
+) -> Result<Option<Value>, AppError> {
     if assessment.created.is_empty() {
         return Ok(None);
     }
@@ -326,27 +295,15 @@ pub fn refuse_conflicts(assessment: &Assessment, force: bool) -> Result<Option<V
 }
 
 /// What a write that makes the node `before` into `after` would change for it.
-pub async fn of_node<T: Serialize>(
-    state: &AppState,
+pub(super) async fn of_node(
+    store: &Store,
     before: Option<&Node>,
     after: Option<&Node>,
-    object: Option<&T>,
-) -> Result<Preview, AppError> {
-    Ok(assess_node(state, before, after, object).await?.preview)
-}
-
-/// [`of_node`], with the conflicts the write would create and the tree it was judged on.
-pub async fn assess_node<T: Serialize>(
-    state: &AppState,
-    before: Option<&Node>,
-    after: Option<&Node>,
-    object: Option<&T>,
 ) -> Result<Assessment, AppError> {
-    let tree = state.store.current_tree().await?;
-    let object = object.map(shown).transpose()?;
+    let (tree, snapshot) = store.snapshot().await?;
     let name = after.or(before).map(|n| n.unique_name.clone());
     let facts = match &name {
-        Some(name) => state.store.facts(name).await?,
+        Some(name) => store.facts(name).await?,
         None => None,
     };
     let change = Change {
@@ -356,14 +313,14 @@ pub async fn assess_node<T: Serialize>(
         tree_before: &tree,
         tree_after: &tree,
     };
-    Ok(assess(object, tree.generation, std::iter::once(change)))
+    Ok(assess(snapshot, std::iter::once(change)))
 }
 
 /// What taking `nodes` off every group that pins them would do to them, under `tree`; the
 /// groups that would change with it.
-pub async fn of_unpinning(
-    state: &AppState,
-    tree: &GroupTree,
+pub(super) async fn of_unpinning(
+    store: &Store,
+    (tree, snapshot): (&GroupTree, Snapshot),
     nodes: &BTreeSet<Certname>,
 ) -> Result<Assessment, AppError> {
     let mut groups: BTreeSet<&GroupName> = BTreeSet::new();
@@ -382,12 +339,12 @@ pub async fn of_unpinning(
     let tree_after = tree.with_changes(&changes);
     let mut read = Vec::new();
     for name in nodes {
-        let node = match state.store.get_node(name).await {
+        let node = match store.get_node(name).await {
             Ok(node) => Some(node.item),
-            Err(crate::store::StoreError::NotFound { .. }) => None,
+            Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        read.push((node, state.store.facts(name).await?));
+        read.push((node, store.facts(name).await?));
     }
     let changes = read.iter().map(|(node, facts)| Change {
         before: node.as_ref(),
@@ -396,7 +353,7 @@ pub async fn of_unpinning(
         tree_before: tree,
         tree_after: &tree_after,
     });
-    let mut assessment = assess(None, tree.generation, changes);
+    let mut assessment = assess(snapshot, changes);
     assessment.preview.unpinned_from = groups.into_iter().cloned().collect();
     Ok(assessment)
 }
@@ -408,7 +365,7 @@ pub fn of_many(
     before: &HashMap<Certname, Node>,
     after: &HashMap<Certname, Node>,
     facts: &HashMap<Certname, NodeFacts>,
-    tree_before: &GroupTree,
+    (tree_before, snapshot): (&GroupTree, Snapshot),
     tree_after: &GroupTree,
 ) -> Assessment {
     let names: BTreeSet<&Certname> = before.keys().chain(after.keys()).collect();
@@ -419,5 +376,5 @@ pub fn of_many(
         tree_before,
         tree_after,
     });
-    assess(None, tree_before.generation, changes)
+    assess(snapshot, changes)
 }

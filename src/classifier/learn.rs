@@ -1,0 +1,107 @@
+//! Learning a node enc does not know: if its facts (or a pin of its certname) put it in
+//! groups that give it an environment, it is recorded in that environment, judged on the
+//! groups its commit holds to.
+
+use super::{Classifier, JUDGED_TRIES, absent, conflicted, kept_moving};
+use crate::domain::{
+    Certname, ClusterName, Conflict, ConflictValue, EnvironmentKey, EnvironmentName, GroupName,
+    GroupTree, Node, NodeFacts,
+};
+use crate::error::AppError;
+use crate::store::{By, StoreError};
+
+impl Classifier<'_> {
+    /// Records the node `name` enc does not know, from `facts`: in the environment of the
+    /// nearest group with one on each leaf's chain, all the same. `reaches` says which
+    /// clusters the caller may learn nodes into: any other is answered as no group at all.
+    pub async fn learn(
+        self,
+        name: &Certname,
+        facts: &NodeFacts,
+        reaches: impl Fn(&ClusterName) -> bool,
+        actor: &str,
+    ) -> Result<(), AppError> {
+        if !self.learns {
+            return Err(absent(name));
+        }
+        for _ in 0..JUDGED_TRIES {
+            let (tree, snapshot) = self.store.snapshot().await?;
+            let node = learnt(&tree, name, facts, &reaches)?;
+            let by = By {
+                judged: Some(snapshot),
+                ..By::actor(actor)
+            };
+            match self.store.create_node(node, by).await {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => return Ok(()),
+                Err(StoreError::TreeMoved) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(kept_moving())
+    }
+}
+
+/// The node `tree` takes in with `facts`, in its groups' environment.
+fn learnt(
+    tree: &GroupTree,
+    name: &Certname,
+    facts: &NodeFacts,
+    reaches: impl Fn(&ClusterName) -> bool,
+) -> Result<Node, AppError> {
+    let internal = |e: String| AppError::Internal(e.into());
+    let bare = Node {
+        unique_name: name.clone(),
+        node_group_name: None,
+        environment_name: EnvironmentName::parse("production").map_err(internal)?,
+        puppet_cluster_name: ClusterName::parse("unknown").map_err(internal)?,
+        classes: Default::default(),
+        parameters: Default::default(),
+    };
+    let chains = tree.leaves(&bare, Some(facts))?;
+    if chains.is_empty() {
+        return Err(AppError::NotFound(format!(
+            "node {name} does not exist, and no group's rule or pin takes it in"
+        )));
+    }
+    let mut environments: Vec<(EnvironmentKey, GroupName)> = Vec::new();
+    for chain in &chains {
+        if let Some(group) = chain.iter().find(|g| g.environment().is_some())
+            && let Some(environment) = group.environment()
+            && !environments.iter().any(|(e, _)| *e == environment)
+        {
+            environments.push((environment, group.name.clone()));
+        }
+    }
+    if environments
+        .iter()
+        .any(|(e, _)| !reaches(&e.puppet_cluster_name))
+    {
+        return Err(absent(name));
+    }
+    let (environment, _) = match environments.len() {
+        0 => {
+            return Err(AppError::NotFound(format!(
+                "node {name} does not exist, and the groups that take it in give no environment"
+            )));
+        }
+        1 => environments.remove(0),
+        _ => {
+            let conflicts = vec![Conflict {
+                key: "environment".into(),
+                values: environments
+                    .iter()
+                    .map(|(e, g)| ConflictValue {
+                        value: serde_json::json!(e.to_string()),
+                        group: g.clone(),
+                    })
+                    .collect(),
+            }];
+            return Err(conflicted(name, conflicts));
+        }
+    };
+    Ok(Node {
+        environment_name: environment.environment_name,
+        puppet_cluster_name: environment.puppet_cluster_name,
+        ..bare
+    })
+}
