@@ -142,6 +142,18 @@ pub struct Config {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Fleet-wide operations run at once (a group write's judgement or preview, a lookup of
+    /// a group's or a class's nodes, a plan, an apply, an export); past it enc answers 503
+    /// with Retry-After at once, so memory stays bounded.
+    #[arg(
+        long,
+        env = "ENC_MAX_FLEET_WORK",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        global = true
+    )]
+    pub max_fleet_work: u32,
+
     /// Whether a node enc does not know, sent with facts that a group's rule takes in (or
     /// pinned by a group), is recorded, in the environment that group gives, and classified.
     #[arg(long, env = "ENC_CLASSIFY_UNKNOWN", default_value_t = true, action = clap::ArgAction::Set, global = true)]

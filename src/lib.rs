@@ -77,14 +77,25 @@ impl Default for Answers {
 pub struct Limits {
     pub request_timeout: std::time::Duration,
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Fleet-wide operations at once (`ENC_MAX_FLEET_WORK`).
+    pub fleet_work: Arc<tokio::sync::Semaphore>,
 }
+
+/// Fleet-wide operations at once, unless set.
+const FLEET_WORK: usize = 2;
 
 impl Limits {
     pub fn new(request_timeout: std::time::Duration, max_in_flight: usize) -> Self {
         Self {
             request_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+            fleet_work: Arc::new(tokio::sync::Semaphore::new(FLEET_WORK)),
         }
+    }
+
+    pub fn with_fleet_work(mut self, at_once: usize) -> Self {
+        self.fleet_work = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+        self
     }
 }
 

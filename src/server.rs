@@ -156,10 +156,13 @@ pub async fn serve(
         .with_auth(auth)
         .with_history_retention(config.history_retention())
         .with_classify_unknown(config.classify_unknown)
-        .with_limits(crate::Limits::new(
-            Duration::from_secs(config.request_timeout_seconds.max(1)),
-            config.max_concurrent_requests,
-        ));
+        .with_limits(
+            crate::Limits::new(
+                Duration::from_secs(config.request_timeout_seconds.max(1)),
+                config.max_concurrent_requests,
+            )
+            .with_fleet_work(config.max_fleet_work as usize),
+        );
     if !state.auth.required {
         tracing::warn!("{}", crate::handlers::health::AUTH_OFF);
     } else if config.bootstrap_secret()?.is_none() {

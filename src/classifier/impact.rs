@@ -9,12 +9,13 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::fleet::Fleet;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, Conflict, GroupName, GroupTree, Node, NodeFacts,
     NodeGroup, classification_diff, classify_all,
 };
 use crate::error::AppError;
-use crate::store::{NodeFilter, Snapshot, Store, StoreError, all};
+use crate::store::{Snapshot, Store, StoreError};
 
 /// The most affected nodes a preview lists; `more` counts the rest.
 pub const MAX_LISTED: usize = 100;
@@ -63,12 +64,20 @@ pub struct Preview {
     pub nodes: Vec<NodeImpact>,
     /// How many affected nodes `nodes` leaves out.
     pub more: usize,
-    /// Nodes that would fail to classify, with the conflicts the write would give them.
+    /// The first nodes by certname (at most 100) that would fail to classify, with the
+    /// conflicts the write would give them.
     pub failed: Vec<NodeFailure>,
+    /// How many failing nodes `failed` leaves out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failed_more: usize,
     /// The groups that would stop pinning the node(s): a deleted node's pins go with it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub unpinned_from: Vec<GroupName>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why a node does not classify.
@@ -134,24 +143,36 @@ fn groups_of(
 /// would not for their groups' disagreeing).
 pub struct Assessment {
     pub preview: Preview,
+    /// The first of the nodes it would give conflicts they did not have (at most 100).
     pub created: Vec<NodeFailure>,
+    /// How many nodes it would give conflicts they did not have.
+    pub created_count: usize,
     /// What it was made on: the write commits only while the groups and nodes are as then.
     pub snapshot: Snapshot,
 }
 
-fn assess<'a>(snapshot: Snapshot, changes: impl Iterator<Item = Change<'a>>) -> Assessment {
-    let mut affected: Vec<NodeImpact> = Vec::new();
-    let mut failed = Vec::new();
-    let mut created = Vec::new();
-    let mut examined = 0;
-    for change in changes {
-        examined += 1;
+/// An assessment being made, one node at a time in certname order: it keeps the first nodes
+/// of each list and counts the rest, so it holds no more for a larger fleet.
+#[derive(Default)]
+struct Tally {
+    examined: usize,
+    affected: usize,
+    nodes: Vec<NodeImpact>,
+    failed: Vec<NodeFailure>,
+    failed_count: usize,
+    created: Vec<NodeFailure>,
+    created_count: usize,
+}
+
+impl Tally {
+    fn add(&mut self, change: Change<'_>) {
+        self.examined += 1;
         let Some(name) = change
             .after
             .or(change.before)
             .map(|n| n.unique_name.to_string())
         else {
-            continue;
+            return;
         };
         let was = classified(change.before, change.facts, change.tree_before);
         let will = classified(change.after, change.facts, change.tree_after);
@@ -159,17 +180,21 @@ fn assess<'a>(snapshot: Snapshot, changes: impl Iterator<Item = Change<'a>>) -> 
         let groups_after = groups_of(change.after, change.facts, change.tree_after);
         let joins: Vec<GroupName> = groups_after.difference(&groups_before).cloned().collect();
         let leaves: Vec<GroupName> = groups_before.difference(&groups_after).cloned().collect();
-        match (was, will) {
+        let failure = match (was, will) {
             (Ok(was), Ok(will)) => {
                 let diff = classification_diff(was.as_ref(), will.as_ref());
                 if !diff.is_empty() || !joins.is_empty() || !leaves.is_empty() {
-                    affected.push(NodeImpact {
-                        unique_name: name,
-                        diff,
-                        joins,
-                        leaves,
-                    });
+                    self.affected += 1;
+                    if self.nodes.len() < MAX_LISTED {
+                        self.nodes.push(NodeImpact {
+                            unique_name: name,
+                            diff,
+                            joins,
+                            leaves,
+                        });
+                    }
                 }
+                return;
             }
             (was, Err(failure)) => {
                 let failure = NodeFailure {
@@ -178,49 +203,53 @@ fn assess<'a>(snapshot: Snapshot, changes: impl Iterator<Item = Change<'a>>) -> 
                     conflicts: failure.conflicts,
                 };
                 if was.is_ok() && !failure.conflicts.is_empty() {
-                    created.push(failure.clone());
+                    self.created_count += 1;
+                    if self.created.len() < MAX_LISTED {
+                        self.created.push(failure.clone());
+                    }
                 }
-                failed.push(failure);
+                failure
             }
-            (Err(failure), Ok(_)) => failed.push(NodeFailure {
+            (Err(failure), Ok(_)) => NodeFailure {
                 unique_name: name,
                 error: format!("now: {}", failure.error),
                 conflicts: Vec::new(),
-            }),
+            },
+        };
+        self.failed_count += 1;
+        if self.failed.len() < MAX_LISTED {
+            self.failed.push(failure);
         }
     }
-    affected.sort_by(|a, b| a.unique_name.cmp(&b.unique_name));
-    let count = affected.len();
-    affected.truncate(MAX_LISTED);
-    let preview = Preview {
-        dry_run: true,
-        object: None,
-        examined,
-        affected: count,
-        more: count - affected.len(),
-        nodes: affected,
-        failed,
-        unpinned_from: Vec::new(),
-    };
-    Assessment {
-        preview,
-        created,
-        snapshot,
+
+    fn finish(self, snapshot: Snapshot) -> Assessment {
+        let preview = Preview {
+            dry_run: true,
+            object: None,
+            examined: self.examined,
+            affected: self.affected,
+            more: self.affected - self.nodes.len(),
+            nodes: self.nodes,
+            failed_more: self.failed_count - self.failed.len(),
+            failed: self.failed,
+            unpinned_from: Vec::new(),
+        };
+        Assessment {
+            preview,
+            created: self.created,
+            created_count: self.created_count,
+            snapshot,
+        }
     }
 }
 
-/// Every node and every node's facts.
-pub async fn fleet(store: &Store) -> Result<(Vec<Node>, HashMap<Certname, NodeFacts>), AppError> {
-    let filter = &NodeFilter::default();
-    let nodes = all(|p| async move { store.list_nodes(filter, &p).await }).await?;
-    let facts = all(|p| async move { store.list_facts(&p).await }).await?;
-    Ok((
-        nodes.into_iter().map(|n| n.item).collect(),
-        facts
-            .into_iter()
-            .map(|f| (f.unique_name.clone(), f))
-            .collect(),
-    ))
+/// The assessment of `changes`, given in certname order.
+fn assess<'a>(snapshot: Snapshot, changes: impl Iterator<Item = Change<'a>>) -> Assessment {
+    let mut tally = Tally::default();
+    for change in changes {
+        tally.add(change);
+    }
+    tally.finish(snapshot)
 }
 
 /// An object as a preview shows it.
@@ -236,7 +265,8 @@ pub(super) async fn of_group(
     name: &GroupName,
     after: Option<NodeGroup>,
 ) -> Result<Assessment, AppError> {
-    // The fleet is read after the snapshot: a node written meanwhile moves it.
+    // The fleet is read after the snapshot, a page at a time: a node written meanwhile
+    // moves the snapshot, and the write is judged again.
     let (tree, snapshot) = store.snapshot().await?;
     let changed = tree.changed(after, name);
     let below: HashSet<GroupName> = tree
@@ -244,21 +274,26 @@ pub(super) async fn of_group(
         .into_iter()
         .chain(changed.subtree(name))
         .collect();
-    let (nodes, facts) = fleet(store).await?;
     let in_subtree = |node: &Node, facts: Option<&NodeFacts>| {
         tree.in_any(node, facts, &below) || changed.in_any(node, facts, &below)
     };
-    let changes = nodes.iter().filter_map(|node| {
-        let facts = facts.get(&node.unique_name);
-        in_subtree(node, facts).then_some(Change {
-            before: Some(node),
-            after: Some(node),
-            facts,
-            tree_before: &tree,
-            tree_after: &changed,
-        })
-    });
-    Ok(assess(snapshot, changes))
+    let mut tally = Tally::default();
+    let mut fleet = Fleet::after(store, None);
+    while let Some(page) = fleet.next().await? {
+        for (node, facts) in &page {
+            let facts = facts.as_ref();
+            if in_subtree(node, facts) {
+                tally.add(Change {
+                    before: Some(node),
+                    after: Some(node),
+                    facts,
+                    tree_before: &tree,
+                    tree_after: &changed,
+                });
+            }
+        }
+    }
+    Ok(tally.finish(snapshot))
 }
 
 /// Refuses a write that would give nodes conflicting values (409, listing the nodes and
@@ -282,7 +317,7 @@ pub(super) fn refuse_conflicts(
     Err(AppError::Conflicts(
         format!(
             "the change would give {} node(s) conflicting values ({}); send force=true to make it anyway",
-            names.len(),
+            assessment.created_count,
             names
                 .iter()
                 .take(10)

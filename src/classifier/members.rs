@@ -1,52 +1,77 @@
 //! Who is where, for operators: the nodes a group holds and the nodes that get a class, each
-//! judged on its last facts by the same definition as a classification (`GroupTree`). Each
-//! call reads the fleet: for operators, not for agent runs.
+//! judged on its last facts by the same definition as a classification (`GroupTree`). Read
+//! a page of the fleet at a time from the caller's cursor, until the answer's page is full:
+//! never the whole fleet at once.
 
 use super::Classifier;
-use super::impact::fleet;
-use crate::domain::{Certname, ClassName, GroupName, NodeGroup, Source, Why, classify_all};
+use super::fleet::Fleet;
+use crate::domain::{Certname, ClassName, GroupName, Node, NodeFacts, Source, Why, classify_all};
 use crate::error::AppError;
 
 impl Classifier<'_> {
-    /// The nodes the group `name` holds now, each with why (by name, pin or rule); not
-    /// those of the groups below it.
-    pub async fn members(self, name: &GroupName) -> Result<Vec<(Certname, Vec<Why>)>, AppError> {
+    /// Up to `limit + 1` nodes after `after` that the group `name` holds now, by certname,
+    /// each with why (by name, pin or rule); not those of the groups below it.
+    pub async fn members(
+        self,
+        name: &GroupName,
+        after: Option<&Certname>,
+        limit: usize,
+    ) -> Result<Vec<(Certname, Vec<Why>)>, AppError> {
         self.store.get_node_group(name).await?;
         let (tree, _) = self.store.snapshot().await?;
-        let (nodes, facts) = fleet(self.store).await?;
-        let found = nodes
-            .iter()
-            .filter_map(|node| {
-                let why: Vec<Why> = tree
-                    .memberships(node, facts.get(&node.unique_name))
-                    .into_iter()
-                    .filter(|(g, _)| g == name)
-                    .map(|(_, why)| why)
-                    .collect();
-                (!why.is_empty()).then(|| (node.unique_name.clone(), why))
-            })
-            .collect();
-        Ok(found)
+        self.find(after, limit, |node, facts| {
+            let why: Vec<Why> = tree
+                .memberships(node, facts)
+                .into_iter()
+                .filter(|(g, _)| g == name)
+                .map(|(_, why)| why)
+                .collect();
+            (!why.is_empty()).then_some(why)
+        })
+        .await
     }
 
-    /// The nodes that get `class`, each with where it comes from; nodes whose groups
-    /// conflict are left out.
-    pub async fn holders(self, class: &ClassName) -> Result<Vec<(Certname, Source)>, AppError> {
+    /// Up to `limit + 1` nodes after `after` that get `class`, by certname, each with where
+    /// it comes from; nodes whose groups conflict are left out.
+    pub async fn holders(
+        self,
+        class: &ClassName,
+        after: Option<&Certname>,
+        limit: usize,
+    ) -> Result<Vec<(Certname, Source)>, AppError> {
         let (tree, _) = self.store.snapshot().await?;
-        let (nodes, facts) = fleet(self.store).await?;
-        let mut found = Vec::new();
-        for node in &nodes {
-            let chains = tree.leaves(node, facts.get(&node.unique_name))?;
-            let chains: Vec<Vec<&NodeGroup>> = chains
+        self.find(after, limit, |node, facts| {
+            let chains = tree.leaves(node, facts).ok()?;
+            let chains: Vec<Vec<_>> = chains
                 .iter()
                 .map(|chain| chain.iter().map(|g| &**g).collect())
                 .collect();
-            if let Ok((_, why)) = classify_all(node, &chains)
-                && let Some(from) = why.classes.get(class)
-            {
-                found.push((node.unique_name.clone(), from.clone()));
+            let (_, why) = classify_all(node, &chains).ok()?;
+            why.classes.get(class).cloned()
+        })
+        .await
+    }
+
+    /// Up to `limit + 1` nodes after `after` for which `found` says something, by certname.
+    async fn find<T>(
+        self,
+        after: Option<&Certname>,
+        limit: usize,
+        found: impl Fn(&Node, Option<&NodeFacts>) -> Option<T>,
+    ) -> Result<Vec<(Certname, T)>, AppError> {
+        let _place = self.fleet_work()?;
+        let mut items = Vec::new();
+        let mut fleet = Fleet::after(self.store, after);
+        while let Some(page) = fleet.next().await? {
+            for (node, facts) in page {
+                if let Some(item) = found(&node, facts.as_ref()) {
+                    items.push((node.unique_name, item));
+                    if items.len() > limit {
+                        return Ok(items);
+                    }
+                }
             }
         }
-        Ok(found)
+        Ok(items)
     }
 }

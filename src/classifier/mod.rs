@@ -6,6 +6,7 @@
 //! authorize, call [`Classifier::write`] and shape its [`Outcome`].
 
 pub mod explain;
+mod fleet;
 pub mod impact;
 mod learn;
 mod members;
@@ -15,6 +16,7 @@ use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use self::impact::{Assessment, NodeFailure, NodeImpact, Preview};
 use crate::domain::{Certname, Conflict, GroupName, Node, NodeGroup, Stored};
@@ -51,6 +53,8 @@ pub struct Classifier<'a> {
     store: &'a Store,
     /// Whether a node enc does not know is learnt from its facts (`ENC_CLASSIFY_UNKNOWN`).
     learns: bool,
+    /// Places for fleet-wide work (reads of every node): taken, the answer is 503.
+    fleet_work: &'a Semaphore,
 }
 
 /// Who writes, and how.
@@ -171,14 +175,39 @@ impl Judged<'_> {
 }
 
 impl<'a> Classifier<'a> {
-    pub fn new(store: &'a Store, learns: bool) -> Self {
-        Self { store, learns }
+    pub fn new(store: &'a Store, learns: bool, fleet_work: &'a Semaphore) -> Self {
+        Self {
+            store,
+            learns,
+            fleet_work,
+        }
+    }
+
+    /// A place for fleet-wide work, held until dropped; 503 (with `Retry-After`) if all are
+    /// taken, at once rather than queued: each holds pages of facts in memory.
+    pub fn fleet_work(&self) -> Result<SemaphorePermit<'a>, AppError> {
+        self.fleet_work.try_acquire().map_err(|_| {
+            AppError::Overloaded(
+                "enc is doing as much fleet-wide work (judgements, previews, lookups, plans) \
+                 as it takes at once (ENC_MAX_FLEET_WORK)"
+                    .into(),
+            )
+        })
     }
 
     /// Judges `change` and commits it on the snapshot it was judged on, again while the
     /// groups or nodes move under it; 409 if it would give nodes conflicting values they
     /// did not have (unless `force`), 503 if they kept moving.
     pub async fn write(self, change: &Change, write: Write<'_>) -> Result<Outcome, AppError> {
+        // A group write is judged on every node below the group.
+        let _place = match change {
+            Change::CreateGroup(_)
+            | Change::ReplaceGroup { .. }
+            | Change::DeleteGroup { .. }
+            | Change::Pins { .. }
+            | Change::RestoreGroup { .. } => Some(self.fleet_work()?),
+            _ => None,
+        };
         for _ in 0..JUDGED_TRIES {
             if let Some(outcome) = self.attempt(change, write).await? {
                 return Ok(outcome);
@@ -439,9 +468,7 @@ pub(crate) fn refuse_revived(deleted: &[Certname]) -> Result<(), AppError> {
 
 /// The answer when the groups or nodes kept changing while a write was judged.
 pub fn kept_moving() -> AppError {
-    AppError::Unavailable(StoreError::Unavailable(
-        "the node groups kept changing while the write was judged".into(),
-    ))
+    AppError::Overloaded("the node groups or nodes kept changing while the write was judged".into())
 }
 
 /// The answer for a node enc does not have.

@@ -568,6 +568,7 @@ async fn write(
 impl Classifier<'_> {
     /// What applying `proposal` would do; nothing is stored.
     pub async fn plan(self, proposal: &Proposal) -> Result<Plan, AppError> {
+        let _place = self.fleet_work()?;
         Ok(plan(self.store, proposal).await?.plan)
     }
 
@@ -582,6 +583,7 @@ impl Classifier<'_> {
         id: &str,
         write: Write<'_>,
     ) -> Result<ApplyOutcome, AppError> {
+        let _place = self.fleet_work()?;
         let mut applied = Vec::new();
         let (mut total, mut earlier) = (None, None);
         for _ in 0..JUDGED_TRIES {

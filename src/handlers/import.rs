@@ -78,6 +78,7 @@ fn render<T: Serialize>(object: &T) -> Result<String, AppError> {
     security(("bearer" = ["read"])),
     responses((status = 200, body = Tree), ReadProblems))]
 pub async fn export(State(state): State<AppState>) -> Result<axum::Json<Tree>, AppError> {
+    let _place = super::classifier(&state).fleet_work()?;
     let current = Current::read(&state.store).await?;
     let mut files = BTreeMap::new();
     for env in &current.environments {

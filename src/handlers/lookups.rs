@@ -1,6 +1,6 @@
 //! What operators ask of rules: which nodes a group holds now, and which nodes get a class
-//! and from where. Both judge every node on its last facts, so each page costs a read of the
-//! fleet: for operators, not for agent runs.
+//! and from where. Both judge nodes on their last facts, read from the cursor on until the
+//! page is full (`Classifier::members`, `holders`): for operators, not for agent runs.
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -40,8 +40,8 @@ pub struct Holder {
     pub from: Source,
 }
 
-/// One page of `items`, sorted by certname, after the cursor's certname.
-fn page<T>(items: Vec<(Certname, T)>, query: LookupQuery) -> Result<ListResponse<T>, AppError> {
+/// Which page a lookup asks for: its size, and the certname it goes on after.
+fn requested(query: LookupQuery) -> Result<(usize, Option<Certname>), AppError> {
     let request = page_request(query.limit, query.cursor)?;
     let after = match &request.cursor {
         Some(text) => Some(Certname::parse(text).map_err(|_| {
@@ -49,20 +49,20 @@ fn page<T>(items: Vec<(Certname, T)>, query: LookupQuery) -> Result<ListResponse
         })?),
         None => None,
     };
-    let mut items: Vec<(Certname, T)> = items
-        .into_iter()
-        .filter(|(name, _)| after.as_ref().is_none_or(|a| name > a))
-        .collect();
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    let more = items.len() > request.limit;
-    items.truncate(request.limit);
+    Ok((request.limit, after))
+}
+
+/// The page of `items` (by certname, up to `limit + 1` of them: one more says there are).
+fn page<T>(mut items: Vec<(Certname, T)>, limit: usize) -> ListResponse<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
     let next_cursor = more
         .then(|| items.last().map(|(n, _)| n.to_string()))
         .flatten();
-    Ok(ListResponse {
+    ListResponse {
         items: items.into_iter().map(|(_, item)| item).collect(),
         next_cursor,
-    })
+    }
 }
 
 /// The nodes a group holds now: by name, pin or rule (on each node's last facts); not those
@@ -77,12 +77,14 @@ pub async fn members(
     Query(query): Query<LookupQuery>,
 ) -> Result<axum::Json<ListResponse<Member>>, AppError> {
     let name = parse_name("node_group_name", &name, GroupName::parse)?;
-    let found = super::classifier(&state).members(&name).await?;
+    let (limit, after) = requested(query)?;
+    let found = super::classifier(&state).members(&name, after.as_ref(), limit);
     let found = found
+        .await?
         .into_iter()
         .map(|(unique_name, why)| (unique_name.clone(), Member { unique_name, why }))
         .collect();
-    Ok(axum::Json(page(found, query)?))
+    Ok(axum::Json(page(found, limit)))
 }
 
 /// The nodes that get a class, each with the group (or the node) it comes from; nodes whose
@@ -97,10 +99,12 @@ pub async fn holders(
     Query(query): Query<LookupQuery>,
 ) -> Result<axum::Json<ListResponse<Holder>>, AppError> {
     let class = parse_name("class_name", &class, ClassName::parse)?;
-    let found = super::classifier(&state).holders(&class).await?;
+    let (limit, after) = requested(query)?;
+    let found = super::classifier(&state).holders(&class, after.as_ref(), limit);
     let found = found
+        .await?
         .into_iter()
         .map(|(unique_name, from)| (unique_name.clone(), Holder { unique_name, from }))
         .collect();
-    Ok(axum::Json(page(found, query)?))
+    Ok(axum::Json(page(found, limit)))
 }

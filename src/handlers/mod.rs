@@ -116,7 +116,11 @@ impl WriteQuery {
 
 /// The classifier service over the app's store.
 fn classifier(state: &crate::AppState) -> crate::classifier::Classifier<'_> {
-    crate::classifier::Classifier::new(&state.store, state.classify_unknown)
+    crate::classifier::Classifier::new(
+        &state.store,
+        state.classify_unknown,
+        &state.limits.fleet_work,
+    )
 }
 
 /// The answer to a classifier write: the object as stored (201 with its `Location` if

@@ -9,6 +9,7 @@ mod classification;
 mod dynamodb_faults;
 mod environments;
 mod errors;
+mod fleet;
 mod helpers;
 mod history;
 mod identity;

@@ -43,6 +43,16 @@ impl Store {
 
     /// One page of every node's facts, by certname.
     pub async fn list_facts(&self, page: &PageRequest) -> Result<Page<NodeFacts>> {
-        self.db.list(&FACTS, &[], (None, None), page).await
+        self.list_facts_from(None, page).await
+    }
+
+    /// One page of every node's facts by certname, from `from` on (inclusive).
+    pub async fn list_facts_from(
+        &self,
+        from: Option<&Certname>,
+        page: &PageRequest,
+    ) -> Result<Page<NodeFacts>> {
+        let range = (from.map(Certname::as_str), None);
+        self.db.list(&FACTS, &[], range, page).await
     }
 }

@@ -305,6 +305,16 @@ impl Store {
         self.list_node_records(filter, page).await?.decode()
     }
 
+    /// Every node by certname from `from` on (inclusive), one page at a time.
+    pub async fn list_nodes_from(
+        &self,
+        from: Option<&Certname>,
+        page: &PageRequest,
+    ) -> Result<Page<Stored<Node>>> {
+        let range = (from.map(Certname::as_str), None);
+        self.db.list(&NODE, &[], range, page).await
+    }
+
     /// [`Store::list_nodes`], each node's record as stored.
     pub async fn list_node_records(
         &self,
