@@ -142,6 +142,17 @@ pub struct Config {
     )]
     pub max_concurrent_requests: usize,
 
+    /// MiB of the embedded store's page cache; pages past it are read from the operating
+    /// system's file cache, so the process stays small as the file grows.
+    #[arg(
+        long,
+        env = "ENC_EMBEDDED_CACHE_MIB",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=4096),
+        global = true
+    )]
+    pub embedded_cache_mib: u32,
+
     /// Fleet-wide operations run at once (a group write's judgement or preview, a lookup of
     /// a group's or a class's nodes, a plan, an apply, an export); past it enc answers 503
     /// with Retry-After at once, so memory stays bounded.

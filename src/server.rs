@@ -113,7 +113,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     match config.store {
         StoreKind::Dynamodb => Ok(Arc::new(DynamoDb::connect(&config.dynamodb()).await)),
         StoreKind::Embedded => {
-            let store = Embedded::open(&config.data_dir).with_context(|| {
+            let cache = config.embedded_cache_mib as usize * 1024 * 1024;
+            let store = Embedded::open_with_cache(&config.data_dir, cache).with_context(|| {
                 format!(
                     "opening the embedded store in {}",
                     config.data_dir.display()

@@ -17,9 +17,7 @@ pub(super) struct Fleet<'a> {
     after: Option<Certname>,
     /// The next page's cursor: `Some(None)` for the first, `None` after the last.
     nodes: Option<Option<String>>,
-    facts_next: Option<Option<String>>,
-    /// Facts read and not yet joined to their node, by certname.
-    facts: VecDeque<NodeFacts>,
+    facts: Facts<'a>,
 }
 
 impl<'a> Fleet<'a> {
@@ -29,8 +27,7 @@ impl<'a> Fleet<'a> {
             store,
             after: after.cloned(),
             nodes: Some(None),
-            facts_next: Some(None),
-            facts: VecDeque::new(),
+            facts: Facts::from(store, after),
         }
     }
 
@@ -39,49 +36,75 @@ impl<'a> Fleet<'a> {
         let Some(cursor) = self.nodes.take() else {
             return Ok(None);
         };
-        let from = self.after.as_ref();
         let request = PageRequest {
             limit: PAGE,
             cursor,
         };
-        let page = self.store.list_nodes_from(from, &request).await?;
+        let page = self
+            .store
+            .list_nodes_from(self.after.as_ref(), &request)
+            .await?;
         self.nodes = page.next_cursor.map(Some);
-        let Some(last) = page.items.last().map(|n| n.item.unique_name.clone()) else {
-            return Ok(Some(Vec::new()));
-        };
-        // Facts up to this page's last certname: at most a page more than the page needs.
-        while self.facts.back().is_none_or(|f| f.unique_name < last) {
-            let Some(cursor) = self.facts_next.take() else {
-                break;
-            };
-            let request = PageRequest {
-                limit: PAGE,
-                cursor,
-            };
-            let facts = self.store.list_facts_from(from, &request).await?;
-            self.facts_next = facts.next_cursor.map(Some);
-            self.facts.extend(facts.items);
-        }
         let mut joined = Vec::with_capacity(page.items.len());
         for node in page.items {
             let node = node.item;
             if self.after.as_ref() == Some(&node.unique_name) {
                 continue;
             }
-            // Facts of a certname with no node (deleted since) are passed by.
-            while self
-                .facts
-                .front()
-                .is_some_and(|f| f.unique_name < node.unique_name)
-            {
-                self.facts.pop_front();
-            }
-            let facts = match self.facts.front() {
-                Some(f) if f.unique_name == node.unique_name => self.facts.pop_front(),
-                _ => None,
-            };
+            let facts = self.facts.of(&node.unique_name).await?;
             joined.push((node, facts));
         }
         Ok(Some(joined))
+    }
+}
+
+/// Every node's facts by certname, read a page at a time as certnames are asked for in
+/// ascending order: it holds at most a page of facts.
+pub(super) struct Facts<'a> {
+    store: &'a Store,
+    from: Option<Certname>,
+    /// The next page's cursor: `Some(None)` for the first, `None` after the last.
+    next: Option<Option<String>>,
+    /// Facts read and not yet asked for, by certname.
+    read: VecDeque<NodeFacts>,
+}
+
+impl<'a> Facts<'a> {
+    /// Facts of certnames from `from` on (all if none).
+    pub(super) fn from(store: &'a Store, from: Option<&Certname>) -> Self {
+        Self {
+            store,
+            from: from.cloned(),
+            next: Some(None),
+            read: VecDeque::new(),
+        }
+    }
+
+    /// The last facts of `name`, if it sent any; each name asked for must come after the
+    /// one asked for before. Facts of certnames passed by (no node any more) are dropped.
+    pub(super) async fn of(&mut self, name: &Certname) -> Result<Option<NodeFacts>> {
+        while self.read.back().is_none_or(|f| f.unique_name < *name) {
+            let Some(cursor) = self.next.take() else {
+                break;
+            };
+            self.read.clear();
+            let request = PageRequest {
+                limit: PAGE,
+                cursor,
+            };
+            let page = self
+                .store
+                .list_facts_from(self.from.as_ref(), &request)
+                .await?;
+            self.next = page.next_cursor.map(Some);
+            self.read.extend(page.items);
+        }
+        while self.read.front().is_some_and(|f| f.unique_name < *name) {
+            self.read.pop_front();
+        }
+        Ok(match self.read.front() {
+            Some(f) if f.unique_name == *name => self.read.pop_front(),
+            _ => None,
+        })
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::fleet::Fleet;
+use super::fleet::{Facts, Fleet};
 use crate::domain::{
     Certname, Classification, ClassificationDiff, Conflict, GroupName, GroupTree, Node, NodeFacts,
     NodeGroup, classification_diff, classify_all,
@@ -395,21 +395,26 @@ pub(super) async fn of_unpinning(
 
 /// What a change of many objects would do to every node: each node as it is (`before`) and
 /// as it would be (`after`; absent: deleted), classified under the tree as it is and as it
-/// would be, with its last facts. Nodes are looked at by certname.
-pub fn of_many(
+/// would be, with its last facts (read a page at a time). Nodes are looked at by certname.
+pub(super) async fn of_many(
+    store: &Store,
     before: &HashMap<Certname, Node>,
     after: &HashMap<Certname, Node>,
-    facts: &HashMap<Certname, NodeFacts>,
     (tree_before, snapshot): (&GroupTree, Snapshot),
     tree_after: &GroupTree,
-) -> Assessment {
+) -> Result<Assessment, AppError> {
     let names: BTreeSet<&Certname> = before.keys().chain(after.keys()).collect();
-    let changes = names.into_iter().map(|name| Change {
-        before: before.get(name),
-        after: after.get(name),
-        facts: facts.get(name),
-        tree_before,
-        tree_after,
-    });
-    assess(snapshot, changes)
+    let mut facts = Facts::from(store, None);
+    let mut tally = Tally::default();
+    for name in names {
+        let facts = facts.of(name).await?;
+        tally.add(Change {
+            before: before.get(name),
+            after: after.get(name),
+            facts: facts.as_ref(),
+            tree_before,
+            tree_after,
+        });
+    }
+    Ok(tally.finish(snapshot))
 }

@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use super::impact::{self, Preview};
 use super::{Classifier, JUDGED_TRIES, Write, kept_moving};
-use crate::domain::{Certname, Environment, Node, NodeFacts, NodeGroup, Stored};
+use crate::domain::{Certname, Environment, Node, NodeGroup, Stored};
 use crate::error::AppError;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::engine::Key;
@@ -418,12 +418,7 @@ async fn plan(store: &Store, proposal: &Proposal) -> Result<Planning, AppError> 
             }
         }
     }
-    let facts: HashMap<Certname, NodeFacts> = all(|p| async move { store.list_facts(&p).await })
-        .await?
-        .into_iter()
-        .map(|f| (f.unique_name.clone(), f))
-        .collect();
-    let assessed = impact::of_many(&before, &after, &facts, (&tree, snapshot), &tree_after);
+    let assessed = impact::of_many(store, &before, &after, (&tree, snapshot), &tree_after).await?;
     // Pins the tree adds to a group, of nodes that were deleted.
     let mut added = BTreeSet::new();
     for group in desired.groups.values() {

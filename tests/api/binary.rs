@@ -373,6 +373,19 @@ fn a_bad_setting_is_refused_at_start() {
         String::from_utf8_lossy(&out.stderr).contains("ENC_LISTEN")
             || String::from_utf8_lossy(&out.stderr).contains("listen")
     );
+    for (name, value) in [
+        ("ENC_EMBEDDED_CACHE_MIB", "0"),
+        ("ENC_MAX_FLEET_WORK", "0"),
+        ("ENC_MAX_FLEET_WORK", "many"),
+    ] {
+        let out = Command::new(BIN).env(name, value).output().unwrap();
+        assert!(!out.status.success(), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&name.to_lowercase().replace("enc_", "").replace('_', "-")),
+            "{name}={value}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -163,7 +163,7 @@ fn fleet_wide_work_holds_a_page_of_facts_not_the_fleets() {
         return;
     }
     // 2,000 nodes with 32 KiB of facts each: 64 MiB of facts as JSON, several times that as
-    // values in memory. Lookups and judgements must stay far below.
+    // values in memory. Lookups, judgements and plans must stay far below.
     let data = EncData::new();
     let enc = Enc::start_with(&data, 1, &[("ENC_MAX_FLEET_WORK", "1")], false);
     let files = tree(2000);
@@ -214,6 +214,9 @@ fn fleet_wide_work_holds_a_page_of_facts_not_the_fleets() {
         assert_eq!(status, 200, "{answer}");
     }
     let (status, answer) = enc.http("PUT", "/nodegroup/web", Some(changed));
+    assert_eq!(status, 200, "{answer}");
+    // A plan judges every node of the tree on its facts.
+    let (status, answer) = enc.http("POST", "/import?dry_run=true", Some(&body));
     assert_eq!(status, 200, "{answer}");
     let (peak, _) = memory(pid);
     let grown = peak.saturating_sub(before) / 1024;

@@ -222,9 +222,10 @@ fn matches(record: &Record, filters: &[(&'static str, String)]) -> Result<bool> 
         .all(|(field, value)| body.get(*field).and_then(Value::as_str) == Some(value.as_str())))
 }
 
-/// redb's page cache (its default is 1 GiB): enough for the classifier's records; pages past
-/// it are read from the operating system's cache, so memory stays flat as the file grows.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// redb's page cache unless set (its own default is 1 GiB): enough for the classifier's
+/// records; pages past it are read from the operating system's cache, so memory stays flat
+/// as the file grows (`ENC_EMBEDDED_CACHE_MIB`).
+pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct Embedded {
     db: Arc<Database>,
@@ -271,9 +272,14 @@ impl Embedded {
     /// Opens (or creates) the store file in `dir`, creating the directory if needed, and
     /// migrates a file of an older layout in one transaction.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, CACHE_BYTES)
+    }
+
+    /// [`Embedded::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(internal)?;
         let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(dir.join(FILE_NAME))?;
         let txn = db.begin_write()?;
         migrate::upgrade(&txn)?;
