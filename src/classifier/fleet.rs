@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::domain::{Certname, Node, NodeFacts};
+use crate::store::engine::Position;
 use crate::store::{PageRequest, Result, Store};
 
 /// Nodes (and facts) read per store call: facts are up to 256 KiB each.
@@ -106,5 +107,47 @@ impl<'a> Facts<'a> {
             Some(f) if f.unique_name == *name => self.read.pop_front(),
             _ => None,
         })
+    }
+}
+
+/// The fleet as it is, for a judgement: every node read after the snapshot by a consistent
+/// scan (an index may lag a node write on DynamoDB, and a judgement must not miss one), in no
+/// order, a page at a time, each page's facts read by key.
+pub(super) struct Scanned<'a> {
+    store: &'a Store,
+    /// Where the scan goes on: `Some(None)` at the start, `None` after the last batch.
+    next: Option<Option<Position>>,
+    /// Nodes scanned and not yet given out.
+    scanned: VecDeque<Node>,
+}
+
+impl<'a> Scanned<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            next: Some(None),
+            scanned: VecDeque::new(),
+        }
+    }
+
+    /// The next page of nodes (at most `PAGE`), each with its last facts; `None` after the
+    /// last.
+    pub(super) async fn next(&mut self) -> Result<Option<Vec<(Node, Option<NodeFacts>)>>> {
+        while self.scanned.len() < PAGE {
+            let Some(after) = self.next.take() else {
+                break;
+            };
+            let (nodes, more) = self.store.scan_nodes(after).await?;
+            self.next = more.map(Some);
+            self.scanned.extend(nodes.into_iter().map(|n| n.item));
+        }
+        if self.scanned.is_empty() {
+            return Ok(None);
+        }
+        let take = self.scanned.len().min(PAGE);
+        let page: Vec<Node> = self.scanned.drain(..take).collect();
+        let names: Vec<&Certname> = page.iter().map(|n| &n.unique_name).collect();
+        let facts = self.store.facts_of(&names).await?;
+        Ok(Some(page.into_iter().zip(facts).collect()))
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::fleet::{Facts, Fleet};
+use super::fleet::{Facts, Scanned};
 use crate::domain::{
     Certname, Classification, ClassificationDiff, Conflict, GroupName, GroupTree, Node, NodeFacts,
     NodeGroup, classification_diff, classify_all,
@@ -149,10 +149,12 @@ pub struct Assessment {
     pub created_count: usize,
     /// What it was made on: the write commits only while the groups and nodes are as then.
     pub snapshot: Snapshot,
+    /// A group write's group as it was in that snapshot (absent: it did not exist).
+    pub group_before: Option<NodeGroup>,
 }
 
-/// An assessment being made, one node at a time in certname order: it keeps the first nodes
-/// of each list and counts the rest, so it holds no more for a larger fleet.
+/// An assessment being made, one node at a time in any order: it keeps the first nodes of
+/// each list by certname and counts the rest, so it holds no more for a larger fleet.
 #[derive(Default)]
 struct Tally {
     examined: usize,
@@ -185,14 +187,13 @@ impl Tally {
                 let diff = classification_diff(was.as_ref(), will.as_ref());
                 if !diff.is_empty() || !joins.is_empty() || !leaves.is_empty() {
                     self.affected += 1;
-                    if self.nodes.len() < MAX_LISTED {
-                        self.nodes.push(NodeImpact {
-                            unique_name: name,
-                            diff,
-                            joins,
-                            leaves,
-                        });
-                    }
+                    let impact = NodeImpact {
+                        unique_name: name,
+                        diff,
+                        joins,
+                        leaves,
+                    };
+                    first(&mut self.nodes, impact, |i| &i.unique_name);
                 }
                 return;
             }
@@ -204,9 +205,7 @@ impl Tally {
                 };
                 if was.is_ok() && !failure.conflicts.is_empty() {
                     self.created_count += 1;
-                    if self.created.len() < MAX_LISTED {
-                        self.created.push(failure.clone());
-                    }
+                    first(&mut self.created, failure.clone(), |f| &f.unique_name);
                 }
                 failure
             }
@@ -217,12 +216,16 @@ impl Tally {
             },
         };
         self.failed_count += 1;
-        if self.failed.len() < MAX_LISTED {
-            self.failed.push(failure);
-        }
+        first(&mut self.failed, failure, |f| &f.unique_name);
     }
 
-    fn finish(self, snapshot: Snapshot) -> Assessment {
+    fn finish(mut self, snapshot: Snapshot) -> Assessment {
+        for list in [&mut self.failed, &mut self.created] {
+            list.sort_by(|a, b| a.unique_name.cmp(&b.unique_name));
+            list.truncate(MAX_LISTED);
+        }
+        self.nodes.sort_by(|a, b| a.unique_name.cmp(&b.unique_name));
+        self.nodes.truncate(MAX_LISTED);
         let preview = Preview {
             dry_run: true,
             object: None,
@@ -239,11 +242,22 @@ impl Tally {
             created: self.created,
             created_count: self.created_count,
             snapshot,
+            group_before: None,
         }
     }
 }
 
-/// The assessment of `changes`, given in certname order.
+/// Adds `item` to `list`, which keeps the first `MAX_LISTED` by name (and some more, sorted
+/// out at the end).
+fn first<T>(list: &mut Vec<T>, item: T, name: impl Fn(&T) -> &String) {
+    list.push(item);
+    if list.len() >= 2 * MAX_LISTED {
+        list.sort_by(|a, b| name(a).cmp(name(b)));
+        list.truncate(MAX_LISTED);
+    }
+}
+
+/// The assessment of `changes`.
 fn assess<'a>(snapshot: Snapshot, changes: impl Iterator<Item = Change<'a>>) -> Assessment {
     let mut tally = Tally::default();
     for change in changes {
@@ -278,7 +292,7 @@ pub(super) async fn of_group(
         tree.in_any(node, facts, &below) || changed.in_any(node, facts, &below)
     };
     let mut tally = Tally::default();
-    let mut fleet = Fleet::after(store, None);
+    let mut fleet = Scanned::new(store);
     while let Some(page) = fleet.next().await? {
         for (node, facts) in &page {
             let facts = facts.as_ref();
@@ -293,7 +307,9 @@ pub(super) async fn of_group(
             }
         }
     }
-    Ok(tally.finish(snapshot))
+    let mut assessment = tally.finish(snapshot);
+    assessment.group_before = tree.group(name).cloned();
+    Ok(assessment)
 }
 
 /// Refuses a write that would give nodes conflicting values (409, listing the nodes and

@@ -24,7 +24,10 @@ impl Classifier<'_> {
         if !self.learns {
             return Err(absent(name));
         }
-        for _ in 0..JUDGED_TRIES {
+        for tried in 0..JUDGED_TRIES {
+            if tried > 0 {
+                super::moved_on(tried).await;
+            }
             let (tree, snapshot) = self.store.snapshot().await?;
             let node = learnt(&tree, name, facts, &reaches)?;
             let by = By {

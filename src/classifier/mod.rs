@@ -208,7 +208,10 @@ impl<'a> Classifier<'a> {
             | Change::RestoreGroup { .. } => Some(self.fleet_work()?),
             _ => None,
         };
-        for _ in 0..JUDGED_TRIES {
+        for tried in 0..JUDGED_TRIES {
+            if tried > 0 {
+                moved_on(tried).await;
+            }
             if let Some(outcome) = self.attempt(change, write).await? {
                 return Ok(outcome);
             }
@@ -250,7 +253,7 @@ impl<'a> Classifier<'a> {
             Change::CreateGroup(group) => {
                 let assessed = impact::of_group(store, &group.name, Some(group.clone())).await?;
                 // After the snapshot: a node deleted since moves it.
-                self.no_revived_pins(None, group, write).await?;
+                self.no_revived_pins(&assessed, group, write).await?;
                 let judged = self.judge(assessed, write)?;
                 let done = store.create_node_group(group.clone(), judged.by()).await;
                 judged.outcome(done.map(Outcome::Group))
@@ -270,8 +273,7 @@ impl<'a> Classifier<'a> {
                     group = within_size(group)?;
                 }
                 let read_at = *keep_pins && expected.is_none();
-                self.replace_group((&current.item, group), at, read_at, write)
-                    .await
+                self.replace_group(group, at, read_at, write).await
             }
             Change::DeleteGroup { name, expected } => {
                 let judged = self.judge(impact::of_group(store, name, None).await?, write)?;
@@ -293,8 +295,7 @@ impl<'a> Classifier<'a> {
                 }
                 let group = within_size(group)?;
                 let at = Some(current.meta.version);
-                self.replace_group((&current.item, group), at, true, write)
-                    .await
+                self.replace_group(group, at, true, write).await
             }
             Change::UnpinFromAll(nodes) => {
                 let (tree, snapshot) = store.snapshot().await?;
@@ -316,13 +317,8 @@ impl<'a> Classifier<'a> {
                     restored(store, &NODE_GROUP, name.as_str(), *version).await?;
                 let judged = match after {
                     Some(group) => {
-                        let before = match store.get_node_group(name).await {
-                            Ok(current) => Some(current.item),
-                            Err(StoreError::NotFound { .. }) => None,
-                            Err(e) => return Err(e.into()),
-                        };
                         let assessed = impact::of_group(store, name, Some(group.clone())).await?;
-                        self.no_revived_pins(before.as_ref(), &group, write).await?;
+                        self.no_revived_pins(&assessed, &group, write).await?;
                         self.judge(assessed, write)?
                     }
                     None => self.unjudged(write, None),
@@ -338,12 +334,15 @@ impl<'a> Classifier<'a> {
                 judged.outcome(done.map(Outcome::Node))
             }
             Change::ReplaceNode { node, expected } => {
+                // Judged against the node as read, and committed only over that version.
                 let current = store.get_node(&node.unique_name).await?;
+                let at = expected.or(Some(current.meta.version));
                 let assessed = impact::of_node(store, Some(&current.item), Some(node)).await?;
                 let judged = self.judge(assessed, write)?;
-                let done = store
-                    .replace_node(node.clone(), *expected, judged.by())
-                    .await;
+                let done = store.replace_node(node.clone(), at, judged.by()).await;
+                if expected.is_none() && matches!(done, Err(StoreError::VersionMismatch { .. })) {
+                    return Ok(None);
+                }
                 judged.outcome(done.map(Outcome::Node))
             }
             Change::DeleteNode { name, expected } => {
@@ -362,21 +361,25 @@ impl<'a> Classifier<'a> {
                 expected,
             } => {
                 let after: Option<Node> = restored(store, &NODE, name.as_str(), *version).await?;
+                // Judged against the node as read, and committed only over that version.
+                let before = match store.get_node(name).await {
+                    Ok(current) => Some(current),
+                    Err(StoreError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                let at = expected.or(before.as_ref().map(|b| b.meta.version));
                 let judged = match &after {
                     Some(node) => {
-                        let before = match store.get_node(name).await {
-                            Ok(current) => Some(current.item),
-                            Err(StoreError::NotFound { .. }) => None,
-                            Err(e) => return Err(e.into()),
-                        };
-                        let assessed = impact::of_node(store, before.as_ref(), Some(node)).await?;
+                        let before = before.as_ref().map(|b| &b.item);
+                        let assessed = impact::of_node(store, before, Some(node)).await?;
                         self.judge(assessed, write)?
                     }
                     None => self.unjudged(write, None),
                 };
-                let done = store
-                    .restore_node(name, *version, *expected, judged.by())
-                    .await;
+                let done = store.restore_node(name, *version, at, judged.by()).await;
+                if expected.is_none() && matches!(done, Err(StoreError::VersionMismatch { .. })) {
+                    return Ok(None);
+                }
                 judged.outcome(done.map(Outcome::Node))
             }
         }
@@ -387,10 +390,12 @@ impl<'a> Classifier<'a> {
     /// tree applied, or a pin sent again) would take a rebuilt host of that certname in.
     async fn no_revived_pins(
         &self,
-        before: Option<&NodeGroup>,
+        assessed: &Assessment,
         after: &NodeGroup,
         write: Write<'_>,
     ) -> Result<(), AppError> {
+        // Added to the group as it was in the snapshot the commit holds to.
+        let before = assessed.group_before.as_ref();
         let added: BTreeSet<Certname> = after
             .pinned
             .iter()
@@ -403,17 +408,17 @@ impl<'a> Classifier<'a> {
         refuse_revived(&self.store.deleted_nodes(&added).await?)
     }
 
-    /// Replaces the group `before` with `group` at version `at`; `None` (judge again) if the groups
+    /// Replaces a group with `group` at version `at`; `None` (judge again) if the groups
     /// moved, or if `at` was read here (`read_at`) and the group changed since.
     async fn replace_group(
         &self,
-        (before, group): (&NodeGroup, NodeGroup),
+        group: NodeGroup,
         at: Option<u64>,
         read_at: bool,
         write: Write<'_>,
     ) -> Result<Option<Outcome>, AppError> {
         let assessed = impact::of_group(self.store, &group.name, Some(group.clone())).await?;
-        self.no_revived_pins(Some(before), &group, write).await?;
+        self.no_revived_pins(&assessed, &group, write).await?;
         let judged = self.judge(assessed, write)?;
         let done = self.store.replace_node_group(group, at, judged.by()).await;
         if read_at && matches!(done, Err(StoreError::VersionMismatch { .. })) {
@@ -464,6 +469,14 @@ pub(crate) fn refuse_revived(deleted: &[Certname]) -> Result<(), AppError> {
         deleted.len(),
         names.join(", ")
     )))
+}
+
+/// Waits a little longer each time a write is judged again (2, 4, 8, ... ms, with jitter),
+/// so writes that keep moving the groups or nodes under it let it through.
+async fn moved_on(tried: usize) {
+    let base = 1u64 << tried.min(8);
+    let jitter = u64::from(rand::random::<u8>()) % base.max(1);
+    tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
 }
 
 /// The answer when the groups or nodes kept changing while a write was judged.

@@ -19,13 +19,13 @@ use utoipa::ToSchema;
 
 use super::impact::{self, Preview};
 use super::{Classifier, JUDGED_TRIES, Write, kept_moving};
-use crate::domain::{Certname, Environment, Node, NodeGroup, Stored};
+use crate::domain::{Certname, Environment, FieldError, Node, NodeGroup, Stored};
 use crate::error::AppError;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::engine::Key;
 use crate::store::record::{RecordKind, to_body};
 use crate::store::{
-    Apply, By, EnvironmentFilter, NodeFilter, Planned, Snapshot, Store, StoreError, TREE_OWNER, all,
+    Apply, By, EnvironmentFilter, Planned, Snapshot, Store, StoreError, TREE_OWNER, all,
 };
 
 /// What a file name may hold as it is; anything else is percent-encoded.
@@ -89,12 +89,25 @@ pub struct Current {
 }
 
 impl Current {
+    /// What is stored; the nodes as they are after every commit that finished before (a
+    /// consistent scan: a plan is judged on them), by certname.
     pub async fn read(store: &Store) -> Result<Self, AppError> {
-        let (envs, nodes) = (&EnvironmentFilter::default(), &NodeFilter::default());
+        let envs = &EnvironmentFilter::default();
+        let mut nodes = Vec::new();
+        let mut after = None;
+        loop {
+            let (batch, more) = store.scan_nodes(after).await?;
+            nodes.extend(batch);
+            match more {
+                Some(position) => after = Some(position),
+                None => break,
+            }
+        }
+        nodes.sort_by(|a, b| a.item.unique_name.cmp(&b.item.unique_name));
         Ok(Self {
             environments: all(|p| async move { store.list_environments(envs, &p).await }).await?,
             groups: all(|p| async move { store.list_node_groups(&p).await }).await?,
-            nodes: all(|p| async move { store.list_nodes(nodes, &p).await }).await?,
+            nodes,
         })
     }
 }
@@ -419,6 +432,31 @@ async fn plan(store: &Store, proposal: &Proposal) -> Result<Planning, AppError> 
         }
     }
     let assessed = impact::of_many(store, &before, &after, (&tree, snapshot), &tree_after).await?;
+    // A pruned node's pins go with it: a tree that deletes a node and still pins it is
+    // refused, naming the group's file.
+    if prune {
+        let mut errors = Vec::new();
+        for group in desired.groups.values() {
+            let gone: Vec<&str> = group
+                .pinned
+                .iter()
+                .filter(|n| before.contains_key(*n) && !after.contains_key(*n))
+                .map(Certname::as_str)
+                .collect();
+            if !gone.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{}: pinned", group.path()),
+                    format!(
+                        "pins {}, which the tree deletes (a pin dies with its node): take it off",
+                        gone.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(AppError::Validation(errors));
+        }
+    }
     // Pins the tree adds to a group, of nodes that were deleted.
     let mut added = BTreeSet::new();
     for group in desired.groups.values() {
@@ -503,9 +541,10 @@ async fn resumed(store: &Store, id: &str, steps: &[Step]) -> Result<(Vec<Step>, 
 
 /// The steps in commits: one where the store allows it, else batches within its limit.
 fn batches(max_writes: Option<usize>, steps: &[Step]) -> Vec<&[Step]> {
-    // An object's write, its two references at most, its revision and its history head;
-    // one more for the group tree's generation; and well under DynamoDB's 4 MB.
-    let (per_object, budget) = (5, 3 * 1024 * 1024);
+    // An object's write, its revision and its history head, and its two references each
+    // moved from one record to another (four counts); two more for the group tree's and the
+    // fleet's generations; and well under DynamoDB's 4 MB.
+    let (per_object, budget) = (7, 3 * 1024 * 1024);
     match max_writes {
         None => vec![steps],
         Some(max) => {
@@ -514,7 +553,7 @@ fn batches(max_writes: Option<usize>, steps: &[Step]) -> Vec<&[Step]> {
             for (i, step) in steps.iter().enumerate() {
                 let size =
                     3 * serde_json::to_vec(&step.planned.after).map_or(0, |b| b.len()) + 1024;
-                if i > start && ((i - start + 1) * per_object + 1 > max || bytes + size > budget) {
+                if i > start && ((i - start + 1) * per_object + 2 > max || bytes + size > budget) {
                     batches.push(&steps[start..i]);
                     (start, bytes) = (i, 0);
                 }
@@ -580,17 +619,23 @@ impl Classifier<'_> {
     ) -> Result<ApplyOutcome, AppError> {
         let _place = self.fleet_work()?;
         let mut applied = Vec::new();
-        let (mut total, mut earlier) = (None, None);
-        for _ in 0..JUDGED_TRIES {
+        let (mut total, mut earlier, mut first_summary) = (None, None, None);
+        for tried in 0..JUDGED_TRIES {
+            if tried > 0 {
+                super::moved_on(tried).await;
+            }
             let tried = self
                 .apply_once(proposal, id, write, (&mut applied, &mut total))
                 .await
                 .map_err(|e| partial(e, &applied, total.unwrap_or_default()))?;
             match tried {
-                Tried::Moved { done } => {
+                Tried::Moved { done, summary } => {
                     earlier.get_or_insert(done);
+                    first_summary.get_or_insert(summary);
                 }
                 Tried::Done { summary, done } => {
+                    // What the plan does as a whole: as the first try planned it.
+                    let summary = first_summary.unwrap_or(summary);
                     // Objects an earlier request had applied, not this one's earlier tries.
                     let done = earlier.unwrap_or(done);
                     tracing::info!(plan_id = %id, applied = applied.len(), already_applied = done, "plan applied");
@@ -647,7 +692,10 @@ impl Classifier<'_> {
                 summary: planning.plan.summary,
                 done,
             }),
-            false => Ok(Tried::Moved { done }),
+            false => Ok(Tried::Moved {
+                done,
+                summary: planning.plan.summary,
+            }),
         }
     }
 }
@@ -658,7 +706,7 @@ enum Tried {
     Done { summary: PlanSummary, done: usize },
     /// The groups or nodes moved before a commit; `done` objects were applied before this
     /// try.
-    Moved { done: usize },
+    Moved { done: usize, summary: PlanSummary },
 }
 
 /// A refusal after some of the plan was applied says what was.

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::engine::{Expect, Key, Op, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
 use super::record::RecordKind;
-use super::rules::{By, Db, OnFail, Step, merge, references};
+use super::rules::{By, Db, OnFail, Step, merge, references, retry};
 use super::{Result, StoreError};
 use crate::domain::{Meta, Operation, now};
 
@@ -40,36 +40,34 @@ impl Db {
         by: By<'_>,
         extra: Vec<Step>,
     ) -> Result<Vec<u64>> {
-        let (mut steps, versions) = self.set_steps(planned, by).await?;
-        steps.extend(extra);
-        let (steps, deletes) = merge(steps)?;
-        for (i, delta) in deletes {
-            let write = &steps[i].0;
-            if let Expect::At { refs, .. } = write.expect
-                && refs + delta != 0
-            {
-                let referrers = self.referrers(write.kind, &write.key).await?;
-                return Err(StoreError::StillReferenced {
-                    kind: write.kind.kind,
-                    key: write.key.to_string(),
-                    referrers,
-                });
+        // A commit that lost a race (another transaction on the same records, or a record
+        // changed since it was read) is made again from what is read then: a planned object
+        // that changed meanwhile is then `PlanStale`.
+        let extra = &extra;
+        retry(|| async move {
+            let (mut steps, versions) = self.set_steps(planned, by).await?;
+            steps.extend(extra.iter().cloned());
+            let (steps, deletes) = merge(steps)?;
+            for (i, delta) in deletes {
+                let write = &steps[i].0;
+                if let Expect::At { refs, .. } = write.expect
+                    && refs + delta != 0
+                {
+                    let referrers = self.referrers(write.kind, &write.key).await?;
+                    return Err(StoreError::StillReferenced {
+                        kind: write.kind.kind,
+                        key: write.key.to_string(),
+                        referrers,
+                    });
+                }
             }
-        }
-        let first = planned.first();
-        let stale = |p: &Planned| StoreError::PlanStale {
-            kind: p.kind.kind,
-            key: p.key.to_string(),
-        };
-        let done = match by.dry_run {
-            true => self.check(steps).await,
-            false => self.commit(steps).await,
-        };
-        match done {
-            Ok(true) => Ok(versions),
-            Ok(false) => Err(first.map_or(StoreError::Unavailable("a lost race".into()), stale)),
-            Err(e) => Err(e),
-        }
+            let done = match by.dry_run {
+                true => self.check(steps).await?,
+                false => self.commit(steps).await?,
+            };
+            Ok(done.then_some(versions))
+        })
+        .await
     }
 
     /// The writes (with their revisions and reference counts) that make each planned object

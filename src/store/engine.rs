@@ -165,6 +165,17 @@ pub trait Engine: Send + Sync + 'static {
     /// commit that finished before the call.
     async fn get(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>>;
 
+    /// The records of one kind under these keys, in order, each read after every commit that
+    /// finished before the call (not one snapshot; any number of keys, and large records).
+    async fn get_many(
+        &self,
+        kind: &'static RecordKind,
+        keys: &[Key],
+    ) -> Result<Vec<Option<Record>>> {
+        let keys: Vec<_> = keys.iter().map(|k| (kind, k.clone())).collect();
+        self.get(&keys).await
+    }
+
     /// One batch of an index listing. Listings may lag commits by moments on DynamoDB.
     async fn query(&self, query: &Query<'_>) -> Result<Batch>;
 

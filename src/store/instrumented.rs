@@ -153,6 +153,15 @@ impl Engine for Instrumented {
         .await
     }
 
+    async fn get_many(
+        &self,
+        kind: &'static RecordKind,
+        keys: &[Key],
+    ) -> Result<Vec<Option<Record>>> {
+        self.observe("get", kind, self.inner.get_many(kind, keys), read)
+            .await
+    }
+
     async fn query(&self, query: &Query<'_>) -> Result<Batch> {
         self.observe("query", query.kind, self.inner.query(query), read)
             .await

@@ -919,6 +919,41 @@ async fn no_write_pins_a_deleted_node_again_unless_forced() {
     assert_eq!(pinned(&app, "web").await, json!(["n1"]));
 }
 
+#[tokio::test]
+async fn a_pruning_tree_that_deletes_a_node_it_still_pins_is_refused() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.node("n1", None).await;
+    app.node("n2", None).await;
+    app.group(json!({"name": "web", "pinned": ["n1", "n2"]}))
+        .await;
+    let mut files = app.get("/export").await.ok(StatusCode::OK)["files"].clone();
+    files.as_object_mut().unwrap().remove("nodes/n1.yaml");
+    let body = json!({"files": files, "prune": true});
+    let refused = app.post("/import?dry_run=true", body).await;
+    let problem = refused.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        problem["errors"],
+        json!([{"field": "node_groups/web.yaml: pinned",
+                "message": "pins n1, which the tree deletes (a pin dies with its node): take it off"}])
+    );
+    // Taken off in the tree too: the plan deletes n1 and changes web.
+    let web: Value =
+        serde_norway::from_str(files["node_groups/web.yaml"].as_str().unwrap()).unwrap();
+    let mut web = web;
+    web["pinned"] = json!(["n2"]);
+    files["node_groups/web.yaml"] = json!(serde_norway::to_string(&web).unwrap());
+    let plan = app
+        .post(
+            "/import?dry_run=true",
+            json!({"files": files, "prune": true}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(plan["summary"]["delete"], 1, "{plan}");
+    assert_eq!(plan["summary"]["replace"], 1, "{plan}");
+}
+
 /// Groups `a` and `b` both pin `n1`; each may give it `port` alone, not both.
 async fn rivals() -> TestApp {
     let app = TestApp::new().await;

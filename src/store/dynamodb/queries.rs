@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError;
-use aws_sdk_dynamodb::types::{Get, TransactGetItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Get, KeysAndAttributes, TransactGetItem};
 
 use super::items::{
     from_item, internal, is_transient_code, is_validation_error, key_item, position, s, sdk_error,
@@ -121,6 +121,62 @@ impl Engine for DynamoDb {
             .zip(responses)
             .map(|((kind, _), response)| response.item.map(|i| from_item(kind, &i)).transpose())
             .collect()
+    }
+
+    /// `BatchGetItem`s, consistent, 100 keys each, asking again for what DynamoDB left
+    /// unprocessed (it answers at most 16 MB a call).
+    async fn get_many(
+        &self,
+        kind: &'static RecordKind,
+        keys: &[Key],
+    ) -> Result<Vec<Option<Record>>> {
+        let table = self.table(kind);
+        let mut found: HashMap<Key, Record> = HashMap::new();
+        for chunk in keys.chunks(100) {
+            let mut wanted: Vec<_> = chunk.iter().map(|k| key_item(kind, k)).collect();
+            let mut tries = 0;
+            while !wanted.is_empty() {
+                tries += 1;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut wanted)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(internal)?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&table, request)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&table)
+                    .unwrap_or_default()
+                {
+                    let key = Key(kind
+                        .key
+                        .iter()
+                        .map(|field| match item.get(*field) {
+                            Some(AttributeValue::S(value)) => Ok(value.clone()),
+                            _ => Err(StoreError::Internal("an item without its key".into())),
+                        })
+                        .collect::<Result<_>>()?);
+                    found.insert(key, from_item(kind, &item)?);
+                }
+                if let Some(left) = out.unprocessed_keys.and_then(|mut u| u.remove(&table)) {
+                    if tries == SNAPSHOT_TRIES * 2 {
+                        return Err(StoreError::Unavailable(
+                            "DynamoDB kept leaving keys of a batch read unprocessed".into(),
+                        ));
+                    }
+                    wanted = left.keys;
+                    tokio::time::sleep(Duration::from_millis(5 << tries)).await;
+                }
+            }
+        }
+        Ok(keys.iter().map(|k| found.remove(k)).collect())
     }
 
     async fn query(&self, query: &Query<'_>) -> Result<Batch> {

@@ -41,6 +41,16 @@ impl Store {
             .transpose()
     }
 
+    /// The last facts of each of `names`, in order, each as it is now.
+    pub async fn facts_of(&self, names: &[&Certname]) -> Result<Vec<Option<NodeFacts>>> {
+        let keys: Vec<Key> = names.iter().map(|n| Key::one(n.as_str())).collect();
+        let found = self.db.engine().get_many(&FACTS, &keys).await?;
+        found
+            .iter()
+            .map(|r| r.as_ref().map(decode).transpose())
+            .collect()
+    }
+
     /// One page of every node's facts, by certname.
     pub async fn list_facts(&self, page: &PageRequest) -> Result<Page<NodeFacts>> {
         self.list_facts_from(None, page).await

@@ -10,8 +10,8 @@ use std::sync::Arc;
 pub use self::facts::{FACTS, MAX_FACTS_BYTES};
 use self::pins::Unpin;
 pub use self::tree::{GENERATION, Snapshot, TreeCache};
-use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, moved_fleet, raise};
-use super::engine::{Key, Record};
+use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, judged, moved_fleet, raise};
+use super::engine::{Key, Position, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
 use super::rules::{By, MAX_TRIES, NoGuard, decode};
 use super::tokens::TOKEN;
@@ -305,6 +305,17 @@ impl Store {
         self.list_node_records(filter, page).await?.decode()
     }
 
+    /// Some of every node, in no order, each as it is after every commit that finished before
+    /// the call (not from an index, which may lag on DynamoDB), and where to go on from.
+    pub async fn scan_nodes(
+        &self,
+        after: Option<Position>,
+    ) -> Result<(Vec<Stored<Node>>, Option<Position>)> {
+        let batch = self.db.engine().scan(&NODE, after).await?;
+        let nodes = batch.records.iter().map(decode).collect::<Result<_>>()?;
+        Ok((nodes, batch.more))
+    }
+
     /// Every node by certname from `from` on (inclusive), one page at a time.
     pub async fn list_nodes_from(
         &self,
@@ -446,9 +457,12 @@ impl Store {
             for group in changes.iter().filter_map(|(_, g)| g.as_ref()) {
                 after.check_parent(group)?;
             }
-            extra.push(raise(&tree));
+            extra.push(match by.judged {
+                Some(_) => judged(raise(&tree)),
+                None => raise(&tree),
+            });
         } else if by.judged.is_some() {
-            extra.push(hold(&tree));
+            extra.push(judged(hold(&tree)));
         }
         // Written nodes move the fleet; judged, the set commits only while no other node
         // was written (one write to the counter: both merge).

@@ -51,6 +51,11 @@ pub(super) fn held_fleet(snapshot: Snapshot) -> Step {
     (write, OnFail::Moved)
 }
 
+/// `step` in a write judged on the tree: if it fails, the write is judged again.
+pub(super) fn judged(step: Step) -> Step {
+    (step.0, OnFail::Moved)
+}
+
 /// The write that raises the generation, made only if the tree is still the one checked.
 pub(super) fn raise(tree: &GroupTree) -> Step {
     let expect = Expect::Refs(tree.generation);
