@@ -342,6 +342,7 @@ SDK_CALLS = {
     "transact_get_items": "dynamodb:GetItem",
     "query": "dynamodb:Query",
     "scan": "dynamodb:Scan",
+    "batch_get_item": "dynamodb:BatchGetItem",
 }
 TRANSACTION_ACTIONS = {
     "Put": "dynamodb:PutItem",
@@ -373,7 +374,8 @@ def test_the_task_role_allows_exactly_the_dynamodb_calls_enc_makes():
                     granted.setdefault(action, set()).update(sub(r, Stage="dev") for r in resources_)
     assert set(granted) == needed, f"granted {sorted(granted)}, needed {sorted(needed)}"
     tables = "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/enc-dev-"
-    assert granted["dynamodb:Scan"] == {tables + "node_groups"}, "Scan only the groups table"
+    assert granted["dynamodb:Scan"] == {tables + "node_groups", tables + "nodes"}, "Scan only groups and nodes"
+    assert granted["dynamodb:BatchGetItem"] == {tables + "facts"}, "batch reads of facts only"
 
 
 def test_health_checks_use_routes_that_exist():
