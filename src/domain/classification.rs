@@ -110,7 +110,7 @@ pub struct ChainExplanation {
 pub struct ValueExplanation {
     pub key: String,
     /// The value that wins (for a class: its parameters as merged).
-    #[schema(value_type = Object)]
+    /// Any JSON value.
     pub value: serde_json::Value,
     /// Where it came from: the nearest group that gives it, or the node.
     pub from: Source,
@@ -123,7 +123,7 @@ pub struct ValueExplanation {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Overridden {
     pub from: Source,
-    #[schema(value_type = Object)]
+    /// Any JSON value.
     pub value: serde_json::Value,
 }
 
@@ -192,7 +192,7 @@ pub fn explain_chain(node: &Node, chain: &[&NodeGroup]) -> Option<ChainExplanati
 /// A value one of a node's leaf groups gives a key.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ConflictValue {
-    #[schema(value_type = Object)]
+    /// Any JSON value.
     pub value: serde_json::Value,
     /// The group it came from (nearest in that leaf's chain).
     #[schema(value_type = String)]

@@ -160,3 +160,58 @@ print(json.dumps(out))
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
+
+#[tokio::test]
+async fn explanations_and_conflicts_validate_against_the_document() {
+    // Values of every JSON type along a chain, and groups that disagree.
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    app.group(
+        serde_json::json!({"name": "root", "parameters": {"port": "22", "n": 1},
+        "classes": {"ntp": {"servers": ["a"], "on": true}}}),
+    )
+    .await;
+    app.group(serde_json::json!({"name": "web", "parent": "root",
+        "parameters": {"port": 2222, "n": null}, "classes": {"ntp": {"servers": "b"}}}))
+        .await;
+    app.group(serde_json::json!({"name": "db", "parameters": {"port": "5432"}, "pinned": ["n2"]}))
+        .await;
+    app.node("n1", Some("web")).await;
+    app.post(
+        "/nodes/?force=true",
+        serde_json::json!({"unique_name": "n2",
+        "node_group_name": "web", "environment_name": "production", "puppet_cluster_name": "eu"}),
+    )
+    .await
+    .ok(StatusCode::CREATED);
+    let explained = app
+        .get("/nodes/n1/classification?explain=true")
+        .await
+        .ok(StatusCode::OK);
+    let conflict = app
+        .get("/nodes/n2/classification?explain=true")
+        .await
+        .problem(StatusCode::CONFLICT);
+    let document = document();
+    let cases = serde_json::json!([
+        {"schema": "ClassificationResponse", "value": explained},
+        {"schema": "Membership", "value": conflict["membership"]},
+        {"schema": "Conflict", "value": conflict["conflicts"][0]},
+    ]);
+    const SCRIPT: &str = r##"
+import json, sys
+from jsonschema import Draft202012Validator
+given = json.load(sys.stdin)
+out = []
+for case in given["cases"]:
+    schema = {"$ref": "#/components/schemas/" + case["schema"], "components": given["components"]}
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(case["value"])]
+    out.append({"schema": case["schema"], "errors": errors})
+print(json.dumps(out))
+"##;
+    let input = serde_json::json!({"cases": cases, "components": document["components"]});
+    let verdicts = crate::helpers::python(SCRIPT, &input.to_string());
+    for verdict in verdicts.as_array().unwrap() {
+        assert_eq!(verdict["errors"], serde_json::json!([]), "{verdict}");
+    }
+}
