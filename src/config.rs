@@ -165,6 +165,41 @@ pub struct Config {
     )]
     pub max_fleet_work: u32,
 
+    /// Nodes whose whole facts one request may read when their rule views were taken before
+    /// the rules read the paths they read now; also how many a group write takes again
+    /// itself before leaving the rest to the background (answers say `provisional` until
+    /// then).
+    #[arg(
+        long,
+        env = "ENC_VIEWS_INLINE",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(0..=1_000_000),
+        global = true
+    )]
+    pub views_inline: u32,
+
+    /// Seconds after which an agent run stores its node's whole facts again although what
+    /// rules read did not change (an agent run whose rule view changed stores them at once).
+    #[arg(
+        long,
+        env = "ENC_FACTS_REFRESH_SECONDS",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u32).range(0..=31_536_000),
+        global = true
+    )]
+    pub facts_refresh_seconds: u32,
+
+    /// Milliseconds the background taking of rule views pauses between pages, to leave the
+    /// store to agent runs.
+    #[arg(
+        long,
+        env = "ENC_VIEWS_PACE_MS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=60_000),
+        global = true
+    )]
+    pub views_pace_ms: u32,
+
     /// Whether a node enc does not know, sent with facts that a group's rule takes in (or
     /// pinned by a group), is recorded, in the environment that group gives, and classified.
     #[arg(long, env = "ENC_CLASSIFY_UNKNOWN", default_value_t = true, action = clap::ArgAction::Set, global = true)]

@@ -50,7 +50,14 @@ pub struct App {
     /// Whether a node enc does not know, whose facts a group's rule (or whose certname a pin)
     /// takes in, is recorded and classified (`ENC_CLASSIFY_UNKNOWN`).
     pub classify_unknown: bool,
+    /// Keeps every node's rule view through the paths rules read.
+    pub views: Arc<classifier::Keeper>,
 }
+
+/// Whole facts a request may read where rule views do not serve, unless set.
+const VIEWS_INLINE: usize = 1000;
+/// Whole facts are stored again after this long, unless set.
+const FACTS_REFRESH_SECONDS: i64 = 3600;
 
 /// Bytes of answers kept per kind, at most.
 const ANSWERS_BUDGET: usize = 4 * 1024 * 1024;
@@ -109,8 +116,16 @@ impl App {
     pub fn new(engine: Arc<dyn Engine>) -> Self {
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Instrumented::new(engine, metrics.clone()));
+        let store = Arc::new(Store::new(engine));
+        let views = classifier::Keeper::new(
+            store.clone(),
+            VIEWS_INLINE,
+            chrono::Duration::seconds(FACTS_REFRESH_SECONDS),
+            std::time::Duration::ZERO,
+        );
         Self {
-            store: Arc::new(Store::new(engine)),
+            views,
+            store,
             metrics,
             cors_origins: Vec::new(),
             trace_context: false,
@@ -131,6 +146,18 @@ impl App {
         if let Some(store) = Arc::get_mut(&mut self.store) {
             store.set_retention(retention);
         }
+        self
+    }
+
+    /// How rule views are kept: whole facts a request may read where views do not serve
+    /// (`inline`), how often whole facts are stored again, and the background pace.
+    pub fn with_views(
+        mut self,
+        inline: usize,
+        refresh: chrono::Duration,
+        pace: std::time::Duration,
+    ) -> Self {
+        self.views = classifier::Keeper::new(self.store.clone(), inline, refresh, pace);
         self
     }
 

@@ -28,7 +28,7 @@ use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
     activities, classification, environments, health, history, import, lookups, metrics_form,
-    node_groups, nodes, session, tokens,
+    node_groups, nodes, session, tokens, views,
 };
 use crate::{AppState, auth, telemetry};
 
@@ -90,6 +90,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list, nodes::create))
         .routes(routes!(nodes::get, nodes::replace, nodes::delete))
         .routes(routes!(classification::get, classification::post))
+        .routes(routes!(classification::facts))
         .routes(routes!(node_groups::list, node_groups::create))
         .routes(routes!(
             node_groups::get,
@@ -102,6 +103,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::get, tokens::delete))
         .routes(routes!(lookups::members))
         .routes(routes!(lookups::holders))
+        .routes(routes!(views::status))
         .routes(routes!(node_groups::pin))
         .routes(routes!(node_groups::unpin))
         .routes(routes!(node_groups::unpin_from_all))

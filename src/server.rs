@@ -163,6 +163,11 @@ pub async fn serve(
                 config.max_concurrent_requests,
             )
             .with_fleet_work(config.max_fleet_work as usize),
+        )
+        .with_views(
+            config.views_inline as usize,
+            chrono::Duration::seconds(i64::from(config.facts_refresh_seconds)),
+            Duration::from_millis(u64::from(config.views_pace_ms)),
         );
     if !state.auth.required {
         tracing::warn!("{}", crate::handlers::health::AUTH_OFF);
@@ -172,6 +177,9 @@ pub async fn serve(
     if let Some(retention) = config.history_retention() {
         tokio::spawn(prune_history(state.store.clone(), retention));
     }
+    // Views through the rules' paths: an earlier taking goes on where it was, and a store
+    // written by an enc before views is viewed.
+    state.views.start();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::fleet::{Facts, Scanned};
+use super::fleet::{Judging, Scanned, judged_by_name};
 use crate::domain::{
     Certname, Classification, ClassificationDiff, Conflict, GroupName, GroupTree, Node, NodeFacts,
     NodeGroup, classification_diff, classify_all,
@@ -74,6 +74,11 @@ pub struct Preview {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub unpinned_from: Vec<GroupName>,
+    /// Present (true) when some nodes were judged on rule views taken before the rules
+    /// read the paths they read now (views are being taken again: `GET /rule-views`): the
+    /// answer may change once that is done.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -236,6 +241,7 @@ impl Tally {
             failed_more: self.failed_count - self.failed.len(),
             failed: self.failed,
             unpinned_from: Vec::new(),
+            provisional: false,
         };
         Assessment {
             preview,
@@ -278,6 +284,7 @@ pub(super) async fn of_group(
     store: &Store,
     name: &GroupName,
     after: Option<NodeGroup>,
+    budget: usize,
 ) -> Result<Assessment, AppError> {
     // The fleet is read after the snapshot, a page at a time: a node written meanwhile
     // moves the snapshot, and the write is judged again.
@@ -292,7 +299,8 @@ pub(super) async fn of_group(
         tree.in_any(node, facts, &below) || changed.in_any(node, facts, &below)
     };
     let mut tally = Tally::default();
-    let mut fleet = Scanned::new(store);
+    let judging = Judging::new(store, &[tree.lens(), changed.lens()], budget).await?;
+    let mut fleet = Scanned::new(store, judging);
     while let Some(page) = fleet.next().await? {
         for (node, facts) in &page {
             let facts = facts.as_ref();
@@ -309,6 +317,7 @@ pub(super) async fn of_group(
     }
     let mut assessment = tally.finish(snapshot);
     assessment.group_before = tree.group(name).cloned();
+    assessment.preview.provisional = fleet.judging.provisional;
     Ok(assessment)
 }
 
@@ -418,12 +427,12 @@ pub(super) async fn of_many(
     after: &HashMap<Certname, Node>,
     (tree_before, snapshot): (&GroupTree, Snapshot),
     tree_after: &GroupTree,
+    budget: usize,
 ) -> Result<Assessment, AppError> {
     let names: BTreeSet<&Certname> = before.keys().chain(after.keys()).collect();
-    let mut facts = Facts::from(store, None);
+    let mut judging = Judging::new(store, &[tree_before.lens(), tree_after.lens()], budget).await?;
     let mut tally = Tally::default();
-    for name in names {
-        let facts = facts.of(name).await?;
+    judged_by_name(&mut judging, names, |name, facts| {
         tally.add(Change {
             before: before.get(name),
             after: after.get(name),
@@ -431,6 +440,9 @@ pub(super) async fn of_many(
             tree_before,
             tree_after,
         });
-    }
-    Ok(tally.finish(snapshot))
+    })
+    .await?;
+    let mut assessment = tally.finish(snapshot);
+    assessment.preview.provisional = judging.provisional;
+    Ok(assessment)
 }

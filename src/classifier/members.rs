@@ -4,8 +4,10 @@
 //! never the whole fleet at once.
 
 use super::Classifier;
-use super::fleet::Fleet;
-use crate::domain::{Certname, ClassName, GroupName, Node, NodeFacts, Source, Why, classify_all};
+use super::fleet::{Fleet, Judging};
+use crate::domain::{
+    Certname, ClassName, GroupName, GroupTree, Node, NodeFacts, Source, Why, classify_all,
+};
 use crate::error::AppError;
 
 impl Classifier<'_> {
@@ -16,10 +18,10 @@ impl Classifier<'_> {
         name: &GroupName,
         after: Option<&Certname>,
         limit: usize,
-    ) -> Result<Vec<(Certname, Vec<Why>)>, AppError> {
+    ) -> Result<Found<Vec<Why>>, AppError> {
         self.store.get_node_group(name).await?;
         let (tree, _) = self.store.snapshot().await?;
-        self.find(after, limit, |node, facts| {
+        self.find(&tree, after, limit, |node, facts| {
             let why: Vec<Why> = tree
                 .memberships(node, facts)
                 .into_iter()
@@ -38,9 +40,9 @@ impl Classifier<'_> {
         class: &ClassName,
         after: Option<&Certname>,
         limit: usize,
-    ) -> Result<Vec<(Certname, Source)>, AppError> {
+    ) -> Result<Found<Source>, AppError> {
         let (tree, _) = self.store.snapshot().await?;
-        self.find(after, limit, |node, facts| {
+        self.find(&tree, after, limit, |node, facts| {
             let chains = tree.leaves(node, facts).ok()?;
             let chains: Vec<Vec<_>> = chains
                 .iter()
@@ -52,26 +54,40 @@ impl Classifier<'_> {
         .await
     }
 
-    /// Up to `limit + 1` nodes after `after` for which `found` says something, by certname.
+    /// Up to `limit + 1` nodes after `after` for which `found` says something, by certname,
+    /// judged under `tree`.
     async fn find<T>(
         self,
+        tree: &GroupTree,
         after: Option<&Certname>,
         limit: usize,
         found: impl Fn(&Node, Option<&NodeFacts>) -> Option<T>,
-    ) -> Result<Vec<(Certname, T)>, AppError> {
+    ) -> Result<Found<T>, AppError> {
         let _place = self.fleet_work()?;
         let mut items = Vec::new();
-        let mut fleet = Fleet::after(self.store, after);
+        let judging = Judging::new(self.store, &[tree.lens()], self.budget()).await?;
+        let mut fleet = Fleet::after(self.store, after, judging);
         while let Some(page) = fleet.next().await? {
             for (node, facts) in page {
                 if let Some(item) = found(&node, facts.as_ref()) {
                     items.push((node.unique_name, item));
                     if items.len() > limit {
-                        return Ok(items);
+                        break;
                     }
                 }
             }
+            if items.len() > limit {
+                break;
+            }
         }
-        Ok(items)
+        let provisional = fleet.judging.provisional;
+        Ok(Found { items, provisional })
     }
+}
+
+/// What a lookup found: nodes by certname, and whether some were judged on rule views taken
+/// before the rules read the paths they read now.
+pub struct Found<T> {
+    pub items: Vec<(Certname, T)>,
+    pub provisional: bool,
 }

@@ -11,14 +11,18 @@ pub mod impact;
 mod learn;
 mod members;
 pub mod plan;
+pub mod views;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use self::impact::{Assessment, NodeFailure, NodeImpact, Preview};
+pub use self::members::Found;
+pub use self::views::Keeper;
 use crate::domain::{Certname, Conflict, GroupName, Node, NodeGroup, Stored};
 use crate::error::AppError;
 use crate::store::enc::{NODE, NODE_GROUP};
@@ -55,6 +59,8 @@ pub struct Classifier<'a> {
     learns: bool,
     /// Places for fleet-wide work (reads of every node): taken, the answer is 503.
     fleet_work: &'a Semaphore,
+    /// Keeps rule views through the rules' paths.
+    keeper: &'a Arc<Keeper>,
 }
 
 /// Who writes, and how.
@@ -175,11 +181,33 @@ impl Judged<'_> {
 }
 
 impl<'a> Classifier<'a> {
-    pub fn new(store: &'a Store, learns: bool, fleet_work: &'a Semaphore) -> Self {
+    pub fn new(
+        store: &'a Store,
+        learns: bool,
+        fleet_work: &'a Semaphore,
+        keeper: &'a Arc<Keeper>,
+    ) -> Self {
         Self {
             store,
             learns,
             fleet_work,
+            keeper,
+        }
+    }
+
+    /// Whole facts one request may read where views do not serve the rules it judges.
+    fn budget(&self) -> usize {
+        self.keeper.inline
+    }
+
+    /// After a write that may have changed the paths rules read: views are taken again,
+    /// within the request for a small fleet, else in the background. The write stands
+    /// either way; a failure here is left to the background task.
+    pub async fn follow_rules(&self) {
+        if let Err(e) = self.keeper.follow().await {
+            let error = crate::error::cause_chain(&e);
+            tracing::warn!(error = %error, "taking rule views after a group write failed");
+            self.keeper.wake();
         }
     }
 
@@ -200,19 +228,26 @@ impl<'a> Classifier<'a> {
     /// did not have (unless `force`), 503 if they kept moving.
     pub async fn write(self, change: &Change, write: Write<'_>) -> Result<Outcome, AppError> {
         // A group write is judged on every node below the group.
-        let _place = match change {
+        // Rules may read other paths after it: views follow.
+        let rules = matches!(
+            change,
             Change::CreateGroup(_)
-            | Change::ReplaceGroup { .. }
-            | Change::DeleteGroup { .. }
-            | Change::Pins { .. }
-            | Change::RestoreGroup { .. } => Some(self.fleet_work()?),
-            _ => None,
+                | Change::ReplaceGroup { .. }
+                | Change::DeleteGroup { .. }
+                | Change::RestoreGroup { .. }
+        );
+        let _place = match rules || matches!(change, Change::Pins { .. }) {
+            true => Some(self.fleet_work()?),
+            false => None,
         };
         for tried in 0..JUDGED_TRIES {
             if tried > 0 {
                 moved_on(tried).await;
             }
             if let Some(outcome) = self.attempt(change, write).await? {
+                if rules && !write.dry_run {
+                    self.follow_rules().await;
+                }
                 return Ok(outcome);
             }
         }
@@ -251,7 +286,9 @@ impl<'a> Classifier<'a> {
         let store = self.store;
         match change {
             Change::CreateGroup(group) => {
-                let assessed = impact::of_group(store, &group.name, Some(group.clone())).await?;
+                let assessed =
+                    impact::of_group(store, &group.name, Some(group.clone()), self.budget())
+                        .await?;
                 // After the snapshot: a node deleted since moves it.
                 self.no_revived_pins(&assessed, group, write).await?;
                 let judged = self.judge(assessed, write)?;
@@ -276,7 +313,10 @@ impl<'a> Classifier<'a> {
                 self.replace_group(group, at, read_at, write).await
             }
             Change::DeleteGroup { name, expected } => {
-                let judged = self.judge(impact::of_group(store, name, None).await?, write)?;
+                let judged = self.judge(
+                    impact::of_group(store, name, None, self.budget()).await?,
+                    write,
+                )?;
                 let done = store.delete_node_group(name, *expected, judged.by()).await;
                 judged.outcome(done.map(|()| Outcome::Deleted))
             }
@@ -317,7 +357,9 @@ impl<'a> Classifier<'a> {
                     restored(store, &NODE_GROUP, name.as_str(), *version).await?;
                 let judged = match after {
                     Some(group) => {
-                        let assessed = impact::of_group(store, name, Some(group.clone())).await?;
+                        let assessed =
+                            impact::of_group(store, name, Some(group.clone()), self.budget())
+                                .await?;
                         self.no_revived_pins(&assessed, &group, write).await?;
                         self.judge(assessed, write)?
                     }
@@ -417,7 +459,8 @@ impl<'a> Classifier<'a> {
         read_at: bool,
         write: Write<'_>,
     ) -> Result<Option<Outcome>, AppError> {
-        let assessed = impact::of_group(self.store, &group.name, Some(group.clone())).await?;
+        let assessed =
+            impact::of_group(self.store, &group.name, Some(group.clone()), self.budget()).await?;
         self.no_revived_pins(&assessed, &group, write).await?;
         let judged = self.judge(assessed, write)?;
         let done = self.store.replace_node_group(group, at, judged.by()).await;

@@ -358,7 +358,7 @@ pub struct Proposal {
     pub source_revision: Option<String>,
 }
 
-async fn plan(store: &Store, proposal: &Proposal) -> Result<Planning, AppError> {
+async fn plan(store: &Store, proposal: &Proposal, budget: usize) -> Result<Planning, AppError> {
     let (desired, body) = (&proposal.desired, proposal);
     // The snapshot first: a node or group written after it moves it.
     let (tree, snapshot) = store.snapshot().await?;
@@ -431,7 +431,15 @@ async fn plan(store: &Store, proposal: &Proposal) -> Result<Planning, AppError> 
             }
         }
     }
-    let assessed = impact::of_many(store, &before, &after, (&tree, snapshot), &tree_after).await?;
+    let assessed = impact::of_many(
+        store,
+        &before,
+        &after,
+        (&tree, snapshot),
+        &tree_after,
+        budget,
+    )
+    .await?;
     // A pruned node's pins go with it: a tree that deletes a node and still pins it is
     // refused, naming the group's file.
     if prune {
@@ -603,7 +611,7 @@ impl Classifier<'_> {
     /// What applying `proposal` would do; nothing is stored.
     pub async fn plan(self, proposal: &Proposal) -> Result<Plan, AppError> {
         let _place = self.fleet_work()?;
-        Ok(plan(self.store, proposal).await?.plan)
+        Ok(plan(self.store, proposal, self.budget()).await?.plan)
     }
 
     /// Applies exactly the plan `id` of `proposal` (or finishes it, if an interrupted apply
@@ -639,6 +647,7 @@ impl Classifier<'_> {
                     // Objects an earlier request had applied, not this one's earlier tries.
                     let done = earlier.unwrap_or(done);
                     tracing::info!(plan_id = %id, applied = applied.len(), already_applied = done, "plan applied");
+                    self.follow_rules().await;
                     return Ok(ApplyOutcome {
                         plan_id: id.to_owned(),
                         applied,
@@ -660,7 +669,7 @@ impl Classifier<'_> {
         (applied, total): (&mut Vec<Applied>, &mut Option<usize>),
     ) -> Result<Tried, AppError> {
         let store = self.store;
-        let planning = plan(store, proposal).await?;
+        let planning = plan(store, proposal, self.budget()).await?;
         let (steps, done) = match id == planning.plan.plan_id {
             true => (planning.steps, 0),
             false => resumed(store, id, &planning.steps).await?,

@@ -9,6 +9,7 @@ pub mod rule;
 mod token;
 mod tree;
 mod validation;
+mod view;
 
 pub use activity::{
     Activity, ActivityType, EARLIEST, Hours, MAX_DESCRIPTION as MAX_ACTIVITY_DESCRIPTION, Summary,
@@ -29,6 +30,7 @@ pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeFacts, NodeGrou
 pub use token::{Scope, Token};
 pub use tree::{GroupTree, MAX_DEPTH, TreeError, Why};
 pub use validation::{FieldError, Fields};
+pub use view::{Lens, RuleView};
 
 use std::collections::BTreeMap;
 

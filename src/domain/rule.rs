@@ -369,6 +369,19 @@ impl fmt::Display for FactPath {
 }
 
 impl Rule {
+    /// Every fact path the rule reads (the certname is no fact: not listed).
+    pub fn paths<'a>(&'a self, found: &mut Vec<&'a FactPath>) {
+        match self {
+            Rule::And(rules) | Rule::Or(rules) => rules.iter().for_each(|r| r.paths(found)),
+            Rule::Not(rule) => rule.paths(found),
+            Rule::Compare { path, .. } => {
+                if matches!(path, FactPath::Path { .. }) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+
     pub fn matches(&self, subject: &Subject<'_>) -> bool {
         match self {
             Rule::And(rules) => rules.iter().all(|r| r.matches(subject)),

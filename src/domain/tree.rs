@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Map;
 
 use super::rule::{self, Rule, RuleOutcome, Subject};
+use super::view::Lens;
 use super::{Certname, GroupName, Node, NodeFacts, NodeGroup, Stored};
 
 /// The most groups a node's chain may hold, its own group included.
@@ -43,6 +44,8 @@ pub struct GroupTree {
     inherited: Vec<Vec<usize>>,
     /// The groups each node is pinned to.
     pins: HashMap<Certname, Vec<GroupName>>,
+    /// The fact paths the rules read.
+    lens: Lens,
 }
 
 /// What rules judge: the node's certname and its facts (none: empty).
@@ -134,6 +137,7 @@ impl GroupTree {
             .map(|g| (g.name.clone(), Arc::new(g)))
             .collect();
         let inherited = inherited_rules(&groups, &rules);
+        let lens = Lens::of(rules.iter().map(|(_, r)| r));
         Self {
             generation,
             groups,
@@ -141,7 +145,13 @@ impl GroupTree {
             rules,
             inherited,
             pins,
+            lens,
         }
+    }
+
+    /// The fact paths the rules read: what a rule view keeps.
+    pub fn lens(&self) -> &Lens {
+        &self.lens
     }
 
     /// Whether each rule takes the node in: its own rule and every ancestor's match.

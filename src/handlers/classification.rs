@@ -233,6 +233,14 @@ async fn classify_inputs(
         };
         return Ok(respond(render(then, None)?.0));
     }
+    // A view that does not serve the rules (taken through other paths, or not yet taken):
+    // the node's whole facts are read, and the answer is made afresh.
+    let given = match (given, inputs.view()?) {
+        (Some(given), _) => Some(given),
+        (None, Some((_, true))) => None,
+        (None, None) if state.views.every_node_viewed() => None,
+        (None, _) => state.store.facts(&name).await?,
+    };
     let fresh = given.is_some();
     let make = || {
         let classifiable = inputs.classifiable(&name, given)?;
@@ -253,10 +261,10 @@ async fn classify_inputs(
     // The same node record and facts under the same groups classify the same: made once, kept.
     let body = match &inputs.node {
         Some(record) if !query.explain && !fresh => {
-            let source = match &inputs.facts {
+            let source = match &inputs.view {
                 None => std::borrow::Cow::Borrowed(record.body.as_slice()),
-                Some(facts) => {
-                    std::borrow::Cow::Owned([&record.body[..], b"\n", &facts.body].concat())
+                Some(view) => {
+                    std::borrow::Cow::Owned([&record.body[..], b"\n", &view.body].concat())
                 }
             };
             state.answers.classifications.get(
@@ -336,8 +344,26 @@ pub async fn post(
     // A token bound to other clusters learns nothing of the node and stores nothing for it.
     let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
     super::nodes::reached(&caller.0, &name, record)?;
-    state.store.put_facts(&facts).await?;
+    let inputs = state.views.keep_facts(&name, &facts, inputs).await?;
     classify_inputs(&state, name, inputs, Some(facts), query, &headers).await
+}
+
+/// A node's last facts as stored whole: Puppet's facts and trusted facts, when they came and
+/// which token posted them. An agent run stores them when what rules read changed, or when
+/// the stored ones are older than `ENC_FACTS_REFRESH_SECONDS`.
+#[utoipa::path(get, path = "/nodes/{unique_name}/facts", tag = "classification",
+    operation_id = "node_facts", security(("bearer" = ["read"])),
+    params(("unique_name" = Certname, Path, description = "The node's certname")),
+    responses((status = 200, body = NodeFacts), ReadProblems))]
+pub async fn facts(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<NodeFacts>, AppError> {
+    let name = parse_name("unique_name", &name, Certname::parse)?;
+    match state.store.facts(&name).await? {
+        Some(facts) => Ok(axum::Json(facts)),
+        None => Err(AppError::NotFound(format!("node {name} has sent no facts"))),
+    }
 }
 
 #[cfg(test)]

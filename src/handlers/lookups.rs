@@ -3,11 +3,14 @@
 //! page is full (`Classifier::members`, `holders`): for operators, not for agent runs.
 
 use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ListResponse, page_request, parse_name};
 use crate::AppState;
+use crate::classifier::Found;
 use crate::domain::Why;
 use crate::domain::{Certname, ClassName, GroupName, Source};
 use crate::error::{AppError, ReadProblems};
@@ -52,17 +55,32 @@ fn requested(query: LookupQuery) -> Result<(usize, Option<Certname>), AppError> 
     Ok((request.limit, after))
 }
 
-/// The page of `items` (by certname, up to `limit + 1` of them: one more says there are).
-fn page<T>(mut items: Vec<(Certname, T)>, limit: usize) -> ListResponse<T> {
+/// Says that some nodes of a lookup were judged on rule views taken before the rules read
+/// the paths they read now (`GET /rule-views` shows them being taken again).
+pub const PROVISIONAL: &str = "enc-provisional";
+
+/// The page of what was found (by certname, up to `limit + 1` of them: one more says there
+/// are), each item made by `item`; provisional answers say so in `Enc-Provisional`.
+fn page<T, I>(found: Found<T>, limit: usize, item: impl Fn(Certname, T) -> I) -> Response
+where
+    ListResponse<I>: serde::Serialize,
+{
+    let mut items = found.items;
     let more = items.len() > limit;
     items.truncate(limit);
     let next_cursor = more
         .then(|| items.last().map(|(n, _)| n.to_string()))
         .flatten();
-    ListResponse {
-        items: items.into_iter().map(|(_, item)| item).collect(),
+    let body = ListResponse {
+        items: items.into_iter().map(|(n, t)| item(n, t)).collect(),
         next_cursor,
+    };
+    let mut response = axum::Json(body).into_response();
+    if found.provisional {
+        let says = HeaderValue::from_static("rule views are being taken again");
+        response.headers_mut().insert(PROVISIONAL, says);
     }
+    response
 }
 
 /// The nodes a group holds now: by name, pin or rule (on each node's last facts); not those
@@ -70,21 +88,21 @@ fn page<T>(mut items: Vec<(Certname, T)>, limit: usize) -> ListResponse<T> {
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/nodes", tag = "node groups",
     operation_id = "node_group_members", security(("bearer" = ["read"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), LookupQuery),
-    responses((status = 200, body = ListResponse<Member>), ReadProblems))]
+    responses((status = 200, body = ListResponse<Member>, headers(("Enc-Provisional" = String,
+        description = "Present when some nodes were judged on rule views being taken again"))),
+        ReadProblems))]
 pub async fn members(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<LookupQuery>,
-) -> Result<axum::Json<ListResponse<Member>>, AppError> {
+) -> Result<Response, AppError> {
     let name = parse_name("node_group_name", &name, GroupName::parse)?;
     let (limit, after) = requested(query)?;
     let found = super::classifier(&state).members(&name, after.as_ref(), limit);
-    let found = found
-        .await?
-        .into_iter()
-        .map(|(unique_name, why)| (unique_name.clone(), Member { unique_name, why }))
-        .collect();
-    Ok(axum::Json(page(found, limit)))
+    Ok(page(found.await?, limit, |unique_name, why| Member {
+        unique_name,
+        why,
+    }))
 }
 
 /// The nodes that get a class, each with the group (or the node) it comes from; nodes whose
@@ -92,19 +110,19 @@ pub async fn members(
 #[utoipa::path(get, path = "/classes/{class_name}/nodes", tag = "classification",
     operation_id = "class_holders", security(("bearer" = ["read"])),
     params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), LookupQuery),
-    responses((status = 200, body = ListResponse<Holder>), ReadProblems))]
+    responses((status = 200, body = ListResponse<Holder>, headers(("Enc-Provisional" = String,
+        description = "Present when some nodes were judged on rule views being taken again"))),
+        ReadProblems))]
 pub async fn holders(
     State(state): State<AppState>,
     Path(class): Path<String>,
     Query(query): Query<LookupQuery>,
-) -> Result<axum::Json<ListResponse<Holder>>, AppError> {
+) -> Result<Response, AppError> {
     let class = parse_name("class_name", &class, ClassName::parse)?;
     let (limit, after) = requested(query)?;
     let found = super::classifier(&state).holders(&class, after.as_ref(), limit);
-    let found = found
-        .await?
-        .into_iter()
-        .map(|(unique_name, from)| (unique_name.clone(), Holder { unique_name, from }))
-        .collect();
-    Ok(axum::Json(page(found, limit)))
+    Ok(page(found.await?, limit, |unique_name, from| Holder {
+        unique_name,
+        from,
+    }))
 }

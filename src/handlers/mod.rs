@@ -12,6 +12,7 @@ pub mod node_groups;
 pub mod nodes;
 pub mod session;
 pub mod tokens;
+pub mod views;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -120,6 +121,7 @@ fn classifier(state: &crate::AppState) -> crate::classifier::Classifier<'_> {
         &state.store,
         state.classify_unknown,
         &state.limits.fleet_work,
+        &state.views,
     )
 }
 

@@ -29,12 +29,14 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 11] = [
+pub static KINDS: [&RecordKind; 13] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
     &enc::NODE,
     &enc::FACTS,
+    &enc::VIEW,
+    &enc::VIEWS_TAKEN,
     &activities::ACTIVITY,
     &activities::SUBMISSION,
     &tokens::TOKEN,

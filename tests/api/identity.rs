@@ -132,6 +132,8 @@ fn known_case(method: &Method, path: &str) -> Option<Case> {
             json_case("/nodegroup/base/nodes", None, ok)
         }
         ("GET", "/classes/{class_name}/nodes") => json_case("/classes/ntp/nodes", None, ok),
+        ("GET", "/rule-views") => json_case("/rule-views", None, ok),
+        ("GET", "/nodes/{unique_name}/facts") => json_case("/nodes/web01/facts", None, ok),
         ("GET", "/nodes/{unique_name}/history") => json_case("/nodes/web01/history", None, ok),
         ("GET", "/nodegroup/{node_group_name}/history") => {
             json_case("/nodegroup/base/history", None, ok)

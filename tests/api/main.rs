@@ -30,4 +30,5 @@ mod snapshot;
 mod store_conformance;
 mod trust;
 mod trusted;
+mod views;
 mod yaml;

@@ -326,7 +326,7 @@ def test_data_stack_tables_are_what_enc_defines():
         assert attrs(props["AttributeDefinitions"]) == attrs(table["AttributeDefinitions"])
         gsis = lambda list_: sorted(  # noqa: E731
             (g["IndexName"], tuple(keys(g["KeySchema"])), g["Projection"]["ProjectionType"]) for g in list_)
-        assert gsis(props["GlobalSecondaryIndexes"]) == gsis(table["GlobalSecondaryIndexes"])
+        assert gsis(props.get("GlobalSecondaryIndexes", [])) == gsis(table.get("GlobalSecondaryIndexes", []))
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
         assert props["DeletionProtectionEnabled"] == {"Fn::If": ["IsProd", True, False]}
@@ -374,8 +374,10 @@ def test_the_task_role_allows_exactly_the_dynamodb_calls_enc_makes():
                     granted.setdefault(action, set()).update(sub(r, Stage="dev") for r in resources_)
     assert set(granted) == needed, f"granted {sorted(granted)}, needed {sorted(needed)}"
     tables = "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/enc-dev-"
-    assert granted["dynamodb:Scan"] == {tables + "node_groups", tables + "nodes"}, "Scan only groups and nodes"
-    assert granted["dynamodb:BatchGetItem"] == {tables + "facts"}, "batch reads of facts only"
+    assert granted["dynamodb:Scan"] == {tables + t for t in ("node_groups", "nodes", "facts")}, \
+        "Scan only groups, nodes and facts"
+    assert granted["dynamodb:BatchGetItem"] == {tables + "views", tables + "facts"}, \
+        "batch reads of views and facts only"
 
 
 def test_health_checks_use_routes_that_exist():

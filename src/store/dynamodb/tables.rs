@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
@@ -87,19 +89,29 @@ impl Table {
             }
             schema
         };
-        json!({
+        let mut input = json!({
             "TableName": self.name(prefix),
             "BillingMode": "PAY_PER_REQUEST",
             "AttributeDefinitions": self.attribute_names().iter()
                 .map(|a| json!({"AttributeName": a, "AttributeType": "S"}))
                 .collect::<Vec<_>>(),
             "KeySchema": key(self.partition, self.sort),
-            "GlobalSecondaryIndexes": self.indexes.iter().map(|i| json!({
-                "IndexName": i.name,
-                "KeySchema": key(i.partition, Some(i.sort)),
-                "Projection": {"ProjectionType": "ALL"},
-            })).collect::<Vec<_>>(),
-        })
+        });
+        // DynamoDB refuses an empty list: a table without indexes names none.
+        if !self.indexes.is_empty() {
+            input["GlobalSecondaryIndexes"] = self
+                .indexes
+                .iter()
+                .map(|i| {
+                    json!({
+                        "IndexName": i.name,
+                        "KeySchema": key(i.partition, Some(i.sort)),
+                        "Projection": {"ProjectionType": "ALL"},
+                    })
+                })
+                .collect();
+        }
+        input
     }
 }
 
@@ -189,8 +201,58 @@ pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> 
         if table.kinds.contains(&&REVISION) {
             expire_by_ttl(client, &name).await?;
         }
+        drop_unused_indexes(client, &name, table).await?;
     }
     Ok(())
+}
+
+/// Deletes the indexes a table made by an earlier enc has and this one does not define (the
+/// facts table's index on `item_type`, which copied every agent run's facts into one
+/// partition): the migration of existing tables. DynamoDB deletes one at a time.
+async fn drop_unused_indexes(client: &Client, name: &str, table: &Table) -> anyhow::Result<()> {
+    for _ in 0..1200 {
+        let described = client.describe_table().table_name(name).send().await?;
+        let Some(found) = described.table() else {
+            return Ok(());
+        };
+        let unused: Vec<_> = found
+            .global_secondary_indexes()
+            .iter()
+            .filter(|i| !table.indexes.iter().any(|d| Some(d.name) == i.index_name()))
+            .collect();
+        let Some(index) = unused
+            .first()
+            .and_then(|i| i.index_name())
+            .map(str::to_owned)
+        else {
+            return Ok(());
+        };
+        let busy = found.table_status() != Some(&TableStatus::Active)
+            || unused
+                .iter()
+                .any(|i| i.index_status() == Some(&aws_sdk_dynamodb::types::IndexStatus::Deleting));
+        if busy {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let delete = aws_sdk_dynamodb::types::DeleteGlobalSecondaryIndexAction::builder()
+            .index_name(&index)
+            .build()?;
+        let update = aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder()
+            .delete(delete)
+            .build();
+        client
+            .update_table()
+            .table_name(name)
+            .global_secondary_index_updates(update)
+            .send()
+            .await
+            .with_context(|| format!("deleting index {index} of {name}"))?;
+        tracing::info!(table = %name, index = %index, "deleting an index enc no longer uses");
+    }
+    anyhow::bail!(
+        "the indexes of {name} that enc no longer uses were not deleted within 10 minutes"
+    )
 }
 
 /// Turns on DynamoDB's TTL on revisions' `expires_at` (a table that has it already is left).
@@ -237,6 +299,7 @@ mod tests {
                 "node_groups",
                 "nodes",
                 "facts",
+                "views",
                 "activities",
                 "tokens",
                 "history"
@@ -248,8 +311,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             groups.kinds.len(),
-            2,
-            "groups share their table with the tree's generation"
+            3,
+            "groups share their table with the tree's generation and the views' progress"
+        );
+        let facts = tables().into_iter().find(|t| t.suffix == "facts").unwrap();
+        let views = tables().into_iter().find(|t| t.suffix == "views").unwrap();
+        assert!(
+            facts.indexes.is_empty() && views.indexes.is_empty(),
+            "agent runs write facts and views: no index copies them under one partition"
         );
     }
 

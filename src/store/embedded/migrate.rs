@@ -27,11 +27,22 @@ const V1_INDEXES: [&str; 4] = [
 ];
 
 pub(super) fn upgrade(txn: &WriteTransaction) -> Result<()> {
+    let mut indexes = Vec::new();
     for kind in KINDS {
         txn.open_table(Records::new(&records_table(kind)))?;
         for index in kind.indexes {
-            txn.open_table(Entries::new(&index_table(kind, index)))?;
+            indexes.push(index_table(kind, index));
+            txn.open_table(Entries::new(&indexes[indexes.len() - 1]))?;
         }
+    }
+    // An index an earlier enc kept and this one does not (the facts' listing) goes.
+    let unused: Vec<String> = txn
+        .list_tables()?
+        .map(|t| t.name().to_owned())
+        .filter(|t| t.starts_with("index/") && !indexes.contains(t))
+        .collect();
+    for table in unused {
+        txn.delete_table(Entries::new(&table))?;
     }
     let found = txn.open_table(SCHEMA)?.get("version")?.map(|v| v.value());
     match found {

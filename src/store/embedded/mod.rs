@@ -38,6 +38,11 @@ type Records<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
 /// (partition, sort, key) -> ()
 type Entries<'a> = TableDefinition<'a, (&'static str, &'static str, &'static str), ()>;
 
+/// A scan's batch: at most this many records, and stops past this many bytes (as DynamoDB
+/// stops at 1 MB), so that a scan holds a page of the fleet, not the fleet.
+const SCAN_RECORDS: usize = 500;
+const SCAN_BYTES: usize = 1024 * 1024;
+
 fn records_table(kind: &RecordKind) -> String {
     format!("record/{}", kind.name)
 }
@@ -395,13 +400,30 @@ impl Engine for Embedded {
         Ok(batch)
     }
 
-    async fn scan(&self, kind: &'static RecordKind, _after: Option<Position>) -> Result<Batch> {
+    async fn scan(&self, kind: &'static RecordKind, after: Option<Position>) -> Result<Batch> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(Records::new(&records_table(kind)))?;
-        let records = table
-            .iter()?
-            .map(|entry| decode_record(entry?.1.value()))
-            .collect::<Result<_, _>>()?;
+        let after = after.map(|p| encode_key(&p.key).into_owned());
+        let range = match &after {
+            Some(key) => table.range::<&str>((Bound::Excluded(key.as_str()), Bound::Unbounded))?,
+            None => table.range::<&str>(..)?,
+        };
+        let (mut records, mut last, mut bytes) = (Vec::new(), None, 0);
+        for entry in range {
+            let (key, value) = entry?;
+            if records.len() == SCAN_RECORDS || bytes >= SCAN_BYTES {
+                return Ok(Batch {
+                    records,
+                    more: last.map(|key: String| Position {
+                        sort: String::new(),
+                        key: decode_key(&key),
+                    }),
+                });
+            }
+            bytes += value.value().len();
+            records.push(decode_record(value.value())?);
+            last = Some(key.value().to_owned());
+        }
         Ok(Batch {
             records,
             more: None,

@@ -1,29 +1,150 @@
-//! Each node's last facts, as Puppet sent them with a classification request: what rules are
-//! judged on. Kept as they come (no versions, no history): every agent run sends new ones.
+//! Each node's last facts, as Puppet sent them with a classification request, and its rule
+//! view (the facts rules read, `domain::RuleView`): membership is judged on views, which are
+//! small; the whole facts are kept for `GET /nodes/{n}/facts` and to take views again when
+//! rules come to read other paths. Neither has versions or history, and neither is listed by
+//! an index: they are written on agent runs, and every such write lands on its own key.
 
-use super::super::engine::{Expect, Key, Op, Write};
-use super::super::record::{ITEM_TYPE, Index, RecordKind, to_body};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::super::engine::{Expect, Key, Op, Position, Write};
+use super::super::record::{RecordKind, to_body};
 use super::super::rules::{OnFail, decode};
-use super::super::{Kind, Page, PageRequest, Result, Store};
-use crate::domain::{Certname, NodeFacts};
+use super::super::{Kind, Result, Store};
+use super::GENERATION;
+use super::tree::generation_key;
+use crate::domain::{Certname, NodeFacts, RuleView};
 
 /// The largest facts enc keeps for a node, as JSON (within a DynamoDB item).
 pub const MAX_FACTS_BYTES: usize = 256 * 1024;
 
 pub static FACTS: RecordKind = RecordKind {
-    indexes: &[Index::new("ordered", ITEM_TYPE, "unique_name")],
     json: &["facts", "trusted"],
     ..RecordKind::new(Kind::Facts, "facts", "facts", &["unique_name"])
 };
 
+pub static VIEW: RecordKind = RecordKind {
+    json: &["facts", "trusted"],
+    ..RecordKind::new(Kind::Facts, "view", "views", &["unique_name"])
+};
+
+/// How far the views are taken through the tree's lens: one record beside the groups.
+pub static VIEWS_TAKEN: RecordKind = RecordKind {
+    json: &["paths", "cursor"],
+    ..RecordKind::new(Kind::Facts, "views_taken", "node_groups", &["name"])
+};
+
+fn views_taken_key() -> Key {
+    Key::one("/views")
+}
+
+/// The taking of every node's view through one lens, as far as it went: resumable from
+/// `cursor` (a position in the scan of the facts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewsTaken {
+    pub name: String,
+    #[serde(default)]
+    pub version: u64,
+    /// The lens views are being (or were) taken through.
+    pub lens: String,
+    pub paths: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    /// When every node's view was taken through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Where the scan of the facts goes on (`None`: at the start, or done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Position>,
+    /// Nodes' facts scanned, and views written because they had changed.
+    #[serde(default)]
+    pub scanned: u64,
+    #[serde(default)]
+    pub rewritten: u64,
+    /// Whether views were once taken for every node (through any lens): from then on, a
+    /// node without a view has no facts.
+    #[serde(default)]
+    pub every_node_viewed: bool,
+}
+
+impl ViewsTaken {
+    /// A taking through `lens`, after `before` (if views were ever taken).
+    pub fn start(lens: &crate::domain::Lens, before: Option<&ViewsTaken>) -> Self {
+        Self {
+            name: "/views".into(),
+            version: 0,
+            lens: lens.id().to_owned(),
+            paths: lens.paths().to_vec(),
+            started_at: crate::domain::now(),
+            finished_at: None,
+            cursor: None,
+            scanned: 0,
+            rewritten: 0,
+            every_node_viewed: before
+                .is_some_and(|b| b.every_node_viewed || b.finished_at.is_some()),
+        }
+    }
+}
+
+/// A write of a record with versions over the one read (`before`; `None`: there was none).
+fn put_over<T: Serialize>(
+    kind: &'static RecordKind,
+    key: Key,
+    object: &T,
+    before: Option<u64>,
+) -> Result<Write> {
+    let body = to_body(object)?;
+    let expect = match before {
+        Some(version) => Expect::At { version, refs: 0 },
+        None => Expect::Absent,
+    };
+    Ok(Write::new(kind, key, Op::Put { body, refs: 0 }, expect))
+}
+
 impl Store {
-    /// Keeps a node's facts in place of the ones before.
-    pub async fn put_facts(&self, facts: &NodeFacts) -> Result<()> {
-        let body = to_body(facts)?;
-        let key = Key::one(facts.unique_name.as_str());
-        let write = Write::new(&FACTS, key, Op::Put { body, refs: 0 }, Expect::Anything);
-        self.db.commit(vec![(write, OnFail::Changed)]).await?;
-        Ok(())
+    /// Keeps a node's view over the one read (version `before`), and its whole facts with
+    /// it if `whole`, while the group tree is still at `generation` (the lens the view was
+    /// taken through). `false`: something moved; read again.
+    pub async fn keep_view(
+        &self,
+        view: &RuleView,
+        before: Option<u64>,
+        whole: Option<&NodeFacts>,
+        generation: i64,
+    ) -> Result<bool> {
+        let key = Key::one(view.unique_name.as_str());
+        let view = RuleView {
+            version: before.unwrap_or(0) + 1,
+            ..view.clone()
+        };
+        let mut steps = vec![(
+            put_over(&VIEW, key.clone(), &view, before)?,
+            OnFail::Changed,
+        )];
+        if let Some(facts) = whole {
+            let body = to_body(facts)?;
+            let write = Write::new(&FACTS, key, Op::Put { body, refs: 0 }, Expect::Anything);
+            steps.push((write, OnFail::Changed));
+        }
+        let hold = Write::new(
+            &GENERATION,
+            generation_key(),
+            Op::Adjust(0),
+            Expect::Refs(generation),
+        );
+        steps.push((hold, OnFail::Changed));
+        self.db.commit(steps).await
+    }
+
+    /// Writes a view taken again over the one read (version `before`); `false` if it changed
+    /// meanwhile (an agent run wrote a newer one).
+    pub async fn rewrite_view(&self, view: &RuleView, before: Option<u64>) -> Result<bool> {
+        let key = Key::one(view.unique_name.as_str());
+        let view = RuleView {
+            version: before.unwrap_or(0) + 1,
+            ..view.clone()
+        };
+        let write = put_over(&VIEW, key, &view, before)?;
+        self.db.commit(vec![(write, OnFail::Changed)]).await
     }
 
     /// A node's last facts, if it sent any.
@@ -43,26 +164,64 @@ impl Store {
 
     /// The last facts of each of `names`, in order, each as it is now.
     pub async fn facts_of(&self, names: &[&Certname]) -> Result<Vec<Option<NodeFacts>>> {
+        self.read_many(&FACTS, names).await
+    }
+
+    /// The rule view of each of `names`, in order, each as it is now.
+    pub async fn views_of(&self, names: &[&Certname]) -> Result<Vec<Option<RuleView>>> {
+        self.read_many(&VIEW, names).await
+    }
+
+    async fn read_many<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static RecordKind,
+        names: &[&Certname],
+    ) -> Result<Vec<Option<T>>> {
         let keys: Vec<Key> = names.iter().map(|n| Key::one(n.as_str())).collect();
-        let found = self.db.engine().get_many(&FACTS, &keys).await?;
+        let found = self.db.engine().get_many(kind, &keys).await?;
         found
             .iter()
             .map(|r| r.as_ref().map(decode).transpose())
             .collect()
     }
 
-    /// One page of every node's facts, by certname.
-    pub async fn list_facts(&self, page: &PageRequest) -> Result<Page<NodeFacts>> {
-        self.list_facts_from(None, page).await
+    /// One batch of every node's facts, in no order, and where the scan goes on.
+    pub async fn scan_facts(
+        &self,
+        after: Option<Position>,
+    ) -> Result<(Vec<NodeFacts>, Option<Position>)> {
+        let batch = self.db.engine().scan(&FACTS, after).await?;
+        let facts = batch.records.iter().map(decode).collect::<Result<_>>()?;
+        Ok((facts, batch.more))
     }
 
-    /// One page of every node's facts by certname, from `from` on (inclusive).
-    pub async fn list_facts_from(
+    /// How far views are taken through the tree's lens, if they ever were.
+    pub async fn views_taken(&self) -> Result<Option<ViewsTaken>> {
+        let found = self
+            .db
+            .engine()
+            .get(&[(&VIEWS_TAKEN, views_taken_key())])
+            .await?;
+        found
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|r| decode(&r))
+            .transpose()
+    }
+
+    /// Records how far views are taken, over the record read (version `before`); `false` if
+    /// another writer moved it meanwhile.
+    pub async fn record_views_taken(
         &self,
-        from: Option<&Certname>,
-        page: &PageRequest,
-    ) -> Result<Page<NodeFacts>> {
-        let range = (from.map(Certname::as_str), None);
-        self.db.list(&FACTS, &[], range, page).await
+        taken: &ViewsTaken,
+        before: Option<u64>,
+    ) -> Result<bool> {
+        let taken = ViewsTaken {
+            version: before.unwrap_or(0) + 1,
+            ..taken.clone()
+        };
+        let write = put_over(&VIEWS_TAKEN, views_taken_key(), &taken, before)?;
+        self.db.commit(vec![(write, OnFail::Changed)]).await
     }
 }

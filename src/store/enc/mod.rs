@@ -7,7 +7,7 @@ mod tree;
 
 use std::sync::Arc;
 
-pub use self::facts::{FACTS, MAX_FACTS_BYTES};
+pub use self::facts::{FACTS, MAX_FACTS_BYTES, VIEW, VIEWS_TAKEN, ViewsTaken};
 use self::pins::Unpin;
 pub use self::tree::{GENERATION, Snapshot, TreeCache};
 use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, judged, moved_fleet, raise};
@@ -18,7 +18,7 @@ use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{
     Certname, Environment, EnvironmentKey, GroupName, GroupTree, Node, NodeFacts, NodeGroup,
-    Stored, TokenName,
+    RuleView, Stored, TokenName,
 };
 
 /// What one classification read found (`Store::classification_inputs`).
@@ -27,8 +27,8 @@ pub struct ClassificationInputs {
     pub node: Option<Record>,
     /// The record of the token asked for, if it exists (checked by `Auth::admit`).
     pub token: Option<Record>,
-    /// The node's last facts as stored, if it sent any.
-    pub facts: Option<Record>,
+    /// The node's rule view as stored, if it sent facts.
+    pub view: Option<Record>,
     /// The group tree as it was when the node was read.
     pub tree: Arc<GroupTree>,
 }
@@ -42,7 +42,18 @@ pub struct Classifiable {
 }
 
 impl ClassificationInputs {
-    /// The node, its facts (`given`, or the stored ones) and its leaf groups' chains.
+    /// The stored view, and whether it was taken through the tree's lens (else rules may
+    /// read paths it does not hold: the whole facts must be read).
+    pub fn view(&self) -> Result<Option<(RuleView, bool)>> {
+        let Some(record) = &self.view else {
+            return Ok(None);
+        };
+        let view: RuleView = decode(record)?;
+        let current = view.lens == self.tree.lens().id();
+        Ok(Some((view, current)))
+    }
+
+    /// The node, its facts (`given`, or the stored view) and its leaf groups' chains.
     pub fn classifiable(&self, name: &Certname, given: Option<NodeFacts>) -> Result<Classifiable> {
         let Some(record) = &self.node else {
             return Err(StoreError::NotFound {
@@ -53,7 +64,7 @@ impl ClassificationInputs {
         let node: Stored<Node> = decode(record)?;
         let facts = match given {
             Some(facts) => Some(facts),
-            None => self.facts.as_ref().map(decode).transpose()?,
+            None => self.view()?.map(|(view, _)| view.into_facts()),
         };
         let chains = self.tree.leaves(&node.item, facts.as_ref())?;
         Ok(Classifiable {
@@ -150,7 +161,7 @@ impl Store {
         let mut keys = vec![
             (&NODE, Key::one(name.as_str())),
             (&GENERATION, generation_key()),
-            (&FACTS, Key::one(name.as_str())),
+            (&VIEW, Key::one(name.as_str())),
         ];
         if let Some(token) = token {
             keys.push((&TOKEN, Key::one(token.as_str())));
@@ -158,7 +169,7 @@ impl Store {
         for _ in 0..MAX_TRIES {
             let mut found = self.db.engine().get(&keys).await?.into_iter();
             let (node, generation) = (found.next().flatten(), found.next().flatten());
-            let facts = found.next().flatten();
+            let view = found.next().flatten();
             let token = found.next().flatten();
             let generation = generation.as_ref().map_or(0, |r| r.refs);
             let tree = self.tree_at(generation).await?;
@@ -166,7 +177,7 @@ impl Store {
                 return Ok(ClassificationInputs {
                     node,
                     token,
-                    facts,
+                    view,
                     tree,
                 });
             }
