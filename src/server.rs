@@ -139,6 +139,14 @@ async fn prune_history(store: Arc<crate::store::Store>, retention: chrono::Durat
                 tracing::warn!(error = %crate::error::cause_chain(&e), "pruning history failed")
             }
         }
+        match store.prune_view_versions(&chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "pruned versions of rule views"),
+            Err(e) => {
+                let error = crate::error::cause_chain(&e);
+                tracing::warn!(error = %error, "pruning versions of rule views failed");
+            }
+        }
     }
 }
 

@@ -103,6 +103,16 @@ impl GroupTree {
         Self::of(generation, groups.into_iter().map(|g| g.item).collect())
     }
 
+    /// The tree these groups make, outside any generation (a tree of the past).
+    pub fn of_groups(groups: Vec<NodeGroup>) -> Self {
+        Self::of(0, groups)
+    }
+
+    /// The names of every group.
+    pub fn names(&self) -> impl Iterator<Item = &GroupName> {
+        self.groups.keys()
+    }
+
     fn of(generation: i64, groups: Vec<NodeGroup>) -> Self {
         let mut children: HashMap<GroupName, Vec<GroupName>> = HashMap::new();
         for group in &groups {

@@ -1,6 +1,8 @@
 //! Change history: each object's revisions, the feed of every change, classifications as they
 //! were at an instant and how they changed between two, and restoring an earlier version.
 
+use std::collections::BTreeSet;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -13,10 +15,9 @@ use super::{ForceQuery, IfMatchHeader, ListResponse, answer, page_request, parse
 use crate::AppState;
 use crate::auth::Caller;
 use crate::classifier::Change;
-use crate::domain::MAX_DEPTH;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName,
-    Explanation, GroupName, Node, NodeGroup, Revision, Stored, classify,
+    Explanation, GroupName, GroupTree, Node, NodeGroup, Revision, Stored, classify_all,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Path, Query};
@@ -312,8 +313,42 @@ async fn as_of<T: DeserializeOwned>(
     Ok((object.meta.updated_at <= *at).then_some(object.item))
 }
 
-/// The node's classification as it was at `at` (node and every group of its chain as they
-/// were then), or `None` if the node did not exist then.
+/// The group tree as it was at `at`: every group that existed then (those that exist now,
+/// and those whose revisions since say they changed or went), each as it was.
+async fn tree_at(state: &AppState, at: &DateTime<Utc>) -> Result<GroupTree, AppError> {
+    let now = state.store.current_tree().await?;
+    let mut names: BTreeSet<GroupName> = now.names().cloned().collect();
+    let filter = ChangeFilter {
+        since: Some(*at),
+        kind: Some(&NODE_GROUP),
+        ..ChangeFilter::default()
+    };
+    let mut cursor = None;
+    loop {
+        let page = crate::store::PageRequest {
+            limit: 1000,
+            cursor,
+        };
+        let changes = state.store.changes(&filter, &page).await?;
+        for revision in &changes.items {
+            names.extend(GroupName::parse(&revision.key).ok());
+        }
+        match changes.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let mut groups = Vec::with_capacity(names.len());
+    for name in names {
+        let key = Key::one(name.as_str());
+        groups.extend(as_of::<NodeGroup>(state, &NODE_GROUP, &key, at).await?);
+    }
+    Ok(GroupTree::of_groups(groups))
+}
+
+/// The node's classification as it was at `at`, judged as it was then: the node, every
+/// group and the node's rule view as they were (so memberships by rule and pin are replayed);
+/// `None` if the node did not exist then.
 pub async fn classification_at(
     state: &AppState,
     name: &Certname,
@@ -322,31 +357,22 @@ pub async fn classification_at(
     let Some(node) = as_of::<Node>(state, &NODE, &Key::one(name.as_str()), at).await? else {
         return Ok(None);
     };
-    let mut chain: Vec<NodeGroup> = Vec::new();
-    let mut next = node.node_group_name.clone();
-    while let Some(name) = next {
-        if chain.len() >= MAX_DEPTH {
-            return Err(AppError::Internal(
-                format!(
-                    "the group chain of {} was deeper than {MAX_DEPTH}",
-                    node.unique_name
-                )
-                .into(),
-            ));
-        }
-        let key = Key::one(name.as_str());
-        let Some(group) = as_of::<NodeGroup>(state, &NODE_GROUP, &key, at).await? else {
-            return Err(AppError::NotFound(format!(
-                "node group {name} of node {} is not in the history at {}",
-                node.unique_name,
-                at.to_rfc3339_opts(SecondsFormat::Millis, true)
-            )));
-        };
-        next = group.parent.clone();
-        chain.push(group);
-    }
-    let chain: Vec<&NodeGroup> = chain.iter().collect();
-    Ok(Some(classify(&node, &chain)))
+    let Some(view) = state.store.view_at(name, at).await? else {
+        return Err(AppError::NotFound(format!(
+            "the facts node {name} had at {} are no longer in the history",
+            at.to_rfc3339_opts(SecondsFormat::Millis, true)
+        )));
+    };
+    let tree = tree_at(state, at).await?;
+    let facts = view.map(|v| v.into_facts());
+    let chains = tree.leaves(&node, facts.as_ref())?;
+    let chains: Vec<Vec<&NodeGroup>> = chains
+        .iter()
+        .map(|chain| chain.iter().map(|g| &**g).collect())
+        .collect();
+    classify_all(&node, &chains)
+        .map(Some)
+        .map_err(|conflicts| crate::classifier::conflicted(name, conflicts))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

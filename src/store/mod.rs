@@ -29,7 +29,7 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 13] = [
+pub static KINDS: [&RecordKind; 14] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
@@ -43,6 +43,7 @@ pub static KINDS: [&RecordKind; 13] = [
     &history::REVISION,
     &history::HEAD,
     &history::PLAN,
+    &enc::VIEW_PAST,
 ];
 
 /// Results of the store: its errors unless said otherwise.

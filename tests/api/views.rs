@@ -428,3 +428,90 @@ async fn facts_an_earlier_enc_kept_without_views_still_judge_and_are_viewed() {
     let (found, _) = members(&app, "debian").await;
     assert_eq!(found, ["old1"]);
 }
+
+/// The instant now, after the last change and before the next (times are kept to the ms).
+async fn instant() -> String {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    now
+}
+
+#[tokio::test]
+async fn time_travel_replays_rule_and_pin_membership() {
+    let app = TestApp::new().await;
+    debian_group(&app).await;
+    app.group(json!({"name": "pinned", "classes": {"pinclass": {}}}))
+        .await;
+    let family = |f: &str| json!({"os": {"family": f}});
+    classify(&app, "n1", family("Debian")).await;
+    let debian_facts = instant().await;
+    classify(&app, "n1", family("RedHat")).await;
+    let redhat_facts = instant().await;
+    let rule = json!({"name": "debian", "environment_name": "production",
+        "puppet_cluster_name": "eu", "rule": ["=", ["fact", "os", "family"], "RedHat"],
+        "classes": {"apt": {}}});
+    app.put("/nodegroup/debian", rule, None)
+        .await
+        .ok(StatusCode::OK);
+    let redhat_rule = instant().await;
+    app.post("/nodegroup/pinned/pin", json!({"nodes": ["n1"]}))
+        .await
+        .ok(StatusCode::OK);
+    let pinned = instant().await;
+    app.post("/nodegroup/pinned/unpin", json!({"nodes": ["n1"]}))
+        .await
+        .ok(StatusCode::OK);
+    let unpinned = instant().await;
+    // Facts that change nothing rules read leave the view (and its history) as it was.
+    classify(&app, "n1", json!({"os": {"family": "RedHat"}, "uptime": 5})).await;
+
+    let classes = |answer: Value| -> Vec<String> {
+        let mut names: Vec<String> = answer["classes"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    };
+    let at = |t: &str| format!("/nodes/n1/classification?at={t}");
+    let then = |t: String| {
+        let app = &app;
+        async move { classes(app.get(&at(&t)).await.ok(StatusCode::OK)) }
+    };
+    assert_eq!(
+        then(debian_facts.clone()).await,
+        ["apt"],
+        "Debian facts, Debian rule"
+    );
+    assert!(
+        then(redhat_facts.clone()).await.is_empty(),
+        "RedHat facts, Debian rule"
+    );
+    assert_eq!(
+        then(redhat_rule).await,
+        ["apt"],
+        "RedHat facts, RedHat rule"
+    );
+    assert_eq!(then(pinned).await, ["apt", "pinclass"], "pinned");
+    assert_eq!(then(unpinned.clone()).await, ["apt"], "unpinned");
+    let now = app.get("/nodes/n1/classification").await.ok(StatusCode::OK);
+    assert_eq!(classes(now), ["apt"]);
+
+    let diff = app
+        .get(&format!(
+            "/nodes/n1/classification/diff?from={debian_facts}&to={redhat_facts}"
+        ))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(diff["diff"]["classes_removed"], json!(["apt"]), "{diff}");
+    let diff = app
+        .get(&format!(
+            "/nodes/n1/classification/diff?from={debian_facts}&to={unpinned}"
+        ))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(diff["diff"]["classes_removed"], json!([]), "{diff}");
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::engine::{Expect, Key, Op, Position, Write};
 use super::super::record::{RecordKind, to_body};
-use super::super::rules::{OnFail, decode};
+use super::super::rules::{OnFail, Step, decode};
 use super::super::{Kind, Result, Store};
 use super::GENERATION;
 use super::tree::generation_key;
@@ -28,7 +28,37 @@ pub static VIEW: RecordKind = RecordKind {
     ..RecordKind::new(Kind::Facts, "view", "views", &["unique_name"])
 };
 
-/// How far the views are taken through the tree's lens: one record beside the groups.
+/// Each version of a node's view, from when it was written (for `?at=`): in the history
+/// table, keyed by the node and the view's version, and without the attribute (`order`)
+/// that the history's indexes sort on, so in none of them. Expires with the history's
+/// retention (DynamoDB's TTL on `expires_at`, and `Store::prune_history`).
+pub static VIEW_PAST: RecordKind = RecordKind {
+    json: &["view"],
+    ..RecordKind::new(
+        Kind::Revision,
+        "view_version",
+        "history",
+        &["subject", "seq"],
+    )
+};
+
+/// A version of a node's view and when it was written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PastView {
+    subject: String,
+    seq: String,
+    /// When the view was written: it was the node's from then until the next version.
+    from: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+    view: RuleView,
+}
+
+fn past_key(name: &str, version: u64) -> Key {
+    Key::two(format!("view/{name}"), format!("{version:020}"))
+}
+
+/// How far views are taken through the tree's lens: one record beside the groups.
 pub static VIEWS_TAKEN: RecordKind = RecordKind {
     json: &["paths", "cursor"],
     ..RecordKind::new(Kind::Facts, "views_taken", "node_groups", &["name"])
@@ -101,6 +131,80 @@ fn put_over<T: Serialize>(
 }
 
 impl Store {
+    /// The writes of a view over the one read (version `before`): the view, and its version
+    /// kept for `?at=`.
+    fn view_writes(&self, view: &RuleView, before: Option<u64>) -> Result<Vec<Step>> {
+        let name = view.unique_name.as_str();
+        let view = RuleView {
+            version: before.unwrap_or(0) + 1,
+            ..view.clone()
+        };
+        let from = crate::domain::now();
+        let past = PastView {
+            subject: format!("view/{name}"),
+            seq: format!("{:020}", view.version),
+            from,
+            expires_at: self.db.retention.map(|r| (from + r).timestamp()),
+            view: view.clone(),
+        };
+        let body = to_body(&past)?;
+        let kept = Write::new(
+            &VIEW_PAST,
+            past_key(name, view.version),
+            Op::Put { body, refs: 0 },
+            Expect::Anything,
+        );
+        let put = put_over(&VIEW, Key::one(name), &view, before)?;
+        Ok(vec![(put, OnFail::Changed), (kept, OnFail::Changed)])
+    }
+
+    /// The node's view as it was at `at`: `Some(None)` if it had none then, `None` if the
+    /// history does not reach back so far.
+    pub async fn view_at(
+        &self,
+        name: &Certname,
+        at: &DateTime<Utc>,
+    ) -> Result<Option<Option<RuleView>>> {
+        let found = self
+            .db
+            .engine()
+            .get(&[(&VIEW, Key::one(name.as_str()))])
+            .await?;
+        let Some(current) = found.into_iter().flatten().next() else {
+            return Ok(Some(None));
+        };
+        let current: RuleView = decode(&current)?;
+        // The last version written at `at` or before: versions are written in order, and
+        // the oldest expire first.
+        let (mut low, mut high, mut found, mut expired) = (1, current.version, None, false);
+        while low <= high {
+            let middle = low + (high - low) / 2;
+            let key = past_key(name.as_str(), middle);
+            let past = self.db.engine().get(&[(&VIEW_PAST, key)]).await?;
+            match past.into_iter().flatten().next() {
+                None => {
+                    expired = true;
+                    low = middle + 1;
+                }
+                Some(record) => {
+                    let past: PastView = decode(&record)?;
+                    if past.from <= *at {
+                        found = Some(past.view);
+                        low = middle + 1;
+                    } else {
+                        high = middle - 1;
+                    }
+                }
+            }
+        }
+        Ok(match (found, expired) {
+            (Some(view), _) => Some(Some(view)),
+            // Every version kept came after `at`: it had none then, unless older ones went.
+            (None, false) => Some(None),
+            (None, true) => None,
+        })
+    }
+
     /// Keeps a node's view over the one read (version `before`), and its whole facts with
     /// it if `whole`, while the group tree is still at `generation` (the lens the view was
     /// taken through). `false`: something moved; read again.
@@ -112,14 +216,7 @@ impl Store {
         generation: i64,
     ) -> Result<bool> {
         let key = Key::one(view.unique_name.as_str());
-        let view = RuleView {
-            version: before.unwrap_or(0) + 1,
-            ..view.clone()
-        };
-        let mut steps = vec![(
-            put_over(&VIEW, key.clone(), &view, before)?,
-            OnFail::Changed,
-        )];
+        let mut steps = self.view_writes(view, before)?;
         if let Some(facts) = whole {
             let body = to_body(facts)?;
             let write = Write::new(&FACTS, key, Op::Put { body, refs: 0 }, Expect::Anything);
@@ -138,13 +235,8 @@ impl Store {
     /// Writes a view taken again over the one read (version `before`); `false` if it changed
     /// meanwhile (an agent run wrote a newer one).
     pub async fn rewrite_view(&self, view: &RuleView, before: Option<u64>) -> Result<bool> {
-        let key = Key::one(view.unique_name.as_str());
-        let view = RuleView {
-            version: before.unwrap_or(0) + 1,
-            ..view.clone()
-        };
-        let write = put_over(&VIEW, key, &view, before)?;
-        self.db.commit(vec![(write, OnFail::Changed)]).await
+        let steps = self.view_writes(view, before)?;
+        self.db.commit(steps).await
     }
 
     /// A node's last facts, if it sent any.
@@ -193,6 +285,36 @@ impl Store {
         let batch = self.db.engine().scan(&FACTS, after).await?;
         let facts = batch.records.iter().map(decode).collect::<Result<_>>()?;
         Ok((facts, batch.more))
+    }
+
+    /// Removes versions of views that expired before `before`, where the engine has no TTL
+    /// of its own (DynamoDB's removes them within days; listing them there would scan the
+    /// whole history table).
+    pub async fn prune_view_versions(&self, before: &DateTime<Utc>) -> Result<usize> {
+        if self.db.backend() != "embedded" {
+            return Ok(0);
+        }
+        let (mut after, mut removed) = (None, 0);
+        loop {
+            let batch = self.db.engine().scan(&VIEW_PAST, after).await?;
+            let mut steps = Vec::new();
+            for record in &batch.records {
+                let past: PastView = decode(record)?;
+                if past.expires_at.is_some_and(|e| e < before.timestamp()) {
+                    let key = Key::two(past.subject, past.seq);
+                    let write = Write::new(&VIEW_PAST, key, Op::Delete, Expect::Anything);
+                    steps.push((write, OnFail::Changed));
+                }
+            }
+            removed += steps.len();
+            if !steps.is_empty() {
+                self.db.commit(steps).await?;
+            }
+            match batch.more {
+                Some(more) => after = Some(more),
+                None => return Ok(removed),
+            }
+        }
     }
 
     /// How far views are taken through the tree's lens, if they ever were.

@@ -7,7 +7,7 @@ mod tree;
 
 use std::sync::Arc;
 
-pub use self::facts::{FACTS, MAX_FACTS_BYTES, VIEW, VIEWS_TAKEN, ViewsTaken};
+pub use self::facts::{FACTS, MAX_FACTS_BYTES, VIEW, VIEW_PAST, VIEWS_TAKEN, ViewsTaken};
 use self::pins::Unpin;
 pub use self::tree::{GENERATION, Snapshot, TreeCache};
 use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, judged, moved_fleet, raise};
