@@ -6,13 +6,17 @@
 //! - `rate <url> <requests/s> <seconds> <connections> [header]`: a constant-rate load, each
 //!   request timed from when it was due (so a stall counts against every request it delays);
 //!   prints the rate reached and latency percentiles.
-//! - `latency <url> <n> [header]`: the mean latency of `n` requests one after another over
-//!   one kept-alive connection.
+//! - `latency <url> <n> [header]`: the mean and median latency of `n` requests one after
+//!   another over one kept-alive connection.
 //! - `getitem <endpoint> <table> <hash name> <hash value> [<range name> <range value>] <n>`:
 //!   the mean latency of one raw DynamoDB `GetItem`, for comparison with enc's classification.
 //! - `transactget <endpoint> <n> (<table> <key name> <key value>)...`: the mean latency of one
 //!   raw `TransactGetItems` of those items: the very store call enc makes for a
 //!   classification, without enc.
+//! - `fleet <url> <header> <first> <count> <connections> <facts.json> <bytes>`: agent runs of
+//!   nodes `n<first>`.. (`n000000` form) posting facts: the facts in `<facts.json>` (`facter
+//!   -j` of this host) with each node's own values at the paths the fleet's rules read, padded
+//!   with custom facts to about `<bytes>` as JSON; prints the rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Some("getitem") if args.len() >= 6 => runtime.block_on(getitem(&args[1..])),
         Some("transactget") if args.len() >= 5 => runtime.block_on(transactget(&args[1..])),
         Some("latency") if args.len() >= 3 => runtime.block_on(latency(&args[1..])),
+        Some("fleet") if args.len() == 8 => runtime.block_on(fleet(&args[1..])),
         _ => anyhow::bail!("usage: see the top of examples/bench.rs"),
     }
 }
@@ -206,7 +211,9 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
     };
     get().await?.into_body().collect().await?;
     let started = Instant::now();
+    let mut each = Vec::with_capacity(n as usize);
     for _ in 0..n {
+        let one = Instant::now();
         let response = get().await?;
         anyhow::ensure!(
             response.status().is_success(),
@@ -214,11 +221,15 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
             response.status()
         );
         response.into_body().collect().await?;
+        each.push(one.elapsed());
     }
     let mean = started.elapsed() / n;
+    each.sort();
+    let p50 = each.get(each.len() / 2).copied().unwrap_or_default();
     println!(
-        "GET {url}: mean {:.3} ms over {n}",
-        mean.as_secs_f64() * 1000.0
+        "GET {url}: mean {:.3} ms, p50 {:.3} ms over {n}",
+        mean.as_secs_f64() * 1000.0,
+        p50.as_secs_f64() * 1000.0
     );
     Ok(())
 }
@@ -297,6 +308,130 @@ async fn transactget(args: &[String]) -> anyhow::Result<()> {
         "TransactGetItems of {} items: mean {:.3} ms over {n}",
         items.len(),
         mean.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// The facts of node `n` of the fleet: `template` with the node's values at the ten paths
+/// the benchmark's rules read, and custom facts up to about `bytes` of JSON.
+fn node_facts(template: &serde_json::Value, n: usize, bytes: usize) -> serde_json::Value {
+    use serde_json::json;
+    let mut facts = template.clone();
+    let set = |facts: &mut serde_json::Value, path: &[&str], value: serde_json::Value| {
+        let mut at = facts;
+        for key in &path[..path.len() - 1] {
+            if !at.get(*key).is_some_and(serde_json::Value::is_object) {
+                at[*key] = json!({});
+            }
+            at = &mut at[*key];
+        }
+        at[path[path.len() - 1]] = value;
+    };
+    set(&mut facts, &["os", "family"], json!("Debian"));
+    set(
+        &mut facts,
+        &["os", "release", "major"],
+        json!(if n.is_multiple_of(2) { "12" } else { "11" }),
+    );
+    set(&mut facts, &["processors", "count"], json!(2 + n % 8));
+    set(
+        &mut facts,
+        &["memory", "system", "total_bytes"],
+        json!((2 + n % 4) << 30),
+    );
+    set(
+        &mut facts,
+        &["networking", "domain"],
+        json!(format!("d{}.example.com", n % 5)),
+    );
+    set(
+        &mut facts,
+        &["virtual"],
+        json!(["kvm", "physical", "xen"][n % 3]),
+    );
+    set(
+        &mut facts,
+        &["kernelrelease"],
+        json!(format!("6.1.0-{}-amd64", 20 + n % 6)),
+    );
+    set(&mut facts, &["role"], json!(format!("r{}", n % 20)));
+    set(
+        &mut facts,
+        &["datacenter"],
+        json!(format!("dc{}", (n / 20) % 10)),
+    );
+    set(&mut facts, &["team"], json!(format!("t{}", n % 7)));
+    set(&mut facts, &["uptime_seconds"], json!(1000 + n));
+    let size = serde_json::to_vec(&facts).map_or(0, |b| b.len());
+    let mut custom = serde_json::Map::new();
+    let mut grown = size;
+    let mut i = 0;
+    while grown + 60 < bytes {
+        let value = format!("{n}-{i}-{}", "v".repeat(40));
+        grown += value.len() + 20;
+        custom.insert(format!("custom_fact_{i:04}"), json!(value));
+        i += 1;
+    }
+    facts["custom"] = serde_json::Value::Object(custom);
+    facts
+}
+
+/// Agent runs of `count` nodes from `first`, over `connections` connections at once.
+async fn fleet(args: &[String]) -> anyhow::Result<()> {
+    let url: hyper::Uri = args[0].parse()?;
+    let (name, value) = args[1]
+        .split_once(": ")
+        .ok_or_else(|| anyhow::anyhow!("a header is `Name: value`"))?;
+    let (name, value) = (name.to_owned(), value.to_owned());
+    let first: usize = args[2].parse()?;
+    let count: usize = args[3].parse()?;
+    let connections: usize = args[4].parse::<usize>()?.clamp(1, count.max(1));
+    let template: serde_json::Value = serde_json::from_slice(&std::fs::read(&args[5])?)?;
+    let bytes: usize = args[6].parse()?;
+    let authority = url.authority().expect("a URL with a host").clone();
+    let template = Arc::new(template);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (authority, template) = (authority.clone(), template.clone());
+        let (name, value) = (name.clone(), value.clone());
+        let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            for n in (first + c..first + count).step_by(connections) {
+                let body = serde_json::json!({ "facts": node_facts(&template, n, bytes) });
+                let request = hyper::Request::post(format!("/nodes/n{n:06}/classification"))
+                    .header(header::HOST, authority.as_str())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(name.as_str(), value.as_str())
+                    .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(
+                        &body,
+                    )?)))?;
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let answer = response.into_body().collect().await?.to_bytes();
+                anyhow::ensure!(
+                    status.is_success(),
+                    "n{n:06} answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                sent += 1;
+            }
+            anyhow::Ok(sent)
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await??;
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "{sent} agent runs with facts in {took:.1} s ({:.0}/s)",
+        sent as f64 / took
     );
     Ok(())
 }

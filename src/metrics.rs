@@ -58,6 +58,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
     pub store_duration: HistogramVec,
+    pub store_read_bytes: IntCounterVec,
     auth: IntCounterVec,
     /// The `auth` counter of each of `AUTH_OUTCOMES`, found by its label once.
     auth_outcomes: [OnceLock<IntCounter>; AUTH_OUTCOMES.len()],
@@ -97,6 +98,11 @@ impl Metrics {
             "store_operation_duration_seconds",
             "Time of storage engine calls (one redb transaction or one DynamoDB request), by backend, operation, record kind and outcome.",
             &["backend", "operation", "record", "outcome"],
+        );
+        let store_read_bytes = counter(
+            "store_read_bytes_total",
+            "Bytes of the records storage engine reads returned (each record's JSON), by backend, operation and record kind: what fleet-wide work reads.",
+            &["backend", "operation", "record"],
         );
         let auth = counter(
             "auth_requests_total",
@@ -152,6 +158,7 @@ impl Metrics {
             http_duration,
             http_in_flight,
             store_duration,
+            store_read_bytes,
             auth,
             auth_outcomes: Default::default(),
             classifications,

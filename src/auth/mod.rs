@@ -439,8 +439,11 @@ impl Auth {
         needs: Option<Needs>,
     ) -> Option<Deferred> {
         let needs = needs.filter(|n| *n != Needs::Nothing)?;
-        let read = method == Method::GET || method == Method::HEAD;
         let route = DEFERRED_ROUTES.into_iter().find(|r| *r == route)?;
+        // Reads, and an agent run's facts (one read of the node, its view and the token).
+        let read = method == Method::GET
+            || method == Method::HEAD
+            || (method == Method::POST && route == DEFERRED_ROUTES[0]);
         if !self.required || !read {
             return None;
         }

@@ -22,12 +22,7 @@ impl Classifier<'_> {
         self.store.get_node_group(name).await?;
         let (tree, _) = self.store.snapshot().await?;
         self.find(&tree, after, limit, |node, facts| {
-            let why: Vec<Why> = tree
-                .memberships(node, facts)
-                .into_iter()
-                .filter(|(g, _)| g == name)
-                .map(|(_, why)| why)
-                .collect();
+            let why = tree.why_in(node, facts, name);
             (!why.is_empty()).then_some(why)
         })
         .await

@@ -194,6 +194,27 @@ impl GroupTree {
         found
     }
 
+    /// Why the node is in `group` (empty: it is not): as `memberships` says for that group,
+    /// judging only its rule and its ancestors'.
+    pub fn why_in(&self, node: &Node, facts: Option<&NodeFacts>, group: &GroupName) -> Vec<Why> {
+        let mut why = Vec::new();
+        if node.node_group_name.as_ref() == Some(group) {
+            why.push(Why::Named);
+        }
+        if self.pinning(&node.unique_name).contains(group) {
+            why.push(Why::Pinned);
+        }
+        if let Ok(at) = self.rules.binary_search_by(|(g, _)| g.cmp(group)) {
+            let empty = Map::new();
+            let subject = subject(node, facts, &empty);
+            let matches = |i: usize| self.rules[i].1.matches(&subject);
+            if matches(at) && self.inherited[at].iter().all(|&a| matches(a)) {
+                why.push(Why::Rule);
+            }
+        }
+        why
+    }
+
     /// The group of that name.
     pub fn group(&self, name: &GroupName) -> Option<&NodeGroup> {
         self.groups.get(name).map(|g| &**g)

@@ -301,12 +301,40 @@ async fn classify_inputs(
 pub async fn post(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
-    Query(query): Query<ClassificationQuery>,
+    deferred: Option<Extension<Deferred>>,
+    path: Result<Path<String>, AppError>,
+    query: Result<Query<ClassificationQuery>, AppError>,
     headers: HeaderMap,
-    Json(body): Json<FactsBody>,
+    body: Result<Json<FactsBody>, AppError>,
 ) -> Result<Response, AppError> {
-    let name = parse_name("unique_name", &name, Certname::parse)?;
+    // A stored token is checked with the node's read (one store call for an agent run),
+    // and before anything else is said: a malformed request is refused after it.
+    let deferred = deferred.map(|d| d.0);
+    let parsed = (|| {
+        let Path(name) = path?;
+        let name = parse_name("unique_name", &name, Certname::parse)?;
+        Ok::<_, AppError>((name, query?.0, body?.0))
+    })();
+    let (name, query, body) = match (parsed, &deferred) {
+        (Ok(parsed), _) => parsed,
+        (Err(malformed), Some(deferred)) => {
+            state.auth.admit_alone(&state, deferred).await?;
+            return Err(malformed);
+        }
+        (Err(malformed), None) => return Err(malformed),
+    };
+    let (caller, inputs) = match &deferred {
+        Some(deferred) => {
+            let inputs = state
+                .store
+                .classification_inputs(&name, Some(&deferred.name))
+                .await
+                .map_err(|e| state.auth.unreadable(&state, deferred, e))?;
+            let identity = state.auth.admit(&state, deferred, inputs.token.as_ref())?;
+            (Caller(identity), Some(inputs))
+        }
+        None => (caller, None),
+    };
     let given = match body.facts {
         Some(facts) => facts,
         None => (state.store.facts(&name).await?)
@@ -327,7 +355,10 @@ pub async fn post(
             "the facts are {size} bytes as JSON; at most {MAX_FACTS_BYTES} are kept"
         )));
     }
-    let mut inputs = state.store.classification_inputs(&name, None).await?;
+    let mut inputs = match inputs {
+        Some(inputs) => inputs,
+        None => state.store.classification_inputs(&name, None).await?,
+    };
     if inputs.node.is_none() {
         let reaches = |cluster: &crate::domain::ClusterName| caller.0.reaches(cluster);
         let learnt = super::classifier(&state).learn(&name, &facts, reaches, caller.actor());

@@ -12,7 +12,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 
 use super::engine::{Batch, CommitError, Engine, Key, Query, Record, Write};
 use super::record::RecordKind;
@@ -25,6 +25,8 @@ pub struct Instrumented {
     /// The histogram of each operation, kind (of `KINDS`) and outcome, found by its labels
     /// the first time and kept: a label lookup hashes every label on every call.
     histograms: Box<[OnceLock<Histogram>]>,
+    /// The read bytes counter of each read operation and kind, kept the same way.
+    read_bytes: Box<[OnceLock<IntCounter>]>,
 }
 
 const OPERATIONS: [&str; 5] = ["get", "query", "scan", "commit", "ping"];
@@ -44,6 +46,35 @@ impl Instrumented {
             inner,
             metrics,
             histograms: (0..slots).map(|_| OnceLock::new()).collect(),
+            read_bytes: (0..OPERATIONS.len() * super::KINDS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// Counts the bytes of the records a read returned.
+    fn count_read<'r>(
+        &self,
+        operation: &'static str,
+        kind: &'static RecordKind,
+        records: impl Iterator<Item = &'r Record>,
+    ) {
+        let bytes: usize = records.map(|r| r.body.len()).sum();
+        if bytes == 0 {
+            return;
+        }
+        let labels = [self.inner.backend(), operation, kind.name];
+        let family = &self.metrics.store_read_bytes;
+        let slot = super::KINDS
+            .iter()
+            .position(|k| std::ptr::eq(*k, kind))
+            .zip(OPERATIONS.iter().position(|o| *o == operation))
+            .and_then(|(k, o)| self.read_bytes.get(o * super::KINDS.len() + k));
+        match slot {
+            Some(slot) => slot
+                .get_or_init(|| family.with_label_values(&labels))
+                .inc_by(bytes as u64),
+            None => family.with_label_values(&labels).inc_by(bytes as u64),
         }
     }
 
@@ -146,11 +177,14 @@ impl Engine for Instrumented {
     /// Named after the first key's kind, and `not_found` when its record is absent.
     async fn get(&self, keys: &[(&'static RecordKind, Key)]) -> Result<Vec<Option<Record>>> {
         let kind = keys.first().map_or(super::KINDS[0], |(k, _)| *k);
-        self.observe("get", kind, self.inner.get(keys), |r| match r {
-            Ok(found) if found.first().is_some_and(Option::is_none) => "not_found",
-            other => read(other),
-        })
-        .await
+        let found = self
+            .observe("get", kind, self.inner.get(keys), |r| match r {
+                Ok(found) if found.first().is_some_and(Option::is_none) => "not_found",
+                other => read(other),
+            })
+            .await?;
+        self.count_read("get", kind, found.iter().flatten());
+        Ok(found)
     }
 
     async fn get_many(
@@ -158,13 +192,19 @@ impl Engine for Instrumented {
         kind: &'static RecordKind,
         keys: &[Key],
     ) -> Result<Vec<Option<Record>>> {
-        self.observe("get", kind, self.inner.get_many(kind, keys), read)
-            .await
+        let found = self
+            .observe("get", kind, self.inner.get_many(kind, keys), read)
+            .await?;
+        self.count_read("get", kind, found.iter().flatten());
+        Ok(found)
     }
 
     async fn query(&self, query: &Query<'_>) -> Result<Batch> {
-        self.observe("query", query.kind, self.inner.query(query), read)
-            .await
+        let batch = self
+            .observe("query", query.kind, self.inner.query(query), read)
+            .await?;
+        self.count_read("query", query.kind, batch.records.iter());
+        Ok(batch)
     }
 
     async fn scan(
@@ -172,8 +212,11 @@ impl Engine for Instrumented {
         kind: &'static RecordKind,
         after: Option<super::engine::Position>,
     ) -> Result<Batch> {
-        self.observe("scan", kind, self.inner.scan(kind, after), read)
-            .await
+        let batch = self
+            .observe("scan", kind, self.inner.scan(kind, after), read)
+            .await?;
+        self.count_read("scan", kind, batch.records.iter());
+        Ok(batch)
     }
 
     async fn commit(&self, writes: &[Write]) -> Result<(), CommitError> {

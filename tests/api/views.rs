@@ -51,40 +51,42 @@ async fn debian_group(app: &TestApp) {
 
 #[tokio::test]
 async fn an_agent_run_whose_rule_view_did_not_change_writes_nothing() {
-    let app = TestApp::new().await;
-    debian_group(&app).await;
+    let admin = TestApp::new().await;
+    debian_group(&admin).await;
+    // A Puppet server's stored token: checked in the same store call as the node.
+    let puppet = admin.token("puppet", &["classify"]).await;
+    let app = admin.as_caller(Some(&puppet));
     let facts = |uptime: u64, family: &str| {
         json!({"os": {"family": family, "release": "12"}, "uptime_seconds": uptime,
                "memory": {"free": format!("{uptime} MiB")}})
     };
     // Learnt from its facts: the view and the whole facts are kept.
     classify(&app, "web1", facts(10, "Debian")).await;
-    let kept = app.get("/nodes/web1/facts").await.ok(StatusCode::OK);
+    let kept = admin.get("/nodes/web1/facts").await.ok(StatusCode::OK);
     assert_eq!(kept["facts"]["uptime_seconds"], 10);
+    assert_eq!(kept["posted_by"], "puppet");
 
-    let (commits, gets) = (
-        store_calls(&app, "commit").await,
-        store_calls(&app, "get").await,
-    );
+    let calls = |operation: &'static str| store_calls(&admin, operation);
+    let (commits, gets) = (calls("commit").await, calls("get").await);
     for uptime in [20, 30, 40] {
         let answer = classify(&app, "web1", facts(uptime, "Debian")).await;
         assert!(answer["classes"].get("apt").is_some(), "{answer}");
     }
     assert_eq!(
-        store_calls(&app, "commit").await,
+        calls("commit").await,
         commits,
         "agent runs whose rule view did not change wrote"
     );
-    // Each: one read of the node, the groups' generation and the view (and the metrics
-    // scrape reads nothing).
-    assert_eq!(store_calls(&app, "get").await - gets, 3.0);
+    // Each: one read of the node, the groups' generation, the view and the token (the
+    // metrics scrape reads nothing).
+    assert_eq!(calls("get").await - gets, 3.0);
     // What rules read changed: kept at once, whole facts with it.
     classify(&app, "web1", facts(50, "RedHat")).await;
-    assert_eq!(store_calls(&app, "commit").await, commits + 1.0);
-    let kept = app.get("/nodes/web1/facts").await.ok(StatusCode::OK);
+    assert_eq!(calls("commit").await, commits + 1.0);
+    let kept = admin.get("/nodes/web1/facts").await.ok(StatusCode::OK);
     assert_eq!(kept["facts"]["uptime_seconds"], 50);
     assert_eq!(kept["facts"]["os"]["family"], "RedHat");
-    let now = app
+    let now = admin
         .get("/nodes/web1/classification")
         .await
         .ok(StatusCode::OK);
@@ -514,4 +516,43 @@ async fn time_travel_replays_rule_and_pin_membership() {
         .await
         .ok(StatusCode::OK);
     assert_eq!(diff["diff"]["classes_removed"], json!([]), "{diff}");
+}
+
+/// The bytes of records the store's reads returned so far.
+async fn read_bytes(app: &TestApp) -> f64 {
+    let metrics = TestApp::text(&app.get("/metrics").await);
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("store_read_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_judgement_reads_views_not_the_facts() {
+    let app = TestApp::new().await;
+    debian_group(&app).await;
+    let padding = "x".repeat(20 * 1024);
+    for n in 0..40 {
+        let facts = json!({"os": {"family": "Debian"}, "padding": padding, "n": n});
+        classify(&app, &format!("n{n:03}"), facts).await;
+    }
+    let before = read_bytes(&app).await;
+    let preview = app
+        .put(
+            "/nodegroup/debian?dry_run=true",
+            json!({"environment_name": "production", "puppet_cluster_name": "eu",
+                   "rule": ["=", ["fact", "os", "family"], "Debian"], "classes": {"apt": {"v": 2}}}),
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(preview["examined"], 40, "{preview}");
+    let read = read_bytes(&app).await - before;
+    // Each node's record and its view: far from its 20 KiB of facts.
+    assert!(read < 40.0 * 1024.0, "the judgement read {read} bytes");
+    assert!(
+        read > 40.0 * 100.0,
+        "the judgement read {read} bytes: are reads counted?"
+    );
 }
