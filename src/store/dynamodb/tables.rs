@@ -208,30 +208,25 @@ pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> 
 
 /// Deletes the indexes a table made by an earlier enc has and this one does not define (the
 /// facts table's index on `item_type`, which copied every agent run's facts into one
-/// partition): the migration of existing tables. DynamoDB deletes one at a time.
+/// partition): the migration of existing tables. An index being deleted already is left to
+/// go; DynamoDB deletes one at a time, while the table is `ACTIVE` again.
 async fn drop_unused_indexes(client: &Client, name: &str, table: &Table) -> anyhow::Result<()> {
     for _ in 0..1200 {
         let described = client.describe_table().table_name(name).send().await?;
         let Some(found) = described.table() else {
             return Ok(());
         };
-        let unused: Vec<_> = found
+        let unused = found
             .global_secondary_indexes()
             .iter()
             .filter(|i| !table.indexes.iter().any(|d| Some(d.name) == i.index_name()))
-            .collect();
-        let Some(index) = unused
-            .first()
-            .and_then(|i| i.index_name())
-            .map(str::to_owned)
-        else {
+            .filter(|i| i.index_status() != Some(&aws_sdk_dynamodb::types::IndexStatus::Deleting))
+            .find_map(|i| i.index_name())
+            .map(str::to_owned);
+        let Some(index) = unused else {
             return Ok(());
         };
-        let busy = found.table_status() != Some(&TableStatus::Active)
-            || unused
-                .iter()
-                .any(|i| i.index_status() == Some(&aws_sdk_dynamodb::types::IndexStatus::Deleting));
-        if busy {
+        if found.table_status() != Some(&TableStatus::Active) {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
