@@ -118,6 +118,11 @@ def verdict(ok, target):
 
 def measure(url, admin, nodes, pid, tools, agent_token, dynamodb):
     c = connect(url)
+
+    def timing(ok, target):
+        """Targets of time and memory are the embedded store's; on DynamoDB Local, figures."""
+        return "" if dynamodb else verdict(ok, target)
+
     deadline = time.time() + 3600
     while True:
         status, _ = call(c, admin, "GET", "/rule-views")
@@ -160,27 +165,30 @@ def measure(url, admin, nodes, pid, tools, agent_token, dynamodb):
     assert answer["examined"] == nodes, answer["examined"]
     assert not answer.get("provisional"), "views were taken"
     print(f"  examined {answer['examined']}, affected {answer['affected']}; "
-          f"{read / nodes:.0f} B read per node examined; {verdict(took < 2, '< 2 s')}")
+          f"{read / nodes:.0f} B read per node examined; {timing(took < 2, '< 2 s')}")
     per_node = read / nodes
     took, _, _, _ = timed("the root group's write with its judgement", "PUT", "/nodegroup/fleet", root)
-    print(f"  {verdict(took < 2, '< 2 s')}")
+    print(f"  {timing(took < 2, '< 2 s')}")
     root_write = took
     took, answer, _, _ = timed("dry run of a leaf group's write (g000)", "PUT",
                                "/nodegroup/g000?dry_run=true", leaf)
-    print(f"  examined {answer['examined']}; {verdict(took < 2, '< 2 s')}")
+    print(f"  examined {answer['examined']}; {timing(took < 2, '< 2 s')}")
     took, _, _, _ = timed("a leaf group's write with its judgement (g000)", "PUT", "/nodegroup/g000", leaf)
-    print(f"  {verdict(took < 2, '< 2 s')}")
+    print(f"  {timing(took < 2, '< 2 s')}")
     took, answer, headers, _ = timed("first page of GET /nodegroup/g000/nodes (1 node in 200 is a member)",
                                      "GET", "/nodegroup/g000/nodes", runs=5)
     assert "enc-provisional" not in {k.lower() for k in headers}
-    print(f"  {len(answer['items'])} members on it; {verdict(took < 0.1, '< 100 ms')}")
+    print(f"  {len(answer['items'])} members on it; {timing(took < 0.1, '< 100 ms')}")
     took, answer, _, _ = timed("first page of GET /nodegroup/fleet/nodes", "GET", "/nodegroup/fleet/nodes", runs=5)
-    print(f"  {verdict(took < 0.1, '< 100 ms')}")
+    print(f"  {timing(took < 0.1, '< 100 ms')}")
 
-    # An agent run whose facts changed nothing rules read (the same node's facts again).
+    # An agent run whose facts changed nothing rules read (the same node's facts again). The
+    # first of two records its token's use (at most once a minute per token, not per run).
+    agent_run = [tools, "fleet", url, f"Authorization: Bearer {agent_token}", "5", "1", "1",
+                 sys.argv[8], "20480"]
+    subprocess.run(agent_run, check=True, stdout=subprocess.DEVNULL)
     calls0, _ = counters(c, admin)
-    subprocess.run([tools, "fleet", url, f"Authorization: Bearer {agent_token}", "5", "1", "1",
-                    sys.argv[8], "20480"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(agent_run, check=True, stdout=subprocess.DEVNULL)
     calls1, _ = counters(c, admin)
     calls = delta(calls0, calls1)
     reads, writes = calls.get("get", 0), calls.get("commit", 0)
@@ -190,14 +198,14 @@ def measure(url, admin, nodes, pid, tools, agent_token, dynamodb):
     out = subprocess.run([tools, "latency", f"{url}/nodes/n000005/classification?format=yaml", "2000",
                           f"Authorization: Bearer {admin}"], check=True, capture_output=True, text=True).stdout
     p50 = float(re.search(r"p50 ([0-9.]+) ms", out).group(1))
-    print(f"classification: {out.strip()}; {verdict(p50 < 1, 'p50 < 1 ms')}")
+    print(f"classification: {out.strip()}; {timing(p50 < 1, 'p50 < 1 ms')}")
 
     peak.running = False
     peak.join()
-    print(f"peak RSS through all of it: {peak.peak // 1024} MiB; {verdict(peak.peak <= 256 * 1024, '<= 256 MiB')}")
+    print(f"peak RSS through all of it: {peak.peak // 1024} MiB; {timing(peak.peak <= 256 * 1024, '<= 256 MiB')}")
     time.sleep(5)
     idle = rss_kib(pid)
-    print(f"RSS at rest after: {idle // 1024} MiB; {verdict(idle <= 128 * 1024, '<= 128 MiB')}")
+    print(f"RSS at rest after: {idle // 1024} MiB; {timing(idle <= 128 * 1024, '<= 128 MiB')}")
     print(f"bytes read per node examined by a judgement: {per_node:.0f}; {verdict(per_node <= 1024, '<= 1 KiB')}")
     if dynamodb:
         # A consistent Scan costs a read request unit per 4 KB it reads; BatchGetItem one per
