@@ -93,19 +93,32 @@ struct Failure {
 
 type Outcome = Result<Option<Classification>, Failure>;
 
-fn classified(node: Option<&Node>, facts: Option<&NodeFacts>, tree: &GroupTree) -> Outcome {
+/// The node's classification under `tree` (`None`: no node), and the groups it is in: the
+/// rules judged once for both.
+fn classified(
+    node: Option<&Node>,
+    facts: Option<&NodeFacts>,
+    tree: &GroupTree,
+) -> (Outcome, BTreeSet<GroupName>) {
     let Some(node) = node else {
-        return Ok(None);
+        return (Ok(None), BTreeSet::new());
     };
-    let chains = tree.leaves(node, facts).map_err(|e| Failure {
-        error: e.to_string(),
-        conflicts: Vec::new(),
-    })?;
+    let (groups, chains) = match tree.placed(node, facts) {
+        Ok(placed) => placed,
+        Err(e) => {
+            let failure = Failure {
+                error: e.to_string(),
+                conflicts: Vec::new(),
+            };
+            return (Err(failure), BTreeSet::new());
+        }
+    };
+    let groups: BTreeSet<GroupName> = groups.into_iter().collect();
     let chains: Vec<Vec<&NodeGroup>> = chains
         .iter()
         .map(|chain| chain.iter().map(|g| &**g).collect())
         .collect();
-    match classify_all(node, &chains) {
+    let outcome = match classify_all(node, &chains) {
         Ok((classification, _)) => Ok(Some(classification)),
         Err(conflicts) => Err(Failure {
             error: format!(
@@ -118,7 +131,8 @@ fn classified(node: Option<&Node>, facts: Option<&NodeFacts>, tree: &GroupTree) 
             ),
             conflicts,
         }),
-    }
+    };
+    (outcome, groups)
 }
 
 /// One node before and after a write: the node (absent: none), its facts, and the tree.
@@ -128,20 +142,6 @@ struct Change<'a> {
     facts: Option<&'a NodeFacts>,
     tree_before: &'a GroupTree,
     tree_after: &'a GroupTree,
-}
-
-fn groups_of(
-    node: Option<&Node>,
-    facts: Option<&NodeFacts>,
-    tree: &GroupTree,
-) -> BTreeSet<GroupName> {
-    node.map(|n| {
-        tree.memberships(n, facts)
-            .into_iter()
-            .map(|(g, _)| g)
-            .collect()
-    })
-    .unwrap_or_default()
 }
 
 /// What a write would do, and the conflicts it would create (nodes that classify now and
@@ -181,10 +181,8 @@ impl Tally {
         else {
             return;
         };
-        let was = classified(change.before, change.facts, change.tree_before);
-        let will = classified(change.after, change.facts, change.tree_after);
-        let groups_before = groups_of(change.before, change.facts, change.tree_before);
-        let groups_after = groups_of(change.after, change.facts, change.tree_after);
+        let (was, groups_before) = classified(change.before, change.facts, change.tree_before);
+        let (will, groups_after) = classified(change.after, change.facts, change.tree_after);
         let joins: Vec<GroupName> = groups_after.difference(&groups_before).cloned().collect();
         let leaves: Vec<GroupName> = groups_before.difference(&groups_after).cloned().collect();
         let failure = match (was, will) {

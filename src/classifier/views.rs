@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 
-use crate::domain::{Certname, NodeFacts};
+use crate::domain::{Certname, NodeFacts, RuleView};
 use crate::store::enc::{ClassificationInputs, ViewsTaken};
 use crate::store::{Result, Store, StoreError};
 
@@ -110,15 +110,19 @@ impl Keeper {
     }
 
     /// Keeps the view of the node an agent run sent `facts` for, and its whole facts, if
-    /// either is due; `inputs` is the classification read, read again if the groups moved
-    /// meanwhile (the view must be taken through the lens of the tree it commits under).
+    /// either is due; `inputs` is the classification read, read again if another write of
+    /// the view came first.
     pub async fn keep_facts(
         &self,
         name: &Certname,
         facts: &NodeFacts,
         mut inputs: ClassificationInputs,
     ) -> Result<ClassificationInputs> {
-        for _ in 0..super::JUDGED_TRIES {
+        for tried in 0..super::JUDGED_TRIES {
+            if tried > 0 {
+                super::moved_on(tried).await;
+                inputs = self.store.classification_inputs(name, None).await?;
+            }
             let view = inputs.tree.lens().view(facts);
             let stored = inputs.view()?.map(|(v, _)| v);
             let due = stored.as_ref().is_none_or(|s| {
@@ -127,19 +131,18 @@ impl Keeper {
             if !due {
                 return Ok(inputs);
             }
-            let before = stored.map(|s| s.version);
-            let generation = inputs.tree.generation;
+            // Not held to the tree: a view taken through a lens the tree no longer has says
+            // so (readers compare lenses), and the node's next run takes it again.
             if self
                 .store
-                .keep_view(&view, before, Some(facts), generation)
+                .keep_view(&view, stored.as_ref(), Some(facts))
                 .await?
             {
                 return Ok(inputs);
             }
-            inputs = self.store.classification_inputs(name, None).await?;
         }
         Err(StoreError::Unavailable(
-            "the node's facts or the groups kept changing while its facts were kept".into(),
+            "the node's view kept changing while its facts were kept".into(),
         ))
     }
 }
@@ -176,13 +179,15 @@ pub async fn take_views(
         let names: Vec<&Certname> = facts.iter().map(|f| &f.unique_name).collect();
         let views = store.views_of(&names).await?;
         for (facts, view) in facts.iter().zip(views) {
-            if view.as_ref().is_some_and(|v| v.lens == lens.id()) {
+            // Through this lens already, or kept by an agent run from facts newer than these
+            // (read before it wrote): left as it is.
+            let newer = |v: &RuleView| v.lens == lens.id() || v.received_at > facts.received_at;
+            if view.as_ref().is_some_and(newer) {
                 continue;
             }
             let again = lens.view(facts);
-            // `false`: an agent run kept a newer view meanwhile, through the lens its
-            // commit held to.
-            if store.rewrite_view(&again, view.map(|v| v.version)).await? {
+            // `false`: an agent run kept a view meanwhile, from newer facts.
+            if store.rewrite_view(&again, view.as_ref()).await? {
                 taken.rewritten += 1;
             }
         }

@@ -28,7 +28,7 @@ pub use names::{
 };
 pub use resources::{Environment, EnvironmentKey, Meta, Node, NodeFacts, NodeGroup, Stored, now};
 pub use token::{Scope, Token};
-pub use tree::{GroupTree, MAX_DEPTH, TreeError, Why};
+pub use tree::{Chain, GroupTree, MAX_DEPTH, TreeError, Why};
 pub use validation::{FieldError, Fields};
 pub use view::{Lens, RuleView};
 

@@ -33,6 +33,9 @@ pub enum TreeError {
 
 type Result<T, E = TreeError> = std::result::Result<T, E>;
 
+/// A group and its ancestors up to the root.
+pub type Chain = Vec<Arc<NodeGroup>>;
+
 pub struct GroupTree {
     pub generation: i64,
     groups: HashMap<GroupName, Arc<NodeGroup>>,
@@ -280,22 +283,31 @@ impl GroupTree {
         node: &Node,
         facts: Option<&NodeFacts>,
     ) -> Result<Vec<Vec<Arc<NodeGroup>>>> {
-        let members: HashSet<GroupName> = self
+        Ok(self.placed(node, facts)?.1)
+    }
+
+    /// The groups the node is in (by name, pin or rule), by name, and its leaf groups' chains
+    /// (as `leaves`): the rules judged once for both.
+    pub fn placed(
+        &self,
+        node: &Node,
+        facts: Option<&NodeFacts>,
+    ) -> Result<(Vec<GroupName>, Vec<Chain>)> {
+        let mut names: Vec<GroupName> = self
             .memberships(node, facts)
             .into_iter()
             .map(|(g, _)| g)
             .collect();
+        names.dedup();
         let mut chains: Vec<Vec<Arc<NodeGroup>>> = Vec::new();
         let mut inner: HashSet<GroupName> = HashSet::new();
-        let mut names: Vec<&GroupName> = members.iter().collect();
-        names.sort();
         for name in &names {
             let chain = self.chain(Some(name))?;
             inner.extend(chain.iter().skip(1).map(|g| g.name.clone()));
             chains.push(chain);
         }
         chains.retain(|chain| chain.first().is_none_or(|g| !inner.contains(&g.name)));
-        Ok(chains)
+        Ok((names, chains))
     }
 
     /// This tree with `group` in place of the group of its name (added if new), or with the

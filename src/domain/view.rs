@@ -18,7 +18,7 @@ use super::{Certname, NodeFacts};
 /// The fact paths a tree's rules read, and a short name for that set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lens {
-    /// Each path as rules write it (`facts.os.family`), sorted, once.
+    /// Each path as shown (`facts.os.family`), sorted.
     paths: Vec<String>,
     /// Per root (`false`: facts, `true`: trusted), the key steps each path keeps: a path is
     /// kept whole up to its first index step (arrays are kept whole).
@@ -33,12 +33,23 @@ impl Lens {
         for rule in rules {
             rule.paths(&mut found);
         }
-        let mut by_name: BTreeMap<String, &FactPath> = BTreeMap::new();
+        // Keyed unambiguously: `["fact", "os.family"]` and `["fact", "os", "family"]` show
+        // alike (`facts.os.family`) and are different paths.
+        let mut by_key: BTreeMap<String, &FactPath> = BTreeMap::new();
         for path in found {
-            by_name.insert(path.to_string(), path);
+            if let FactPath::Path { trusted, steps } = path {
+                let steps: Vec<serde_json::Value> = steps
+                    .iter()
+                    .map(|s| match s {
+                        Step::Key(k) => serde_json::Value::from(k.as_str()),
+                        Step::Index(i) => serde_json::Value::from(*i),
+                    })
+                    .collect();
+                by_key.insert(serde_json::json!([trusted, steps]).to_string(), path);
+            }
         }
         let mut keeps: [Vec<Vec<String>>; 2] = [Vec::new(), Vec::new()];
-        for path in by_name.values() {
+        for path in by_key.values() {
             if let FactPath::Path { trusted, steps } = path {
                 let keys: Vec<String> = steps
                     .iter()
@@ -52,9 +63,10 @@ impl Lens {
                 }
             }
         }
-        let paths: Vec<String> = by_name.into_keys().collect();
-        let digest = Sha256::digest(paths.join("\n").as_bytes());
+        let digest = Sha256::digest(by_key.keys().cloned().collect::<Vec<_>>().join("\n"));
         let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut paths: Vec<String> = by_key.values().map(|p| p.to_string()).collect();
+        paths.sort();
         Self { paths, keeps, id }
     }
 
@@ -72,6 +84,8 @@ impl Lens {
         RuleView {
             unique_name: facts.unique_name.clone(),
             version: 0,
+            seq: 0,
+            changed_at: None,
             lens: self.id.clone(),
             facts: keep(&facts.facts, &self.keeps[0]),
             trusted: keep(&facts.trusted, &self.keeps[1]),
@@ -120,6 +134,13 @@ pub struct RuleView {
     /// Raised by each write of the view, which is conditional on the one before.
     #[serde(default)]
     pub version: u64,
+    /// Raised when what it says to rules changes (`same_as`): each such version is kept for
+    /// time travel under this number.
+    #[serde(default)]
+    pub seq: u64,
+    /// When it last changed so (the version `seq` was written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<DateTime<Utc>>,
     /// The id of the lens it was taken through.
     pub lens: String,
     pub facts: Map<String, Value>,
@@ -276,5 +297,44 @@ mod tests {
         assert!(a.same_as(&b));
         let moved = facts(json!({"os": "RedHat"}), json!({}));
         assert!(!a.same_as(&lens.view(&moved)));
+    }
+}
+
+#[cfg(test)]
+mod collisions {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::rule;
+
+    #[test]
+    fn paths_that_show_alike_are_still_two_paths() {
+        let rules: Vec<Rule> = [
+            json!(["=", ["fact", "os.family"], "Debian"]),
+            json!(["=", ["fact", "os", "family"], "Debian"]),
+        ]
+        .iter()
+        .map(|r| rule::parse(r).unwrap())
+        .collect();
+        let both = Lens::of(&rules);
+        let one = Lens::of(&rules[1..]);
+        assert_ne!(both.id(), one.id());
+        assert_eq!(both.paths().len(), 2);
+        let facts = NodeFacts {
+            unique_name: Certname::parse("web1").unwrap(),
+            facts: json!({"os.family": "Debian", "os": {"family": "Debian", "name": "x"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+            trusted: Map::new(),
+            received_at: crate::domain::now(),
+            posted_by: None,
+            with_trusted: false,
+        };
+        let view = both.view(&facts);
+        assert_eq!(
+            Value::Object(view.facts),
+            json!({"os.family": "Debian", "os": {"family": "Debian"}})
+        );
     }
 }

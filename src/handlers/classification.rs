@@ -1,4 +1,4 @@
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -305,17 +305,18 @@ pub async fn post(
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     headers: HeaderMap,
-    body: Result<Json<FactsBody>, AppError>,
+    request: axum::extract::Request,
 ) -> Result<Response, AppError> {
     // A stored token is checked with the node's read (one store call for an agent run),
-    // and before anything else is said: a malformed request is refused after it.
+    // and before anything else is said or done: a malformed request is refused after it,
+    // and the body is read only then.
     let deferred = deferred.map(|d| d.0);
     let parsed = (|| {
         let Path(name) = path?;
         let name = parse_name("unique_name", &name, Certname::parse)?;
-        Ok::<_, AppError>((name, query?.0, body?.0))
+        Ok::<_, AppError>((name, query?.0))
     })();
-    let (name, query, body) = match (parsed, &deferred) {
+    let (name, query) = match (parsed, &deferred) {
         (Ok(parsed), _) => parsed,
         (Err(malformed), Some(deferred)) => {
             state.auth.admit_alone(&state, deferred).await?;
@@ -335,6 +336,7 @@ pub async fn post(
         }
         None => (caller, None),
     };
+    let Json(body) = Json::<FactsBody>::from_request(request, &state).await?;
     let given = match body.facts {
         Some(facts) => facts,
         None => (state.store.facts(&name).await?)
@@ -381,9 +383,11 @@ pub async fn post(
 
 /// A node's last facts as stored whole: Puppet's facts and trusted facts, when they came and
 /// which token posted them. An agent run stores them when what rules read changed, or when
-/// the stored ones are older than `ENC_FACTS_REFRESH_SECONDS`.
+/// the stored ones are older than `ENC_FACTS_REFRESH_SECONDS`. `admin` only: whole facts may
+/// hold secrets (cloud metadata, custom facts); `explain` shows `read` callers the values
+/// rules read.
 #[utoipa::path(get, path = "/nodes/{unique_name}/facts", tag = "classification",
-    operation_id = "node_facts", security(("bearer" = ["read"])),
+    operation_id = "node_facts", security(("bearer" = ["admin"])),
     params(("unique_name" = Certname, Path, description = "The node's certname")),
     responses((status = 200, body = NodeFacts), ReadProblems))]
 pub async fn facts(

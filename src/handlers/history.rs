@@ -365,7 +365,13 @@ pub async fn classification_at(
     };
     let tree = tree_at(state, at).await?;
     let facts = view.map(|v| v.into_facts());
-    let chains = tree.leaves(&node, facts.as_ref())?;
+    // A group of its chains that is gone from the history: as for a node, not found.
+    let chains = tree.leaves(&node, facts.as_ref()).map_err(|e| {
+        AppError::NotFound(format!(
+            "node {name}'s groups at {} are not all in the history ({e})",
+            at.to_rfc3339_opts(SecondsFormat::Millis, true)
+        ))
+    })?;
     let chains: Vec<Vec<&NodeGroup>> = chains
         .iter()
         .map(|chain| chain.iter().map(|g| &**g).collect())

@@ -973,3 +973,86 @@ async fn metrics_may_require_a_token() {
         "open by default"
     );
 }
+
+/// An agent run's facts are checked the same way: its token in its own store read, before
+/// its body is read and before anything is said or stored.
+#[tokio::test]
+async fn facts_posted_are_refused_before_their_body_is_read_unless_the_token_is_good() {
+    let app = seeded().await;
+    let reader = app.token("reader", &["read"]).await;
+    let revoked = app.token("gone", &["classify"]).await;
+    app.delete("/tokens/gone", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    let unknown = Secret::generate(&TokenName::parse("nobody").unwrap()).into_string();
+    let bodies = [
+        Some(json!({"facts": {"os": {"family": "Debian"}}})),
+        Some(json!({"facts": "not an object"})),
+        Some(json!({"bogus": 1})),
+        None,
+    ];
+    let before = app.dump().await;
+    for secret in [&unknown, &revoked] {
+        for body in &bodies {
+            for uri in ["/nodes/web01/classification", "/nodes/a%20b/classification"] {
+                let caller = app.as_caller(Some(secret));
+                let response = match body {
+                    Some(body) => caller.post(uri, body.clone()).await,
+                    None => {
+                        let request = crate::helpers::raw(
+                            axum::http::Method::POST,
+                            uri,
+                            Some("text/plain"),
+                            "{",
+                        );
+                        caller.send(request).await
+                    }
+                };
+                response.problem(StatusCode::UNAUTHORIZED);
+            }
+        }
+    }
+    for body in &bodies {
+        let caller = app.as_caller(Some(&reader));
+        let problem = match body {
+            Some(body) => {
+                caller
+                    .post("/nodes/web01/classification", body.clone())
+                    .await
+            }
+            None => {
+                let request = crate::helpers::raw(
+                    axum::http::Method::POST,
+                    "/nodes/web01/classification",
+                    Some("text/plain"),
+                    "{",
+                );
+                caller.send(request).await
+            }
+        }
+        .problem(StatusCode::FORBIDDEN);
+        assert!(
+            problem["detail"].as_str().unwrap().contains("classify"),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        app.dump().await,
+        before,
+        "a refused agent run stored something"
+    );
+    assert_eq!(
+        app.get("/nodes/web01/facts").await.status,
+        StatusCode::NOT_FOUND,
+        "no facts were kept"
+    );
+    // A good token's malformed body is answered as such.
+    let puppet = app.as_caller(Some(&app.token("puppet", &["classify"]).await));
+    assert_eq!(
+        puppet
+            .post("/nodes/web01/classification", json!({"bogus": 1}))
+            .await
+            .invalid_fields(),
+        ["bogus"]
+    );
+}

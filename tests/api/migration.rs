@@ -193,3 +193,59 @@ async fn dynamodb_items_of_the_first_version_read_and_update() {
     assert_eq!(answers(&app).await, expected("dynamodb.json"));
     still_consistent(&app).await;
 }
+
+#[tokio::test]
+async fn an_embedded_file_of_layout_2_loses_the_facts_index_and_gets_its_views() {
+    use redb::{ReadableDatabase, TableDefinition, TableHandle};
+    let dir = tempfile::tempdir().unwrap();
+    // A file as an enc of layout 2 left it: facts listed by an index, no views.
+    {
+        let app = TestApp::on(TestStore::over(
+            Arc::new(Embedded::open(dir.path()).unwrap()),
+            tempfile::tempdir().unwrap(),
+        ));
+        app.env("production", "eu").await;
+        app.group(json!({"name": "debian", "environment_name": "production",
+            "puppet_cluster_name": "eu", "rule": ["=", ["fact", "os", "family"], "Debian"],
+            "classes": {"apt": {}}}))
+            .await;
+        app.post(
+            "/nodes/web1/classification",
+            json!({"facts": {"os": {"family": "Debian"}}}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    }
+    {
+        let db = redb::Database::open(dir.path().join("enc.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let index: TableDefinition<(&str, &str, &str), ()> =
+            TableDefinition::new("index/facts/ordered");
+        txn.open_table(index)
+            .unwrap()
+            .insert(("facts", "web1", "web1"), ())
+            .unwrap();
+        let schema: TableDefinition<&str, u64> = TableDefinition::new("schema");
+        txn.open_table(schema)
+            .unwrap()
+            .insert("version", 2)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let engine = Embedded::open(dir.path()).expect("a file of layout 2 opens");
+    assert_eq!(engine.schema_version().unwrap(), Some(SCHEMA_VERSION));
+    drop(engine);
+    let db = redb::Database::open(dir.path().join("enc.redb")).unwrap();
+    let tables: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(
+        !tables.contains(&"index/facts/ordered".to_owned()),
+        "{tables:?}"
+    );
+    assert!(tables.contains(&"record/view".to_owned()), "{tables:?}");
+}

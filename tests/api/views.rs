@@ -115,6 +115,14 @@ async fn whole_facts_are_stored_again_once_they_are_older_than_the_refresh() {
     .await;
     let kept = app.get("/nodes/web1/facts").await.ok(StatusCode::OK);
     assert_eq!(kept["facts"]["uptime"], 2);
+    // What rules see did not change: one version of the view is kept for time travel.
+    let versions = app
+        .backing
+        .engine
+        .scan(&enc::store::enc::VIEW_PAST, None)
+        .await
+        .unwrap();
+    assert_eq!(versions.records.len(), 1);
 }
 
 /// Nodes `n000`.. in the production environment, each classified with its facts: `os` as
@@ -561,4 +569,46 @@ async fn a_judgement_reads_views_not_the_facts() {
         read > 40.0 * 100.0,
         "the judgement read {read} bytes: are reads counted?"
     );
+}
+
+#[tokio::test]
+async fn time_travel_into_a_gap_in_the_views_versions_says_so() {
+    use enc::store::engine::{Expect, Key, Op, Write};
+    let app = TestApp::new().await;
+    debian_group(&app).await;
+    let mut instants = Vec::new();
+    for family in ["Debian", "RedHat", "Debian", "RedHat"] {
+        classify(&app, "n1", json!({"os": {"family": family}})).await;
+        instants.push(instant().await);
+    }
+    let at = |t: &str| format!("/nodes/n1/classification?at={t}");
+    app.get(&at(&instants[1])).await.ok(StatusCode::OK);
+    // The second version goes (as DynamoDB's TTL may take any): its time is not guessed.
+    let gone = Write::new(
+        &enc::store::enc::VIEW_PAST,
+        Key::two("view/n1", format!("{:020}", 2)),
+        Op::Delete,
+        Expect::Present,
+    );
+    app.backing.engine.commit(&[gone]).await.unwrap();
+    let problem = app
+        .get(&at(&instants[1]))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer in the history"),
+        "{problem}"
+    );
+    // Before it too: when the gone version began is not known.
+    app.get(&at(&instants[0]))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    // After it, the versions kept still answer.
+    let third = app.get(&at(&instants[2])).await.ok(StatusCode::OK);
+    assert!(third["classes"].get("apt").is_some(), "{third}");
+    let fourth = app.get(&at(&instants[3])).await.ok(StatusCode::OK);
+    assert!(fourth["classes"].get("apt").is_none(), "{fourth}");
 }

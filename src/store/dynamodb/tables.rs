@@ -206,11 +206,19 @@ pub async fn create_tables(client: &Client, prefix: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Deletes the indexes a table made by an earlier enc has and this one does not define (the
-/// facts table's index on `item_type`, which copied every agent run's facts into one
-/// partition): the migration of existing tables. An index being deleted already is left to
-/// go; DynamoDB deletes one at a time, while the table is `ACTIVE` again.
+/// Indexes earlier encs made that this one retires, by table: the facts' listing by
+/// `item_type`, which copied every agent run's facts into one partition. Only these are
+/// deleted: an index an operator added is left alone.
+const RETIRED_INDEXES: [(&str, &str); 1] = [("facts", "ordered")];
+
+/// Deletes the retired indexes a table still has: the migration of existing tables. An index
+/// being deleted already is left to go; DynamoDB deletes one at a time, while the table is
+/// `ACTIVE` again.
 async fn drop_unused_indexes(client: &Client, name: &str, table: &Table) -> anyhow::Result<()> {
+    let retired = |index: &str| {
+        RETIRED_INDEXES.contains(&(table.suffix, index))
+            && !table.indexes.iter().any(|d| d.name == index)
+    };
     for _ in 0..1200 {
         let described = client.describe_table().table_name(name).send().await?;
         let Some(found) = described.table() else {
@@ -219,7 +227,7 @@ async fn drop_unused_indexes(client: &Client, name: &str, table: &Table) -> anyh
         let unused = found
             .global_secondary_indexes()
             .iter()
-            .filter(|i| !table.indexes.iter().any(|d| Some(d.name) == i.index_name()))
+            .filter(|i| i.index_name().is_some_and(retired))
             .filter(|i| i.index_status() != Some(&aws_sdk_dynamodb::types::IndexStatus::Deleting))
             .find_map(|i| i.index_name())
             .map(str::to_owned);

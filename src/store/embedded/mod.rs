@@ -25,7 +25,7 @@ const BACKEND: &str = "embedded";
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "enc.redb";
 /// The layout this code writes; a file in an older layout is migrated when opened.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 /// "version" -> the layout of the file.
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
 /// Joins the parts of a key; below every character a name may hold, so keys keep the order

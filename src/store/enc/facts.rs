@@ -11,8 +11,6 @@ use super::super::engine::{Expect, Key, Op, Position, Write};
 use super::super::record::{RecordKind, to_body};
 use super::super::rules::{OnFail, Step, decode};
 use super::super::{Kind, Result, Store};
-use super::GENERATION;
-use super::tree::generation_key;
 use crate::domain::{Certname, NodeFacts, RuleView};
 
 /// The largest facts enc keeps for a node, as JSON (within a DynamoDB item).
@@ -131,35 +129,61 @@ fn put_over<T: Serialize>(
 }
 
 impl Store {
-    /// The writes of a view over the one read (version `before`): the view, and its version
-    /// kept for `?at=`.
-    fn view_writes(&self, view: &RuleView, before: Option<u64>) -> Result<Vec<Step>> {
+    /// The writes of a view over the one read (`before`; `None`: there was none): the view,
+    /// and, when what it says to rules changed, that version kept for `?at=`.
+    fn view_writes(&self, view: &RuleView, before: Option<&RuleView>) -> Result<Vec<Step>> {
         let name = view.unique_name.as_str();
+        let now = crate::domain::now();
+        let changed = before.is_none_or(|b| !b.same_as(view));
         let view = RuleView {
-            version: before.unwrap_or(0) + 1,
+            version: before.map_or(0, |b| b.version) + 1,
+            seq: before.map_or(0, |b| b.seq) + u64::from(changed),
+            changed_at: match (changed, before) {
+                (false, Some(b)) => b.changed_at,
+                _ => Some(now),
+            },
             ..view.clone()
         };
-        let from = crate::domain::now();
-        let past = PastView {
-            subject: format!("view/{name}"),
-            seq: format!("{:020}", view.version),
-            from,
-            expires_at: self.db.retention.map(|r| (from + r).timestamp()),
-            view: view.clone(),
+        let expect = match before {
+            Some(b) => Expect::At {
+                version: b.version,
+                refs: 0,
+            },
+            None => Expect::Absent,
         };
-        let body = to_body(&past)?;
-        let kept = Write::new(
-            &VIEW_PAST,
-            past_key(name, view.version),
-            Op::Put { body, refs: 0 },
-            Expect::Anything,
-        );
-        let put = put_over(&VIEW, Key::one(name), &view, before)?;
-        Ok(vec![(put, OnFail::Changed), (kept, OnFail::Changed)])
+        let body = to_body(&view)?;
+        let put = Write::new(&VIEW, Key::one(name), Op::Put { body, refs: 0 }, expect);
+        let mut steps = vec![(put, OnFail::Changed)];
+        if changed {
+            let past = PastView {
+                subject: format!("view/{name}"),
+                seq: format!("{:020}", view.seq),
+                from: now,
+                expires_at: self.db.retention.map(|r| (now + r).timestamp()),
+                view: view.clone(),
+            };
+            let body = to_body(&past)?;
+            let key = past_key(name, view.seq);
+            let kept = Write::new(&VIEW_PAST, key, Op::Put { body, refs: 0 }, Expect::Anything);
+            steps.push((kept, OnFail::Changed));
+        }
+        Ok(steps)
+    }
+
+    /// A kept version of a node's view, if it was not pruned.
+    async fn past_view(&self, name: &Certname, seq: u64) -> Result<Option<PastView>> {
+        let key = past_key(name.as_str(), seq);
+        let found = self.db.engine().get(&[(&VIEW_PAST, key)]).await?;
+        found
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|r| decode(&r))
+            .transpose()
     }
 
     /// The node's view as it was at `at`: `Some(None)` if it had none then, `None` if the
-    /// history does not reach back so far.
+    /// history does not reach back so far (or has a gap just there).
     pub async fn view_at(
         &self,
         name: &Certname,
@@ -174,46 +198,64 @@ impl Store {
             return Ok(Some(None));
         };
         let current: RuleView = decode(&current)?;
-        // The last version written at `at` or before: versions are written in order, and
-        // the oldest expire first.
-        let (mut low, mut high, mut found, mut expired) = (1, current.version, None, false);
+        let Some(changed_at) = current.changed_at else {
+            return Ok(None);
+        };
+        if changed_at <= *at {
+            return Ok(Some(Some(current)));
+        }
+        // The last version written at `at` or before, among the kept ones (each written after
+        // the one before it); then checked against the one after it, since versions may have
+        // gone in any order.
+        let (mut low, mut high, mut found) = (1, current.seq.saturating_sub(1), None);
         while low <= high {
+            // The kept version at the middle, or the nearest kept one below it.
             let middle = low + (high - low) / 2;
-            let key = past_key(name.as_str(), middle);
-            let past = self.db.engine().get(&[(&VIEW_PAST, key)]).await?;
-            match past.into_iter().flatten().next() {
-                None => {
-                    expired = true;
+            let mut probe = middle;
+            let kept = loop {
+                match self.past_view(name, probe).await? {
+                    Some(past) => break Some(past),
+                    None if probe > low => probe -= 1,
+                    None => break None,
+                }
+            };
+            match kept {
+                Some(past) if past.from <= *at => {
+                    found = Some(probe);
                     low = middle + 1;
                 }
-                Some(record) => {
-                    let past: PastView = decode(&record)?;
-                    if past.from <= *at {
-                        found = Some(past.view);
-                        low = middle + 1;
-                    } else {
-                        high = middle - 1;
-                    }
-                }
+                Some(_) => high = probe - 1,
+                // None kept from `low` to the middle: the answer is above, or in the gap.
+                None => low = middle + 1,
             }
         }
-        Ok(match (found, expired) {
-            (Some(view), _) => Some(Some(view)),
-            // Every version kept came after `at`: it had none then, unless older ones went.
-            (None, false) => Some(None),
-            (None, true) => None,
-        })
+        let Some(seq) = found else {
+            // Had none then, if the first version is kept and came after `at`.
+            return Ok(match self.past_view(name, 1).await? {
+                Some(first) if first.from > *at => Some(None),
+                _ => None,
+            });
+        };
+        let next_after = match seq + 1 == current.seq {
+            true => true,
+            false => self
+                .past_view(name, seq + 1)
+                .await?
+                .is_some_and(|next| next.from > *at),
+        };
+        match (next_after, self.past_view(name, seq).await?) {
+            (true, Some(past)) => Ok(Some(Some(past.view))),
+            _ => Ok(None),
+        }
     }
 
-    /// Keeps a node's view over the one read (version `before`), and its whole facts with
-    /// it if `whole`, while the group tree is still at `generation` (the lens the view was
-    /// taken through). `false`: something moved; read again.
+    /// Keeps a node's view over the one read (`before`), and its whole facts with it if
+    /// `whole`. `false`: another write of the view came first; read again.
     pub async fn keep_view(
         &self,
         view: &RuleView,
-        before: Option<u64>,
+        before: Option<&RuleView>,
         whole: Option<&NodeFacts>,
-        generation: i64,
     ) -> Result<bool> {
         let key = Key::one(view.unique_name.as_str());
         let mut steps = self.view_writes(view, before)?;
@@ -222,19 +264,12 @@ impl Store {
             let write = Write::new(&FACTS, key, Op::Put { body, refs: 0 }, Expect::Anything);
             steps.push((write, OnFail::Changed));
         }
-        let hold = Write::new(
-            &GENERATION,
-            generation_key(),
-            Op::Adjust(0),
-            Expect::Refs(generation),
-        );
-        steps.push((hold, OnFail::Changed));
         self.db.commit(steps).await
     }
 
-    /// Writes a view taken again over the one read (version `before`); `false` if it changed
+    /// Writes a view taken again over the one read (`before`); `false` if it changed
     /// meanwhile (an agent run wrote a newer one).
-    pub async fn rewrite_view(&self, view: &RuleView, before: Option<u64>) -> Result<bool> {
+    pub async fn rewrite_view(&self, view: &RuleView, before: Option<&RuleView>) -> Result<bool> {
         let steps = self.view_writes(view, before)?;
         self.db.commit(steps).await
     }
@@ -283,7 +318,19 @@ impl Store {
         after: Option<Position>,
     ) -> Result<(Vec<NodeFacts>, Option<Position>)> {
         let batch = self.db.engine().scan(&FACTS, after).await?;
-        let facts = batch.records.iter().map(decode).collect::<Result<_>>()?;
+        // One record that does not read must not stop every view being taken: said, passed.
+        let facts = batch
+            .records
+            .iter()
+            .filter_map(|r| match decode::<NodeFacts>(r) {
+                Ok(facts) => Some(facts),
+                Err(e) => {
+                    let error = crate::error::cause_chain(&e);
+                    tracing::warn!(error = %error, "a node's stored facts do not read; passed by");
+                    None
+                }
+            })
+            .collect();
         Ok((facts, batch.more))
     }
 
