@@ -158,6 +158,87 @@ pub struct Assessment {
     pub group_before: Option<NodeGroup>,
 }
 
+/// What a change does to one node, whatever its certname.
+#[derive(Clone)]
+enum Verdict {
+    Unchanged,
+    Affected {
+        diff: ClassificationDiff,
+        joins: Vec<GroupName>,
+        leaves: Vec<GroupName>,
+    },
+    Fails {
+        error: String,
+        conflicts: Vec<Conflict>,
+        /// It classified before the change.
+        created: bool,
+    },
+}
+
+impl Verdict {
+    fn of(change: &Change<'_>) -> Self {
+        let (was, groups_before) = classified(change.before, change.facts, change.tree_before);
+        let (will, groups_after) = classified(change.after, change.facts, change.tree_after);
+        let joins: Vec<GroupName> = groups_after.difference(&groups_before).cloned().collect();
+        let leaves: Vec<GroupName> = groups_before.difference(&groups_after).cloned().collect();
+        match (was, will) {
+            (Ok(was), Ok(will)) => {
+                let diff = classification_diff(was.as_ref(), will.as_ref());
+                if diff.is_empty() && joins.is_empty() && leaves.is_empty() {
+                    Verdict::Unchanged
+                } else {
+                    Verdict::Affected {
+                        diff,
+                        joins,
+                        leaves,
+                    }
+                }
+            }
+            (was, Err(failure)) => Verdict::Fails {
+                created: was.is_ok() && !failure.conflicts.is_empty(),
+                error: failure.error,
+                conflicts: failure.conflicts,
+            },
+            (Err(failure), Ok(_)) => Verdict::Fails {
+                error: format!("now: {}", failure.error),
+                conflicts: Vec::new(),
+                created: false,
+            },
+        }
+    }
+}
+
+/// Verdicts kept per judgement, at most: nodes alike but for their certname (their own
+/// fields, their view, no pins, no rule on the certname) are judged once.
+const MEMO_MAX: usize = 5_000;
+
+/// What decides a change's verdict for the node, but its certname; `None` when the
+/// certname decides too (a pin, a rule on `name`).
+fn alike(change: &Change<'_>) -> Option<String> {
+    let name = &change.after.or(change.before)?.unique_name;
+    let trees = [change.tree_before, change.tree_after];
+    if trees
+        .iter()
+        .any(|t| t.lens().reads_name() || !t.pinning(name).is_empty())
+    {
+        return None;
+    }
+    let without_name = |node: Option<&Node>| {
+        let mut value = serde_json::to_value(node).ok()?;
+        if let Value::Object(fields) = &mut value {
+            fields.remove("unique_name");
+        }
+        Some(value)
+    };
+    let facts = change.facts.map(|f| (&f.facts, &f.trusted));
+    let key = (
+        without_name(change.before)?,
+        without_name(change.after)?,
+        facts,
+    );
+    serde_json::to_string(&key).ok()
+}
+
 /// An assessment being made, one node at a time in any order: it keeps the first nodes of
 /// each list by certname and counts the rest, so it holds no more for a larger fleet.
 #[derive(Default)]
@@ -169,6 +250,8 @@ struct Tally {
     failed_count: usize,
     created: Vec<NodeFailure>,
     created_count: usize,
+    /// Verdicts by what decides them (`alike`).
+    memo: HashMap<String, Verdict>,
 }
 
 impl Tally {
@@ -181,45 +264,53 @@ impl Tally {
         else {
             return;
         };
-        let (was, groups_before) = classified(change.before, change.facts, change.tree_before);
-        let (will, groups_after) = classified(change.after, change.facts, change.tree_after);
-        let joins: Vec<GroupName> = groups_after.difference(&groups_before).cloned().collect();
-        let leaves: Vec<GroupName> = groups_before.difference(&groups_after).cloned().collect();
-        let failure = match (was, will) {
-            (Ok(was), Ok(will)) => {
-                let diff = classification_diff(was.as_ref(), will.as_ref());
-                if !diff.is_empty() || !joins.is_empty() || !leaves.is_empty() {
-                    self.affected += 1;
-                    let impact = NodeImpact {
-                        unique_name: name,
-                        diff,
-                        joins,
-                        leaves,
-                    };
-                    first(&mut self.nodes, impact, |i| &i.unique_name);
+        let verdict = match alike(&change) {
+            Some(key) => match self.memo.get(&key) {
+                Some(verdict) => verdict.clone(),
+                None => {
+                    let verdict = Verdict::of(&change);
+                    if self.memo.len() < MEMO_MAX {
+                        self.memo.insert(key, verdict.clone());
+                    }
+                    verdict
                 }
-                return;
+            },
+            None => Verdict::of(&change),
+        };
+        match verdict {
+            Verdict::Unchanged => {}
+            Verdict::Affected {
+                diff,
+                joins,
+                leaves,
+            } => {
+                self.affected += 1;
+                let impact = NodeImpact {
+                    unique_name: name,
+                    diff,
+                    joins,
+                    leaves,
+                };
+                first(&mut self.nodes, impact, |i| &i.unique_name);
             }
-            (was, Err(failure)) => {
+            Verdict::Fails {
+                error,
+                conflicts,
+                created,
+            } => {
                 let failure = NodeFailure {
                     unique_name: name,
-                    error: failure.error,
-                    conflicts: failure.conflicts,
+                    error,
+                    conflicts,
                 };
-                if was.is_ok() && !failure.conflicts.is_empty() {
+                if created {
                     self.created_count += 1;
                     first(&mut self.created, failure.clone(), |f| &f.unique_name);
                 }
-                failure
+                self.failed_count += 1;
+                first(&mut self.failed, failure, |f| &f.unique_name);
             }
-            (Err(failure), Ok(_)) => NodeFailure {
-                unique_name: name,
-                error: format!("now: {}", failure.error),
-                conflicts: Vec::new(),
-            },
-        };
-        self.failed_count += 1;
-        first(&mut self.failed, failure, |f| &f.unique_name);
+        }
     }
 
     fn finish(mut self, snapshot: Snapshot) -> Assessment {

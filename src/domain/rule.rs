@@ -369,16 +369,12 @@ impl fmt::Display for FactPath {
 }
 
 impl Rule {
-    /// Every fact path the rule reads (the certname is no fact: not listed).
+    /// Every path the rule reads, the certname (`name`) too.
     pub fn paths<'a>(&'a self, found: &mut Vec<&'a FactPath>) {
         match self {
             Rule::And(rules) | Rule::Or(rules) => rules.iter().for_each(|r| r.paths(found)),
             Rule::Not(rule) => rule.paths(found),
-            Rule::Compare { path, .. } => {
-                if matches!(path, FactPath::Path { .. }) {
-                    found.push(path);
-                }
-            }
+            Rule::Compare { path, .. } => found.push(path),
         }
     }
 

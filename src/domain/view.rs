@@ -24,6 +24,8 @@ pub struct Lens {
     /// kept whole up to its first index step (arrays are kept whole).
     keeps: [Vec<Vec<String>>; 2],
     id: String,
+    /// Whether a rule reads the certname: then no two nodes are judged alike.
+    reads_name: bool,
 }
 
 impl Lens {
@@ -36,6 +38,7 @@ impl Lens {
         // Keyed unambiguously: `["fact", "os.family"]` and `["fact", "os", "family"]` show
         // alike (`facts.os.family`) and are different paths.
         let mut by_key: BTreeMap<String, &FactPath> = BTreeMap::new();
+        let reads_name = found.iter().any(|p| matches!(p, FactPath::Name));
         for path in found {
             if let FactPath::Path { trusted, steps } = path {
                 let steps: Vec<serde_json::Value> = steps
@@ -67,7 +70,12 @@ impl Lens {
         let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let mut paths: Vec<String> = by_key.values().map(|p| p.to_string()).collect();
         paths.sort();
-        Self { paths, keeps, id }
+        Self {
+            paths,
+            keeps,
+            id,
+            reads_name,
+        }
     }
 
     /// A short name of the set of paths: equal for equal sets.
@@ -77,6 +85,11 @@ impl Lens {
 
     pub fn paths(&self) -> &[String] {
         &self.paths
+    }
+
+    /// Whether a rule reads the node's certname.
+    pub fn reads_name(&self) -> bool {
+        self.reads_name
     }
 
     /// The view of `facts` through this lens.
@@ -257,6 +270,7 @@ mod tests {
             assert_eq!(rule.matches(&subject(&node)), rule.matches(&subject(&seen)));
         }
         assert_eq!(lens.paths().len(), 5);
+        assert!(lens.reads_name());
     }
 
     #[test]

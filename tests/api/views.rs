@@ -612,3 +612,58 @@ async fn time_travel_into_a_gap_in_the_views_versions_says_so() {
     let fourth = app.get(&at(&instants[3])).await.ok(StatusCode::OK);
     assert!(fourth["classes"].get("apt").is_none(), "{fourth}");
 }
+
+#[tokio::test]
+async fn nodes_alike_but_for_their_certname_are_judged_apart_where_it_decides() {
+    let app = TestApp::new().await;
+    debian_group(&app).await;
+    for name in ["a1", "a2", "a3"] {
+        classify(&app, name, json!({"os": {"family": "Debian"}})).await;
+    }
+    app.group(json!({"name": "first", "parent": "debian",
+        "rule": ["=", "name", "a1"], "classes": {"one": {}}}))
+        .await;
+    app.group(
+        json!({"name": "pinned", "parent": "debian", "pinned": ["a2"],
+        "classes": {"two": {}}}),
+    )
+    .await;
+    let names = |preview: &Value| -> Vec<String> {
+        preview["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["unique_name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = app
+        .put(
+            "/nodegroup/first?dry_run=true",
+            json!({"parent": "debian", "rule": ["=", "name", "a1"], "classes": {"one": {"v": 1}}}),
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(names(&first), ["a1"], "{first}");
+    let pinned = app
+        .put(
+            "/nodegroup/pinned?dry_run=true",
+            json!({"parent": "debian", "pinned": ["a2"], "classes": {"two": {"v": 1}}}),
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(names(&pinned), ["a2"], "{pinned}");
+    // Alike, all three change with their common group.
+    let all = app
+        .put(
+            "/nodegroup/debian?dry_run=true",
+            json!({"environment_name": "production", "puppet_cluster_name": "eu",
+                   "rule": ["=", ["fact", "os", "family"], "Debian"], "classes": {"apt": {"v": 1}}}),
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(names(&all), ["a1", "a2", "a3"], "{all}");
+    assert_eq!(all["affected"], 3);
+}
