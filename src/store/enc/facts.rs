@@ -325,8 +325,7 @@ impl Store {
             .filter_map(|r| match decode::<NodeFacts>(r) {
                 Ok(facts) => Some(facts),
                 Err(e) => {
-                    let error = crate::error::cause_chain(&e);
-                    tracing::warn!(error = %error, "a node's stored facts do not read; passed by");
+                    tracing::warn!(error = %e, "a node's stored facts do not read; passed by");
                     None
                 }
             })
