@@ -233,7 +233,7 @@ async fn a_rule_on_a_new_path_over_a_large_fleet_is_provisional_until_views_are_
 }
 
 #[test]
-fn an_enc_restarted_while_taking_views_goes_on_where_it_was() {
+fn taking_views_goes_on_where_it_was_after_a_restart() {
     if crate::helpers::dynamodb_under_test() {
         eprintln!("the restart runs on the embedded store in its pass of scripts/test");
         return;
@@ -307,7 +307,7 @@ fn an_enc_restarted_while_taking_views_goes_on_where_it_was() {
 }
 
 #[tokio::test]
-async fn create_tables_deletes_the_facts_index_an_earlier_enc_made() {
+async fn create_tables_deletes_the_facts_index_of_earlier_versions() {
     if !crate::helpers::dynamodb_under_test() {
         eprintln!("DynamoDB tables are migrated in the DynamoDB Local pass of scripts/test");
         return;
@@ -396,7 +396,7 @@ async fn create_tables_deletes_the_facts_index_an_earlier_enc_made() {
 }
 
 #[tokio::test]
-async fn facts_an_earlier_enc_kept_without_views_still_judge_and_are_viewed() {
+async fn facts_kept_before_views_existed_still_judge_and_are_viewed() {
     use enc::store::engine::{Expect, Key, Op, Write};
     let earlier = TestApp::new().await;
     debian_group(&earlier).await;

@@ -172,14 +172,8 @@ impl Store {
 
     /// A kept version of a node's view, if it was not pruned.
     async fn past_view(&self, name: &Certname, seq: u64) -> Result<Option<PastView>> {
-        let key = past_key(name.as_str(), seq);
-        let found = self.db.engine().get(&[(&VIEW_PAST, key)]).await?;
-        found
-            .into_iter()
-            .flatten()
-            .next()
-            .map(|r| decode(&r))
-            .transpose()
+        self.read_one(&VIEW_PAST, past_key(name.as_str(), seq))
+            .await
     }
 
     /// The node's view as it was at `at`: `Some(None)` if it had none then, `None` if the
@@ -189,15 +183,12 @@ impl Store {
         name: &Certname,
         at: &DateTime<Utc>,
     ) -> Result<Option<Option<RuleView>>> {
-        let found = self
-            .db
-            .engine()
-            .get(&[(&VIEW, Key::one(name.as_str()))])
-            .await?;
-        let Some(current) = found.into_iter().flatten().next() else {
+        let Some(current) = self
+            .read_one::<RuleView>(&VIEW, Key::one(name.as_str()))
+            .await?
+        else {
             return Ok(Some(None));
         };
-        let current: RuleView = decode(&current)?;
         let Some(changed_at) = current.changed_at else {
             return Ok(None);
         };
@@ -276,17 +267,7 @@ impl Store {
 
     /// A node's last facts, if it sent any.
     pub async fn facts(&self, name: &Certname) -> Result<Option<NodeFacts>> {
-        let found = self
-            .db
-            .engine()
-            .get(&[(&FACTS, Key::one(name.as_str()))])
-            .await?;
-        found
-            .into_iter()
-            .flatten()
-            .next()
-            .map(|r| decode(&r))
-            .transpose()
+        self.read_one(&FACTS, Key::one(name.as_str())).await
     }
 
     /// The last facts of each of `names`, in order, each as it is now.
@@ -365,11 +346,16 @@ impl Store {
 
     /// How far views are taken through the tree's lens, if they ever were.
     pub async fn views_taken(&self) -> Result<Option<ViewsTaken>> {
-        let found = self
-            .db
-            .engine()
-            .get(&[(&VIEWS_TAKEN, views_taken_key())])
-            .await?;
+        self.read_one(&VIEWS_TAKEN, views_taken_key()).await
+    }
+
+    /// The record of `kind` under `key`, decoded, if there is one.
+    async fn read_one<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static RecordKind,
+        key: Key,
+    ) -> Result<Option<T>> {
+        let found = self.db.engine().get(&[(kind, key)]).await?;
         found
             .into_iter()
             .flatten()
