@@ -123,6 +123,17 @@ pub struct Config {
     )]
     pub header_timeout_seconds: u64,
 
+    /// Seconds a kept-alive connection may be idle between requests before enc closes it:
+    /// above the load balancer's idle timeout (the ALB's is 60 s), so that the balancer never
+    /// sends a request on a connection enc is closing.
+    #[arg(
+        long,
+        env = "ENC_KEEP_ALIVE_SECONDS",
+        default_value_t = 75,
+        global = true
+    )]
+    pub keep_alive_seconds: u64,
+
     /// Seconds a request may take; past it enc answers 503.
     #[arg(
         long,

@@ -61,6 +61,110 @@ fn a_client_sending_headers_a_byte_a_second_is_cut_off() {
     assert_eq!(enc.http("GET", "/nodes", None).0, 200);
 }
 
+/// Sends one `GET /healthz` on `stream` and reads its whole answer; the answer's status, or
+/// `None` if the connection was closed (or reset) instead.
+fn ask(stream: &mut TcpStream) -> Option<u16> {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer is small and has a Content-Length: read until its head and body are in.
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return head.split(' ').nth(1)?.parse().ok();
+            }
+        }
+    }
+}
+
+/// Whether the server closed `stream` (a read gives end of stream or an error at once).
+fn closed(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn a_kept_alive_connection_idle_for_61_seconds_still_answers() {
+    // The ALB keeps an idle connection to its target for 60 s and may send the next request
+    // on it at any moment of them: with the default settings, enc must not have closed it.
+    let enc = Enc::start(&EncData::new(), 5);
+    let mut stream = TcpStream::connect(enc.addr).unwrap();
+    assert_eq!(ask(&mut stream), Some(200));
+    sleep(Duration::from_secs(61));
+    assert_eq!(
+        ask(&mut stream),
+        Some(200),
+        "the connection was closed while idle for 61 s"
+    );
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_keep_alive_and_slow_heads_after_the_header_timeout() {
+    let enc = Enc::start_with(
+        &EncData::new(),
+        5,
+        &[
+            ("ENC_HEADER_TIMEOUT_SECONDS", "1"),
+            ("ENC_KEEP_ALIVE_SECONDS", "3"),
+        ],
+        false,
+    );
+    // Idle between requests for longer than the header timeout: still served.
+    let mut stream = TcpStream::connect(enc.addr).unwrap();
+    assert_eq!(ask(&mut stream), Some(200));
+    sleep(Duration::from_secs(2));
+    assert_eq!(ask(&mut stream), Some(200), "idle 2 s of a 3 s keep-alive");
+    // Idle past the keep-alive: closed by enc.
+    let idle = Instant::now();
+    assert!(closed(&mut stream), "still open after {:?}", idle.elapsed());
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(5),
+        "closed after {waited:?} idle, not the keep-alive's 3 s"
+    );
+    // The head of a kept-alive connection's second request, sent slowly: cut by the header
+    // timeout (1 s), not given the keep-alive's 3 s.
+    let mut stream = TcpStream::connect(enc.addr).unwrap();
+    assert_eq!(ask(&mut stream), Some(200));
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    assert!(closed(&mut stream), "a slow head was not cut off");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "a slow head was cut after {waited:?}, not the header timeout's 1 s"
+    );
+}
+
 /// Starts a request whose body never comes: it holds one place until its connection closes.
 fn hold(enc: &Enc) -> TcpStream {
     let mut stream = TcpStream::connect(enc.addr).unwrap();

@@ -406,6 +406,23 @@ def test_shutdown_timings_line_up():
         assert grace <= delay < container()["stopTimeout"]
 
 
+def test_enc_keeps_idle_connections_longer_than_the_load_balancer():
+    # The ALB reuses an idle connection to a target until its own idle timeout: if enc closed
+    # one first, a request sent on it as it closes would get a 502. AWS asks targets for a
+    # keep-alive above the balancer's idle timeout.
+    help_text = run(BIN, "--help").stdout
+    default = re.search(r"--keep-alive-seconds.*?\[env: ENC_KEEP_ALIVE_SECONDS=?\]\s*\[default: (\d+)\]", help_text, re.S)
+    assert default, "enc --help does not show the keep-alive's default"
+    for environment in (env_of(container()), {e.get("Name"): e.get("Value") for e in
+                        resources("service")["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]}):
+        keep_alive = int(environment.get("ENC_KEEP_ALIVE_SECONDS", default.group(1)))
+        attributes = resources("service")["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+        idle = int(next(a["Value"] for a in attributes if a["Key"] == "idle_timeout.timeout_seconds"))
+        assert idle < keep_alive, (idle, keep_alive)
+        header = int(environment.get("ENC_HEADER_TIMEOUT_SECONDS", 10))
+        assert header < idle, "a request's head must still be cut well before the connection idles out"
+
+
 def test_appspec_hook_is_the_deploy_stacks_lambda():
     appspec = yaml.safe_load((ROOT / "appspec.yaml").read_text())
     hook = appspec["Hooks"][0]["AfterAllowTestTraffic"].replace("{{STAGE}}", "dev")

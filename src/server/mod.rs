@@ -1,5 +1,7 @@
 //! Serving: open the store, listen, and shut down gracefully.
 
+mod connection;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -192,11 +194,14 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, store = backend, "enc listening");
-    let header_timeout = Duration::from_secs(config.header_timeout_seconds.max(1));
+    let waits = connection::Waits {
+        header: Duration::from_secs(config.header_timeout_seconds.max(1)),
+        idle: Duration::from_secs(config.keep_alive_seconds.max(1)),
+    };
     serve_http(
         listener,
         app(state.into()),
-        header_timeout,
+        waits,
         shutdown,
         config.shutdown_grace(),
     )
@@ -206,18 +211,19 @@ pub async fn serve(
 }
 
 /// Serves HTTP/1.1 until `shutdown`, then lets requests in flight finish for up to `grace`.
-/// A client has `header_timeout` to send each request's headers, so a slow one cannot hold a
-/// connection forever.
+/// A client has `waits.header` to send each request's headers, so a slow one cannot hold a
+/// connection forever, and a kept-alive connection may be idle for `waits.idle` between
+/// requests (`connection`).
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
-    header_timeout: Duration,
+    waits: connection::Waits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+    // hyper's header-read timeout would also cut idle connections: `connection` times both.
+    http.timer(TokioTimer::new()).header_read_timeout(None);
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -235,6 +241,7 @@ async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
+        let (stream, service) = connection::watch(stream, service, waits);
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = connection.await;
