@@ -3,6 +3,7 @@
 
 pub mod as_code;
 pub mod auth;
+mod browser;
 pub mod classifier;
 pub mod classify;
 pub mod cli;

@@ -30,7 +30,7 @@ use crate::handlers::{
     activities, classification, environments, health, history, import, lookups, metrics_form,
     node_groups, nodes, session, tokens, views,
 };
-use crate::{AppState, auth, telemetry};
+use crate::{AppState, auth, browser, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -383,30 +383,41 @@ fn unlimited(route: Option<&str>) -> bool {
 /// A panic below is a 500, observed like any other answer.
 async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
     telemetry::observe(&state, request, |request| async {
-        let route = request.extensions().get::<MatchedPath>();
-        let limited = !unlimited(route.map(MatchedPath::as_str));
-        let _place = match limited.then(|| state.limits.in_flight.try_acquire()) {
-            Some(Err(_)) => {
-                return AppError::Overloaded("too many requests at once".into()).into_response();
-            }
-            place => place,
-        };
-        let authorized = auth::authorize(State(state.clone()), request, next);
-        let caught = std::panic::AssertUnwindSafe(authorized).catch_unwind();
-        let answered = if limited {
-            match tokio::time::timeout(state.limits.request_timeout, caught).await {
-                Ok(answered) => answered,
-                Err(_) => {
-                    let late = AppError::Overloaded("the request took too long".into());
-                    return late.into_response();
-                }
-            }
-        } else {
-            caught.await
-        };
-        answered.unwrap_or_else(|_| AppError::Internal("a handler panicked".into()).into_response())
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        let limited = !unlimited(route);
+        let documentation = route.is_some_and(auth::is_documentation);
+        let mut answer = answer(&state, limited, request, next).await;
+        browser::tell(answer.headers_mut(), documentation);
+        answer
     })
     .await
+}
+
+/// The answer to a request that passed the edge's observation: see [`edge`].
+async fn answer(state: &AppState, limited: bool, request: Request, next: Next) -> Response {
+    let _place = match limited.then(|| state.limits.in_flight.try_acquire()) {
+        Some(Err(_)) => {
+            return AppError::Overloaded("too many requests at once".into()).into_response();
+        }
+        place => place,
+    };
+    let authorized = auth::authorize(State(state.clone()), request, next);
+    let caught = std::panic::AssertUnwindSafe(authorized).catch_unwind();
+    let answered = if limited {
+        match tokio::time::timeout(state.limits.request_timeout, caught).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                let late = AppError::Overloaded("the request took too long".into());
+                return late.into_response();
+            }
+        }
+    } else {
+        caught.await
+    };
+    answered.unwrap_or_else(|_| AppError::Internal("a handler panicked".into()).into_response())
 }
 
 #[cfg(test)]

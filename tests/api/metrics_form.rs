@@ -564,3 +564,66 @@ async fn no_date_can_break_a_summary_and_ranges_are_bounded() {
         .await;
     assert_eq!(all.status, StatusCode::OK);
 }
+
+/// The `<style>` block of an HTML page, hashed as a Content-Security-Policy names it.
+fn style_hash(html: &str) -> String {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let start = html.find("<style>").expect("a <style> block") + "<style>".len();
+    let end = html.find("</style>").expect("its end");
+    let digest = Sha256::digest(&html.as_bytes()[start..end]);
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+#[tokio::test]
+async fn html_pages_cannot_be_framed_run_nothing_inline_but_their_style_and_nothing_is_sniffed() {
+    let app = TestApp::new().await;
+    for path in ["/metrics-form", "/metrics-form/report", "/sign-in"] {
+        let page = app.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        let html = TestApp::text(&page);
+        let policy = page
+            .header("content-security-policy")
+            .unwrap_or_else(|| panic!("{path} has no Content-Security-Policy"))
+            .to_owned();
+        let directives: Vec<&str> = policy.split(';').map(str::trim).collect();
+        assert!(directives.contains(&"frame-ancestors 'none'"), "{policy}");
+        assert!(directives.contains(&"default-src 'none'"), "{policy}");
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+        // The page's one inline style is the one the policy allows by hash: a page whose
+        // style changed without its hash would be drawn unstyled.
+        assert!(
+            directives.contains(&format!("style-src {}", style_hash(&html)).as_str()),
+            "{path}: {policy}"
+        );
+        assert!(!html.contains("<script"), "{path} runs a script");
+        assert_eq!(page.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(
+            page.header("referrer-policy"),
+            Some("no-referrer"),
+            "{path}"
+        );
+        assert_eq!(
+            page.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    // JSON, CSV and problem answers are not sniffed either, and carry no page policy.
+    for path in [
+        "/metrics-form/entries",
+        "/metrics-form/entries.csv",
+        "/no/such/route",
+    ] {
+        let answer = app.get(path).await;
+        assert_eq!(
+            answer.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(answer.header("content-security-policy"), None, "{path}");
+    }
+}

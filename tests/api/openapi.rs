@@ -56,6 +56,13 @@ async fn swagger_ui_is_served_offline() {
     let page = app.get("/swagger-ui/").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&page.body).contains("swagger-ui"));
+    // It cannot be framed, and runs only the scripts enc serves (the browser test drives it
+    // under this policy).
+    let policy = page.header("content-security-policy").unwrap_or_default();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(policy.contains("script-src 'self';"), "{policy}");
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     let init = app.get("/swagger-ui/swagger-initializer.js").await;
     assert_eq!(init.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&init.body).contains("/api-docs/openapi.json"));

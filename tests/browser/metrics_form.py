@@ -7,8 +7,10 @@ Exits non-zero, saying what was wrong, if anything does not behave.
 """
 
 import datetime
+import http.server
 import os
 import sys
+import threading
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -157,6 +159,46 @@ try:
     body = driver.find_element(By.CSS_SELECTOR, f"{op} .live-responses-table .response-col_description pre").text
     check('"All Nodes (EU) #1?"' in body, f"the group comes back by its name: {body[:200]}")
     driver.save_screenshot(os.path.join(SHOTS, "08-swagger-group-by-name.png"))
+
+    # The page's one inline style is allowed by its hash in the Content-Security-Policy:
+    # drawn, not blocked (the page's background is the style's --bg).
+    driver.get(f"{BASE}/metrics-form")
+    background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    check(background == "rgb(244, 246, 250)", f"the page's style applies under its policy ({background})")
+    # Another site cannot frame the form (frame-ancestors 'none', X-Frame-Options: DENY).
+    # The other site is a page served from another origin of this machine (a data: page's
+    # frames are refused by the browser whatever enc says, so it would prove nothing).
+    framing = (f"<!DOCTYPE html><iframe id=framed width=600 height=400 src='{BASE}/metrics-form'>"
+               "</iframe>").encode()
+
+    class Framing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(framing)))
+            self.end_headers()
+            self.wfile.write(framing)
+
+        def log_message(self, *args):
+            pass
+
+    other_site = http.server.HTTPServer(("localhost", 0), Framing)
+    threading.Thread(target=other_site.serve_forever, daemon=True).start()
+    driver.get(f"http://localhost:{other_site.server_address[1]}/")
+
+    def framed(d):
+        """What the frame shows once it has loaded: the form, or the browser's refusal."""
+        d.switch_to.default_content()
+        d.switch_to.frame(d.find_element(By.ID, "framed"))
+        if d.find_elements(By.ID, "engineer"):
+            return "the form"
+        if d.execute_script("return location.href").startswith("chrome-error:"):
+            return "refused"
+        return False
+
+    shown = wait.until(framed)
+    driver.switch_to.default_content()
+    check(shown == "refused", f"another site framed the form: the frame shows {shown}")
 
     driver.set_window_size(390, 900)
     driver.get(f"{BASE}/metrics-form")
