@@ -191,3 +191,152 @@ mod tests {
         assert_eq!(to_yaml(&json!("x")), "---\n\"x\"\n");
     }
 }
+
+/// A YAML document read as JSON, refused if it expands to more values than its text holds.
+///
+/// An alias (`*a`) repeats what its anchor (`&a`) holds wherever it appears, so a few KiB of
+/// aliases of aliases expand to billions of values ("billion laughs"), all allocated before
+/// any size check could see them. Without aliases every value takes at least one byte of its
+/// text, so a document may hold at most as many values as it has bytes: the reader counts each
+/// value as it is made and stops at that count, with memory no larger than the text's.
+pub fn from_yaml(text: &str) -> Result<Value, String> {
+    use serde::de::DeserializeSeed as _;
+    let left = std::cell::Cell::new(text.len() + 1);
+    let deserializer = serde_norway::Deserializer::from_str(text);
+    Counted { left: &left }
+        .deserialize(deserializer)
+        .map_err(|e| e.to_string())
+}
+
+/// What a value read through [`Counted`] reports when the count is spent.
+const EXPANDS: &str = "expands to more values than its text holds: YAML aliases (*name) that \
+    repeat what their anchor (&name) holds are not read";
+
+/// Reads one value as JSON, counting it and everything in it against `left`.
+struct Counted<'c> {
+    left: &'c std::cell::Cell<usize>,
+}
+
+impl Counted<'_> {
+    fn take<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.left.get() {
+            0 => Err(E::custom(EXPANDS)),
+            n => {
+                self.left.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Counted<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Counted<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML value that JSON can hold")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Counted { left: self.left })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.take()?;
+            let value = map.next_value_seed(Counted { left: self.left })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod reading {
+    use serde_json::json;
+
+    use super::from_yaml;
+
+    #[test]
+    fn a_document_reads_as_serde_norway_reads_it() {
+        let text = "name: web\nclasses:\n  ntp: {servers: [a, b]}\n  nginx: {}\nweight: 1.5\n\
+                    count: 3\non: yes\nempty:\nlist: []\nnested: [[[]]]\n";
+        let expected: serde_json::Value = serde_norway::from_str(text).unwrap();
+        assert_eq!(from_yaml(text).unwrap(), expected);
+        assert_eq!(from_yaml("[]").unwrap(), json!([]));
+        assert_eq!(from_yaml("x").unwrap(), json!("x"));
+    }
+
+    #[test]
+    fn an_alias_that_repeats_more_than_the_text_holds_is_refused_as_it_expands() {
+        // Nine levels of ten: 10^9 values from about 300 bytes.
+        let mut bomb = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..9 {
+            let prev = level - 1;
+            let refs = vec![format!("*l{prev}"); 10].join(", ");
+            bomb.push_str(&format!("l{level}: &l{level} [{refs}]\n"));
+        }
+        let refused = from_yaml(&bomb).unwrap_err();
+        assert!(refused.contains("YAML aliases"), "{refused}");
+        // A small alias that stays within the text's size is read: an anchor used once.
+        let once = "a: &a [1, 2]\nb: *a\n";
+        assert_eq!(from_yaml(once).unwrap(), json!({"a": [1, 2], "b": [1, 2]}));
+    }
+}

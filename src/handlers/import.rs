@@ -146,8 +146,8 @@ fn parse_file(path: &str, text: &str, desired: &mut Desired) -> Result<(), Vec<F
         AppError::Validation(list) => list.into_iter().map(|f| at(&f.field, f.message)).collect(),
         other => vec![at("", other.to_string())],
     };
-    let value: Value = serde_norway::from_str(text)
-        .map_err(|e| vec![at("", format!("is not a YAML mapping: {e}"))])?;
+    let value: Value = crate::yaml::from_yaml(text)
+        .map_err(|e| vec![at("", format!("cannot be read as YAML: {e}"))])?;
     fn placed<T: Object>(path: &str, object: T, into: &mut BTreeMap<Key, T>) -> Result<(), String> {
         let expected = object.path();
         if expected != path {

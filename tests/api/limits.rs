@@ -389,3 +389,30 @@ fn a_resubmitted_form_records_once() {
         "one from the form, one from JSON: {listed}"
     );
 }
+
+#[test]
+fn a_tree_file_of_aliases_that_expand_past_its_size_is_refused_at_once_in_flat_memory() {
+    // `a` holds 3,000 values, `b` names `a` 3,000 times: 9 million values from 18 KB, which
+    // every reader that expands aliases first would allocate (about 1 GB as JSON values).
+    const N: usize = 3_000;
+    let bomb = format!(
+        "name: bomb\na: &a [{}]\nb: [{}]\n",
+        vec!["x"; N].join(","),
+        vec!["*a"; N].join(",")
+    );
+    let enc = Enc::start(&EncData::new(), 5);
+    let before = rss_kib(enc.child.id());
+    let body = serde_json::json!({"files": {"node_groups/bomb.yaml": bomb}}).to_string();
+    let started = Instant::now();
+    let (status, answer) = enc.http("POST", "/import?dry_run=true", Some(&body));
+    let took = started.elapsed();
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("YAML aliases"), "{answer}");
+    assert!(answer.contains("node_groups/bomb.yaml"), "{answer}");
+    let grew = rss_kib(enc.child.id()).saturating_sub(before);
+    assert!(grew < 64 * 1024, "enc grew by {grew} KiB reading 18 KB");
+    assert!(took < Duration::from_secs(5), "refused after {took:?}");
+    // Nothing was stored, and enc goes on.
+    let (status, _) = enc.http("GET", "/nodegroup/bomb", None);
+    assert_eq!(status, 404);
+}
