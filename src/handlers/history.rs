@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::classifier::Change;
 use crate::domain::{
     Certname, Classification, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName,
-    Explanation, GroupName, GroupTree, Node, NodeGroup, Revision, Stored, classify_all,
+    Explanation, GroupName, GroupTree, Node, NodeGroup, Revision, Scope, Stored, classify_all,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Path, Query};
@@ -25,6 +25,7 @@ use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::engine::Key;
 use crate::store::history::kind_named;
 use crate::store::record::RecordKind;
+use crate::store::tokens::TOKEN;
 use crate::store::{ChangeFilter, StoreError};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -176,14 +177,24 @@ pub async fn environment(
     history_of(&state, &ENVIRONMENT, key, query).await
 }
 
-/// Every change of nodes, node groups, environments and tokens, newest first.
+/// Every change of nodes, node groups and environments, newest first; of tokens too for an
+/// `admin` caller (token revisions name every token's scopes and creator: `read` may not see
+/// them, as it may not list tokens). A page left without its token revisions may hold fewer
+/// items than `limit`: follow `next_cursor` to the end.
 #[utoipa::path(get, path = "/changes", tag = "history", operation_id = "list_changes",
     security(("bearer" = ["read"])), params(ChangesQuery),
     responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
 pub async fn changes(
     State(state): State<AppState>,
+    caller: Caller,
     Query(query): Query<ChangesQuery>,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
+    let admin = caller.0.grants(Scope::Admin);
+    if matches!(query.kind, Some(ChangeKind::Token)) && !admin {
+        return Err(AppError::Forbidden(
+            "token revisions need the admin scope".into(),
+        ));
+    }
     let since = query
         .since
         .as_deref()
@@ -211,7 +222,11 @@ pub async fn changes(
         kind: query.kind.map(ChangeKind::record_kind),
     };
     let page = page_request(query.limit, query.cursor)?;
-    Ok(list(state.store.changes(&filter, &page).await?))
+    let mut found = state.store.changes(&filter, &page).await?;
+    if !admin {
+        found.items.retain(|r| r.kind != TOKEN.name);
+    }
+    Ok(list(found))
 }
 
 /// The version's content written again as the node's next version (made again if the node

@@ -548,6 +548,37 @@ async fn the_feed_filters_by_time_actor_and_kind_and_pages() {
         "{revision}"
     );
     assert!(!revision.to_string().contains("sha256"));
+    // Token revisions name every token's scopes and creator: only admin sees them, as only
+    // admin lists tokens. A read token's feed leaves them out, and asking for them is 403.
+    let reader = app.token("feed-reader", &["read"]).await;
+    let as_reader = app.as_caller(Some(&reader));
+    let seen = as_reader.all("/changes").await;
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|r| r["kind"] != "token"),
+        "a read token sees token revisions: {seen:?}"
+    );
+    assert_eq!(
+        seen.len(),
+        app.all("/changes")
+            .await
+            .iter()
+            .filter(|r| r["kind"] != "token")
+            .count(),
+        "the reader sees every other change"
+    );
+    let refused = as_reader.get("/changes?kind=token").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::FORBIDDEN,
+        "{:?}",
+        refused.json()
+    );
+    assert_eq!(
+        as_reader.get("/tokens").await.status,
+        StatusCode::FORBIDDEN,
+        "as for the token list"
+    );
 
     for bad in [
         "kind=activity",
