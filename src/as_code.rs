@@ -41,6 +41,7 @@ async fn ask(
     body: Option<&Value>,
     plan: Option<&str>,
 ) -> Result<Value, String> {
+    crate::client::check_clear_text(&config.url, config.allow_http)?;
     let url = format!("{}{path}", config.url.trim_end_matches('/'));
     let token = token(config)?;
     let json = body.map(|b| serde_json::to_vec(b).unwrap_or_default());

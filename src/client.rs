@@ -29,6 +29,33 @@ pub async fn get(url: &str, accept: &str, timeout: Duration) -> Result<Fetched, 
     get_as(url, accept, None, timeout).await
 }
 
+/// The largest answer read by default: a whole classification tree of a large fleet fits.
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
+
+/// Whether `url` may carry a bearer token: over https, or over http only to this machine
+/// (loopback) or when `allow_http` says so (`ENC_ALLOW_HTTP`).
+pub fn check_clear_text(url: &str, allow_http: bool) -> Result<(), String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| format!("ENC_URL {url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") || allow_http {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    Err(format!(
+        "ENC_URL {url} is http://: the token would cross the network in clear; use https://, \
+         or set ENC_ALLOW_HTTP=true to send it anyway"
+    ))
+}
+
 /// GETs `url` presenting `token` (a bearer token), answering within `timeout` or failing.
 pub async fn get_as(
     url: &str,
@@ -51,6 +78,18 @@ pub async fn fetch(
     fetch_with(url, accept, token, json, &[], timeout).await
 }
 
+/// As `fetch`, refusing an answer longer than `max_bytes`.
+pub async fn fetch_at_most(
+    url: &str,
+    accept: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
+    exchange(url, accept, token, json, &[], None, max_bytes, timeout).await
+}
+
 /// As `fetch`, with more request headers.
 pub async fn fetch_with(
     url: &str,
@@ -60,7 +99,17 @@ pub async fn fetch_with(
     headers: &[(header::HeaderName, String)],
     timeout: Duration,
 ) -> Result<Fetched, FetchError> {
-    exchange(url, accept, token, json, headers, None, timeout).await
+    exchange(
+        url,
+        accept,
+        token,
+        json,
+        headers,
+        None,
+        MAX_ANSWER_BYTES,
+        timeout,
+    )
+    .await
 }
 
 /// GETs `url` over https trusting only `roots` (a private CA's, such as Puppet's),
@@ -71,10 +120,22 @@ pub async fn get_trusting(
     roots: rustls::RootCertStore,
     timeout: Duration,
 ) -> Result<Fetched, FetchError> {
-    exchange(url, accept, None, None, &[], Some(roots), timeout).await
+    exchange(
+        url,
+        accept,
+        None,
+        None,
+        &[],
+        Some(roots),
+        MAX_ANSWER_BYTES,
+        timeout,
+    )
+    .await
 }
 
-/// The request, over https trusting `roots`, or the system's CAs when `None`.
+/// The request, over https trusting `roots`, or the system's CAs when `None`; an answer
+/// longer than `max_bytes` is refused.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     url: &str,
     accept: &str,
@@ -82,6 +143,7 @@ async fn exchange(
     json: Option<Vec<u8>>,
     headers: &[(header::HeaderName, String)],
     roots: Option<rustls::RootCertStore>,
+    max_bytes: usize,
     timeout: Duration,
 ) -> Result<Fetched, FetchError> {
     let failed = |reason: String| FetchError::Failed {
@@ -122,11 +184,17 @@ async fn exchange(
             .https_only()
             .enable_http1()
             .build();
-            send(Client::builder(TokioExecutor::new()).build(tls), request).await
+            send(
+                Client::builder(TokioExecutor::new()).build(tls),
+                request,
+                max_bytes,
+            )
+            .await
         } else {
             send(
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
                 request,
+                max_bytes,
             )
             .await
         }
@@ -152,17 +220,20 @@ fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, Stri
 async fn send<C: Connect + Clone + Send + Sync + 'static>(
     client: Client<C, Full<Bytes>>,
     request: Request<Full<Bytes>>,
+    max_bytes: usize,
 ) -> Result<Fetched, String> {
     let response = client
         .request(request)
         .await
         .map_err(|e| crate::error::cause_chain(&e))?;
     let status = response.status();
-    let body = response
-        .into_body()
+    let body = http_body_util::Limited::new(response.into_body(), max_bytes)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => format!("the answer is longer than {max_bytes} bytes"),
+            Err(e) => e.to_string(),
+        })?
         .to_bytes();
     Ok(Fetched { status, body })
 }

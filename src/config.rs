@@ -239,6 +239,11 @@ pub struct Config {
     )]
     pub url: String,
 
+    /// Lets the commands that send a token (`classify`, `export`, `plan`, `apply`) send it to
+    /// an `http://` ENC_URL that is not this machine: in clear, readable on the network.
+    #[arg(long, env = "ENC_ALLOW_HTTP", default_value_t = false, global = true)]
+    pub allow_http: bool,
+
     /// Seconds `enc classify` waits for the service before falling back to its cache.
     #[arg(
         long,

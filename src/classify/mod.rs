@@ -19,15 +19,23 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
-use crate::client::{FetchError, fetch};
+use crate::client::{FetchError, check_clear_text, fetch_at_most};
 use crate::config::Config;
 use crate::domain::Certname;
+
+/// The longest classification read: far past any real one (enc keeps a group's classes and
+/// parameters within its body limit), so that a wrong server cannot fill the memory of a
+/// Puppet server's ENC runs, nor its cache.
+const MAX_CLASSIFICATION_BYTES: usize = 8 << 20;
 
 pub async fn run(config: &Config, certname: &str) -> ExitCode {
     let certname = match Certname::parse(certname) {
         Ok(c) => c,
         Err(why) => return fail(&format!("{certname:?} is not a certname: it {why}")),
     };
+    if let Err(why) = check_clear_text(&config.url, config.allow_http) {
+        return fail(&why);
+    }
     let url = format!(
         "{}/nodes/{certname}/classification",
         config.url.trim_end_matches('/')
@@ -45,7 +53,14 @@ pub async fn run(config: &Config, certname: &str) -> ExitCode {
     };
     let timeout = Duration::from_secs(config.classify_timeout);
     let body = classification_inputs(config, &certname, timeout).await;
-    let asked = fetch(&url, "application/json", token.as_deref(), body, timeout);
+    let asked = fetch_at_most(
+        &url,
+        "application/json",
+        token.as_deref(),
+        body,
+        MAX_CLASSIFICATION_BYTES,
+        timeout,
+    );
     let outage = match asked.await {
         Ok(answer) if answer.status == StatusCode::OK => match as_yaml(&answer.body, &certname) {
             Ok(yaml) => {
@@ -174,14 +189,42 @@ fn print(body: &[u8]) {
     let _ = out.write_all(body).and_then(|()| out.flush());
 }
 
-/// Writes atomically, so a concurrent run never reads half an answer.
+/// Writes atomically, so a concurrent run never reads half an answer, and privately: answers
+/// hold parameters that may be secret. The directory is made (or narrowed to) 0700, and the
+/// answer goes to a temporary file of an unguessable name, created only if nothing is there
+/// (`O_EXCL`: a symlink planted at the name is not followed) with mode 0600, then renamed over
+/// the node's file (a rename replaces a link, never writes through it).
 fn save(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
     }
-    let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path)
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = PathBuf::from(format!("{}.{nonce}.tmp", path.display()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(body).and_then(|()| file.sync_all()));
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 fn read_cached(path: &Path) -> Option<(Vec<u8>, String)> {

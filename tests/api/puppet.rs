@@ -516,3 +516,123 @@ fn classify_command_contract() {
     assert!(enc.wait(Duration::from_secs(10)).success());
     assert!(!health(&enc.addr.to_string()).success());
 }
+
+/// A server that answers every request 200 with `body` (any length), as JSON.
+fn canned_bytes(body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, head.as_bytes());
+            let _ = std::io::Write::write_all(&mut stream, &body);
+        }
+    });
+    url
+}
+
+#[test]
+fn classify_keeps_its_cache_private_never_writes_through_a_link_and_reads_answers_of_bounded_size()
+{
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    let Seeded {
+        enc, token_file, ..
+    } = seeded();
+    let token = token_file.path();
+    let parent = tempfile::tempdir().unwrap();
+    // A cache directory made by hand, readable by everyone: narrowed to its owner.
+    let cache = parent.path().join("enc-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A link planted where the node's answer goes, to a file the attacker wants written.
+    let victim = parent.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let answer = cache.join(format!("{NODE}.yaml"));
+    symlink(&victim, &answer).unwrap();
+
+    let ok = classify(NODE, &enc.url(), token, Some(&cache), 5);
+    assert!(ok.status.success(), "{:?}", stderr_lines(&ok));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let file = std::fs::symlink_metadata(&answer).unwrap();
+    assert!(
+        file.file_type().is_file(),
+        "the link was replaced, not followed"
+    );
+    assert_eq!(
+        file.permissions().mode() & 0o777,
+        0o600,
+        "the answer is private"
+    );
+    let dir = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir, 0o700, "the cache directory is private");
+    assert_eq!(std::fs::read(&answer).unwrap(), ok.stdout);
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temporary file is left: {left:?}");
+    // A cache directory enc makes itself is private from the start.
+    let fresh = parent.path().join("made/by/enc");
+    assert!(
+        classify(NODE, &enc.url(), token, Some(&fresh), 5)
+            .status
+            .success()
+    );
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    // An answer past the cap (8 MiB) is refused as it comes, and never cached: the last
+    // good answer is served.
+    let mut huge = format!(r#"{{"name": "{NODE}", "environment": "production", "classes": {{}}, "parameters": {{"pad": ""#).into_bytes();
+    huge.extend(std::iter::repeat_n(b'x', 9 << 20));
+    huge.extend_from_slice(br#""}}"#);
+    let out = classify(NODE, &canned_bytes(huge), token, Some(&cache), 10);
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    assert_eq!(out.stdout, ok.stdout, "the cached answer, not the huge one");
+    let lines = stderr_lines(&out);
+    assert!(
+        lines.len() == 1 && lines[0].contains("longer than") && lines[0].contains("cached"),
+        "{lines:?}"
+    );
+    assert_eq!(std::fs::read(&answer).unwrap(), ok.stdout);
+
+    // A token is not sent in clear to another machine: refused before any connection,
+    // unless ENC_ALLOW_HTTP says so.
+    let far = "http://192.0.2.10:8080";
+    let refused = classify(NODE, far, token, Some(&cache), 5);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(refused.stdout.is_empty(), "not even the cached answer");
+    let lines = stderr_lines(&refused);
+    assert!(
+        lines.len() == 1 && lines[0].contains("ENC_ALLOW_HTTP") && lines[0].contains("clear"),
+        "{lines:?}"
+    );
+    let allowed = Command::new(BIN)
+        .env_clear()
+        .args(["classify", NODE])
+        .env("ENC_URL", far)
+        .env("ENC_TOKEN_FILE", token)
+        .env("ENC_CLASSIFY_TIMEOUT", "1")
+        .env("ENC_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    let lines = stderr_lines(&allowed);
+    assert!(
+        !allowed.status.success() && lines.iter().all(|l| !l.contains("ENC_ALLOW_HTTP")),
+        "allowed, it tried (and found nothing there): {lines:?}"
+    );
+    for local in ["http://localhost:1", "http://127.0.0.1:1", "http://[::1]:1"] {
+        let out = classify(NODE, local, token, None, 1);
+        let lines = stderr_lines(&out);
+        assert!(
+            lines.iter().all(|l| !l.contains("ENC_ALLOW_HTTP")),
+            "{local}: {lines:?}"
+        );
+    }
+}
