@@ -54,14 +54,29 @@ pub fn auth(config: &Config) -> anyhow::Result<Auth> {
     ))
 }
 
-/// On a first start with no bootstrap secret and no tokens, makes an `admin` token, shows its
-/// secret once on stderr and keeps it in `<data dir>/admin-token` (mode 0600).
+/// On a first start (no bootstrap secret, and a store that never had a token) makes an
+/// `admin` token and keeps its secret only in `<data dir>/admin-token`: mode 0600, created
+/// exclusively (a file or link planted there is removed, never written through), written
+/// before the token is stored so that a failed write leaves no token nobody can use. stderr
+/// (CloudWatch in AWS) names the file, never the secret. A store whose tokens were all
+/// deleted is not a first start: its token revisions say it had some, and nobody gets a new
+/// admin by deleting tokens and restarting enc.
 async fn first_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let any = PageRequest {
         limit: 1,
         cursor: None,
     };
     if !store.list_tokens(&any).await?.items.is_empty() {
+        return Ok(());
+    }
+    let ever = crate::store::ChangeFilter {
+        kind: Some(&crate::store::tokens::TOKEN),
+        ..Default::default()
+    };
+    if !store.changes(&ever, &any).await?.items.is_empty() {
+        tracing::warn!(
+            "no API token is stored, but there were some: no first admin token is made; start enc with ENC_BOOTSTRAP_TOKEN to make one"
+        );
         return Ok(());
     }
     let name = TokenName::parse("admin").expect("a valid name");
@@ -76,39 +91,52 @@ async fn first_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow:
         secret_sha256: sha256_hex(secret.expose()),
         clusters: None,
     };
-    match store.create_token(token, "enc").await {
-        Ok(_) => {}
-        // Another enc made it at the same moment.
-        Err(crate::store::StoreError::AlreadyExists { .. }) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    }
     let path = data_dir.join("admin-token");
     write_private(&path, secret.expose()).with_context(|| format!("writing {}", path.display()))?;
+    match store.create_token(token, "enc").await {
+        Ok(_) => {}
+        // Another enc made it at the same moment: its secret is the one, not this.
+        Err(crate::store::StoreError::AlreadyExists { .. }) => {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    }
     eprintln!(
-        "enc: made the first token, \"admin\" (scope admin); its secret, shown this once, is also in {}:\n{}",
-        path.display(),
-        secret.expose()
+        "enc: made the first token, \"admin\" (scope admin); its secret is in {} (readable by its owner only)",
+        path.display()
     );
     Ok(())
 }
 
-/// Writes a file only its owner can read.
+/// Writes a new file only its owner can read: whatever was at `path` (a file, a link) is
+/// removed first, and the file is created exclusively without following a link, so the
+/// secret goes nowhere else.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {

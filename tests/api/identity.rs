@@ -882,23 +882,47 @@ async fn a_secret_is_never_logged_shown_counted_or_stored() {
 #[test]
 fn a_first_start_makes_one_admin_token_for_the_newcomer() {
     use crate::binary::{Enc, EncData};
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{PermissionsExt, symlink};
     let data = EncData::without_bootstrap();
-    let mut enc = Enc::start_with(&data, 5, &[], true);
     let file = data.dir().join("admin-token");
+    // A link planted where the secret goes, to a file its planter can read: not followed.
+    let planted = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(planted.path(), "planted").unwrap();
+    std::fs::create_dir_all(data.dir()).unwrap();
+    std::fs::set_permissions(data.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    symlink(planted.path(), &file).unwrap();
+    let mut enc = Enc::start_with(&data, 5, &[], true);
+    assert_eq!(std::fs::read_to_string(planted.path()).unwrap(), "planted");
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "a file of its own, not the link"
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "only its owner may read it"
+    );
     let secret = std::fs::read_to_string(&file)
         .expect("the admin token file")
         .trim()
         .to_owned();
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "only its owner may read it");
     assert!(secret.starts_with("enc_admin_"), "{secret}");
+    // The data directory and the store in it are their owner's only.
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data.dir()), 0o700, "the data directory was narrowed");
+    if !crate::helpers::dynamodb_under_test() {
+        assert_eq!(mode(&data.dir().join("enc.redb")), 0o600);
+    }
     let (status, listed) = enc.http_as(Some(&secret), "GET", "/tokens", None);
     assert_eq!(status, 200, "{listed}");
     assert!(listed.contains("\"name\":\"admin\""));
     assert_eq!(enc.http_as(None, "GET", "/tokens", None).0, 401);
-    let logs = enc.logs_with(&secret);
-    assert_eq!(logs.matches(&secret).count(), 1, "shown once: {logs}");
+    // stderr (CloudWatch in AWS) names the file, never the secret.
+    let logs = enc.logs_with("admin-token");
+    assert!(logs.contains(&file.display().to_string()), "{logs}");
+    assert!(!logs.contains(&secret), "the secret is in the logs: {logs}");
     enc.terminate();
     assert!(enc.wait(std::time::Duration::from_secs(10)).success());
 
@@ -909,12 +933,31 @@ fn a_first_start_makes_one_admin_token_for_the_newcomer() {
         "kept"
     );
     assert_eq!(again.http_as(Some(&secret), "GET", "/tokens", None).0, 200);
+    // Every token deleted (the admin deletes itself): the store had tokens, so a restart is
+    // not a first start, and makes none.
+    let (status, answer) = again.http_as(Some(&secret), "DELETE", "/tokens/admin", None);
+    assert_eq!(status, 204, "{answer}");
     again.terminate();
     assert!(again.wait(std::time::Duration::from_secs(10)).success());
     // Every line it logged: the reader has reached the end of its stderr.
     let logs = again.logs();
     assert!(logs.contains("listening"), "{logs}");
     assert!(!logs.contains("enc_admin_"), "no second token: {logs}");
+
+    let mut emptied = Enc::start_with(&data, 5, &[("RUST_LOG", "info")], true);
+    assert_eq!(
+        emptied.http_as(Some(&secret), "GET", "/tokens", None).0,
+        401
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        secret,
+        "no new secret was written"
+    );
+    emptied.terminate();
+    assert!(emptied.wait(std::time::Duration::from_secs(10)).success());
+    let logs = emptied.logs();
+    assert!(logs.contains("there were some"), "it says why: {logs}");
 }
 
 #[test]

@@ -97,6 +97,21 @@ fn encode_record(version: u64, refs: i64, body: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Makes `dir` (and its parents) if need be, and narrows it to its owner (0700): it holds the
+/// store, and on a first start the admin token's secret.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 fn decode_record(bytes: &[u8]) -> Result<Record> {
     if bytes.len() < HEADER {
         return Err(StoreError::Internal(
@@ -282,10 +297,15 @@ impl Embedded {
 
     /// [`Embedded::open`] with a page cache of `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(internal)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        private_dir(dir).map_err(internal)?;
+        let file = dir.join(FILE_NAME);
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create(dir.join(FILE_NAME))?;
+            .create(&file)?;
+        // The file holds every object and token hash: its owner's only, as the directory.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .map_err(internal)?;
         let txn = db.begin_write()?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
