@@ -210,6 +210,10 @@ fn link(document: &mut Document) {
         }
     }
     let answer = |field: &str| format!("$response.body#/{field}");
+    // A write reached through a link is done, not previewed: a client that follows links
+    // (schemathesis's stateful phase) must not take a dry run's answer for a change made,
+    // e.g. a group still there after a `DELETE ...?dry_run=true`.
+    let previewable = operations_with_query(document, "dry_run");
     for (path, targets, parameters) in LINKS {
         let Some(links) = created(document, path) else {
             continue;
@@ -218,6 +222,9 @@ fn link(document: &mut Document) {
             let mut link = LinkBuilder::new().operation_id(*target);
             for (parameter, field) in *parameters {
                 link = link.parameter(*parameter, answer(field));
+            }
+            if previewable.contains(*target) {
+                link = link.parameter("dry_run", false);
             }
             links.insert(target.to_string(), RefOr::T(link.build()));
         }
@@ -230,11 +237,33 @@ fn link(document: &mut Document) {
             .iter()
             .map(|(field, from)| (field.to_string(), answer(from).into()))
             .collect();
-        let link = LinkBuilder::new()
+        let mut link = LinkBuilder::new()
             .operation_id(*target)
             .request_body(Some(body));
+        if previewable.contains(*target) {
+            link = link.parameter("dry_run", false);
+        }
         links.insert(name.to_string(), RefOr::T(link.build()));
     }
+}
+
+/// The ids of the operations that take the query parameter `name`.
+fn operations_with_query(document: &Document, name: &str) -> std::collections::BTreeSet<String> {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::path::ParameterIn;
+    let mut found = std::collections::BTreeSet::new();
+    for item in document.paths.paths.values() {
+        let operations = [&item.get, &item.post, &item.put, &item.delete, &item.patch];
+        for operation in operations.into_iter().flatten() {
+            let takes = operation.parameters.iter().flatten().any(|p| {
+                matches!(p, RefOr::T(p) if p.name == name && matches!(p.parameter_in, ParameterIn::Query))
+            });
+            if let (true, Some(id)) = (takes, &operation.operation_id) {
+                found.insert(id.clone());
+            }
+        }
+    }
+    found
 }
 
 /// Collections answer with and without a trailing slash: the document says so of each.

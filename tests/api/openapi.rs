@@ -222,3 +222,44 @@ print(json.dumps(out))
         assert_eq!(verdict["errors"], serde_json::json!([]), "{verdict}");
     }
 }
+
+/// A client that follows the document's links (schemathesis's stateful phase) makes the
+/// writes it links to, never previews them: a `DELETE ...?dry_run=true` leaves the object
+/// there, and a client taking it for a delete would report the object "still available".
+#[test]
+fn every_link_to_a_previewable_write_says_it_is_not_a_dry_run() {
+    let document = document();
+    let mut previewable = std::collections::BTreeSet::new();
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            let takes = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == "dry_run" && p["in"] == "query");
+            if takes {
+                previewable.insert(operation["operationId"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(previewable.contains("delete_node_group"), "{previewable:?}");
+    let mut checked = 0;
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            for response in operation["responses"].as_object().into_iter().flatten() {
+                for link in response.1["links"].as_object().into_iter().flatten() {
+                    let target = link.1["operationId"].as_str().unwrap();
+                    if previewable.contains(target) {
+                        assert_eq!(
+                            link.1["parameters"]["dry_run"], false,
+                            "{}: {target}",
+                            link.0
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 4, "links to previewable writes: {checked}");
+}
