@@ -597,7 +597,13 @@ pub async fn authorize(
         }
         return response;
     }
-    let identity = state.auth.identify(&state, request.headers(), route).await;
+    // An open route reads no credential (a bearer on `/healthz` costs no store read), unless
+    // it shows the caller what they may do: the metrics form's pages and sign-in.
+    let identity = if needs == Some(Needs::Nothing) && !shows_the_caller(route) {
+        Ok(None)
+    } else {
+        state.auth.identify(&state, request.headers(), route).await
+    };
     let (outcome, denial) = match (needs, identity) {
         (None, _) => (
             "undeclared",
@@ -644,6 +650,12 @@ pub async fn authorize(
         response.extensions_mut().insert(Actor(actor));
     }
     response
+}
+
+/// Open routes whose answer depends on who asks: the metrics form's pages (what was saved is
+/// shown to those who may see it) and the sign-in page.
+fn shows_the_caller(route: &str) -> bool {
+    session::accepted_on(route) || route == "/sign-in"
 }
 
 /// A bearer token `authorize` left for the route's handler to check with its own store read

@@ -1099,3 +1099,57 @@ async fn facts_posted_are_refused_before_their_body_is_read_unless_the_token_is_
         ["bogus"]
     );
 }
+
+/// Every store call so far, of every kind and outcome, from enc's own counters.
+async fn all_store_calls(app: &TestApp) -> f64 {
+    let metrics = TestApp::text(&app.as_caller(None).get("/metrics").await);
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("store_operation_duration_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn open_routes_read_no_credential_and_readiness_probes_the_store_at_most_once_a_second() {
+    let app = TestApp::new().await;
+    let stored = app.token("prober", &["read"]).await;
+    // Warm: the metric series exist, and reading /metrics itself reads nothing.
+    let before = all_store_calls(&app).await;
+    assert_eq!(all_store_calls(&app).await, before, "/metrics reads nothing");
+    let made_up = format!("enc_prober_{}", "A".repeat(43));
+    for bearer in [stored.as_str(), made_up.as_str(), "enc_nobody_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"] {
+        let answer = app.as_caller(Some(bearer)).get("/healthz").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let answer = app.as_caller(Some(bearer)).get("/api-docs/openapi.json").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(
+        all_store_calls(&app).await,
+        before,
+        "a bearer on an open route cost a store read"
+    );
+    // A burst of readiness checks: one probe of the store (a call per table on DynamoDB),
+    // the rest answered from it.
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    let probed = all_store_calls(&app).await;
+    assert!(probed > before, "the first /readyz probes the store");
+    for _ in 0..20 {
+        assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        all_store_calls(&app).await,
+        probed,
+        "20 more /readyz within a second probed the store again"
+    );
+    // A second later, the next one probes again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    assert!(
+        all_store_calls(&app).await > probed,
+        "the probe is not kept for ever"
+    );
+    // The form's page still knows who asks: what may be seen depends on it.
+    let form = app.as_caller(Some(&stored)).get("/metrics-form").await;
+    assert_eq!(form.status, StatusCode::OK);
+}
