@@ -56,6 +56,16 @@ pub fn check_clear_text(url: &str, allow_http: bool) -> Result<(), String> {
     ))
 }
 
+/// GETs `url`, refusing an answer longer than `max_bytes`.
+pub async fn get_at_most(
+    url: &str,
+    accept: &str,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
+    exchange(url, accept, None, None, &[], None, max_bytes, timeout).await
+}
+
 /// GETs `url` presenting `token` (a bearer token), answering within `timeout` or failing.
 pub async fn get_as(
     url: &str,

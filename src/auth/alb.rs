@@ -5,8 +5,8 @@
 //! endpoint and kept. Nothing else in the header is believed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use base64::Engine;
@@ -42,8 +42,8 @@ pub enum AlbError {
     UnknownKey,
     #[error("the sign-in data's signature does not verify")]
     Signature,
-    #[error("the load balancer's key could not be fetched: {0}")]
-    KeyUnavailable(String),
+    #[error("the load balancer's signing key could not be fetched")]
+    KeyUnavailable,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +98,8 @@ impl ScopeRules {
 
     pub fn scopes(&self, user: &User) -> BTreeSet<Scope> {
         let has = |claim: &str, wanted: &str| match user.claims.get(claim) {
+            // An address the identity provider has not verified is anyone's to type.
+            Some(_) if claim == "email" && !email_verified(&user.claims) => false,
             Some(Value::String(s)) => s == wanted,
             Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(wanted)),
             _ => false,
@@ -110,12 +112,51 @@ impl ScopeRules {
     }
 }
 
+/// Whether the claims say the identity provider verified the `email` claim (`email_verified`
+/// true, as OpenID Connect's standard claim, or `"true"` as some providers write it).
+fn email_verified(claims: &Map<String, Value>) -> bool {
+    match claims.get("email_verified") {
+        Some(Value::Bool(verified)) => *verified,
+        Some(Value::String(verified)) => verified.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// Keys kept at most: the ALB rotates its keys rarely; an attacker's made-up `kid`s must
+/// not grow the cache without bound.
+const KEYS_KEPT: usize = 64;
+/// How long a fetched key is kept, and how long "no such key" is.
+const KEY_KEPT_FOR: Duration = Duration::from_secs(3600);
+const NO_KEY_KEPT_FOR: Duration = Duration::from_secs(30);
+/// The longest answer read from the key endpoint: a PEM public key is a few hundred bytes.
+const KEY_MAX_BYTES: usize = 16 * 1024;
+
+/// A key (or that there is none) as fetched at `at`.
+#[derive(Clone)]
+struct Kept {
+    key: Option<Arc<DecodingKey>>,
+    at: Instant,
+}
+
+impl Kept {
+    fn fresh(&self) -> bool {
+        let kept_for = if self.key.is_some() {
+            KEY_KEPT_FOR
+        } else {
+            NO_KEY_KEPT_FOR
+        };
+        self.at.elapsed() < kept_for
+    }
+}
+
 pub struct Alb {
     signer: String,
     /// Where keys are: `<keys_url>/<kid>` answers the key as PEM.
     keys_url: String,
     pub rules: ScopeRules,
-    keys: RwLock<HashMap<String, Option<Arc<DecodingKey>>>>,
+    keys: RwLock<HashMap<String, Kept>>,
+    /// The fetch under way per `kid`: others asking for the same key wait for it.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Alb {
@@ -125,6 +166,7 @@ impl Alb {
             keys_url: keys_url.trim_end_matches('/').to_owned(),
             rules,
             keys: RwLock::default(),
+            fetching: Mutex::default(),
         }
     }
 
@@ -165,12 +207,22 @@ impl Alb {
         {
             return Err(AlbError::Expired);
         }
-        let name = ["email", "sub"]
-            .iter()
-            .find_map(|c| claims.get(*c).and_then(Value::as_str))
+        // Named by their address only if it was verified; otherwise by their subject.
+        let email = claims
+            .get("email")
+            .and_then(Value::as_str)
+            .filter(|_| email_verified(&claims));
+        let name = email
+            .or_else(|| claims.get("sub").and_then(Value::as_str))
             .ok_or(AlbError::Malformed)?
             .to_owned();
         Ok(User { name, claims })
+    }
+
+    /// The kept key of `kid`, if it is fresh: `Some(None)` for "no such key".
+    fn kept(&self, kid: &str) -> Option<Option<Arc<DecodingKey>>> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.get(kid).filter(|k| k.fresh()).map(|k| k.key.clone())
     }
 
     async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AlbError> {
@@ -180,26 +232,75 @@ impl Alb {
         if !plausible {
             return Err(AlbError::UnknownKey);
         }
-        if let Some(known) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid) {
-            return known.clone().ok_or(AlbError::UnknownKey);
+        if let Some(known) = self.kept(kid) {
+            return known.ok_or(AlbError::UnknownKey);
         }
+        // One fetch per key at a time: the requests that come meanwhile wait for it.
+        let turn = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kid.to_owned())
+            .or_default()
+            .clone();
+        let fetched = {
+            let _turn = turn.lock().await;
+            match self.kept(kid) {
+                Some(known) => Ok(known),
+                None => self.fetch(kid).await,
+            }
+        };
+        {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            // The last one out takes the turn away (the map holds one, this holds one).
+            if Arc::strong_count(&turn) <= 2 {
+                fetching.remove(kid);
+            }
+        }
+        fetched?.ok_or(AlbError::UnknownKey)
+    }
+
+    /// Fetches the key of `kid` and keeps what was found (or that nothing was).
+    async fn fetch(&self, kid: &str) -> Result<Option<Arc<DecodingKey>>, AlbError> {
         let url = format!("{}/{kid}", self.keys_url);
-        let fetched = client::get(&url, "*/*", Duration::from_secs(3))
+        let unavailable = |why: String| {
+            tracing::warn!(
+                url,
+                why,
+                "the load balancer's signing key could not be fetched"
+            );
+            AlbError::KeyUnavailable
+        };
+        let fetched = client::get_at_most(&url, "*/*", KEY_MAX_BYTES, Duration::from_secs(3))
             .await
-            .map_err(|e| AlbError::KeyUnavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string()))?;
         let key = match fetched.status {
             StatusCode::OK => Some(Arc::new(
-                DecodingKey::from_ec_pem(&fetched.body)
-                    .map_err(|e| AlbError::KeyUnavailable(format!("{url}: {e}")))?,
+                DecodingKey::from_ec_pem(&fetched.body).map_err(|e| unavailable(e.to_string()))?,
             )),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => None,
-            other => return Err(AlbError::KeyUnavailable(format!("{url} answered {other}"))),
+            other => return Err(unavailable(format!("answered {other}"))),
         };
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(kid.to_owned(), key.clone());
-        key.ok_or(AlbError::UnknownKey)
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= KEYS_KEPT {
+            keys.retain(|_, k| k.fresh());
+        }
+        if keys.len() >= KEYS_KEPT
+            && let Some(oldest) = keys
+                .iter()
+                .min_by_key(|(_, k)| k.at)
+                .map(|(kid, _)| kid.clone())
+        {
+            keys.remove(&oldest);
+        }
+        keys.insert(
+            kid.to_owned(),
+            Kept {
+                key: key.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(key)
     }
 }
 
@@ -231,12 +332,19 @@ mod tests {
             rules.scopes(&admin),
             BTreeSet::from([Scope::Admin, Scope::ActivitiesWrite])
         );
-        let ops = user(json!({"email": "ops@example.com", "groups": "staff"}));
+        let ops =
+            user(json!({"email": "ops@example.com", "email_verified": true, "groups": "staff"}));
         assert_eq!(
             rules.scopes(&ops),
             BTreeSet::from([Scope::Write, Scope::ActivitiesWrite])
         );
         assert!(ScopeRules::default().scopes(&ops).is_empty());
+        let unverified = user(json!({"email": "ops@example.com", "groups": "staff"}));
+        assert_eq!(
+            rules.scopes(&unverified),
+            BTreeSet::from([Scope::ActivitiesWrite]),
+            "an address nobody verified matches no email rule"
+        );
         assert!(ScopeRules::parse(r#"{"groups": ["admin"]}"#).is_err());
         assert!(ScopeRules::parse(r#"{"*": ["root"]}"#).is_err());
         assert!(ScopeRules::parse("not json").is_err());

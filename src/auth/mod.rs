@@ -262,6 +262,9 @@ pub struct Auth {
 /// Bytes of decoded tokens kept, at most.
 const TOKENS_BUDGET: usize = 1024 * 1024;
 
+/// What every refused load balancer sign-in answers.
+const ALB_REFUSED: &str = "the load balancer's sign-in data is not valid: sign in again";
+
 /// How often a token's `last_used_at` is written at most.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -291,7 +294,16 @@ impl Refused {
             Refused::Malformed(why) => AppError::Unauthorized(why.to_owned()),
             Refused::Unknown => AppError::Unauthorized("the token is unknown or revoked".into()),
             Refused::Expired => AppError::Unauthorized("the token has expired".into()),
-            Refused::Alb(e) => AppError::Unauthorized(e.to_string()),
+            // Its own outage, not the caller's fault; said without the endpoint's address.
+            Refused::Alb(e @ alb::AlbError::KeyUnavailable) => {
+                AppError::Unavailable(StoreError::Unavailable(e.to_string().into()))
+            }
+            // One text whatever was wrong (signer, key, signature, expiry): a prober learns
+            // nothing from the difference. The outcome metric and the log keep the reason.
+            Refused::Alb(e) => {
+                tracing::info!(reason = %e, "load balancer sign-in data refused");
+                AppError::Unauthorized(ALB_REFUSED.into())
+            }
             Refused::Store(e) => e.into(),
         }
     }

@@ -81,7 +81,7 @@ fn header_with(changes: Value) -> Value {
 }
 
 fn claims() -> Value {
-    json!({"sub": "1234", "email": "alice@example.com", "groups": ["staff", "enc-admins"], "exp": now() + 60, "iss": "https://idp.example.com"})
+    json!({"sub": "1234", "email": "alice@example.com", "email_verified": true, "groups": ["staff", "enc-admins"], "exp": now() + 60, "iss": "https://idp.example.com"})
 }
 
 fn signed(pair: &EcdsaKeyPair, header: &Value, claims: &Value) -> String {
@@ -192,13 +192,18 @@ async fn only_what_this_load_balancer_signed_is_believed() {
         ("HS256 keyed with the public key", hs256),
         ("not a JWT", "garbage".to_owned()),
     ];
+    let mut texts = std::collections::BTreeSet::new();
     for (what, data) in refused {
-        assert_eq!(
-            send(&app, "/nodes", &data).await,
-            StatusCode::UNAUTHORIZED,
-            "{what}"
-        );
+        let request = Request::get("/nodes")
+            .header("x-amzn-oidc-data", &data)
+            .body(Body::empty())
+            .unwrap();
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what}");
+        texts.insert(answer.json()["detail"].as_str().unwrap().to_owned());
     }
+    // One text whatever was wrong: a prober learns nothing from the difference.
+    assert_eq!(texts.len(), 1, "{texts:?}");
     // Without the load balancer's sign-in configured, the header means nothing.
     let plain = TestApp::new().await.as_caller(None);
     assert_eq!(
@@ -214,7 +219,7 @@ async fn the_signed_in_person_is_the_engineer() {
     let data = signed(
         &pair,
         &header_with(json!({})),
-        &json!({"sub": "42", "email": "bob@example.com", "exp": now() + 60}),
+        &json!({"sub": "42", "email": "bob@example.com", "email_verified": true, "exp": now() + 60}),
     );
     let request = Request::post("/metrics-form")
         .header("x-amzn-oidc-data", &data)
@@ -235,4 +240,154 @@ async fn the_signed_in_person_is_the_engineer() {
         page.contains("value=\"bob@example.com\"") && page.contains("readonly"),
         "{page}"
     );
+}
+
+/// A key endpoint that counts what it is asked, per key id; it serves its key after `delay`.
+async fn counting_key_server(
+    pem: String,
+    delay: std::time::Duration,
+) -> (
+    String,
+    Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    let asked: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let counted = asked.clone();
+    let app = axum::Router::new().route(
+        "/{kid}",
+        axum::routing::get(
+            move |axum::extract::Path(kid): axum::extract::Path<String>| {
+                let pem = pem.clone();
+                let counted = counted.clone();
+                async move {
+                    *counted.lock().unwrap().entry(kid.clone()).or_default() += 1;
+                    if kid == KID {
+                        tokio::time::sleep(delay).await;
+                        (StatusCode::OK, pem)
+                    } else {
+                        (StatusCode::NOT_FOUND, String::new())
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn an_address_counts_only_once_the_identity_provider_verified_it() {
+    let (pair, pem) = key();
+    let rules = ScopeRules::parse(r#"{"email=ops@example.com": ["read"]}"#).unwrap();
+    let alb = Alb::new(SIGNER.to_owned(), key_server(pem).await, rules);
+    let backing = TestStore::new().await;
+    let auth = Auth::new(true, Some(ADMIN), Some(alb), false, enc::access());
+    let app = TestApp::with_state(App::new(backing.engine.clone()).with_auth(auth), backing)
+        .as_caller(None);
+    let with = |verified: Value| {
+        let mut claims = json!({"sub": "77", "email": "ops@example.com", "exp": now() + 60});
+        if !verified.is_null() {
+            claims["email_verified"] = verified;
+        }
+        signed(&pair, &header_with(json!({})), &claims)
+    };
+    assert_eq!(
+        send(&app, "/nodes", &with(json!(true))).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, "/nodes", &with(json!("true"))).await,
+        StatusCode::OK
+    );
+    for unverified in [json!(false), json!("false"), Value::Null] {
+        assert_eq!(
+            send(&app, "/nodes", &with(unverified.clone())).await,
+            StatusCode::FORBIDDEN,
+            "email_verified {unverified}: signed in, but the email rule gives nothing"
+        );
+    }
+    // And such a person is named by their subject, not by an address anyone could type.
+    let request = Request::post("/metrics-form")
+        .header("x-amzn-oidc-data", with(json!(false)))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"customer": "ACME", "project": "Web", "activity_type": "support", "hours": 1})
+                .to_string(),
+        ))
+        .unwrap();
+    let answer = app.send(request).await;
+    assert_ne!(
+        answer.status,
+        StatusCode::CREATED,
+        "no scope to record work"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_fetched_once_per_key_id_kept_within_bounds_and_an_outage_names_no_address() {
+    let (pair, pem) = key();
+    let (url, asked) = counting_key_server(pem, std::time::Duration::from_millis(300)).await;
+    let app = Arc::new(app(url).await);
+    let good = signed(&pair, &header_with(json!({})), &claims());
+    // Twenty requests at once with a key not yet fetched: one fetch.
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let (app, good) = (app.clone(), good.clone());
+            tokio::spawn(async move { send(&app, "/nodes", &good).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        asked.lock().unwrap()[KID],
+        1,
+        "one fetch for twenty requests"
+    );
+    // A key the endpoint does not have is not asked for again at once (kept as missing)...
+    let unknown = |n: usize| format!("{n:08}-1f3d-4e5a-9b6c-0d7e8f9a1b2c");
+    let with_kid = |kid: &str| signed(&pair, &header_with(json!({"kid": kid})), &claims());
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, "/nodes", &with_kid(&unknown(0))).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(asked.lock().unwrap()[&unknown(0)], 1);
+    // ...but made-up key ids do not grow the cache without bound: after a hundred others,
+    // the first has been let go, and is asked for again.
+    for n in 1..=100 {
+        send(&app, "/nodes", &with_kid(&unknown(n))).await;
+    }
+    send(&app, "/nodes", &with_kid(&unknown(0))).await;
+    assert_eq!(
+        asked.lock().unwrap()[&unknown(0)],
+        2,
+        "the cache is bounded"
+    );
+    // The endpoint down: 503, naming no address.
+    let down = Arc::new(app_down().await);
+    let answer = down
+        .send(
+            Request::get("/nodes")
+                .header("x-amzn-oidc-data", &good)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = TestApp::text(&answer);
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("http"),
+        "{text}"
+    );
+}
+
+/// An app whose key endpoint refuses every connection.
+async fn app_down() -> TestApp {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    app(url).await
 }
