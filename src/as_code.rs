@@ -91,8 +91,17 @@ pub fn read_tree(dir: &Path) -> Result<BTreeMap<String, String>, String> {
     fn walk(root: &Path, at: &Path, files: &mut BTreeMap<String, String>) -> Result<(), String> {
         let entries = std::fs::read_dir(at).map_err(|e| format!("{}: {e}", at.display()))?;
         for entry in entries {
-            let path = entry.map_err(|e| format!("{}: {e}", at.display()))?.path();
-            if path.is_dir() {
+            let entry = entry.map_err(|e| format!("{}: {e}", at.display()))?;
+            let path = entry.path();
+            // What the entry is itself, not what a link points at: a link could take the
+            // plan outside the tree (or a tree in git anywhere on the machine running it).
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if kind.is_symlink() {
+                return Err(not_a_link(&path));
+            }
+            if kind.is_dir() {
                 walk(root, &path, files)?;
             } else if path.extension().is_some_and(|e| e == "yaml") {
                 let text = std::fs::read_to_string(&path)
@@ -113,11 +122,57 @@ pub fn read_tree(dir: &Path) -> Result<BTreeMap<String, String>, String> {
     let mut files = BTreeMap::new();
     for kind in DIRS {
         let at = dir.join(kind);
-        if at.is_dir() {
-            walk(dir, &at, &mut files)?;
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(not_a_link(&at)),
+            Ok(meta) if meta.is_dir() => walk(dir, &at, &mut files)?,
+            _ => {}
         }
     }
     Ok(files)
+}
+
+fn not_a_link(path: &Path) -> String {
+    format!(
+        "{} is a symbolic link: a tree is read and written without following links",
+        path.display()
+    )
+}
+
+/// Writes `text` to `at` under `dir`, making the directories between: none of them, nor the
+/// file, may be a link (the file is opened without following one).
+fn write_file(dir: &Path, at: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let relative = at.strip_prefix(dir).unwrap_or(at);
+    let mut so_far = dir.to_path_buf();
+    let parents: Vec<_> = relative
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .collect();
+    for part in parents {
+        so_far.push(part);
+        match std::fs::symlink_metadata(&so_far) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(not_a_link(&so_far)),
+            Ok(_) => {}
+            Err(_) => {
+                std::fs::create_dir(&so_far).map_err(|e| format!("{}: {e}", so_far.display()))?
+            }
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(at)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_a_link(at),
+            _ => format!("{}: {e}", at.display()),
+        })?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", at.display()))
 }
 
 /// Writes the files under `dir`, and removes the tree's other `.yaml` files, so that the
@@ -139,11 +194,8 @@ pub fn write_tree(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), St
             return Err(format!("enc sent a file outside the tree: {path:?}"));
         }
         let at: PathBuf = dir.join(path);
-        if let Some(parent) = at.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
         if old.get(path) != Some(text) {
-            std::fs::write(&at, text).map_err(|e| format!("{}: {e}", at.display()))?;
+            write_file(dir, &at, text)?;
         }
     }
     Ok(())

@@ -659,3 +659,110 @@ async fn a_migration_from_the_earlier_tables_reports_every_unmappable_item() {
         assert_eq!(classified["environment"], "production");
     }
 }
+
+#[test]
+fn over_long_names_export_and_plan_and_no_tree_is_read_or_written_through_a_link() {
+    use std::os::unix::fs::symlink;
+    let data = EncData::new();
+    let enc = Enc::start(&data, 1);
+    ok(
+        &enc,
+        "POST",
+        "/environment",
+        json!({"environment_name": "production", "puppet_cluster_name": "eu"}),
+    );
+    // 200 characters of 2 bytes, 6 encoded: 1,200 bytes as a file name; a certname of 253.
+    let group = "é".repeat(200);
+    let certname = format!("{}.example.com", "a".repeat(241));
+    assert_eq!(certname.len(), 253);
+    ok(
+        &enc,
+        "POST",
+        "/nodegroup",
+        json!({"name": group, "classes": {"ntp": {}}}),
+    );
+    ok(
+        &enc,
+        "POST",
+        "/nodes",
+        json!({"unique_name": certname, "node_group_name": group,
+            "environment_name": "production", "puppet_cluster_name": "eu"}),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    let tree_arg = tree.to_str().unwrap();
+    let out = client(&enc, work.path(), &["export", "--dir", tree_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exported = files(&tree);
+    assert_eq!(exported.len(), 3, "{:?}", exported.keys());
+    for path in exported.keys() {
+        let name = path.rsplit('/').next().unwrap();
+        assert!(name.len() <= 255, "{name}: {} bytes", name.len());
+    }
+    // Each file still holds its whole name, and the tree plans as it was exported.
+    assert!(exported.values().any(|t| t.contains(&certname)));
+    let out = client(&enc, work.path(), &["plan", "--dir", tree_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(
+        !printed.contains("+ create") && !printed.contains("~ "),
+        "{printed}"
+    );
+
+    // A link in the tree, to a file outside it: neither planned from nor written through.
+    let secret = work.path().join("outside.yaml");
+    std::fs::write(&secret, "unique_name: outside\n").unwrap();
+    let planted = tree.join("nodes/planted.yaml");
+    symlink(&secret, &planted).unwrap();
+    let out = client(&enc, work.path(), &["plan", "--dir", tree_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(&planted).unwrap();
+    // An exported file's path made a link to a file the exporter should not write.
+    let (group_file, _) = exported
+        .iter()
+        .find(|(p, _)| p.starts_with("node_groups/"))
+        .unwrap();
+    let at = tree.join(group_file);
+    std::fs::remove_file(&at).unwrap();
+    symlink(&secret, &at).unwrap();
+    ok(
+        &enc,
+        "PUT",
+        &format!("/nodegroup/{}", urlencode(&group)),
+        json!({"classes": {"ntp": {"servers": ["a"]}}}),
+    );
+    let out = client(&enc, work.path(), &["export", "--dir", tree_arg]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "unique_name: outside\n",
+        "written through the link"
+    );
+    // A whole directory of the tree made a link: refused too.
+    std::fs::remove_file(&at).unwrap();
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::rename(tree.join("nodes"), &elsewhere).unwrap();
+    symlink(&elsewhere, tree.join("nodes")).unwrap();
+    let out = client(&enc, work.path(), &["plan", "--dir", tree_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A name as a path segment.
+fn urlencode(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

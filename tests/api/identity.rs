@@ -1116,12 +1116,23 @@ async fn open_routes_read_no_credential_and_readiness_probes_the_store_at_most_o
     let stored = app.token("prober", &["read"]).await;
     // Warm: the metric series exist, and reading /metrics itself reads nothing.
     let before = all_store_calls(&app).await;
-    assert_eq!(all_store_calls(&app).await, before, "/metrics reads nothing");
+    assert_eq!(
+        all_store_calls(&app).await,
+        before,
+        "/metrics reads nothing"
+    );
     let made_up = format!("enc_prober_{}", "A".repeat(43));
-    for bearer in [stored.as_str(), made_up.as_str(), "enc_nobody_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"] {
+    for bearer in [
+        stored.as_str(),
+        made_up.as_str(),
+        "enc_nobody_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ] {
         let answer = app.as_caller(Some(bearer)).get("/healthz").await;
         assert_eq!(answer.status, StatusCode::OK);
-        let answer = app.as_caller(Some(bearer)).get("/api-docs/openapi.json").await;
+        let answer = app
+            .as_caller(Some(bearer))
+            .get("/api-docs/openapi.json")
+            .await;
         assert_eq!(answer.status, StatusCode::OK);
     }
     assert_eq!(
