@@ -67,7 +67,10 @@ impl Modify for Bearer {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An enc token: `enc_<name>_<secret>`"))
+                    .description(Some(
+                        "An enc token: `enc_<name>_<secret>`. A write that takes `dry_run` \
+                         needs `write`, or only `plan` when asked with `?dry_run=true`.",
+                    ))
                     .build(),
             ),
         );

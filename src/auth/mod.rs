@@ -126,6 +126,9 @@ impl std::fmt::Display for Needs {
 pub struct Access {
     /// By route, what each of its methods needs (looked up without a copy of the route).
     routes: HashMap<String, Vec<(Method, Needs)>>,
+    /// The writes that take `?dry_run=true` (by route, their methods): previewed, they need
+    /// only the scope `plan`.
+    previewable: HashMap<String, Vec<Method>>,
 }
 
 /// Routes served beside the documented API, open to all: the documentation itself.
@@ -158,7 +161,20 @@ impl Access {
                     .entry(normalized(path).to_owned())
                     .or_default();
                 methods.retain(|(m, _)| *m != method);
-                methods.push((method, needs));
+                methods.push((method.clone(), needs));
+                let dry_run = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == "dry_run" && p["in"] == "query");
+                if dry_run && needs == Needs::Scope(Scope::Write) {
+                    let methods = access
+                        .previewable
+                        .entry(normalized(path).to_owned())
+                        .or_default();
+                    methods.retain(|m| *m != method);
+                    methods.push(method);
+                }
             }
         }
         Ok(access)
@@ -179,6 +195,22 @@ impl Access {
         }
         // Another method on a documented path is answered 405 by the router.
         (methods.is_some() || is_documentation(route)).then_some(Needs::Nothing)
+    }
+
+    /// What `method` on `route` needs when asked with `query`: a write previewed
+    /// (`dry_run=true`, and no other spelling of it) needs only `plan`, which `write` grants.
+    pub fn needs_asked(&self, method: &Method, route: &str, query: Option<&str>) -> Option<Needs> {
+        let needs = self.needs(method, route);
+        let previewable = self
+            .previewable
+            .get(normalized(route))
+            .is_some_and(|methods| methods.contains(method));
+        match needs {
+            Some(Needs::Scope(Scope::Write)) if previewable && asks_dry_run(query) => {
+                Some(Needs::Scope(Scope::Plan))
+            }
+            other => other,
+        }
     }
 
     /// The methods a route answers, for `Allow` (HEAD with GET).
@@ -203,6 +235,26 @@ impl Access {
             .iter()
             .flat_map(|(p, methods)| methods.iter().map(|(m, n)| (m, p.as_str(), *n)))
     }
+}
+
+/// Whether a query asks for a dry run as the handler will read it: `dry_run=true`, every time
+/// it is named. Any other spelling (`%74rue`, `dry%5Frun`) is not taken for one here: at
+/// worst a previewing token is refused, never a write let through.
+fn asks_dry_run(query: Option<&str>) -> bool {
+    let mut asked = false;
+    for pair in query.unwrap_or_default().split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "dry_run" {
+            if value != "true" {
+                return false;
+            }
+            asked = true;
+        } else if key.contains('%') || key.contains('+') {
+            // An encoded name might decode to `dry_run`.
+            return false;
+        }
+    }
+    asked
 }
 
 fn method_name(method: &Method) -> &'static str {
@@ -585,7 +637,10 @@ pub async fn authorize(
         return next.run(request).await;
     };
     let route = matched.as_str();
-    let mut needs = state.auth.access.needs(request.method(), route);
+    let mut needs = state
+        .auth
+        .access
+        .needs_asked(request.method(), route, request.uri().query());
     if route == "/metrics" && state.auth.metrics_token_required {
         needs = Some(Needs::Scope(Scope::Read));
     }

@@ -26,6 +26,11 @@ pub enum Scope {
     /// Change nodes, node groups and environments.
     #[serde(rename = "write")]
     Write,
+    /// Preview writes only: any write with `?dry_run=true`, and planning a tree
+    /// (`POST /import?dry_run=true`, `enc plan`); nothing stored, nothing else read. What a
+    /// pull request's CI holds.
+    #[serde(rename = "plan")]
+    Plan,
     /// Record work in the metrics form.
     #[serde(rename = "activities:write")]
     ActivitiesWrite,
@@ -38,10 +43,11 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::Classify,
         Scope::Read,
         Scope::Write,
+        Scope::Plan,
         Scope::ActivitiesWrite,
         Scope::ActivitiesRead,
         Scope::Admin,
@@ -52,6 +58,7 @@ impl Scope {
             Scope::Classify => "classify",
             Scope::Read => "read",
             Scope::Write => "write",
+            Scope::Plan => "plan",
             Scope::ActivitiesWrite => "activities:write",
             Scope::ActivitiesRead => "activities:read",
             Scope::Admin => "admin",
@@ -73,7 +80,7 @@ impl Scope {
         use Scope::*;
         match self {
             Admin => true,
-            Write => matches!(needed, Write | Read),
+            Write => matches!(needed, Write | Read | Plan),
             other => other == needed,
         }
     }

@@ -382,6 +382,9 @@ async fn every_route_by_every_kind_of_caller() {
             for (scope, secret) in &holders {
                 let case = case(&method, path).unwrap();
                 let success = case.success;
+                // A row that previews a write (`?dry_run=true`) needs only `plan`.
+                let query = case.uri.split_once('?').map(|(_, q)| q);
+                let declared = access.needs_asked(&method, path, query).unwrap();
                 let response =
                     attempt(&app, &method, case, Some(&format!("Bearer {secret}"))).await;
                 let allowed = declared.granted_by(*scope);
@@ -1163,4 +1166,97 @@ async fn open_routes_read_no_credential_and_readiness_probes_the_store_at_most_o
     // The form's page still knows who asks: what may be seen depends on it.
     let form = app.as_caller(Some(&stored)).get("/metrics-form").await;
     assert_eq!(form.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_plan_token_previews_every_write_and_does_nothing_else() {
+    let app = seeded().await;
+    let plan = app.token("pull-requests", &["plan"]).await;
+    let bearer = format!("Bearer {plan}");
+    let access = enc::access();
+    let mut previewed = 0;
+    let mut operations: Vec<_> = access
+        .operations()
+        .map(|(m, p, n)| (m.clone(), p.to_owned(), n))
+        .collect();
+    operations.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+    let document = app.get("/api-docs/openapi.json").await.ok(StatusCode::OK);
+    for (method, path, needs) in operations {
+        let operation = &document["paths"][&path][method.as_str().to_lowercase()];
+        let takes_dry_run = operation["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["name"] == "dry_run");
+        let Some(row) = case(&method, &path) else {
+            continue;
+        };
+        if takes_dry_run {
+            // The row's request, with its query's own `dry_run` (if any) taken out, and `query`.
+            let with = |query: &str| {
+                let mut row = case(&method, &path).unwrap();
+                let (base, own) = row.uri.split_once('?').unwrap_or((&row.uri, ""));
+                let mut kept: Vec<&str> = own
+                    .split('&')
+                    .filter(|p| !p.is_empty() && !p.starts_with("dry_run="))
+                    .collect();
+                if !query.is_empty() {
+                    kept.push(query);
+                }
+                row.uri = match kept.is_empty() {
+                    true => base.to_owned(),
+                    false => format!("{base}?{}", kept.join("&")),
+                };
+                row
+            };
+            // Previewed: allowed, and nothing stored changes.
+            let preview = with("dry_run=true");
+            let (response, changed) =
+                attempt_watching(&app, &method, preview, Some(&bearer), true).await;
+            assert!(
+                response.status.is_success(),
+                "{method} {path}?dry_run=true with plan: {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
+            assert!(!changed, "{method} {path}?dry_run=true changed something");
+            previewed += 1;
+            // Not previewed, or previewed in a way the check cannot be sure of: refused.
+            for query in [
+                "",
+                "dry_run=false",
+                "dry_run=true&dry_run=false",
+                "dry%5Frun=true",
+            ] {
+                let real = with(query);
+                let (response, changed) =
+                    attempt_watching(&app, &method, real, Some(&bearer), true).await;
+                assert_eq!(
+                    response.status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} {query:?} with plan"
+                );
+                assert!(
+                    !changed,
+                    "{method} {path} {query:?} with plan changed something"
+                );
+            }
+        } else if needs != Needs::Nothing {
+            // Reads and everything else: plan is not read.
+            let response = attempt(&app, &method, row, Some(&bearer)).await;
+            assert_eq!(
+                response.status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} with plan"
+            );
+        }
+    }
+    assert!(previewed >= 8, "previewable writes checked: {previewed}");
+    // `write` previews too, as before.
+    let writer = app.token("writer", &["write"]).await;
+    let preview = app
+        .as_caller(Some(&writer))
+        .put("/nodegroup/base?dry_run=true", json!({"classes": {}}), None)
+        .await;
+    assert_eq!(preview.status, StatusCode::OK);
 }

@@ -798,3 +798,21 @@ def test_moto_creates_the_stacks_it_can_with_the_exports_the_others_import(monke
         assert sorted(tables) == sorted(t["TableName"] for t in printed)
         roles = {r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]}
         assert {"enc-github-build", "enc-github-deploy-dev", "enc-github-deploy-prod"} <= roles
+
+
+def test_the_readmes_classification_workflow_passes_actionlint(tmp_path):
+    # The GitHub Actions example for classification as code: pull requests plan with a plan
+    # token, only main applies, with the write token of an environment.
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml\nname: classification\n") + len("```yaml\n")
+    example = readme[start:readme.index("```", start)]
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "classification.yml").write_text(example)
+    result = subprocess.run([tool("actionlint"), "-no-color", "classification.yml"], cwd=workflows,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = yaml.safe_load(example)
+    assert "secrets.ENC_PLAN_TOKEN" in str(document["jobs"]["plan"])
+    assert "ENC_WRITE_TOKEN" not in str(document["jobs"]["plan"]), "a pull request never holds the write token"
+    assert document["jobs"]["apply"]["environment"] == "classification"
