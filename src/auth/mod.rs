@@ -24,6 +24,7 @@ use crate::domain::{ClusterName, Scope, Stored, Token, TokenName, now};
 use crate::error::AppError;
 use crate::memo::Memo;
 use crate::store::engine::Record;
+use crate::store::sessions::{Session, session_name};
 use crate::store::{Store, StoreError};
 
 /// Who is calling, as the middleware found out.
@@ -388,6 +389,130 @@ impl Auth {
             .map_err(Refused::into_error)
     }
 
+    /// Starts a session of the metrics form's pages for the secret `presented`: its id (for
+    /// the cookie, never stored) and who it is. The session grants only what the form needs
+    /// of what the token has; a token with neither of the form's scopes starts none.
+    pub async fn start_session(
+        &self,
+        state: &AppState,
+        presented: &str,
+    ) -> Result<(String, Identity), AppError> {
+        let (identity, stored) = self
+            .token(&state.store, presented)
+            .await
+            .map_err(Refused::into_error)?;
+        let scopes: BTreeSet<Scope> = [Scope::ActivitiesWrite, Scope::ActivitiesRead]
+            .into_iter()
+            .filter(|s| identity.grants(*s))
+            .collect();
+        if scopes.is_empty() {
+            return Err(AppError::Unauthorized(
+                "the token has neither activities:write nor activities:read, which the form's pages need"
+                    .into(),
+            ));
+        }
+        let id = session::new_id();
+        let at = now();
+        let max_age = chrono::Duration::seconds(session::MAX_AGE_SECONDS as i64);
+        let record = Session {
+            name: session_name(&secret::sha256_hex(&id)),
+            actor: identity.actor.clone(),
+            token: stored.as_ref().map(|t| t.item.name.clone()),
+            token_sha256: Some(match &stored {
+                Some(token) => token.item.secret_sha256.clone(),
+                None => secret::sha256_hex(presented),
+            }),
+            scopes: scopes.clone(),
+            started_at: at,
+            ends_at: at + max_age,
+            seen_at: at,
+        };
+        state.store.create_session(record).await?;
+        if let Some(stored) = stored {
+            self.touch(state, stored);
+        }
+        let identity = Identity {
+            actor: identity.actor,
+            scopes,
+            person: None,
+            clusters: None,
+        };
+        Ok((id, identity))
+    }
+
+    /// Ends the session the cookie `id` names, if any.
+    pub async fn end_session(&self, store: &Store, id: &str) -> Result<(), AppError> {
+        store
+            .end_session(&session_name(&secret::sha256_hex(id)))
+            .await?;
+        Ok(())
+    }
+
+    /// Who the session the cookie `id` names is, if it is still good: not past its end nor
+    /// idle too long, and its token (or the bootstrap secret) still the one signed in with.
+    /// A session no longer good is ended.
+    async fn session(&self, state: &AppState, id: &str) -> Result<Option<Identity>, Refused> {
+        let name = session_name(&secret::sha256_hex(id));
+        let Some(stored) = state.store.session(&name).await.map_err(Refused::Store)? else {
+            return Ok(None);
+        };
+        let at = now();
+        let session = &stored.item;
+        let idle = (at - session.seen_at)
+            .to_std()
+            .is_ok_and(|idle| idle > session::IDLE);
+        let mut good = session.ends_at > at && !idle;
+        if good {
+            good = match &session.token {
+                None => self.bootstrap.as_ref().is_some_and(|digest| {
+                    session
+                        .token_sha256
+                        .as_deref()
+                        .is_some_and(|signed_in| secret::matches_hex(digest, signed_in))
+                }),
+                Some(token) => match state.store.get_token(token).await {
+                    Ok(token) => {
+                        let same = Some(&token.item.secret_sha256) == session.token_sha256.as_ref();
+                        let alive = same && !token.item.expired(at);
+                        if alive {
+                            self.touch(state, Arc::new(token));
+                        }
+                        alive
+                    }
+                    Err(StoreError::NotFound { .. }) => false,
+                    Err(e) => return Err(Refused::Store(e)),
+                },
+            };
+        }
+        if !good {
+            let store = state.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.end_session(&name).await {
+                    tracing::debug!(error = %e, "an ended session was not removed");
+                }
+            });
+            return Ok(None);
+        }
+        let identity = Identity {
+            actor: session.actor.clone(),
+            scopes: session.scopes.clone(),
+            person: None,
+            clusters: None,
+        };
+        let fresh = (at - session.seen_at)
+            .to_std()
+            .is_ok_and(|age| age < TOUCH_EVERY);
+        if !fresh {
+            let store = state.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_session(stored, at).await {
+                    tracing::debug!(error = %e, "a session's use was not recorded");
+                }
+            });
+        }
+        Ok(Some(identity))
+    }
+
     /// The identity a secret stands for: the bootstrap secret, or a stored token.
     async fn token(
         &self,
@@ -584,14 +709,10 @@ impl Auth {
         }
         if session::accepted_on(route)
             && session::same_site(headers)
-            && let Some(token) = session::cookie(headers)
+            && let Some(id) = session::cookie(headers)
         {
-            return match self.token(&state.store, &token).await {
-                Ok((identity, _)) => Ok(Some(identity)),
-                // A stale cookie is as good as none: the page asks to sign in again.
-                Err(Refused::Store(e)) => Err(Refused::Store(e)),
-                Err(_) => Ok(None),
-            };
+            // A stale cookie is as good as none: the page asks to sign in again.
+            return self.session(state, &id).await;
         }
         Ok(None)
     }

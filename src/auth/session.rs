@@ -1,20 +1,33 @@
 //! The metrics form's session for people without the load balancer's sign-in: the sign-in
-//! page turns a token into a cookie (HttpOnly, SameSite=Strict, Secure over https, expiring).
-//! The cookie counts only on the form's own pages and only on same-site requests; the JSON
-//! API never reads it.
+//! page checks a token and starts a session kept in the store (`store::sessions`); the cookie
+//! (HttpOnly, SameSite=Strict, Secure over https, expiring) holds only the session's random
+//! id, never a token. The session grants only the form's scopes the token had, ends at sign-out,
+//! when the token is revoked, after `MAX_AGE_SECONDS`, or idle for `IDLE`. The cookie counts
+//! only on the form's own pages and only on same-site requests; the JSON API never reads it.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
 pub const COOKIE: &str = "enc_session";
 /// How long a session lasts: a working day.
 pub const MAX_AGE_SECONDS: u64 = 12 * 60 * 60;
+/// How long a session may go unused before it ends.
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// A new session id: 256 random bits, URL-safe base64 (43 characters). It names no token and
+/// looks like none (tokens are `enc_<name>_<secret>`).
+pub fn new_id() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
 
 /// The routes a session cookie counts on.
 pub fn accepted_on(route: &str) -> bool {
     route == "/metrics-form" || route.starts_with("/metrics-form/")
 }
 
-/// The session cookie's token, if the request carries one.
+/// The session cookie's id, if the request carries one.
 pub fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -55,12 +68,10 @@ fn over_https(headers: &HeaderMap) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
-/// The `Set-Cookie` that starts a session with `token`.
-pub fn start(token: &str, headers: &HeaderMap) -> String {
+/// The `Set-Cookie` that starts the session `id`.
+pub fn start(id: &str, headers: &HeaderMap) -> String {
     let secure = if over_https(headers) { "; Secure" } else { "" };
-    format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={MAX_AGE_SECONDS}{secure}"
-    )
+    format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={MAX_AGE_SECONDS}{secure}")
 }
 
 /// The `Set-Cookie` that ends the session.

@@ -85,8 +85,8 @@ pub async fn sign_in(
         return page(StatusCode::BAD_REQUEST, Some("Send a token.".into()), false);
     };
     let token = form.token.trim();
-    let identity = match state.auth.sign_in(&state.store, token).await {
-        Ok(identity) => identity,
+    let (id, identity) = match state.auth.start_session(&state, token).await {
+        Ok(started) => started,
         Err(AppError::Unauthorized(why)) => {
             return page(
                 StatusCode::UNAUTHORIZED,
@@ -100,18 +100,24 @@ pub async fn sign_in(
     let mut response = Redirect::to("/metrics-form").into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie(session::start(token, &headers))?);
+        .insert(header::SET_COOKIE, cookie(session::start(&id, &headers))?);
     Ok(response)
 }
 
-/// Sign out: clears the session cookie.
+/// Sign out: ends the session and clears its cookie.
 #[utoipa::path(post, path = "/sign-out", tag = "sign-in", operation_id = "sign_out", security(()),
     responses(
         (status = 303, description = "Signed out: to the sign-in page", headers(("Set-Cookie" = String), ("Location" = String))),
         (status = 403, description = "A cross-site post", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn sign_out(headers: HeaderMap) -> Result<Response, AppError> {
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
     refuse_cross_site(&headers)?;
+    if let Some(id) = session::cookie(&headers) {
+        state.auth.end_session(&state.store, &id).await?;
+    }
     let mut response = Redirect::to("/sign-in?signed_out=true").into_response();
     response
         .headers_mut()

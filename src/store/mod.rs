@@ -12,6 +12,7 @@ pub mod history;
 pub mod instrumented;
 pub mod record;
 mod rules;
+pub mod sessions;
 pub mod tokens;
 
 pub use apply::Planned;
@@ -29,7 +30,7 @@ use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.
-pub static KINDS: [&RecordKind; 14] = [
+pub static KINDS: [&RecordKind; 15] = [
     &enc::ENVIRONMENT,
     &enc::NODE_GROUP,
     &enc::GENERATION,
@@ -40,6 +41,7 @@ pub static KINDS: [&RecordKind; 14] = [
     &activities::ACTIVITY,
     &activities::SUBMISSION,
     &tokens::TOKEN,
+    &sessions::SESSION,
     &history::REVISION,
     &history::HEAD,
     &history::PLAN,

@@ -748,6 +748,13 @@ async fn a_session_cookie_counts_only_on_the_forms_pages() {
         request.body(Body::empty()).unwrap()
     };
     let anonymous = app.as_caller(None);
+    // The cookie holds a random id, never the token, nor anything of it.
+    let id = session.strip_prefix("enc_session=").unwrap();
+    assert_ne!(id, secret);
+    assert!(
+        !id.starts_with("enc_") && !secret.contains(id) && id.len() >= 43,
+        "{id}"
+    );
     assert_eq!(
         anonymous
             .send(with_cookie("/metrics-form/report", None))
@@ -778,6 +785,149 @@ async fn a_session_cookie_counts_only_on_the_forms_pages() {
         .send(Request::post("/sign-out").body(Body::empty()).unwrap())
         .await;
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+}
+
+/// Signs in with `secret` on the sign-in page: the `enc_session=<id>` pair of the cookie, or
+/// the status the page answered.
+async fn sign_in(app: &TestApp, secret: &str) -> Result<String, StatusCode> {
+    let signed_in = app
+        .as_caller(None)
+        .send(
+            Request::post("/sign-in")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={secret}")))
+                .unwrap(),
+        )
+        .await;
+    if signed_in.status != StatusCode::SEE_OTHER {
+        return Err(signed_in.status);
+    }
+    let cookie = signed_in.header("set-cookie").unwrap();
+    Ok(cookie.split(';').next().unwrap().to_owned())
+}
+
+/// `GET uri` with the session cookie `pair` (`enc_session=<id>`) and nothing else.
+async fn with_session(app: &TestApp, pair: &str, uri: &str) -> TestResponse {
+    let request = Request::get(uri)
+        .header(header::COOKIE, pair)
+        .body(Body::empty())
+        .unwrap();
+    app.as_caller(None).send(request).await
+}
+
+#[tokio::test]
+async fn a_session_is_kept_by_enc_and_ends_at_sign_out_revocation_and_idleness() {
+    let app = TestApp::new().await;
+    // A token without the form's scopes starts no session.
+    let reader = app.token("reader", &["read"]).await;
+    assert_eq!(sign_in(&app, &reader).await, Err(StatusCode::UNAUTHORIZED));
+
+    // Sign-out ends the session itself: the same cookie, replayed, is refused.
+    let dana = app.token("dana", &["activities:read", "write"]).await;
+    let pair = sign_in(&app, &dana).await.unwrap();
+    let entries = with_session(&app, &pair, "/metrics-form/entries").await;
+    assert_eq!(
+        entries.status,
+        StatusCode::OK,
+        "{}",
+        TestApp::text(&entries)
+    );
+    // The session grants the form's scopes only: `activities:read`, not `activities:write`.
+    let post = Request::post("/metrics-form")
+        .header(header::COOKIE, &pair)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"customer": "C", "project": "P", "activity_type": "support", "hours": 1})
+                .to_string(),
+        ))
+        .unwrap();
+    assert_eq!(
+        app.as_caller(None).send(post).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Its use counts as the token's.
+    last_use_recorded(&app, "dana").await;
+    let out = app
+        .as_caller(None)
+        .send(
+            Request::post("/sign-out")
+                .header(header::COOKIE, &pair)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    with_session(&app, &pair, "/metrics-form/entries")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+
+    // Revoking the token ends its sessions.
+    let pair = sign_in(&app, &dana).await.unwrap();
+    assert_eq!(
+        with_session(&app, &pair, "/metrics-form/entries")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.delete("/tokens/dana", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    with_session(&app, &pair, "/metrics-form/entries")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    // A token made again under the same name is another token: the old session stays ended.
+    app.token("dana", &["activities:read"]).await;
+    with_session(&app, &pair, "/metrics-form/entries")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+
+    // Idle past an hour, or past its end, a session is over.
+    use enc::store::sessions::{Session, session_name};
+    let eve = app.token("eve", &["activities:read"]).await;
+    let token = app
+        .backing
+        .store
+        .get_token(&TokenName::parse("eve").unwrap())
+        .await
+        .unwrap();
+    let now = enc::domain::now();
+    for (id, seen, expires, good) in [
+        (
+            "fresh-session-id-0000000000000000000000000000",
+            0,
+            3600,
+            true,
+        ),
+        (
+            "idle-session-id-00000000000000000000000000000",
+            2 * 3600,
+            3600,
+            false,
+        ),
+        (
+            "ended-session-id-0000000000000000000000000000",
+            0,
+            -1,
+            false,
+        ),
+    ] {
+        let session = Session {
+            name: session_name(&sha256_hex(id)),
+            actor: "eve".into(),
+            token: Some(token.item.name.clone()),
+            token_sha256: Some(token.item.secret_sha256.clone()),
+            scopes: [Scope::ActivitiesRead].into(),
+            started_at: now - chrono::Duration::seconds(seen),
+            ends_at: now + chrono::Duration::seconds(expires),
+            seen_at: now - chrono::Duration::seconds(seen),
+        };
+        app.backing.store.create_session(session).await.unwrap();
+        let status = with_session(&app, &format!("enc_session={id}"), "/metrics-form/entries")
+            .await
+            .status;
+        assert_eq!(status == StatusCode::OK, good, "{id}: {status}");
+    }
+    drop(eve);
 }
 
 #[tokio::test]
