@@ -651,6 +651,16 @@ impl Auth {
         {
             return None;
         }
+        // Deferred only when this very secret was a good token when last read: a token not
+        // seen yet, or a wrong secret, is checked here first by reading its record alone, so
+        // a request whose token is not good reads nothing larger than that record. The
+        // handler's read still holds the token record: a token revoked since is refused.
+        let known = self.tokens.peek(name.as_str()).is_some_and(|token| {
+            secret::matches_hex(&digest, &token.item.secret_sha256) && !token.item.expired(now())
+        });
+        if !known {
+            return None;
+        }
         Some(Deferred {
             name,
             digest,

@@ -663,9 +663,29 @@ async fn an_answer_made_without_checking_a_deferred_token_never_leaves() {
         backing,
         bearer: None,
     };
-    let unknown = Secret::generate(&TokenName::parse("nobody").unwrap()).into_string();
+    let name = TokenName::parse("reader").unwrap();
+    let secret = Secret::generate(&name);
+    let token = Token {
+        name,
+        scopes: [Scope::Read].into(),
+        description: None,
+        expires_at: None,
+        created_by: "test".into(),
+        last_used_at: None,
+        secret_sha256: sha256_hex(secret.expose()),
+        clusters: None,
+    };
+    app.backing.store.create_token(token, "test").await.unwrap();
+    let secret = secret.into_string();
+    // Not seen yet: checked by authorize itself (its record alone), so the handler answers.
+    let first = app
+        .as_caller(Some(&secret))
+        .get("/nodes/web01/classification")
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    // Seen good: left to the handler, which forgets; what it made never leaves.
     let response = app
-        .as_caller(Some(&unknown))
+        .as_caller(Some(&secret))
         .get("/nodes/web01/classification")
         .await;
     assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -1409,4 +1429,79 @@ async fn a_plan_token_previews_every_write_and_does_nothing_else() {
         .put("/nodegroup/base?dry_run=true", json!({"classes": {}}), None)
         .await;
     assert_eq!(preview.status, StatusCode::OK);
+}
+
+/// enc's store calls so far by (operation, record), from its own counters.
+async fn store_calls_by_record(app: &TestApp) -> std::collections::BTreeMap<(String, String), f64> {
+    let metrics = TestApp::text(&app.as_caller(None).get("/metrics").await);
+    let mut calls = std::collections::BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("store_operation_duration_seconds_count{") else {
+            continue;
+        };
+        let label = |name: &str| {
+            let start = rest.find(&format!("{name}=\""))? + name.len() + 2;
+            Some(rest[start..].split('"').next()?.to_owned())
+        };
+        let (Some(operation), Some(record)) = (label("operation"), label("record")) else {
+            continue;
+        };
+        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *calls.entry((operation, record)).or_default() += count;
+    }
+    calls
+}
+
+#[tokio::test]
+async fn a_classification_with_a_bad_token_reads_only_the_token_record() {
+    let app = seeded().await;
+    let puppet = app.token("puppet-eu", &["classify"]).await;
+    let uri = "/nodes/web01/classification";
+    // A good token: checked alone the first time, then in the node's own read.
+    for _ in 0..2 {
+        assert_eq!(
+            app.as_caller(Some(&puppet)).get(uri).await.status,
+            StatusCode::OK
+        );
+    }
+    let before = store_calls_by_record(&app).await;
+    assert_eq!(
+        app.as_caller(Some(&puppet)).get(uri).await.status,
+        StatusCode::OK
+    );
+    let after = store_calls_by_record(&app).await;
+    let delta = |b: &std::collections::BTreeMap<(String, String), f64>,
+                 a: &std::collections::BTreeMap<(String, String), f64>| {
+        a.iter()
+            .filter_map(|(k, v)| {
+                let d = v - b.get(k).copied().unwrap_or(0.0);
+                (d > 0.0).then(|| (format!("{} {}", k.0, k.1), d))
+            })
+            .collect::<Vec<_>>()
+    };
+    let good = delta(&before, &after);
+    assert_eq!(
+        good.iter().map(|(_, d)| d).sum::<f64>(),
+        1.0,
+        "one read per classification: {good:?}"
+    );
+    // Wrong secrets of that token, and an unknown token: the token record alone is read.
+    let name = "puppet-eu";
+    let wrong = format!("enc_{name}_{}", "B".repeat(43));
+    let unknown = format!("enc_nobody_{}", "C".repeat(43));
+    for bad in [&wrong, &unknown] {
+        let before = store_calls_by_record(&app).await;
+        let answer = app.as_caller(Some(bad)).get(uri).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{bad}");
+        let read = delta(&before, &store_calls_by_record(&app).await);
+        assert_eq!(read, [("get token".to_owned(), 1.0)], "{bad}: {read:?}");
+    }
+    // A revoked token is refused at once, though it was good a moment ago.
+    app.delete("/tokens/puppet-eu", None)
+        .await
+        .ok(StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.as_caller(Some(&puppet)).get(uri).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
