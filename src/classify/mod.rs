@@ -195,8 +195,7 @@ fn print(body: &[u8]) {
 /// (`O_EXCL`: a symlink planted at the name is not followed) with mode 0600, then renamed over
 /// the node's file (a rename replaces a link, never writes through it).
 fn save(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -211,17 +210,26 @@ fn save(path: &Path, body: &[u8]) -> std::io::Result<()> {
     getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
     let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = PathBuf::from(format!("{}.{nonce}.tmp", path.display()));
+    save_through(&tmp, path, body)
+}
+
+/// Writes `body` to the new file `tmp` (mode 0600, refused if anything, a link included, is
+/// there), then renames it to `path`.
+fn save_through(tmp: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
+        .open(tmp)
         .and_then(|mut file| file.write_all(body).and_then(|()| file.sync_all()));
-    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+    match written.and_then(|()| std::fs::rename(tmp, path)) {
         Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
             Err(e)
         }
     }
@@ -235,4 +243,37 @@ fn read_cached(path: &Path) -> Option<(Vec<u8>, String)> {
         .and_then(|t| t.elapsed().ok())
         .map_or_else(|| "some time".to_owned(), |d| format!("{} s", d.as_secs()));
     Some((body, age))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+
+    use super::*;
+
+    #[test]
+    fn an_answer_is_never_written_through_a_link_planted_at_its_temporary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let answer = dir.path().join("web01.yaml");
+        let tmp = dir.path().join("web01.yaml.planted.tmp");
+        symlink(&victim, &tmp).unwrap();
+        let refused = save_through(&tmp, &answer, b"secret parameters").unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(!answer.exists());
+        // The link is left as it was found, not followed nor removed by this writer.
+        assert!(
+            std::fs::symlink_metadata(&tmp)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // With nothing planted, the answer is written privately.
+        save(&answer, b"classes: {}").unwrap();
+        let mode = std::fs::metadata(&answer).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&answer).unwrap(), b"classes: {}");
+    }
 }
