@@ -99,7 +99,7 @@ fn encode_record(version: u64, refs: i64, body: &[u8]) -> Vec<u8> {
 
 /// Makes `dir` (and its parents) if need be, and narrows it to its owner (0700): it holds the
 /// store, and on a first start the admin token's secret.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
