@@ -54,7 +54,7 @@ pub struct App {
     /// Keeps every node's rule view through the paths rules read.
     pub views: Arc<classifier::Keeper>,
     /// `/readyz`'s last probe of the store (at most one a second).
-    pub readiness: handlers::health::Readiness,
+    pub readiness: store::Readiness,
 }
 
 /// Whole facts a request may read where rule views do not serve, unless set.
@@ -136,7 +136,7 @@ impl App {
             limits: Limits::new(std::time::Duration::from_secs(30), 256),
             answers: Answers::default(),
             classify_unknown: true,
-            readiness: handlers::health::Readiness::default(),
+            readiness: store::Readiness::default(),
         }
     }
 

@@ -43,51 +43,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, AppEr
     }))
 }
 
-/// How often `/readyz` probes the store at most: it is open and outside the concurrency limit,
-/// so however often it is asked (load balancer, orchestrator, anyone), the store is asked at
-/// most once a second per task; the answers in between are the last probe's.
-const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// `/readyz`'s last probe of the store, and the one probe under way.
-#[derive(Default)]
-pub struct Readiness {
-    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
-    probing: tokio::sync::Mutex<()>,
-}
-
-impl Readiness {
-    /// The store's readiness: the last probe's if it is under a second old; otherwise one
-    /// probe (`ping`), which concurrent askers wait for rather than repeat.
-    pub async fn probe<F, Fut>(&self, ping: F) -> Result<(), String>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = crate::store::Result<()>>,
-    {
-        let fresh = || {
-            self.last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < PROBE_EVERY)
-                .map(|(_, ready)| ready.clone())
-        };
-        if let Some(ready) = fresh() {
-            return ready;
-        }
-        let _probing = self.probing.lock().await;
-        if let Some(ready) = fresh() {
-            return ready;
-        }
-        let ready = ping().await.map_err(|e| e.to_string());
-        *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((std::time::Instant::now(), ready.clone()));
-        ready
-    }
-}
-
 /// What `/readyz` and the start-up log say while identity is off.
 pub const AUTH_OFF: &str =
     "identity is off (ENC_AUTH=off): anyone who reaches enc may change anything";
