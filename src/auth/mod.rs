@@ -348,9 +348,7 @@ impl Refused {
             Refused::Unknown => AppError::Unauthorized("the token is unknown or revoked".into()),
             Refused::Expired => AppError::Unauthorized("the token has expired".into()),
             // Its own outage, not the caller's fault; said without the endpoint's address.
-            Refused::Alb(e @ alb::AlbError::KeyUnavailable) => {
-                AppError::Unavailable(StoreError::Unavailable(e.to_string().into()))
-            }
+            Refused::Alb(e @ alb::AlbError::KeyUnavailable) => AppError::Overloaded(e.to_string()),
             // One text whatever was wrong (signer, key, signature, expiry): a prober learns
             // nothing from the difference. The outcome metric and the log keep the reason.
             Refused::Alb(e) => {

@@ -382,6 +382,10 @@ async fn keys_are_fetched_once_per_key_id_kept_within_bounds_and_an_outage_names
         !text.contains("127.0.0.1") && !text.contains("http"),
         "{text}"
     );
+    assert!(
+        text.contains("signing key could not be fetched"),
+        "it says what failed: {text}"
+    );
 }
 
 /// An app whose key endpoint refuses every connection.
