@@ -195,16 +195,8 @@ fn print(body: &[u8]) {
 /// (`O_EXCL`: a symlink planted at the name is not followed) with mode 0600, then renamed over
 /// the node's file (a rename replaces a link, never writes through it).
 fn save(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
-        }
+        crate::store::embedded::private_dir(dir)?;
     }
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
