@@ -224,14 +224,18 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
         each.push(one.elapsed());
     }
     let mean = started.elapsed() / n;
-    each.sort();
-    let p50 = each.get(each.len() / 2).copied().unwrap_or_default();
     println!(
         "GET {url}: mean {:.3} ms, p50 {:.3} ms over {n}",
         mean.as_secs_f64() * 1000.0,
-        p50.as_secs_f64() * 1000.0
+        median(&mut each).as_secs_f64() * 1000.0
     );
     Ok(())
+}
+
+/// The middle of `times`: unlike their mean, not moved by a JVM's pauses.
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 /// The mean latency of `n` consistent `GetItem` calls for one item.
@@ -254,14 +258,18 @@ async fn getitem(args: &[String]) -> anyhow::Result<()> {
     };
     get().await?; // a connection, and the JVM warmed
     let started = Instant::now();
+    let mut each = Vec::with_capacity(n as usize);
     for _ in 0..n {
+        let one = Instant::now();
         let item = get().await?;
         anyhow::ensure!(item.item.is_some(), "no such item in {table}");
+        each.push(one.elapsed());
     }
     let mean = started.elapsed() / n;
     println!(
-        "GetItem {table}: mean {:.3} ms over {n}",
-        mean.as_secs_f64() * 1000.0
+        "GetItem {table}: mean {:.3} ms, p50 {:.3} ms over {n}",
+        mean.as_secs_f64() * 1000.0,
+        median(&mut each).as_secs_f64() * 1000.0
     );
     Ok(())
 }
@@ -296,18 +304,22 @@ async fn transactget(args: &[String]) -> anyhow::Result<()> {
     };
     get().await?;
     let started = Instant::now();
+    let mut each = Vec::with_capacity(n as usize);
     for _ in 0..n {
+        let one = Instant::now();
         let found = get().await?;
         anyhow::ensure!(
             found.responses().iter().all(|r| r.item.is_some()),
             "an item is missing"
         );
+        each.push(one.elapsed());
     }
     let mean = started.elapsed() / n;
     println!(
-        "TransactGetItems of {} items: mean {:.3} ms over {n}",
+        "TransactGetItems of {} items: mean {:.3} ms, p50 {:.3} ms over {n}",
         items.len(),
-        mean.as_secs_f64() * 1000.0
+        mean.as_secs_f64() * 1000.0,
+        median(&mut each).as_secs_f64() * 1000.0
     );
     Ok(())
 }

@@ -178,7 +178,17 @@ def measure(url, admin, nodes, pid, tools, agent_token, dynamodb):
     took, answer, headers, _ = timed("first page of GET /nodegroup/g000/nodes (1 node in 200 is a member)",
                                      "GET", "/nodegroup/g000/nodes", runs=5)
     assert "enc-provisional" not in {k.lower() for k in headers}
-    print(f"  {len(answer['items'])} members on it; {timing(took < 0.1, '< 100 ms')}")
+    print(f"  {len(answer['items'])} members on it (a page judges at most ENC_LOOKUP_JUDGED nodes, "
+          f"then says where the next starts: {answer.get('next_cursor')}); {timing(took < 0.1, '< 100 ms')}")
+    # Every member of the sparse group, following the cursors: the fleet judged once in all.
+    start, pages, members, cursor = time.perf_counter(), 0, 0, None
+    while True:
+        page, _ = call(c, admin, "GET", "/nodegroup/g000/nodes" + (f"?cursor={urllib.parse.quote(cursor)}" if cursor else ""))
+        pages, members, cursor = pages + 1, members + len(page["items"]), page.get("next_cursor")
+        if not cursor:
+            break
+    print(f"every member of g000 by its cursors: {members} members, {pages} pages, "
+          f"{(time.perf_counter() - start) * 1000:.0f} ms")
     took, answer, _, _ = timed("first page of GET /nodegroup/fleet/nodes", "GET", "/nodegroup/fleet/nodes", runs=5)
     print(f"  {timing(took < 0.1, '< 100 ms')}")
 

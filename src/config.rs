@@ -176,6 +176,18 @@ pub struct Config {
     )]
     pub max_fleet_work: u32,
 
+    /// Nodes one page of a lookup (`/nodegroup/{g}/nodes`, `/classes/{c}/nodes`) judges at
+    /// most: a page of a group that holds few stops there, however few it holds, and its
+    /// `next_cursor` says where the next starts.
+    #[arg(
+        long,
+        env = "ENC_LOOKUP_JUDGED",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        global = true
+    )]
+    pub lookup_judged: u32,
+
     /// Nodes whose whole facts one request may read when their rule views were taken before
     /// the rules read the paths they read now; also how many a group write takes again
     /// itself before leaving the rest to the background (answers say `provisional` until

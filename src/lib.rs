@@ -89,10 +89,15 @@ pub struct Limits {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Fleet-wide operations at once (`ENC_MAX_FLEET_WORK`).
     pub fleet_work: Arc<tokio::sync::Semaphore>,
+    /// Nodes a page of a lookup judges at most (`ENC_LOOKUP_JUDGED`).
+    pub lookup_judged: usize,
 }
 
 /// Fleet-wide operations at once, unless set.
 const FLEET_WORK: usize = 2;
+/// Nodes a lookup's page judges at most, unless set: about 40 ms of an embedded store's
+/// time on the benchmark's machine.
+const LOOKUP_JUDGED: usize = 5_000;
 
 impl Limits {
     pub fn new(request_timeout: std::time::Duration, max_in_flight: usize) -> Self {
@@ -100,11 +105,17 @@ impl Limits {
             request_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
             fleet_work: Arc::new(tokio::sync::Semaphore::new(FLEET_WORK)),
+            lookup_judged: LOOKUP_JUDGED,
         }
     }
 
     pub fn with_fleet_work(mut self, at_once: usize) -> Self {
         self.fleet_work = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+        self
+    }
+
+    pub fn with_lookup_judged(mut self, nodes: usize) -> Self {
+        self.lookup_judged = nodes.max(1);
         self
     }
 }

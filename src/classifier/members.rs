@@ -1,7 +1,8 @@
 //! Who is where, for operators: the nodes a group holds and the nodes that get a class, each
 //! judged on its last facts by the same definition as a classification (`GroupTree`). Read
-//! a page of the fleet at a time from the caller's cursor, until the answer's page is full:
-//! never the whole fleet at once.
+//! a page of the fleet at a time from the caller's cursor, until the answer's page is full
+//! or `Page::judged` nodes were judged: never the whole fleet at once, and a lookup of a
+//! group that holds few nodes costs each request the same (its pages hold fewer).
 
 use super::Classifier;
 use super::fleet::{Fleet, Judging};
@@ -10,34 +11,41 @@ use crate::domain::{
 };
 use crate::error::AppError;
 
+/// The page a lookup asks for: nodes after a certname (all if none), up to `limit` found,
+/// judging at most `judged` nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    pub after: Option<&'a Certname>,
+    pub limit: usize,
+    pub judged: usize,
+}
+
 impl Classifier<'_> {
-    /// Up to `limit + 1` nodes after `after` that the group `name` holds now, by certname,
+    /// Up to `limit + 1` nodes of `page` that the group `name` holds now, by certname,
     /// each with why (by name, pin or rule); not those of the groups below it.
     pub async fn members(
         self,
         name: &GroupName,
-        after: Option<&Certname>,
-        limit: usize,
+        page: Page<'_>,
     ) -> Result<Found<Vec<Why>>, AppError> {
         self.store.get_node_group(name).await?;
         let (tree, _) = self.store.snapshot().await?;
-        self.find(&tree, after, limit, |node, facts| {
+        self.find(&tree, page, |node, facts| {
             let why = tree.why_in(node, facts, name);
             (!why.is_empty()).then_some(why)
         })
         .await
     }
 
-    /// Up to `limit + 1` nodes after `after` that get `class`, by certname, each with where
-    /// it comes from; nodes whose groups conflict are left out.
+    /// Up to `limit + 1` nodes of `page` that get `class`, by certname, each with where it
+    /// comes from; nodes whose groups conflict are left out.
     pub async fn holders(
         self,
         class: &ClassName,
-        after: Option<&Certname>,
-        limit: usize,
+        page: Page<'_>,
     ) -> Result<Found<Source>, AppError> {
         let (tree, _) = self.store.snapshot().await?;
-        self.find(&tree, after, limit, |node, facts| {
+        self.find(&tree, page, |node, facts| {
             let chains = tree.leaves(node, facts).ok()?;
             let chains: Vec<Vec<_>> = chains
                 .iter()
@@ -49,40 +57,49 @@ impl Classifier<'_> {
         .await
     }
 
-    /// Up to `limit + 1` nodes after `after` for which `found` says something, by certname,
+    /// Up to `limit + 1` nodes of `page` for which `found` says something, by certname,
     /// judged under `tree`.
     async fn find<T>(
         self,
         tree: &GroupTree,
-        after: Option<&Certname>,
-        limit: usize,
+        page: Page<'_>,
         found: impl Fn(&Node, Option<&NodeFacts>) -> Option<T>,
     ) -> Result<Found<T>, AppError> {
         let _place = self.fleet_work()?;
-        let mut items = Vec::new();
+        let (limit, mut items) = (page.limit, Vec::new());
         let judging = Judging::new(self.store, &[tree.lens()], self.budget()).await?;
-        let mut fleet = Fleet::after(self.store, after, judging);
-        while let Some(page) = fleet.next().await? {
-            for (node, facts) in page {
+        let mut fleet = Fleet::after(self.store, page.after, judging);
+        let (mut examined, mut resume) = (0, None);
+        'pages: while let Some(nodes) = fleet.next().await? {
+            for (node, facts) in nodes {
+                examined += 1;
                 if let Some(item) = found(&node, facts.as_ref()) {
-                    items.push((node.unique_name, item));
+                    items.push((node.unique_name.clone(), item));
                     if items.len() > limit {
-                        break;
+                        break 'pages;
                     }
                 }
-            }
-            if items.len() > limit {
-                break;
+                if examined == page.judged {
+                    resume = Some(node.unique_name);
+                    break 'pages;
+                }
             }
         }
         let provisional = fleet.judging.provisional;
-        Ok(Found { items, provisional })
+        Ok(Found {
+            items,
+            resume,
+            provisional,
+        })
     }
 }
 
-/// What a lookup found: nodes by certname, and whether some were judged on rule views taken
-/// before the rules read the paths they read now.
+/// What a lookup found: nodes by certname (up to one more than asked for: there are more),
+/// where the next page starts if this one stopped at `Page::judged` nodes before it was full,
+/// and whether some were judged on rule views taken before the rules read the paths they
+/// read now.
 pub struct Found<T> {
     pub items: Vec<(Certname, T)>,
+    pub resume: Option<Certname>,
     pub provisional: bool,
 }

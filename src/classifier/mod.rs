@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use self::impact::{Assessment, NodeFailure, NodeImpact, Preview};
-pub use self::members::Found;
+pub use self::members::{Found, Page};
 pub use self::views::Keeper;
 use crate::domain::{Certname, Conflict, GroupName, Node, NodeGroup, Stored};
 use crate::error::AppError;

@@ -1,6 +1,7 @@
 //! What operators ask of rules: which nodes a group holds now, and which nodes get a class
 //! and from where. Both judge nodes on their last facts, read from the cursor on until the
-//! page is full (`Classifier::members`, `holders`): for operators, not for agent runs.
+//! page is full or `ENC_LOOKUP_JUDGED` nodes were judged (`Classifier::members`, `holders`): for operators,
+//! not for agent runs.
 
 use axum::extract::State;
 use axum::http::HeaderValue;
@@ -10,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ListResponse, page_request, parse_name};
 use crate::AppState;
-use crate::classifier::Found;
+use crate::classifier::{Found, Page};
 use crate::domain::Why;
 use crate::domain::{Certname, ClassName, GroupName, Source};
 use crate::error::{AppError, ReadProblems};
@@ -23,7 +24,7 @@ pub struct LookupQuery {
     /// Nodes per page (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// `next_cursor` of the previous page: the last certname it held.
+    /// `next_cursor` of the previous page: the last certname it judged.
     cursor: Option<String>,
 }
 
@@ -66,11 +67,12 @@ where
     ListResponse<I>: serde::Serialize,
 {
     let mut items = found.items;
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next_cursor = more
-        .then(|| items.last().map(|(n, _)| n.to_string()))
-        .flatten();
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|(n, _)| n.to_string())
+    } else {
+        found.resume.map(|n| n.to_string())
+    };
     let body = ListResponse {
         items: items.into_iter().map(|(n, t)| item(n, t)).collect(),
         next_cursor,
@@ -84,7 +86,9 @@ where
 }
 
 /// The nodes a group holds now: by name, pin or rule (on each node's last facts); not those
-/// of the groups below it.
+/// of the groups below it. Each page judges at most 5,000 nodes (`ENC_LOOKUP_JUDGED`; by
+/// certname, from the cursor on): a page of a group that holds few may hold fewer than `limit`, or none, and
+/// still have a `next_cursor`; the listing ends where `next_cursor` is absent.
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/nodes", tag = "node groups",
     operation_id = "node_group_members", security(("bearer" = ["read"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), LookupQuery),
@@ -98,7 +102,15 @@ pub async fn members(
 ) -> Result<Response, AppError> {
     let name = parse_name("node_group_name", &name, GroupName::parse)?;
     let (limit, after) = requested(query)?;
-    let found = super::classifier(&state).members(&name, after.as_ref(), limit);
+    let judged = state.limits.lookup_judged;
+    let found = super::classifier(&state).members(
+        &name,
+        Page {
+            after: after.as_ref(),
+            limit,
+            judged,
+        },
+    );
     Ok(page(found.await?, limit, |unique_name, why| Member {
         unique_name,
         why,
@@ -106,7 +118,9 @@ pub async fn members(
 }
 
 /// The nodes that get a class, each with the group (or the node) it comes from; nodes whose
-/// groups conflict are left out.
+/// groups conflict are left out. Each page judges at most 5,000 nodes (`ENC_LOOKUP_JUDGED`; by
+/// certname, from the cursor on): it may hold fewer than `limit`, or none, and still have a `next_cursor`; the
+/// listing ends where `next_cursor` is absent.
 #[utoipa::path(get, path = "/classes/{class_name}/nodes", tag = "classification",
     operation_id = "class_holders", security(("bearer" = ["read"])),
     params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), LookupQuery),
@@ -120,7 +134,15 @@ pub async fn holders(
 ) -> Result<Response, AppError> {
     let class = parse_name("class_name", &class, ClassName::parse)?;
     let (limit, after) = requested(query)?;
-    let found = super::classifier(&state).holders(&class, after.as_ref(), limit);
+    let judged = state.limits.lookup_judged;
+    let found = super::classifier(&state).holders(
+        &class,
+        Page {
+            after: after.as_ref(),
+            limit,
+            judged,
+        },
+    );
     Ok(page(found.await?, limit, |unique_name, from| Holder {
         unique_name,
         from,

@@ -197,7 +197,8 @@ pub async fn serve(
                 Duration::from_secs(config.request_timeout_seconds.max(1)),
                 config.max_concurrent_requests,
             )
-            .with_fleet_work(config.max_fleet_work as usize),
+            .with_fleet_work(config.max_fleet_work as usize)
+            .with_lookup_judged(config.lookup_judged as usize),
         )
         .with_views(
             config.views_inline as usize,

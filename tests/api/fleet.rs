@@ -3,12 +3,14 @@
 //! for a fleet that fits in one page.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use enc::{App, Limits};
 use serde_json::{Value, json};
 
 use crate::binary::{Enc, EncData};
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, TestStore};
 
 /// The nodes `n000`..: each a file of a tree, in group `base` (one class).
 fn tree(nodes: usize) -> BTreeMap<String, String> {
@@ -63,6 +65,61 @@ async fn paged(app: &TestApp, path: &str, limit: usize) -> Vec<Value> {
             None => return items,
         }
     }
+}
+
+#[tokio::test]
+async fn a_lookup_page_judges_a_bounded_number_of_nodes_and_says_where_the_next_starts() {
+    // Pages judge at most 120 nodes here (5,000 by default): 301 nodes in `base`, then `zz`
+    // alone in `rare`. The first pages of `rare` hold none, with the cursor where they
+    // stopped; following the cursors finds `zz`.
+    let backing = TestStore::new().await;
+    let limits = Limits::new(Duration::from_secs(30), 256).with_lookup_judged(120);
+    let state = App::new(backing.engine.clone())
+        .with_limits(limits)
+        .with_auth(crate::helpers::test_auth());
+    let app = TestApp::with_state(state, backing);
+    let mut files = tree(301);
+    files.insert(
+        "node_groups/rare.yaml".to_owned(),
+        "name: rare\nclasses:\n  rare: {}\n".to_owned(),
+    );
+    files.insert(
+        "nodes/zz.yaml".to_owned(),
+        "unique_name: zz\nnode_group_name: rare\nenvironment_name: production\n\
+         puppet_cluster_name: eu\n"
+            .to_owned(),
+    );
+    import(&app, files).await;
+
+    for path in ["/nodegroup/rare/nodes", "/classes/rare/nodes"] {
+        let mut uri = path.to_owned();
+        for stop in ["n119", "n239"] {
+            let page = app.get(&uri).await.ok(StatusCode::OK);
+            assert_eq!(page["items"], json!([]), "{path}");
+            assert_eq!(page["next_cursor"], stop, "{path}: 120 more judged");
+            uri = format!("{path}?cursor={stop}");
+        }
+        let last = app.get(&uri).await.ok(StatusCode::OK);
+        let found = last["items"].as_array().unwrap();
+        assert_eq!(found.len(), 1, "{path}: {last}");
+        assert_eq!(found[0]["unique_name"], "zz");
+        assert!(last["next_cursor"].is_null(), "{path}: the last page");
+    }
+    // A page that fills before the bound stops there, its cursor at its last node.
+    let dense = app
+        .get("/nodegroup/base/nodes?limit=100")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(dense["items"].as_array().unwrap().len(), 100);
+    assert_eq!(dense["next_cursor"], "n099");
+    // Following the cursors lists every member once, pages full or stopped at the bound.
+    let every = paged(&app, "/classes/ntp/nodes", 1000).await;
+    let names: Vec<&str> = every
+        .iter()
+        .map(|i| i["unique_name"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..301).map(|n| format!("n{n:03}")).collect();
+    assert_eq!(names, expected);
 }
 
 #[tokio::test]
