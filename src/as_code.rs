@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::cli::TreeArgs;
 use crate::client::{Fetched, fetch_with};
 use crate::config::Config;
 
@@ -199,6 +198,20 @@ pub fn write_tree(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// A classification tree and how to take it.
+#[derive(Debug, clap::Args)]
+pub struct TreeArgs {
+    /// The tree: environments/, node_groups/ and nodes/ with one YAML file per object.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// Delete the objects that are not in the tree (default: leave them alone).
+    #[arg(long)]
+    pub prune: bool,
+    /// The tree's source revision (e.g. a git commit), kept on every object applied.
+    #[arg(long, env = "ENC_SOURCE_REVISION")]
+    pub source_revision: Option<String>,
 }
 
 /// `enc export --dir D`.

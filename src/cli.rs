@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::as_code::TreeArgs;
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
@@ -69,20 +70,6 @@ pub enum Command {
         #[command(subcommand)]
         action: DynamodbCommand,
     },
-}
-
-/// A classification tree and how to take it.
-#[derive(Debug, clap::Args)]
-pub struct TreeArgs {
-    /// The tree: environments/, node_groups/ and nodes/ with one YAML file per object.
-    #[arg(long)]
-    pub dir: std::path::PathBuf,
-    /// Delete the objects that are not in the tree (default: leave them alone).
-    #[arg(long)]
-    pub prune: bool,
-    /// The tree's source revision (e.g. a git commit), kept on every object applied.
-    #[arg(long, env = "ENC_SOURCE_REVISION")]
-    pub source_revision: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

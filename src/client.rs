@@ -235,7 +235,7 @@ async fn send<C: Connect + Clone + Send + Sync + 'static>(
     let response = client
         .request(request)
         .await
-        .map_err(|e| crate::error::cause_chain(&e))?;
+        .map_err(|e| crate::telemetry::cause_chain(&e))?;
     let status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), max_bytes)
         .collect()

@@ -194,17 +194,7 @@ impl From<crate::domain::TreeError> for AppError {
     }
 }
 
-/// The error and every cause under it, for one log field.
-pub fn cause_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+pub use crate::telemetry::cause_chain;
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {

@@ -338,6 +338,23 @@ tokio::task_local! {
     static REQUEST: Current;
 }
 
+/// The actor of a request, for its log event: put in the answer's extensions by whoever
+/// identified the caller.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// The error and every cause under it, for one log field.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// The id of the request this task is answering, if it is answering one.
 pub fn current_request_id() -> Option<String> {
     REQUEST
@@ -427,7 +444,7 @@ where
         .metrics
         .answered(method, route, status, elapsed.as_secs_f64());
     let extensions = response.extensions();
-    let actor = extensions.get::<crate::auth::Actor>().map(|a| a.0.as_str());
+    let actor = extensions.get::<Actor>().map(|a| a.0.as_str());
     let failure = extensions.get::<Failure>();
     let error = failure.map(|f| f.cause.as_str());
     // One event per request, at the level of what went wrong, with the cause if any.

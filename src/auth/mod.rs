@@ -781,7 +781,9 @@ pub async fn authorize(
         request.extensions_mut().insert(deferred);
         let mut response = next.run(request).await;
         if let Some(actor) = check.admitted.get() {
-            response.extensions_mut().insert(Actor(actor.clone()));
+            response
+                .extensions_mut()
+                .insert(crate::telemetry::Actor(actor.clone()));
         }
         if !check.checked.load(Ordering::Acquire) {
             // A handler of a deferred route that never checked the token: nothing it made
@@ -843,7 +845,9 @@ pub async fn authorize(
         .map(|i| i.actor.clone());
     let mut response = next.run(request).await;
     if let Some(actor) = actor {
-        response.extensions_mut().insert(Actor(actor));
+        response
+            .extensions_mut()
+            .insert(crate::telemetry::Actor(actor));
     }
     response
 }
@@ -930,10 +934,6 @@ const CLUSTER_ROUTES: [&str; 4] = [
     "/nodes/{unique_name}/classification/diff",
     "/nodes/{unique_name}/history",
 ];
-
-/// The actor of a request, for its log event.
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
 
 fn describe(scopes: &BTreeSet<Scope>) -> String {
     if scopes.is_empty() {

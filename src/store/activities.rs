@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::change::{OnFail, retry};
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, to_body};
-use super::rules::{OnFail, retry};
 use super::{ActivityFilter, Kind, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::Activity;
 

@@ -2,35 +2,13 @@
 //! commit a set of conditional writes atomically, saying which condition failed. Every rule
 //! about what the records mean lives above this line, written once for both engines.
 
-use std::fmt;
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use super::record::Key;
 use super::record::{Index, RecordKind};
 use super::{Result, StoreError};
-
-/// The key of a record: the values of its kind's key fields, in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Key(pub Vec<String>);
-
-impl Key {
-    pub fn one(part: impl Into<String>) -> Self {
-        Key(vec![part.into()])
-    }
-
-    pub fn two(first: impl Into<String>, second: impl Into<String>) -> Self {
-        Key(vec![first.into(), second.into()])
-    }
-}
-
-/// Written as in messages and paths: `production/puppet-eu`.
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("/"))
-    }
-}
 
 /// A record as an engine keeps it.
 #[derive(Debug, Clone, PartialEq)]

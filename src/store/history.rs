@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::change::{By, Guard, OnFail, Step};
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{ITEM_TYPE, Index, RecordKind, to_body};
-use super::rules::{By, Guard, OnFail, Step};
 use super::{Kind, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{Operation, Revision};
 

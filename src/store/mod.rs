@@ -3,6 +3,7 @@
 
 pub mod activities;
 mod apply;
+mod change;
 mod cursor;
 pub mod dynamodb;
 pub mod embedded;
@@ -16,10 +17,11 @@ pub mod sessions;
 pub mod tokens;
 
 pub use apply::Planned;
+pub use change::Snapshot;
+pub use change::{Apply, By, TREE_OWNER, decode};
 pub use cursor::Cursor;
-pub use enc::Snapshot;
 pub use history::ChangeFilter;
-pub use rules::{Apply, By, MAX_REFERRERS, TREE_OWNER, decode};
+pub use rules::MAX_REFERRERS;
 
 use std::sync::Arc;
 

@@ -2,10 +2,33 @@
 //! The rules, both engines and `enc dynamodb tables` all read these descriptions, so a new
 //! kind is a description and a domain type, not code in each backend.
 
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Kind;
-use super::engine::Key;
+
+/// The key of a record: the values of its kind's key fields, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Key(pub Vec<String>);
+
+impl Key {
+    pub fn one(part: impl Into<String>) -> Self {
+        Key(vec![part.into()])
+    }
+
+    pub fn two(first: impl Into<String>, second: impl Into<String>) -> Self {
+        Key(vec![first.into(), second.into()])
+    }
+}
+
+/// Written as in messages and paths: `production/puppet-eu`.
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("/"))
+    }
+}
 
 /// The attribute that names a record's kind; constant per kind, so an index partitioned on
 /// it lists a whole kind in order.

@@ -3,65 +3,21 @@
 //! pages with cursors.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::change::{By, Guard, OnFail, Step, decode, retry};
 use super::engine::{CommitError, Engine, Expect, Key, Op, Position, Query, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
 use super::record::{RecordKind, to_body};
 use super::{Cursor, Kind, Page, PageRequest, Result, StoreError};
 use crate::domain::{Meta, Operation, Stored, now};
 
-/// Attempts at a write that keeps meeting concurrent writes before answering 503.
-pub(super) const MAX_TRIES: u32 = 8;
 /// How many referrers of each kind a refused delete names.
 pub const MAX_REFERRERS: usize = 10;
-
-/// What a failed expectation of one write of a commit means.
-#[derive(Debug, Clone)]
-pub(super) enum OnFail {
-    /// The record being created exists already.
-    Exists,
-    /// A record the change names does not exist.
-    Missing {
-        field: &'static str,
-        kind: Kind,
-        key: String,
-    },
-    /// Something changed since it was read: read again and retry.
-    Changed,
-    /// Something changed since the write was judged: judge it again (`TreeMoved`).
-    Moved,
-}
-
-pub(super) type Step = (Write, OnFail);
-
-/// Checks a change against records beyond the one written, and adds the writes that keep
-/// those checks true until the commit (e.g. the group tree's generation).
-#[async_trait]
-pub(super) trait Guard<T: Sync>: Sync {
-    async fn check(&self, before: Option<&T>, after: Option<&T>) -> Result<Vec<Step>>;
-}
-
-/// For kinds whose writes need no more than their references.
-pub(super) struct NoGuard;
-
-#[async_trait]
-impl<T: Sync> Guard<T> for NoGuard {
-    async fn check(&self, _: Option<&T>, _: Option<&T>) -> Result<Vec<Step>> {
-        Ok(Vec::new())
-    }
-}
-
-pub fn decode<T: DeserializeOwned>(record: &Record) -> Result<T> {
-    serde_json::from_slice(&record.body).map_err(|e| StoreError::Internal(Box::new(e)))
-}
 
 impl Page<Record> {
     /// The page with each record decoded.
@@ -85,26 +41,6 @@ fn check_version(kind: Kind, key: &Key, expected: Option<u64>, actual: u64) -> R
         }),
         _ => Ok(()),
     }
-}
-
-/// Runs `attempt` until it gives a result, backing off between tries; `Ok(None)` means
-/// "something changed under us, try again".
-pub(super) async fn retry<R, F, Fut>(mut attempt: F) -> Result<R>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<R>>>,
-{
-    for tries in 0..MAX_TRIES {
-        if tries > 0 {
-            tokio::time::sleep(Duration::from_millis(2 << tries)).await;
-        }
-        if let Some(done) = attempt().await? {
-            return Ok(done);
-        }
-    }
-    Err(StoreError::Unavailable(
-        "concurrent writes to the same records kept conflicting".into(),
-    ))
 }
 
 /// The key of an object about to be stored.
@@ -146,45 +82,6 @@ pub(super) fn references(
         .collect()
 }
 
-/// Who makes a change, and how.
-#[derive(Debug, Clone, Copy)]
-pub struct By<'a> {
-    pub actor: &'a str,
-    /// Check the change exactly as its commit would, and store nothing.
-    pub dry_run: bool,
-    /// Record no revision: a change that is not an edit (a token's last use).
-    pub quiet: bool,
-    /// The version whose content this change writes again.
-    pub restored_from: Option<u64>,
-    /// The conflicts a forced change creates, for its revision.
-    pub conflicts: Option<&'a serde_json::Value>,
-    /// Write even over an object a classification tree owns (`force=true`).
-    pub force: bool,
-    /// The change applies a plan (`POST /import`): the object becomes owned by the tree.
-    pub apply: Option<Apply<'a>>,
-    /// What the change was judged on (its conflicts): it commits only while the groups (and,
-    /// for a group write, the nodes) are as they were then, else fails with `TreeMoved`.
-    pub judged: Option<super::enc::Snapshot>,
-}
-
-/// A plan being applied, for the objects it writes and their revisions.
-#[derive(Debug, Clone, Copy)]
-pub struct Apply<'a> {
-    pub plan_id: &'a str,
-    pub source_revision: Option<&'a str>,
-}
-
-/// Who owns objects applied from a tree.
-pub const TREE_OWNER: &str = "git";
-
-impl Apply<'_> {
-    /// The metadata of an object this apply writes.
-    pub(super) fn own(&self, meta: &mut Meta) {
-        meta.managed_by = Some(TREE_OWNER.to_owned());
-        meta.source_revision = self.source_revision.map(str::to_owned);
-    }
-}
-
 /// Refuses an API write to an object a tree owns, unless forced.
 fn check_owner(kind: Kind, key: &Key, meta: &Meta, by: &By<'_>) -> Result<()> {
     match &meta.managed_by {
@@ -194,33 +91,6 @@ fn check_owner(kind: Kind, key: &Key, meta: &Meta, by: &By<'_>) -> Result<()> {
             owner: owner.clone(),
         }),
         _ => Ok(()),
-    }
-}
-
-impl<'a> By<'a> {
-    pub fn actor(actor: &'a str) -> Self {
-        Self {
-            actor,
-            dry_run: false,
-            quiet: false,
-            restored_from: None,
-            conflicts: None,
-            force: false,
-            apply: None,
-            judged: None,
-        }
-    }
-}
-
-impl<'a> From<&'a str> for By<'a> {
-    fn from(actor: &'a str) -> Self {
-        Self::actor(actor)
-    }
-}
-
-impl<'a> From<&'a String> for By<'a> {
-    fn from(actor: &'a String) -> Self {
-        Self::actor(actor)
     }
 }
 

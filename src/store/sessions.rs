@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::change::{By, NoGuard};
 use super::engine::Key;
 use super::record::RecordKind;
-use super::rules::{By, NoGuard};
 use super::{Kind, Result, Store, StoreError};
 use crate::domain::{Scope, Stored, TokenName};
 

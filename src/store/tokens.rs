@@ -1,9 +1,9 @@
 //! API tokens: who may call enc. Records hold each token's scopes and the SHA-256 of its
 //! secret, never the secret.
 
+use super::change::{By, NoGuard};
 use super::engine::{Key, Record};
 use super::record::{ITEM_TYPE, Index, RecordKind};
-use super::rules::{By, NoGuard};
 use super::{Kind, Page, PageRequest, Result, Store};
 use crate::domain::{Stored, Token, TokenName};
 

@@ -7,9 +7,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::super::change::{OnFail, Step, decode};
 use super::super::engine::{Expect, Key, Op, Position, Write};
 use super::super::record::{RecordKind, to_body};
-use super::super::rules::{OnFail, Step, decode};
 use super::super::{Kind, Result, Store};
 use crate::domain::{Certname, NodeFacts, RuleView};
 

@@ -9,17 +9,18 @@ use std::sync::Arc;
 
 pub use self::facts::{FACTS, MAX_FACTS_BYTES, VIEW, VIEW_PAST, VIEWS_TAKEN, ViewsTaken};
 use self::pins::Unpin;
-pub use self::tree::{GENERATION, Snapshot, TreeCache};
+pub use self::tree::{GENERATION, TreeCache};
 use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, judged, moved_fleet, raise};
+use super::change::{By, MAX_TRIES, NoGuard, decode};
 use super::engine::{Key, Position, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
-use super::rules::{By, MAX_TRIES, NoGuard, decode};
 use super::tokens::TOKEN;
 use super::{EnvironmentFilter, Kind, NodeFilter, Page, PageRequest, Result, Store, StoreError};
 use crate::domain::{
     Certname, Environment, EnvironmentKey, GroupName, GroupTree, Node, NodeFacts, NodeGroup,
     RuleView, Stored, TokenName,
 };
+pub use crate::store::change::Snapshot;
 
 /// What one classification read found (`Store::classification_inputs`).
 pub struct ClassificationInputs {

@@ -12,9 +12,9 @@ use super::tree::{held_fleet, hold, moved_fleet, raise};
 use super::{NODE, NODE_GROUP};
 use crate::domain::{Certname, GroupName, GroupTree, Node};
 use crate::store::Planned;
+use crate::store::change::{By, Guard, MAX_TRIES, Step};
 use crate::store::engine::Key;
 use crate::store::history::{HEAD, head_key};
-use crate::store::rules::{By, Guard, MAX_TRIES, Step};
 use crate::store::{Kind, Result, Store, StoreError};
 
 /// The guard of a node's deletion: the writes that take it off every group pinning it.

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use super::NODE_GROUP;
 use crate::domain::{GroupTree, NodeGroup};
+use crate::store::change::{Guard, MAX_TRIES, OnFail, Snapshot, Step, decode};
 use crate::store::engine::{Expect, Key, Op, Write};
 use crate::store::record::RecordKind;
-use crate::store::rules::{Guard, MAX_TRIES, OnFail, Step, decode};
 use crate::store::{Kind, Result, Store, StoreError};
 
 /// The group tree's generation: a counter (the record's reference count) that every group
@@ -28,13 +28,6 @@ pub(super) fn generation_key() -> Key {
 /// only while it is unchanged, so a node written meanwhile makes it judged again.
 pub(super) fn fleet_key() -> Key {
     Key::one("/nodes")
-}
-
-/// What a write was judged on (its conflicts): the group tree's generation and the fleet's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Snapshot {
-    pub groups: i64,
-    pub nodes: i64,
 }
 
 /// The write every node write makes: the fleet moves, whatever it was.
