@@ -44,6 +44,16 @@ pub(crate) fn dynamodb_under_test() -> bool {
     }
 }
 
+/// Says that the calling test does not run in this pass, and where it does, past the test
+/// harness's capture of `eprintln!` (which shows a passing test's output to no one): the
+/// line is in every run's output, so a skip is never silent.
+pub(crate) fn skipped(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr().lock(), "skipped in this pass: {test}: {why}");
+}
+
 /// A table prefix no other test uses.
 pub(crate) fn unique_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -37,7 +37,7 @@ impl PuppetServer {
                        scripts/test starts Puppet Server and sets them (or source scripts/lib.sh, \
                        then start_puppetserver && wait_for_puppetserver)";
             assert!(std::env::var_os("CI").is_none(), "{why}");
-            eprintln!("skipped: the Puppet Server test: {why}");
+            crate::helpers::skipped(&format!("the Puppet Server test: {why}"));
             return None;
         };
         let port = port.parse().expect("ENC_TEST_PUPPETSERVER_PORT is a port");
