@@ -368,16 +368,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn dynamodb(&self) -> crate::store::dynamodb::DynamoSettings {
-        crate::store::dynamodb::DynamoSettings {
-            endpoint: self.dynamodb_endpoint.clone(),
-            table_prefix: self.table_prefix.clone(),
-            connect_timeout: Duration::from_millis(self.dynamodb_connect_timeout_ms),
-            operation_timeout: Duration::from_millis(self.dynamodb_timeout_ms),
-            max_attempts: self.dynamodb_max_attempts.max(1),
-        }
-    }
-
     pub fn history_retention(&self) -> Option<chrono::Duration> {
         self.history_retention_days
             .map(|days| chrono::Duration::days(i64::from(days)))

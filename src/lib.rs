@@ -25,7 +25,6 @@ pub mod yaml;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::http::HeaderValue;
 
 use crate::auth::{Access, Auth};
@@ -120,13 +119,15 @@ impl Limits {
     }
 }
 
-/// What each route needs, from the OpenAPI document.
-pub fn access() -> Access {
-    let document = serde_json::from_slice(router::document_json()).expect("the document parses");
-    Access::from_openapi(&document).expect("every operation declares its scope")
-}
-
 impl App {
+    /// What checking a caller reads and counts.
+    pub fn ground(&self) -> auth::Ground<'_> {
+        auth::Ground {
+            store: &self.store,
+            metrics: &self.metrics,
+        }
+    }
+
     pub fn new(engine: Arc<dyn Engine>) -> Self {
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Instrumented::new(engine, metrics.clone()));
@@ -143,7 +144,7 @@ impl App {
             metrics,
             cors_origins: Vec::new(),
             trace_context: false,
-            auth: Auth::new(true, None, None, false, access()),
+            auth: Auth::new(true, None, None, false, Access::default()),
             limits: Limits::new(std::time::Duration::from_secs(30), 256),
             answers: Answers::default(),
             classify_unknown: true,
@@ -227,9 +228,4 @@ impl Deref for AppState {
     fn deref(&self) -> &App {
         &self.0
     }
-}
-
-/// The whole HTTP application: the exact router the binary serves and the tests drive.
-pub fn app(state: AppState) -> Router {
-    router::router(state)
 }

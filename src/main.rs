@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use enc::cli::{Cli, Command, DynamodbCommand};
-use enc::store::dynamodb::{DynamoDb, tables};
+use enc::store::dynamodb::{DynamoDb, DynamoSettings, tables};
 use enc::{as_code, classify, client, migrate, server, telemetry};
 
 /// Threads for blocking work (the embedded store's commits, which redb runs one at a time):
@@ -56,7 +56,7 @@ async fn dynamodb(action: DynamodbCommand, config: &enc::config::Config) -> anyh
             Ok(())
         }
         DynamodbCommand::CreateTables => {
-            let store = DynamoDb::connect(&config.dynamodb()).await;
+            let store = DynamoDb::connect(&DynamoSettings::of(config)).await;
             tables::create_tables(store.client(), &config.table_prefix).await
         }
     }

@@ -417,7 +417,7 @@ async fn scan(client: &Client, table: &str) -> Result<Vec<Item>, String> {
 /// `enc migrate --from-dynamodb ... --dir D`: 0 when every item is mapped, 2 when the tree
 /// is written but something was left out (each listed on stderr), 1 on an error.
 pub async fn run(config: &Config, args: &MigrateArgs) -> ExitCode {
-    let mut settings = config.dynamodb();
+    let mut settings = crate::store::dynamodb::DynamoSettings::of(config);
     settings.endpoint = args.endpoint.clone();
     let client = DynamoDb::connect(&settings).await.client().clone();
     let tables = Tables {

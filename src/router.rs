@@ -24,6 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use crate::auth::Access;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::handlers::{
@@ -349,6 +350,13 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
     )
 }
 
+/// What each route needs, from the OpenAPI document.
+pub fn access() -> Access {
+    let document = serde_json::from_slice(document_json()).expect("the document parses");
+    Access::from_openapi(&document).expect("every operation declares its scope")
+}
+
+/// The whole HTTP application: the exact router the binary serves and the tests drive.
 pub fn router(state: AppState) -> Router {
     // CORS wraps the form's routes whole, their 405 answers too, so that preflights work.
     let (form, _) = metrics_form().split_for_parts();
@@ -414,7 +422,12 @@ fn unlimited(route: Option<&str>) -> bool {
 /// and must be answered within the request timeout (503); then it is authorized (`auth`).
 /// A panic below is a 500, observed like any other answer.
 async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    telemetry::observe(&state, request, |request| async {
+    let observer = telemetry::Observer {
+        metrics: &state.metrics,
+        trace_context: state.trace_context,
+        store: state.store.backend(),
+    };
+    telemetry::observe(observer, request, |request| async {
         let route = request
             .extensions()
             .get::<MatchedPath>()
@@ -436,7 +449,7 @@ async fn answer(state: &AppState, limited: bool, request: Request, next: Next) -
         }
         place => place,
     };
-    let authorized = auth::authorize(State(state.clone()), request, next);
+    let authorized = auth::authorize(&state.auth, state.ground(), request, next);
     let caught = std::panic::AssertUnwindSafe(authorized).catch_unwind();
     let answered = if limited {
         match tokio::time::timeout(state.limits.request_timeout, caught).await {

@@ -24,9 +24,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::AppState;
 use crate::config::LogFormat;
-use crate::metrics::UNMATCHED;
+use crate::metrics::{Metrics, UNMATCHED};
 
 mod json;
 mod logs;
@@ -385,11 +384,21 @@ fn request_span(
     parent.with_span(span)
 }
 
+/// What observing requests needs of the app.
+#[derive(Clone, Copy)]
+pub struct Observer<'a> {
+    pub metrics: &'a Metrics,
+    /// Whether an incoming `traceparent` parents the request's span.
+    pub trace_context: bool,
+    /// The store's name, for the log line.
+    pub store: &'static str,
+}
+
 /// Every request: an id (kept from `x-request-id` or made), a server span (child of an
 /// incoming `traceparent`), metrics by matched route, one log event, the id on the response;
 /// `answer` makes the response.
 pub async fn observe<F>(
-    state: &AppState,
+    observer: Observer<'_>,
     mut request: Request,
     answer: impl FnOnce(Request) -> F,
 ) -> Response
@@ -419,7 +428,7 @@ where
         ]);
         request_span(
             tracer,
-            state.trace_context,
+            observer.trace_context,
             request.headers(),
             attributes,
             name,
@@ -430,8 +439,8 @@ where
         trace,
     };
 
-    state.metrics.http_in_flight.inc();
-    let in_flight = InFlight(state.metrics.http_in_flight.clone());
+    observer.metrics.http_in_flight.inc();
+    let in_flight = InFlight(observer.metrics.http_in_flight.clone());
     let mut run = std::pin::pin!(REQUEST.scope(current, answer(request)));
     let mut response = run.as_mut().await;
     let current = run.as_mut().take_value();
@@ -440,7 +449,7 @@ where
 
     let status = response.status();
     let elapsed = started.elapsed();
-    state
+    observer
         .metrics
         .answered(method, route, status, elapsed.as_secs_f64());
     let extensions = response.extensions();
@@ -458,7 +467,7 @@ where
                 status = status.as_u16(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 request_id,
-                store = state.store.backend(),
+                store = observer.store,
                 error,
                 "request"
             )

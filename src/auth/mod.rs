@@ -12,17 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 
-use crate::AppState;
 use crate::domain::{ClusterName, Scope, Stored, Token, TokenName, now};
 use crate::error::AppError;
 use crate::memo::Memo;
+use crate::metrics::Metrics;
 use crate::store::engine::Record;
 use crate::store::sessions::{Session, session_name};
 use crate::store::{Store, StoreError};
@@ -392,11 +392,11 @@ impl Auth {
     /// of what the token has; a token with neither of the form's scopes starts none.
     pub async fn start_session(
         &self,
-        state: &AppState,
+        ground: Ground<'_>,
         presented: &str,
     ) -> Result<(String, Identity), AppError> {
         let (identity, stored) = self
-            .token(&state.store, presented)
+            .token(ground.store, presented)
             .await
             .map_err(Refused::into_error)?;
         let scopes: BTreeSet<Scope> = [Scope::ActivitiesWrite, Scope::ActivitiesRead]
@@ -425,9 +425,9 @@ impl Auth {
             ends_at: at + max_age,
             seen_at: at,
         };
-        state.store.create_session(record).await?;
+        ground.store.create_session(record).await?;
         if let Some(stored) = stored {
-            self.touch(state, stored);
+            self.touch(ground, stored);
         }
         let identity = Identity {
             actor: identity.actor,
@@ -449,9 +449,9 @@ impl Auth {
     /// Who the session the cookie `id` names is, if it is still good: not past its end nor
     /// idle too long, and its token (or the bootstrap secret) still the one signed in with.
     /// A session no longer good is ended.
-    async fn session(&self, state: &AppState, id: &str) -> Result<Option<Identity>, Refused> {
+    async fn session(&self, ground: Ground<'_>, id: &str) -> Result<Option<Identity>, Refused> {
         let name = session_name(&secret::sha256_hex(id));
-        let Some(stored) = state.store.session(&name).await.map_err(Refused::Store)? else {
+        let Some(stored) = ground.store.session(&name).await.map_err(Refused::Store)? else {
             return Ok(None);
         };
         let at = now();
@@ -468,12 +468,12 @@ impl Auth {
                         .as_deref()
                         .is_some_and(|signed_in| secret::matches_hex(digest, signed_in))
                 }),
-                Some(token) => match state.store.get_token(token).await {
+                Some(token) => match ground.store.get_token(token).await {
                     Ok(token) => {
                         let same = Some(&token.item.secret_sha256) == session.token_sha256.as_ref();
                         let alive = same && !token.item.expired(at);
                         if alive {
-                            self.touch(state, Arc::new(token));
+                            self.touch(ground, Arc::new(token));
                         }
                         alive
                     }
@@ -483,7 +483,7 @@ impl Auth {
             };
         }
         if !good {
-            let store = state.store.clone();
+            let store = ground.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.end_session(&name).await {
                     tracing::debug!(error = %e, "an ended session was not removed");
@@ -501,7 +501,7 @@ impl Auth {
             .to_std()
             .is_ok_and(|age| age < TOUCH_EVERY);
         if !fresh {
-            let store = state.store.clone();
+            let store = ground.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.touch_session(stored, at).await {
                     tracing::debug!(error = %e, "a session's use was not recorded");
@@ -565,7 +565,7 @@ impl Auth {
     /// have: the same answers, metrics and last-use writes.
     pub fn admit(
         &self,
-        state: &AppState,
+        ground: Ground<'_>,
         deferred: &Deferred,
         record: Option<&Record>,
     ) -> Result<Identity, AppError> {
@@ -578,7 +578,7 @@ impl Auth {
             });
         let admitted = match checked {
             Ok((identity, stored)) => {
-                self.touch(state, stored);
+                self.touch(ground, stored);
                 verdict(deferred.needs, deferred.route, identity)
             }
             Err(refused) => Err((refused.outcome(), refused.into_error())),
@@ -590,29 +590,29 @@ impl Auth {
             }
             Err((outcome, denial)) => (outcome, Err(denial)),
         };
-        state.metrics.auth_outcome(outcome);
+        ground.metrics.auth_outcome(outcome);
         result
     }
 
     /// [`Auth::admit`] for a handler that could not read the token with its own read.
     pub async fn admit_alone(
         &self,
-        state: &AppState,
+        ground: Ground<'_>,
         deferred: &Deferred,
     ) -> Result<Identity, AppError> {
-        let record = match state.store.token_record(&deferred.name).await {
+        let record = match ground.store.token_record(&deferred.name).await {
             Ok(record) => Some(record),
             Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(self.unreadable(state, deferred, e)),
+            Err(e) => return Err(self.unreadable(ground, deferred, e)),
         };
-        self.admit(state, deferred, record.as_ref())
+        self.admit(ground, deferred, record.as_ref())
     }
 
     /// The answer when the read that would have checked a deferred token failed: what
     /// `authorize` answers when it cannot read a token (503), counted the same way.
-    pub fn unreadable(&self, state: &AppState, deferred: &Deferred, e: StoreError) -> AppError {
+    pub fn unreadable(&self, ground: Ground<'_>, deferred: &Deferred, e: StoreError) -> AppError {
         deferred.check.checked.store(true, Ordering::Release);
-        state.metrics.auth_outcome("unavailable");
+        ground.metrics.auth_outcome("unavailable");
         e.into()
     }
 
@@ -671,7 +671,7 @@ impl Auth {
     /// Who the request is from, if it says; `Err` when what it says is not good.
     async fn identify(
         &self,
-        state: &AppState,
+        ground: Ground<'_>,
         headers: &HeaderMap,
         route: &str,
     ) -> Result<Option<Identity>, Refused> {
@@ -694,9 +694,9 @@ impl Auth {
             None => None,
         };
         if let Some(token) = presented {
-            let (identity, stored) = self.token(&state.store, &token).await?;
+            let (identity, stored) = self.token(ground.store, &token).await?;
             if let Some(stored) = stored {
-                self.touch(state, stored);
+                self.touch(ground, stored);
             }
             return Ok(Some(identity));
         }
@@ -720,13 +720,13 @@ impl Auth {
             && let Some(id) = session::cookie(headers)
         {
             // A stale cookie is as good as none: the page asks to sign in again.
-            return self.session(state, &id).await;
+            return self.session(ground, &id).await;
         }
         Ok(None)
     }
 
     /// Writes the token's last use in the background, at most once a minute per token.
-    fn touch(&self, state: &AppState, used: Arc<Stored<Token>>) {
+    fn touch(&self, ground: Ground<'_>, used: Arc<Stored<Token>>) {
         let at = now();
         let fresh = used
             .item
@@ -743,7 +743,7 @@ impl Auth {
             return;
         }
         touched.insert(used.item.name.to_string(), Instant::now());
-        let store = state.store.clone();
+        let store = ground.store.clone();
         let used = Stored::clone(&used);
         tokio::spawn(async move {
             let name = used.item.name.to_string();
@@ -754,9 +754,18 @@ impl Auth {
     }
 }
 
+/// What checking a caller reads and counts: the store (tokens, sessions, their last uses)
+/// and the metrics (each check's outcome).
+#[derive(Clone, Copy)]
+pub struct Ground<'a> {
+    pub store: &'a Arc<Store>,
+    pub metrics: &'a Metrics,
+}
+
 /// Lets a request through only with the identity and scope its route needs.
 pub async fn authorize(
-    State(state): State<AppState>,
+    auth: &Auth,
+    ground: Ground<'_>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -766,17 +775,13 @@ pub async fn authorize(
         return next.run(request).await;
     };
     let route = matched.as_str();
-    let mut needs = state
-        .auth
+    let mut needs = auth
         .access
         .needs_asked(request.method(), route, request.uri().query());
-    if route == "/metrics" && state.auth.metrics_token_required {
+    if route == "/metrics" && auth.metrics_token_required {
         needs = Some(Needs::Scope(Scope::Read));
     }
-    if let Some(deferred) = state
-        .auth
-        .deferrable(request.method(), request.headers(), route, needs)
-    {
+    if let Some(deferred) = auth.deferrable(request.method(), request.headers(), route, needs) {
         let check = deferred.check.clone();
         request.extensions_mut().insert(deferred);
         let mut response = next.run(request).await;
@@ -800,7 +805,7 @@ pub async fn authorize(
     let identity = if needs == Some(Needs::Nothing) && !shows_the_caller(route) {
         Ok(None)
     } else {
-        state.auth.identify(&state, request.headers(), route).await
+        auth.identify(ground, request.headers(), route).await
     };
     let (outcome, denial) = match (needs, identity) {
         (None, _) => (
@@ -817,7 +822,7 @@ pub async fn authorize(
         (Some(_), Err(refused)) => (refused.outcome(), Some(refused.into_error())),
         (Some(needs), Ok(None)) => {
             if wants_a_page(request.headers()) && session::accepted_on(route) {
-                state.metrics.auth_outcome("missing");
+                ground.metrics.auth_outcome("missing");
                 return Redirect::to("/sign-in").into_response();
             }
             (
@@ -835,7 +840,7 @@ pub async fn authorize(
             Err((outcome, denial)) => (outcome, Some(denial)),
         },
     };
-    state.metrics.auth_outcome(outcome);
+    ground.metrics.auth_outcome(outcome);
     if let Some(denial) = denial {
         return denial.into_response();
     }

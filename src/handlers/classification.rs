@@ -143,7 +143,7 @@ async fn classification(
     let name = match (path, &deferred) {
         (Ok(Path(name)), _) => name,
         (Err(malformed), Some(deferred)) => {
-            state.auth.admit_alone(state, deferred).await?;
+            state.auth.admit_alone(state.ground(), deferred).await?;
             return Err(malformed);
         }
         (Err(malformed), None) => return Err(malformed),
@@ -155,12 +155,14 @@ async fn classification(
                 .store
                 .classification_inputs(&name, Some(&deferred.name))
                 .await
-                .map_err(|e| state.auth.unreadable(state, deferred, e))?;
-            let identity = state.auth.admit(state, deferred, inputs.token.as_ref())?;
+                .map_err(|e| state.auth.unreadable(state.ground(), deferred, e))?;
+            let identity = state
+                .auth
+                .admit(state.ground(), deferred, inputs.token.as_ref())?;
             Some((name, inputs, Some(identity)))
         }
         (Err(_), Some(deferred)) => {
-            state.auth.admit_alone(state, deferred).await?;
+            state.auth.admit_alone(state.ground(), deferred).await?;
             None
         }
         (_, None) => None,
@@ -319,7 +321,7 @@ pub async fn post(
     let (name, query) = match (parsed, &deferred) {
         (Ok(parsed), _) => parsed,
         (Err(malformed), Some(deferred)) => {
-            state.auth.admit_alone(&state, deferred).await?;
+            state.auth.admit_alone(state.ground(), deferred).await?;
             return Err(malformed);
         }
         (Err(malformed), None) => return Err(malformed),
@@ -330,8 +332,10 @@ pub async fn post(
                 .store
                 .classification_inputs(&name, Some(&deferred.name))
                 .await
-                .map_err(|e| state.auth.unreadable(&state, deferred, e))?;
-            let identity = state.auth.admit(&state, deferred, inputs.token.as_ref())?;
+                .map_err(|e| state.auth.unreadable(state.ground(), deferred, e))?;
+            let identity = state
+                .auth
+                .admit(state.ground(), deferred, inputs.token.as_ref())?;
             (Caller(identity), Some(inputs))
         }
         None => (caller, None),

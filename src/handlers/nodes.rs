@@ -231,7 +231,7 @@ pub async fn get(
     let name = path.and_then(|Path(name)| certname(&name));
     let (name, record) = match (name, deferred) {
         (Err(invalid), Some(Extension(deferred))) => {
-            state.auth.admit_alone(&state, &deferred).await?;
+            state.auth.admit_alone(state.ground(), &deferred).await?;
             return Err(invalid);
         }
         (Ok(name), Some(Extension(deferred))) => {
@@ -239,8 +239,10 @@ pub async fn get(
                 .store
                 .node_and_token_records(&name, &deferred.name)
                 .await
-                .map_err(|e| state.auth.unreadable(&state, &deferred, e))?;
-            let identity = state.auth.admit(&state, &deferred, token.as_ref())?;
+                .map_err(|e| state.auth.unreadable(state.ground(), &deferred, e))?;
+            let identity = state
+                .auth
+                .admit(state.ground(), &deferred, token.as_ref())?;
             let record = record.ok_or_else(|| absent(&name))?;
             reached(&identity, &name, &record)?;
             (name, record)

@@ -85,7 +85,7 @@ pub async fn sign_in(
         return page(StatusCode::BAD_REQUEST, Some("Send a token.".into()), false);
     };
     let token = form.token.trim();
-    let (id, identity) = match state.auth.start_session(&state, token).await {
+    let (id, identity) = match state.auth.start_session(state.ground(), token).await {
         Ok(started) => started,
         Err(AppError::Unauthorized(why)) => {
             return page(

@@ -13,16 +13,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::App;
 use crate::auth::Auth;
 use crate::auth::alb::{Alb, ScopeRules, regional_keys_url};
 use crate::auth::secret::{Secret, sha256_hex};
 use crate::config::{AuthMode, Config, StoreKind};
 use crate::domain::{Scope, Token, TokenName};
-use crate::store::dynamodb::DynamoDb;
+use crate::router::{access, router as app};
+use crate::store::dynamodb::{DynamoDb, DynamoSettings};
 use crate::store::embedded::Embedded;
 use crate::store::engine::Engine;
 use crate::store::{PageRequest, Store};
-use crate::{App, access, app};
 
 /// How identity is checked, from the configuration.
 pub fn auth(config: &Config) -> anyhow::Result<Auth> {
@@ -138,7 +139,9 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     match config.store {
-        StoreKind::Dynamodb => Ok(Arc::new(DynamoDb::connect(&config.dynamodb()).await)),
+        StoreKind::Dynamodb => Ok(Arc::new(
+            DynamoDb::connect(&DynamoSettings::of(config)).await,
+        )),
         StoreKind::Embedded => {
             let cache = config.embedded_cache_mib as usize * 1024 * 1024;
             let store = Embedded::open_with_cache(&config.data_dir, cache).with_context(|| {

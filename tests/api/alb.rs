@@ -95,7 +95,7 @@ async fn app(keys_url: String) -> TestApp {
         ScopeRules::parse(r#"{"groups=enc-admins": ["read"], "*": ["activities:write"]}"#).unwrap();
     let alb = Alb::new(SIGNER.to_owned(), keys_url, rules);
     let backing = TestStore::new().await;
-    let auth = Auth::new(true, Some(ADMIN), Some(alb), false, enc::access());
+    let auth = Auth::new(true, Some(ADMIN), Some(alb), false, enc::router::access());
     let state = App::new(backing.engine.clone()).with_auth(auth);
     TestApp::with_state(state, backing).as_caller(None)
 }
@@ -282,7 +282,7 @@ async fn an_address_counts_only_once_the_identity_provider_verified_it() {
     let rules = ScopeRules::parse(r#"{"email=ops@example.com": ["read"]}"#).unwrap();
     let alb = Alb::new(SIGNER.to_owned(), key_server(pem).await, rules);
     let backing = TestStore::new().await;
-    let auth = Auth::new(true, Some(ADMIN), Some(alb), false, enc::access());
+    let auth = Auth::new(true, Some(ADMIN), Some(alb), false, enc::router::access());
     let app = TestApp::with_state(App::new(backing.engine.clone()).with_auth(auth), backing)
         .as_caller(None);
     let with = |verified: Value| {

@@ -238,7 +238,9 @@ fn listed(enc: &Enc, collection: &str) -> Vec<Value> {
 #[test]
 fn an_apply_killed_mid_way_on_dynamodb_resumes_to_the_plan() {
     if !dynamodb_under_test() {
-        crate::helpers::skipped("a batched apply is interrupted in the DynamoDB pass of scripts/test");
+        crate::helpers::skipped(
+            "a batched apply is interrupted in the DynamoDB pass of scripts/test",
+        );
         return;
     }
     let data = EncData::new();
@@ -357,7 +359,9 @@ fn wait_for_a_node(enc: &Enc) {
 #[test]
 fn a_batch_refused_after_others_answers_what_was_applied() {
     if !dynamodb_under_test() {
-        crate::helpers::skipped("a batched apply meets a concurrent write in the DynamoDB pass of scripts/test");
+        crate::helpers::skipped(
+            "a batched apply meets a concurrent write in the DynamoDB pass of scripts/test",
+        );
         return;
     }
     let data = EncData::new();
@@ -490,7 +494,9 @@ async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: Vec<Va
 #[tokio::test]
 async fn a_migration_from_the_earlier_tables_reports_every_unmappable_item() {
     if !dynamodb_under_test() {
-        crate::helpers::skipped("the earlier ENC's tables are made in DynamoDB Local in its pass of scripts/test");
+        crate::helpers::skipped(
+            "the earlier ENC's tables are made in DynamoDB Local in its pass of scripts/test",
+        );
         return;
     }
     let endpoint = dynamodb_endpoint();

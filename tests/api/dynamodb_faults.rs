@@ -56,7 +56,9 @@ impl Drop for Local {
 #[tokio::test]
 async fn an_outage_answers_503_in_time_and_enc_recovers_by_itself() {
     if !dynamodb_under_test() {
-        crate::helpers::skipped("the DynamoDB outage test runs in the DynamoDB pass of scripts/test");
+        crate::helpers::skipped(
+            "the DynamoDB outage test runs in the DynamoDB pass of scripts/test",
+        );
         return;
     }
     let jar_dir = PathBuf::from(

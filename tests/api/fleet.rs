@@ -216,7 +216,9 @@ fn memory(pid: u32) -> (u64, u64) {
 #[test]
 fn fleet_wide_work_holds_a_page_of_facts_not_the_fleets() {
     if crate::helpers::dynamodb_under_test() {
-        crate::helpers::skipped("the process's memory is measured in the embedded pass of scripts/test");
+        crate::helpers::skipped(
+            "the process's memory is measured in the embedded pass of scripts/test",
+        );
         return;
     }
     // 2,000 nodes with 32 KiB of facts each: 64 MiB of facts as JSON, several times that as

@@ -10,13 +10,14 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+use enc::App;
 use enc::auth::Auth;
+use enc::router::{access, router as app};
 use enc::store::Store;
 use enc::store::dynamodb::tables::create_tables;
 use enc::store::dynamodb::{DynamoDb, DynamoSettings};
 use enc::store::embedded::Embedded;
 use enc::store::engine::Engine;
-use enc::{App, access, app};
 
 /// The bootstrap secret every test enc accepts as `admin`; test requests carry it unless a
 /// test says otherwise.
@@ -51,7 +52,10 @@ pub(crate) fn skipped(why: &str) {
     use std::io::Write as _;
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("a test");
-    let _ = writeln!(std::io::stderr().lock(), "skipped in this pass: {test}: {why}");
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipped in this pass: {test}: {why}"
+    );
 }
 
 /// A table prefix no other test uses.

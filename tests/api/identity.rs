@@ -320,7 +320,7 @@ async fn every_route_by_every_kind_of_caller() {
         ("a revoked token", Some(format!("Bearer {revoked}"))),
     ];
 
-    let access = enc::access();
+    let access = enc::router::access();
     let mut operations: Vec<_> = access
         .operations()
         .map(|(m, p, n)| (m.clone(), p.to_owned(), n))
@@ -655,7 +655,11 @@ async fn an_answer_made_without_checking_a_deferred_token_never_leaves() {
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            enc::auth::authorize,
+            |axum::extract::State(state): axum::extract::State<enc::AppState>,
+             request: axum::extract::Request,
+             next: axum::middleware::Next| async move {
+                enc::auth::authorize(&state.auth, state.ground(), request, next).await
+            },
         ))
         .with_state(state);
     let app = TestApp {
@@ -1159,7 +1163,7 @@ fn identity_switched_off_says_so() {
 #[tokio::test]
 async fn metrics_may_require_a_token() {
     let backing = crate::helpers::TestStore::new().await;
-    let auth = enc::auth::Auth::new(true, Some(ADMIN), None, true, enc::access());
+    let auth = enc::auth::Auth::new(true, Some(ADMIN), None, true, enc::router::access());
     let app = TestApp::with_state(
         enc::App::new(backing.engine.clone()).with_auth(auth),
         backing,
@@ -1340,7 +1344,7 @@ async fn a_plan_token_previews_every_write_and_does_nothing_else() {
     let app = seeded().await;
     let plan = app.token("pull-requests", &["plan"]).await;
     let bearer = format!("Bearer {plan}");
-    let access = enc::access();
+    let access = enc::router::access();
     let mut previewed = 0;
     let mut operations: Vec<_> = access
         .operations()

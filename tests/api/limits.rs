@@ -288,7 +288,9 @@ fn seed_activities(dir: &std::path::Path, count: usize) {
 #[test]
 fn a_csv_of_100000_activities_streams_in_bounded_memory() {
     if crate::helpers::dynamodb_under_test() {
-        crate::helpers::skipped("the 100,000-row export runs in the embedded pass; DynamoDB Local writes too slowly to seed it here");
+        crate::helpers::skipped(
+            "the 100,000-row export runs in the embedded pass; DynamoDB Local writes too slowly to seed it here",
+        );
         return;
     }
     const ROWS: usize = 100_000;

@@ -163,7 +163,9 @@ fn attribute(value: &Value) -> AttributeValue {
 #[tokio::test]
 async fn dynamodb_items_of_the_first_version_read_and_update() {
     if !dynamodb_under_test() {
-        crate::helpers::skipped("the DynamoDB fixture is loaded in the DynamoDB pass of scripts/test");
+        crate::helpers::skipped(
+            "the DynamoDB fixture is loaded in the DynamoDB pass of scripts/test",
+        );
         return;
     }
     let engine = dynamodb_store(&dynamodb_endpoint(), std::time::Duration::from_secs(10)).await;

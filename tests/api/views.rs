@@ -235,7 +235,9 @@ async fn a_rule_on_a_new_path_over_a_large_fleet_is_provisional_until_views_are_
 #[test]
 fn taking_views_goes_on_where_it_was_after_a_restart() {
     if crate::helpers::dynamodb_under_test() {
-        crate::helpers::skipped("the restart runs on the embedded store in its pass of scripts/test");
+        crate::helpers::skipped(
+            "the restart runs on the embedded store in its pass of scripts/test",
+        );
         return;
     }
     let data = EncData::new();
@@ -309,7 +311,9 @@ fn taking_views_goes_on_where_it_was_after_a_restart() {
 #[tokio::test]
 async fn create_tables_deletes_the_facts_index_of_earlier_versions() {
     if !crate::helpers::dynamodb_under_test() {
-        crate::helpers::skipped("DynamoDB tables are migrated in the DynamoDB Local pass of scripts/test");
+        crate::helpers::skipped(
+            "DynamoDB tables are migrated in the DynamoDB Local pass of scripts/test",
+        );
         return;
     }
     use aws_sdk_dynamodb::types::{

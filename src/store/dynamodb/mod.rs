@@ -32,6 +32,19 @@ pub struct DynamoSettings {
     pub max_attempts: u32,
 }
 
+impl DynamoSettings {
+    /// The settings `config` names.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            endpoint: config.dynamodb_endpoint.clone(),
+            table_prefix: config.table_prefix.clone(),
+            connect_timeout: Duration::from_millis(config.dynamodb_connect_timeout_ms),
+            operation_timeout: Duration::from_millis(config.dynamodb_timeout_ms),
+            max_attempts: config.dynamodb_max_attempts.max(1),
+        }
+    }
+}
+
 pub struct DynamoDb {
     client: Client,
     prefix: String,
