@@ -507,7 +507,8 @@ mod tests {
     async fn a_panic_below_the_edge_is_a_500_counted_and_answered_with_its_request_id() {
         let dir = tempfile::tempdir().unwrap();
         let engine = crate::store::embedded::Embedded::open(dir.path()).unwrap();
-        let state = AppState::new(Arc::new(engine));
+        let auth = crate::auth::Auth::new(true, None, None, false, access());
+        let state: AppState = crate::App::new(Arc::new(engine)).with_auth(auth).into();
         // An open route of the real table, served by a handler that panics.
         let app = Router::new()
             .route("/healthz", axum::routing::get(boom))

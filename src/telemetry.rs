@@ -327,8 +327,6 @@ impl Drop for InFlight {
 
 /// What the task answering a request knows of it.
 struct Current {
-    /// For what the request records (history revisions).
-    id: HeaderValue,
     /// The context holding the request's span, when spans are exported.
     trace: Option<opentelemetry::Context>,
 }
@@ -352,14 +350,6 @@ pub fn cause_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
-}
-
-/// The id of the request this task is answering, if it is answering one.
-pub fn current_request_id() -> Option<String> {
-    REQUEST
-        .try_with(|r| r.id.to_str().ok().map(str::to_owned))
-        .ok()
-        .flatten()
 }
 
 /// The server span of a request, as a child of the caller's `traceparent` when `propagate`,
@@ -434,10 +424,7 @@ where
             name,
         )
     });
-    let current = Current {
-        id: id.clone(),
-        trace,
-    };
+    let current = Current { trace };
 
     observer.metrics.http_in_flight.inc();
     let in_flight = InFlight(observer.metrics.http_in_flight.clone());

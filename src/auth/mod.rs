@@ -25,7 +25,7 @@ use crate::memo::Memo;
 use crate::metrics::Metrics;
 use crate::store::engine::Record;
 use crate::store::sessions::{Session, session_name};
-use crate::store::{Store, StoreError};
+use crate::store::{By, Store, StoreError};
 
 /// Who is calling, as the middleware found out.
 #[derive(Debug, Clone)]
@@ -59,13 +59,32 @@ impl Identity {
     }
 }
 
-/// The identity of a request, for handlers; `anonymous` on open routes without one.
+/// The identity of a request, for handlers; `anonymous` on open routes without one. With the
+/// request's id, which its writes' revisions keep.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Identity);
+pub struct Caller(pub Identity, Option<String>);
 
 impl Caller {
     pub fn actor(&self) -> &str {
         &self.0.actor
+    }
+
+    /// The id of the request (`x-request-id`, as telemetry kept or made it).
+    pub fn request_id(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+
+    /// Who writes: the actor, in this request.
+    pub fn by(&self) -> By<'_> {
+        By {
+            request_id: self.request_id(),
+            ..By::actor(self.actor())
+        }
+    }
+
+    /// The same request, as `identity` (a token its handler admitted itself).
+    pub fn admitted(&self, identity: Identity) -> Caller {
+        Caller(identity, self.1.clone())
     }
 }
 
@@ -73,18 +92,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        Ok(Caller(
-            parts
-                .extensions
-                .get::<Identity>()
-                .cloned()
-                .unwrap_or_else(|| Identity {
-                    actor: "anonymous".to_owned(),
-                    scopes: BTreeSet::new(),
-                    person: None,
-                    clusters: None,
-                }),
-        ))
+        let identity = parts
+            .extensions
+            .get::<Identity>()
+            .cloned()
+            .unwrap_or_else(|| Identity {
+                actor: "anonymous".to_owned(),
+                scopes: BTreeSet::new(),
+                person: None,
+                clusters: None,
+            });
+        let request_id = parts
+            .headers
+            .get(crate::telemetry::REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .map(str::to_owned);
+        Ok(Caller(identity, request_id))
     }
 }
 

@@ -19,7 +19,7 @@ impl Classifier<'_> {
         name: &Certname,
         facts: &NodeFacts,
         reaches: impl Fn(&ClusterName) -> bool,
-        actor: &str,
+        by: By<'_>,
     ) -> Result<(), AppError> {
         if !self.learns {
             return Err(absent(name));
@@ -32,7 +32,7 @@ impl Classifier<'_> {
             let node = learnt(&tree, name, facts, &reaches)?;
             let by = By {
                 judged: Some(snapshot),
-                ..By::actor(actor)
+                ..by
             };
             match self.store.create_node(node, by).await {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => return Ok(()),

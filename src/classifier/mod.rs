@@ -67,6 +67,8 @@ pub struct Classifier<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Write<'a> {
     pub actor: &'a str,
+    /// The request that asks for it, for the revisions it writes.
+    pub request_id: Option<&'a str>,
     /// Judge the write, store nothing, and answer what it would do (a preview).
     pub dry_run: bool,
     /// Make it although it gives nodes conflicting values (recorded in its revision), or
@@ -78,6 +80,7 @@ impl<'a> Write<'a> {
     pub fn by(actor: &'a str) -> Self {
         Self {
             actor,
+            request_id: None,
             dry_run: false,
             force: false,
         }
@@ -157,6 +160,7 @@ impl Judged<'_> {
             force: self.write.force,
             conflicts: self.conflicts.as_ref(),
             judged: self.snapshot.filter(|_| !self.write.dry_run),
+            request_id: self.write.request_id,
             ..By::actor(self.write.actor)
         }
     }

@@ -717,6 +717,7 @@ impl Classifier<'_> {
             apply: Some(apply),
             conflicts: conflicts.as_ref(),
             judged: Some(planning.conflicts.snapshot),
+            request_id: write.request_id,
             ..By::actor(write.actor)
         };
         let batches = batches(store.max_writes(), &steps);

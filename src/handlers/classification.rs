@@ -336,7 +336,7 @@ pub async fn post(
             let identity = state
                 .auth
                 .admit(state.ground(), deferred, inputs.token.as_ref())?;
-            (Caller(identity), Some(inputs))
+            (caller.admitted(identity), Some(inputs))
         }
         None => (caller, None),
     };
@@ -367,7 +367,7 @@ pub async fn post(
     };
     if inputs.node.is_none() {
         let reaches = |cluster: &crate::domain::ClusterName| caller.0.reaches(cluster);
-        let learnt = super::classifier(&state).learn(&name, &facts, reaches, caller.actor());
+        let learnt = super::classifier(&state).learn(&name, &facts, reaches, caller.by());
         match learnt.await {
             // A token bound to clusters learns no more than that the node is absent: not
             // whether some group (of another cluster) would have taken it in.

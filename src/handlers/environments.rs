@@ -93,7 +93,7 @@ pub async fn create(
     Json(body): Json<EnvironmentBody>,
 ) -> Result<Response, AppError> {
     let env = within_size(body.into_domain()?)?;
-    let created = state.store.create_environment(env, caller.actor()).await?;
+    let created = state.store.create_environment(env, caller.by()).await?;
     let location = [
         "environment",
         created.item.environment_name.as_str(),

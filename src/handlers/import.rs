@@ -258,7 +258,7 @@ pub async fn import(
     };
     let write = Write {
         force: options.force,
-        ..Write::by(caller.actor())
+        ..super::writer(&caller)
     };
     let outcome = classifier.apply(&proposal, &id, write).await?;
     Ok(axum::Json(outcome).into_response())

@@ -76,7 +76,7 @@ impl ForceQuery {
     pub fn by<'a>(&self, caller: &'a crate::auth::Caller) -> crate::store::By<'a> {
         crate::store::By {
             force: self.force,
-            ..crate::store::By::actor(caller.actor())
+            ..caller.by()
         }
     }
 
@@ -84,8 +84,16 @@ impl ForceQuery {
     pub fn write<'a>(&self, caller: &'a crate::auth::Caller) -> Write<'a> {
         Write {
             force: self.force,
-            ..Write::by(caller.actor())
+            ..writer(caller)
         }
+    }
+}
+
+/// A write to the classifier by the caller, in its request.
+pub fn writer(caller: &crate::auth::Caller) -> Write<'_> {
+    Write {
+        request_id: caller.request_id(),
+        ..Write::by(caller.actor())
     }
 }
 
@@ -110,7 +118,7 @@ impl WriteQuery {
         Write {
             dry_run: self.dry_run,
             force: self.force,
-            ..Write::by(caller.actor())
+            ..writer(caller)
         }
     }
 }

@@ -197,7 +197,7 @@ pub async fn create(
     Json(body): Json<TokenBody>,
 ) -> Result<Response, AppError> {
     let (token, secret) = body.into_token(caller.actor())?;
-    let created = state.store.create_token(token, caller.actor()).await?;
+    let created = state.store.create_token(token, caller.by()).await?;
     let Stored { item, meta } = view(created);
     let token = secret.into_string();
     let shown = Stored {
@@ -257,7 +257,7 @@ pub async fn delete(
     let name = token_name(&name)?;
     state
         .store
-        .delete_token(&name, expected, caller.actor())
+        .delete_token(&name, expected, caller.by())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -148,6 +148,7 @@ impl Db {
                     version,
                     operation,
                     actor: by.actor,
+                    request_id: by.request_id,
                     at,
                     restored_from: None,
                     conflicts: by.conflicts,

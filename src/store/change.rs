@@ -85,6 +85,8 @@ where
 #[derive(Debug, Clone, Copy)]
 pub struct By<'a> {
     pub actor: &'a str,
+    /// The request that makes the change, if one does: its revision keeps the id.
+    pub request_id: Option<&'a str>,
     /// Check the change exactly as its commit would, and store nothing.
     pub dry_run: bool,
     /// Record no revision: a change that is not an edit (a token's last use).
@@ -124,6 +126,7 @@ impl<'a> By<'a> {
     pub fn actor(actor: &'a str) -> Self {
         Self {
             actor,
+            request_id: None,
             dry_run: false,
             quiet: false,
             restored_from: None,

@@ -348,6 +348,7 @@ impl Db {
                     version,
                     operation,
                     actor: by.actor,
+                    request_id: by.request_id,
                     at,
                     restored_from: by.restored_from,
                     conflicts: by.conflicts,

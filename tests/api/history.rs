@@ -34,6 +34,93 @@ fn classification(app_response: Value) -> Value {
     })
 }
 
+/// Sends `body` to `uri` as the request `id`; the answer's status.
+async fn as_request(
+    app: &TestApp,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+    id: &str,
+) -> u16 {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", id)
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    app.send(request).await.status.as_u16()
+}
+
+#[tokio::test]
+async fn every_kind_of_write_keeps_the_id_of_the_request_that_made_it() {
+    // The id travels with the write (the store reads no request's task-local): through the
+    // store alone (environments, tokens), the classifier (groups, nodes) and a node learnt
+    // from its facts.
+    let app = TestApp::new().await;
+    let writes = [
+        (
+            Method::POST,
+            "/environment/",
+            Some(json!({"environment_name": "production",
+            "puppet_cluster_name": "eu"})),
+            "rid-env",
+        ),
+        (
+            Method::POST,
+            "/nodegroup/",
+            Some(json!({"name": "web", "environment_name": "production",
+            "puppet_cluster_name": "eu", "rule": ["=", ["fact", "role"], "web"]})),
+            "rid-group",
+        ),
+        (
+            Method::POST,
+            "/nodes/",
+            Some(
+                json!({"unique_name": "db01", "environment_name": "production",
+            "puppet_cluster_name": "eu"}),
+            ),
+            "rid-node",
+        ),
+        (
+            Method::POST,
+            "/nodes/web09/classification",
+            Some(json!({"facts": {"role": "web"}})),
+            "rid-learnt",
+        ),
+        (
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "t", "scopes": ["read"]})),
+            "rid-token",
+        ),
+        (Method::DELETE, "/tokens/t", None, "rid-revoke"),
+    ];
+    for (method, uri, body, id) in writes {
+        let status = as_request(&app, method, uri, body, id).await;
+        assert!(status < 300, "{uri}: {status}");
+    }
+    let kept: Vec<(String, String, String)> = changes(&app)
+        .await
+        .iter()
+        .map(|c| {
+            let text = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+            (text("kind"), text("key"), text("request_id"))
+        })
+        .collect();
+    for (kind, key, id) in [
+        ("environment", "production/eu", "rid-env"),
+        ("node_group", "web", "rid-group"),
+        ("node", "db01", "rid-node"),
+        ("node", "web09", "rid-learnt"),
+        ("token", "t", "rid-token"),
+        ("token", "t", "rid-revoke"),
+    ] {
+        let found = (kind.to_owned(), key.to_owned(), id.to_owned());
+        assert!(kept.contains(&found), "{found:?} in {kept:#?}");
+    }
+}
+
 #[tokio::test]
 async fn every_successful_write_has_one_revision_and_a_refused_one_none() {
     let app = TestApp::new().await;
