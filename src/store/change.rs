@@ -21,6 +21,7 @@ pub struct Snapshot {
 
 /// Attempts at a write that keeps meeting concurrent writes before answering 503.
 pub(super) const MAX_TRIES: u32 = 8;
+
 /// What a failed expectation of one write of a commit means.
 #[derive(Debug, Clone)]
 pub(super) enum OnFail {
