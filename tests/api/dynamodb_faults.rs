@@ -90,6 +90,9 @@ async fn an_outage_answers_503_in_time_and_enc_recovers_by_itself() {
     app.get("/readyz").await.ok(StatusCode::OK);
 
     local.stop();
+    // `/readyz` probes the store at most once a second: the probe just made still answers
+    // for up to a second (a read that fails at once would ask within it).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     for uri in ["/environment/production/eu", "/readyz", "/nodes"] {
         let asked = Instant::now();
         let response = app.get(uri).await;
