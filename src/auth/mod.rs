@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
@@ -62,7 +62,7 @@ impl Identity {
 /// The identity of a request, for handlers; `anonymous` on open routes without one. With the
 /// request's id, which its writes' revisions keep.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Identity, Option<String>);
+pub struct Caller(pub Identity, Option<HeaderValue>);
 
 impl Caller {
     pub fn actor(&self) -> &str {
@@ -71,7 +71,7 @@ impl Caller {
 
     /// The id of the request (`x-request-id`, as telemetry kept or made it).
     pub fn request_id(&self) -> Option<&str> {
-        self.1.as_deref()
+        self.1.as_ref().and_then(|id| id.to_str().ok())
     }
 
     /// Who writes: the actor, in this request.
@@ -102,11 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 person: None,
                 clusters: None,
             });
-        let request_id = parts
-            .headers
-            .get(crate::telemetry::REQUEST_ID)
-            .and_then(|id| id.to_str().ok())
-            .map(str::to_owned);
+        let request_id = parts.headers.get(crate::telemetry::REQUEST_ID).cloned();
         Ok(Caller(identity, request_id))
     }
 }

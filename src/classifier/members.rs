@@ -13,9 +13,9 @@ use crate::error::AppError;
 
 /// The page a lookup asks for: nodes after a certname (all if none), up to `limit` found,
 /// judging at most `judged` nodes.
-#[derive(Debug, Clone, Copy)]
-pub struct Page<'a> {
-    pub after: Option<&'a Certname>,
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub after: Option<Certname>,
     pub limit: usize,
     pub judged: usize,
 }
@@ -23,11 +23,7 @@ pub struct Page<'a> {
 impl Classifier<'_> {
     /// Up to `limit + 1` nodes of `page` that the group `name` holds now, by certname,
     /// each with why (by name, pin or rule); not those of the groups below it.
-    pub async fn members(
-        self,
-        name: &GroupName,
-        page: Page<'_>,
-    ) -> Result<Found<Vec<Why>>, AppError> {
+    pub async fn members(self, name: &GroupName, page: Page) -> Result<Found<Vec<Why>>, AppError> {
         self.store.get_node_group(name).await?;
         let (tree, _) = self.store.snapshot().await?;
         self.find(&tree, page, |node, facts| {
@@ -39,11 +35,7 @@ impl Classifier<'_> {
 
     /// Up to `limit + 1` nodes of `page` that get `class`, by certname, each with where it
     /// comes from; nodes whose groups conflict are left out.
-    pub async fn holders(
-        self,
-        class: &ClassName,
-        page: Page<'_>,
-    ) -> Result<Found<Source>, AppError> {
+    pub async fn holders(self, class: &ClassName, page: Page) -> Result<Found<Source>, AppError> {
         let (tree, _) = self.store.snapshot().await?;
         self.find(&tree, page, |node, facts| {
             let chains = tree.leaves(node, facts).ok()?;
@@ -62,13 +54,13 @@ impl Classifier<'_> {
     async fn find<T>(
         self,
         tree: &GroupTree,
-        page: Page<'_>,
+        page: Page,
         found: impl Fn(&Node, Option<&NodeFacts>) -> Option<T>,
     ) -> Result<Found<T>, AppError> {
         let _place = self.fleet_work()?;
         let (limit, mut items) = (page.limit, Vec::new());
         let judging = Judging::new(self.store, &[tree.lens()], self.budget()).await?;
-        let mut fleet = Fleet::after(self.store, page.after, judging);
+        let mut fleet = Fleet::after(self.store, page.after.as_ref(), judging);
         let (mut examined, mut resume) = (0, None);
         'pages: while let Some(nodes) = fleet.next().await? {
             for (node, facts) in nodes {

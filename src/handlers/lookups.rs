@@ -44,8 +44,9 @@ pub struct Holder {
     pub from: Source,
 }
 
-/// Which page a lookup asks for: its size, and the certname it goes on after.
-fn requested(query: LookupQuery) -> Result<(usize, Option<Certname>), AppError> {
+/// Which page a lookup asks for: its size, the certname it goes on after, and how many
+/// nodes it may judge (`ENC_LOOKUP_JUDGED`).
+fn requested(state: &AppState, query: LookupQuery) -> Result<Page, AppError> {
     let request = page_request(query.limit, query.cursor)?;
     let after = match &request.cursor {
         Some(text) => Some(Certname::parse(text).map_err(|_| {
@@ -53,7 +54,11 @@ fn requested(query: LookupQuery) -> Result<(usize, Option<Certname>), AppError> 
         })?),
         None => None,
     };
-    Ok((request.limit, after))
+    Ok(Page {
+        after,
+        limit: request.limit,
+        judged: state.limits.lookup_judged,
+    })
 }
 
 /// Says that some nodes of a lookup were judged on rule views taken before the rules read
@@ -101,16 +106,9 @@ pub async fn members(
     Query(query): Query<LookupQuery>,
 ) -> Result<Response, AppError> {
     let name = parse_name("node_group_name", &name, GroupName::parse)?;
-    let (limit, after) = requested(query)?;
-    let judged = state.limits.lookup_judged;
-    let found = super::classifier(&state).members(
-        &name,
-        Page {
-            after: after.as_ref(),
-            limit,
-            judged,
-        },
-    );
+    let asked = requested(&state, query)?;
+    let limit = asked.limit;
+    let found = super::classifier(&state).members(&name, asked);
     Ok(page(found.await?, limit, |unique_name, why| Member {
         unique_name,
         why,
@@ -133,16 +131,9 @@ pub async fn holders(
     Query(query): Query<LookupQuery>,
 ) -> Result<Response, AppError> {
     let class = parse_name("class_name", &class, ClassName::parse)?;
-    let (limit, after) = requested(query)?;
-    let judged = state.limits.lookup_judged;
-    let found = super::classifier(&state).holders(
-        &class,
-        Page {
-            after: after.as_ref(),
-            limit,
-            judged,
-        },
-    );
+    let asked = requested(&state, query)?;
+    let limit = asked.limit;
+    let found = super::classifier(&state).holders(&class, asked);
     Ok(page(found.await?, limit, |unique_name, from| Holder {
         unique_name,
         from,
