@@ -640,6 +640,18 @@ async fn a_classification_checks_its_token_before_it_says_anything() {
         .problem(StatusCode::UNAUTHORIZED);
 }
 
+/// An app made without its auth declares no route's needs: it refuses every request but the
+/// unmatched, rather than guessing what a route needs.
+#[tokio::test]
+async fn an_app_without_its_auth_refuses_every_route() {
+    let backing = crate::helpers::TestStore::new().await;
+    let state = enc::App::new(backing.engine.clone());
+    let app = TestApp::with_state(state, backing);
+    for uri in ["/nodes", "/healthz", "/nodegroup"] {
+        app.get(uri).await.problem(StatusCode::FORBIDDEN);
+    }
+}
+
 /// A handler of a route whose token check is left to it, that forgets to check: nothing it
 /// made goes out, whatever the token.
 #[tokio::test]
