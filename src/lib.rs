@@ -1,11 +1,9 @@
 //! enc: an external node classifier for Puppet, with the metrics form and operations
 //! endpoints, on an embedded store or DynamoDB.
 
-pub mod as_code;
 pub mod auth;
 mod browser;
 pub mod classifier;
-pub mod classify;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -15,7 +13,6 @@ pub mod extract;
 pub mod handlers;
 pub mod memo;
 pub mod metrics;
-pub mod migrate;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -1,7 +1,8 @@
 //! Classification as code over HTTP: the whole classification as a tree of YAML files, one
 //! per object (`GET /export`); such a tree planned against what is stored
 //! (`POST /import?dry_run=true`) and applied exactly as planned (`POST /import` with
-//! `If-Match: <plan id>`). Planning and applying are the classifier's (`classifier::plan`).
+//! `If-Match: <plan id>`). The files' format is `handlers::tree`; planning and applying are
+//! the classifier's (`classifier::plan`).
 
 use std::collections::BTreeMap;
 
@@ -13,21 +14,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::environments::EnvironmentBody;
-use super::node_groups::NodeGroupBody;
-use super::nodes::NodeBody;
-use super::within_size;
+use super::tree::{parse_tree, render};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::classifier::Write;
 pub use crate::classifier::plan::{
     Applied, ApplyOutcome, Plan, PlanAction, PlanOrOutcome, PlanSummary, PlannedChange,
 };
-use crate::classifier::plan::{Current, Desired, Object, Proposal};
-use crate::domain::{Environment, FieldError, Node, NodeGroup};
+use crate::classifier::plan::{Current, Object, Proposal};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{Query, parse_body};
-use crate::store::engine::Key;
 
 /// The largest tree `POST /import` takes.
 pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -68,10 +64,6 @@ pub struct ImportQuery {
     pub force: bool,
 }
 
-fn render<T: Serialize>(object: &T) -> Result<String, AppError> {
-    serde_norway::to_string(object).map_err(|e| AppError::Internal(Box::new(e)))
-}
-
 /// The whole classification as a tree of YAML files, one per object, in a stable order and
 /// form, so that a diff of two exports shows exactly what changed.
 #[utoipa::path(get, path = "/export", tag = "classification as code", operation_id = "export",
@@ -91,96 +83,6 @@ pub async fn export(State(state): State<AppState>) -> Result<axum::Json<Tree>, A
         files.insert(node.item.path(), render(&node.item)?);
     }
     Ok(axum::Json(Tree { files }))
-}
-
-/// One object of a tree.
-enum Parsed {
-    Environment(Environment),
-    Group(NodeGroup),
-    Node(Node),
-}
-
-/// An object from its body under a tree's directory (`environments`, `node_groups`,
-/// `nodes`), checked as the API checks a body; errors name the body's fields.
-fn parse_object(dir: &str, value: Value) -> Result<Parsed, AppError> {
-    match dir {
-        "environments" => parse_body::<EnvironmentBody>(value)
-            .and_then(|b| b.into_domain())
-            .map(Parsed::Environment),
-        "node_groups" => parse_body::<NodeGroupBody>(value)
-            .and_then(|b| b.into_domain(None))
-            .and_then(|(group, _)| within_size(group))
-            .map(Parsed::Group),
-        "nodes" => parse_body::<NodeBody>(value)
-            .and_then(|b| b.into_domain(None))
-            .and_then(within_size)
-            .map(Parsed::Node),
-        _ => Err(AppError::invalid(
-            "",
-            "is not under environments/, node_groups/ or nodes/",
-        )),
-    }
-}
-
-/// The file of an object given by its body as the API takes it (under `dir`, as
-/// `parse_object`): its path in the tree and its text, as `GET /export` would write them.
-pub fn object_file(dir: &str, body: Value) -> Result<(String, String), Vec<FieldError>> {
-    let file = parse_object(dir, body).and_then(|parsed| match parsed {
-        Parsed::Environment(e) => Ok((e.path(), render(&e)?)),
-        Parsed::Group(g) => Ok((g.path(), render(&g)?)),
-        Parsed::Node(n) => Ok((n.path(), render(&n)?)),
-    });
-    file.map_err(|e| match e {
-        AppError::Validation(list) => list,
-        other => vec![FieldError::new("", other.to_string())],
-    })
-}
-
-/// Reads one file as its object, checked as the API checks it, and named as its file says.
-fn parse_file(path: &str, text: &str, desired: &mut Desired) -> Result<(), Vec<FieldError>> {
-    let at = |field: &str, message: String| match field {
-        "" => FieldError::new(path, message),
-        field => FieldError::new(format!("{path}: {field}"), message),
-    };
-    let errors = |e: AppError| match e {
-        AppError::Validation(list) => list.into_iter().map(|f| at(&f.field, f.message)).collect(),
-        other => vec![at("", other.to_string())],
-    };
-    let value: Value = crate::yaml::from_yaml(text)
-        .map_err(|e| vec![at("", format!("cannot be read as YAML: {e}"))])?;
-    fn placed<T: Object>(path: &str, object: T, into: &mut BTreeMap<Key, T>) -> Result<(), String> {
-        let expected = object.path();
-        if expected != path {
-            return Err(format!(
-                "holds the {} {}, whose file is {expected}",
-                T::KIND.kind,
-                object.key()
-            ));
-        }
-        into.insert(object.key(), object);
-        Ok(())
-    }
-    let dir = path.split('/').next().unwrap_or_default();
-    let placed = match parse_object(dir, value).map_err(errors)? {
-        Parsed::Environment(env) => placed(path, env, &mut desired.environments),
-        Parsed::Group(group) => placed(path, group, &mut desired.groups),
-        Parsed::Node(node) => placed(path, node, &mut desired.nodes),
-    };
-    placed.map_err(|message| vec![at("", message)])
-}
-
-fn parse_tree(files: &BTreeMap<String, String>) -> Result<Desired, AppError> {
-    let mut desired = Desired::default();
-    let mut errors = Vec::new();
-    for (path, text) in files {
-        if let Err(mut found) = parse_file(path, text, &mut desired) {
-            errors.append(&mut found);
-        }
-    }
-    match errors.is_empty() {
-        true => Ok(desired),
-        false => Err(AppError::Validation(errors)),
-    }
 }
 
 /// The plan id an apply names (`If-Match`).

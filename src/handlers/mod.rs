@@ -12,6 +12,7 @@ pub mod node_groups;
 pub mod nodes;
 pub mod session;
 pub mod tokens;
+pub mod tree;
 pub mod views;
 
 use axum::http::{HeaderValue, StatusCode, header};

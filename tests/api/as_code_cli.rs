@@ -56,7 +56,7 @@ fn dry_run(enc: &Enc, body: &str) -> Value {
 
 /// The `.yaml` files of a tree by path.
 fn files(dir: &Path) -> BTreeMap<String, String> {
-    enc::as_code::read_tree(dir).unwrap()
+    enc::cli::as_code::read_tree(dir).unwrap()
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod facts;
 mod pins;
 mod tree;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 pub use self::facts::{FACTS, MAX_FACTS_BYTES, VIEW, VIEW_PAST, VIEWS_TAKEN, ViewsTaken};
@@ -434,9 +435,33 @@ impl Store {
 }
 
 impl Store {
-    /// The most writes one commit may hold on this store's engine, if it has a limit.
-    pub fn max_writes(&self) -> Option<usize> {
-        self.db.engine().max_writes()
+    /// How a set of planned changes is cut into commits ([`Store::apply_set`] each), in
+    /// order: one where the engine takes any number of writes in a commit (redb), else
+    /// batches within its limits (DynamoDB: 100 writes, 4 MB a transaction).
+    pub fn commits<'a>(
+        &self,
+        planned: impl Iterator<Item = &'a super::apply::Planned>,
+    ) -> Vec<Range<usize>> {
+        let Some(max) = self.db.engine().max_writes() else {
+            return std::iter::once(0..planned.count()).collect();
+        };
+        // An object's write, its revision and its history head, and its two references each
+        // moved from one record to another (four counts); two more for the group tree's and
+        // the fleet's generations; and well under DynamoDB's 4 MB.
+        let (per_object, budget) = (7, 3 * 1024 * 1024);
+        let mut commits = Vec::new();
+        let (mut start, mut bytes, mut end) = (0, 0, 0);
+        for (i, planned) in planned.enumerate() {
+            let size = 3 * serde_json::to_vec(&planned.after).map_or(0, |b| b.len()) + 1024;
+            if i > start && ((i - start + 1) * per_object + 2 > max || bytes + size > budget) {
+                commits.push(start..i);
+                (start, bytes) = (i, 0);
+            }
+            bytes += size;
+            end = i + 1;
+        }
+        commits.push(start..end);
+        commits
     }
 
     /// Writes a set of planned changes of environments, node groups and nodes in one

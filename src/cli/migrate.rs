@@ -20,10 +20,10 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Map, Value, json};
 
-use crate::as_code::write_tree;
+use super::as_code::write_tree;
 use crate::config::Config;
 use crate::domain::FieldError;
-use crate::handlers::import::object_file;
+use crate::handlers::tree::object_file;
 use crate::store::dynamodb::DynamoDb;
 
 /// One item of a table.

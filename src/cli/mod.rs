@@ -1,9 +1,20 @@
-//! Command line: `enc [serve]`.
+//! The command line: each subcommand's arguments and what runs it. `serve` (the default)
+//! serves HTTP; `classify`, `export`, `plan`, `apply` and `healthcheck` are clients of a
+//! running enc (classify is Puppet's ENC command, as_code the tree files); `migrate` and
+//! `dynamodb` talk to DynamoDB.
+
+pub mod as_code;
+pub mod classify;
+pub mod migrate;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::as_code::TreeArgs;
 use crate::config::Config;
+use crate::store::dynamodb::{DynamoDb, DynamoSettings, tables};
+use crate::{client, server, telemetry};
+use as_code::TreeArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,7 +73,7 @@ pub enum Command {
     /// Write the earlier ENC's DynamoDB tables (Node, NodeGroup, Environment) as a tree
     /// under --dir, for `enc plan` and `enc apply`. Reports every item it cannot map and why
     /// on stderr; exits 0 when every item is mapped, 2 when some are not, 1 on an error.
-    Migrate(crate::migrate::MigrateArgs),
+    Migrate(migrate::MigrateArgs),
     /// Exit 0 if the local server answers /healthz (for container health checks).
     Healthcheck,
     /// DynamoDB table definitions.
@@ -79,4 +90,57 @@ pub enum DynamodbCommand {
     /// Create the tables that do not exist yet (for DynamoDB Local and development; in AWS
     /// the tables come from CloudFormation).
     CreateTables,
+}
+
+/// Runs what the command line asks for.
+pub async fn run(cli: Cli) -> ExitCode {
+    let config = cli.config;
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Only the server exports traces; the client commands just log.
+    let telemetry = telemetry::init(config.log_format, matches!(command, Command::Serve));
+    match command {
+        Command::Serve => {
+            let served =
+                server::serve(config, telemetry.tracing(), server::shutdown_signal()).await;
+            telemetry.shutdown();
+            report(served)
+        }
+        Command::Classify { certname } => classify::run(&config, &certname).await,
+        Command::Export { dir } => as_code::export(&config, &dir).await,
+        Command::Plan { tree } => as_code::plan(&config, &tree).await,
+        Command::Apply { tree, plan, force } => as_code::apply(&config, &tree, &plan, force).await,
+        Command::Migrate(args) => migrate::run(&config, &args).await,
+        Command::Healthcheck => {
+            if client::healthcheck(&config).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Dynamodb { action } => report(dynamodb(action, &config).await),
+    }
+}
+
+async fn dynamodb(action: DynamodbCommand, config: &Config) -> anyhow::Result<()> {
+    match action {
+        DynamodbCommand::Tables => {
+            let definitions = tables::definitions(&config.table_prefix);
+            println!("{}", serde_json::to_string_pretty(&definitions)?);
+            Ok(())
+        }
+        DynamodbCommand::CreateTables => {
+            let store = DynamoDb::connect(&DynamoSettings::of(config)).await;
+            tables::create_tables(store.client(), &config.table_prefix).await
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
