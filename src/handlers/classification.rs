@@ -1,4 +1,4 @@
-use axum::extract::{Extension, FromRequest, State};
+use axum::extract::{FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::parse_name;
 use crate::AppState;
-use crate::auth::{Caller, Deferred, Identity};
+use crate::auth::{Asker, Caller, Deferred, Identity};
 pub use crate::classifier::explain::{GroupMembership, Membership, RuleResult};
 use crate::classifier::explain::{classified, membership};
 use crate::classifier::{absent, conflicted};
@@ -101,22 +101,12 @@ pub async fn get(
     State(state): State<AppState>,
     // Not `Caller`: an agent run's request (a token left to this handler) has none, and
     // makes none.
-    identity: Option<Extension<Identity>>,
+    asker: Asker,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
-    deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let identity = identity.map(|i| i.0);
-    let result = classification(
-        &state,
-        identity,
-        path,
-        query,
-        deferred.map(|d| d.0),
-        &headers,
-    )
-    .await;
+    let result = classification(&state, asker, asked(path, query), &headers).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(AppError::NotFound(_)) => "not_found",
@@ -130,72 +120,68 @@ pub async fn get(
     result
 }
 
+/// The node and query a request names: the path's errors first, then the query's, then the
+/// name's.
+fn asked(
+    path: Result<Path<String>, AppError>,
+    query: Result<Query<ClassificationQuery>, AppError>,
+) -> Result<(Certname, ClassificationQuery), AppError> {
+    let Path(name) = path?;
+    let query = query?.0;
+    Ok((parse_name("unique_name", &name, Certname::parse)?, query))
+}
+
+/// What classifying `name` reads, with the record of the token left to this handler, in one
+/// store call: yielded once the token is admitted.
+async fn read_with_token(
+    state: &AppState,
+    deferred: Deferred,
+    name: &Certname,
+) -> Result<(ClassificationInputs, Identity), AppError> {
+    let token = deferred.token().clone();
+    let read = async {
+        let mut inputs = state
+            .store
+            .classification_inputs(name, Some(&token))
+            .await?;
+        let token = inputs.token.take();
+        Ok((inputs, token))
+    };
+    state.auth.admitted(state.ground(), deferred, read).await
+}
+
 /// The classification; with a token `authorize` left to check here, that token is read in
 /// the same store call and checked before anything else is said.
 async fn classification(
     state: &AppState,
-    identity: Option<Identity>,
-    path: Result<Path<String>, AppError>,
-    query: Result<Query<ClassificationQuery>, AppError>,
-    deferred: Option<Deferred>,
+    asker: Asker,
+    asked: Result<(Certname, ClassificationQuery), AppError>,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let name = match (path, &deferred) {
-        (Ok(Path(name)), _) => name,
-        (Err(malformed), Some(deferred)) => {
-            state.auth.admit_alone(state.ground(), deferred).await?;
-            return Err(malformed);
+    let (name, query, inputs, identity) = match (asked, asker) {
+        (Err(malformed), Asker::Deferred(deferred)) => {
+            return Err(state.auth.refuse(state.ground(), deferred, malformed).await);
         }
-        (Err(malformed), None) => return Err(malformed),
-    };
-    let name = name.as_str();
-    let inputs = match (Certname::parse(name), &deferred) {
-        (Ok(name), Some(deferred)) => {
-            let inputs = state
-                .store
-                .classification_inputs(&name, Some(&deferred.name))
-                .await
-                .map_err(|e| state.auth.unreadable(state.ground(), deferred, e))?;
-            let identity = state
-                .auth
-                .admit(state.ground(), deferred, inputs.token.as_ref())?;
-            Some((name, inputs, Some(identity)))
+        (Err(malformed), Asker::Known(_)) => return Err(malformed),
+        (Ok((name, query)), Asker::Deferred(deferred)) => {
+            let (inputs, identity) = read_with_token(state, deferred, &name).await?;
+            (name, query, inputs, Some(identity))
         }
-        (Err(_), Some(deferred)) => {
-            state.auth.admit_alone(state.ground(), deferred).await?;
-            None
-        }
-        (_, None) => None,
-    };
-    classify_with(state, identity, name, inputs, query?.0, headers).await
-}
-
-async fn classify_with(
-    state: &AppState,
-    identity: Option<Identity>,
-    name: &str,
-    read: Option<(Certname, ClassificationInputs, Option<Identity>)>,
-    query: ClassificationQuery,
-    headers: &HeaderMap,
-) -> Result<Response, AppError> {
-    let (name, inputs, identity) = match read {
-        Some(read) => read,
-        None => {
-            let name = parse_name("unique_name", name, Certname::parse)?;
+        (Ok((name, query)), Asker::Known(identity)) => {
             let inputs = state.store.classification_inputs(&name, None).await?;
-            (name, inputs, identity)
+            (name, query, inputs, identity)
         }
     };
     if let Some(bound) = identity.filter(|i| i.clusters.is_some()) {
         let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
         super::nodes::reached(&bound, &name, record)?;
     }
-    classify_inputs(state, name, inputs, None, query, headers).await
+    answer(state, name, inputs, None, query, headers).await
 }
 
-/// The classification of `name` from what was read, with `given` facts in place of the
-/// stored ones.
-async fn classify_inputs(
+/// The answer: the classification of `name` from what was read (with `given` facts in place
+/// of the stored ones), as JSON or YAML, made once per version of what it comes from.
+async fn answer(
     state: &AppState,
     name: Certname,
     inputs: ClassificationInputs,
@@ -303,7 +289,7 @@ async fn classify_inputs(
 pub async fn post(
     State(state): State<AppState>,
     caller: Caller,
-    deferred: Option<Extension<Deferred>>,
+    asker: Asker,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     headers: HeaderMap,
@@ -312,33 +298,16 @@ pub async fn post(
     // A stored token is checked with the node's read (one store call for an agent run),
     // and before anything else is said or done: a malformed request is refused after it,
     // and the body is read only then.
-    let deferred = deferred.map(|d| d.0);
-    let parsed = (|| {
-        let Path(name) = path?;
-        let name = parse_name("unique_name", &name, Certname::parse)?;
-        Ok::<_, AppError>((name, query?.0))
-    })();
-    let (name, query) = match (parsed, &deferred) {
-        (Ok(parsed), _) => parsed,
-        (Err(malformed), Some(deferred)) => {
-            state.auth.admit_alone(state.ground(), deferred).await?;
-            return Err(malformed);
+    let (name, query, caller, inputs) = match (asked(path, query), asker) {
+        (Err(malformed), Asker::Deferred(deferred)) => {
+            return Err(state.auth.refuse(state.ground(), deferred, malformed).await);
         }
-        (Err(malformed), None) => return Err(malformed),
-    };
-    let (caller, inputs) = match &deferred {
-        Some(deferred) => {
-            let inputs = state
-                .store
-                .classification_inputs(&name, Some(&deferred.name))
-                .await
-                .map_err(|e| state.auth.unreadable(state.ground(), deferred, e))?;
-            let identity = state
-                .auth
-                .admit(state.ground(), deferred, inputs.token.as_ref())?;
-            (caller.admitted(identity), Some(inputs))
+        (Err(malformed), Asker::Known(_)) => return Err(malformed),
+        (Ok((name, query)), Asker::Deferred(deferred)) => {
+            let (inputs, identity) = read_with_token(&state, deferred, &name).await?;
+            (name, query, caller.admitted(identity), Some(inputs))
         }
-        None => (caller, None),
+        (Ok((name, query)), Asker::Known(_)) => (name, query, caller, None),
     };
     let Json(body) = Json::<FactsBody>::from_request(request, &state).await?;
     let given = match body.facts {
@@ -382,7 +351,7 @@ pub async fn post(
     let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
     super::nodes::reached(&caller.0, &name, record)?;
     let inputs = state.views.keep_facts(&name, &facts, inputs).await?;
-    classify_inputs(&state, name, inputs, Some(facts), query, &headers).await
+    answer(&state, name, inputs, Some(facts), query, &headers).await
 }
 
 /// A node's last facts as stored whole: Puppet's facts and trusted facts, when they came and

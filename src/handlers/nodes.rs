@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use super::{
     parse_name, stored_json, within_size,
 };
 use crate::AppState;
-use crate::auth::{Caller, Deferred, Identity};
+use crate::auth::{Asker, Caller, Identity};
 use crate::classifier::{Change, absent};
 use crate::domain::{
     Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, Node, ParamName, Stored,
@@ -223,34 +223,27 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     // Not `Caller`: a request whose token is left to this handler has none, and makes none.
-    identity: Option<Extension<Identity>>,
+    asker: Asker,
     path: Result<Path<String>, AppError>,
-    deferred: Option<Extension<Deferred>>,
 ) -> Result<Response, AppError> {
     // With a token left to this handler, it is read with the node and checked first.
     let name = path.and_then(|Path(name)| certname(&name));
-    let (name, record) = match (name, deferred) {
-        (Err(invalid), Some(Extension(deferred))) => {
-            state.auth.admit_alone(state.ground(), &deferred).await?;
-            return Err(invalid);
+    let (name, record) = match (name, asker) {
+        (Err(invalid), Asker::Deferred(deferred)) => {
+            return Err(state.auth.refuse(state.ground(), deferred, invalid).await);
         }
-        (Ok(name), Some(Extension(deferred))) => {
-            let (record, token) = state
-                .store
-                .node_and_token_records(&name, &deferred.name)
-                .await
-                .map_err(|e| state.auth.unreadable(state.ground(), &deferred, e))?;
-            let identity = state
-                .auth
-                .admit(state.ground(), &deferred, token.as_ref())?;
+        (Ok(name), Asker::Deferred(deferred)) => {
+            let token = deferred.token().clone();
+            let read = state.store.node_and_token_records(&name, &token);
+            let (record, identity) = state.auth.admitted(state.ground(), deferred, read).await?;
             let record = record.ok_or_else(|| absent(&name))?;
             reached(&identity, &name, &record)?;
             (name, record)
         }
-        (name, None) => {
+        (name, Asker::Known(identity)) => {
             let name = name?;
             let record = state.store.node_record(&name).await?;
-            if let Some(Extension(identity)) = &identity {
+            if let Some(identity) = &identity {
                 reached(identity, &name, &record)?;
             }
             (name, record)

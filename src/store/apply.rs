@@ -5,11 +5,12 @@
 
 use serde_json::{Map, Value};
 
+use super::change::merge;
 use super::change::{By, OnFail, Step, retry};
+use super::db::{Db, references};
 use super::engine::{Expect, Key, Op, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
 use super::record::RecordKind;
-use super::rules::{Db, merge, references};
 use super::{Result, StoreError};
 use crate::domain::{Meta, Operation, now};
 

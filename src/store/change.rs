@@ -2,13 +2,14 @@
 //! writes of its commit with what each one's failure means (`Step`), the checks a kind adds
 //! (`Guard`), and trying again when a write lost a race.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
-use super::engine::{Record, Write};
+use super::engine::{Expect, Key, Op, Record, Write};
 use super::{Kind, Result, StoreError};
 use crate::domain::Meta;
 
@@ -149,4 +150,64 @@ impl<'a> From<&'a String> for By<'a> {
     fn from(actor: &'a String) -> Self {
         Self::actor(actor)
     }
+}
+
+/// Folds `next` into `into`, two writes to one record: reference-count changes add up, and
+/// join the object's own write if it is there. `Err(())`: both write the object.
+fn fold(into: &mut Step, next: Step, deltas: &mut i64) -> Result<(), ()> {
+    let (write, on_fail) = next;
+    match (&mut into.0.op, write.op) {
+        (Op::Adjust(a), Op::Adjust(b)) => {
+            *a += b;
+            into.0.expect = match (into.0.expect, write.expect) {
+                (Expect::Refs(n), _) | (_, Expect::Refs(n)) => Expect::Refs(n),
+                (Expect::Present, _) | (_, Expect::Present) => Expect::Present,
+                (kept, _) => kept,
+            };
+            if matches!(into.1, OnFail::Changed) {
+                into.1 = on_fail;
+            }
+        }
+        (Op::Put { refs, .. }, Op::Adjust(d)) => *refs += d,
+        (Op::Delete, Op::Adjust(d)) => *deltas += d,
+        (Op::Adjust(d), op @ (Op::Put { .. } | Op::Delete)) => {
+            let d = *d;
+            *into = (Write { op, ..write }, on_fail);
+            match &mut into.0.op {
+                Op::Put { refs, .. } => *refs += d,
+                _ => *deltas += d,
+            }
+        }
+        _ => return Err(()),
+    }
+    Ok(())
+}
+
+/// Deletions among merged steps: (step, reference-count change the others make to it).
+type Deletions = Vec<(usize, i64)>;
+
+/// The steps with one write per record (by table and key), in first-seen order.
+pub(super) fn merge(steps: Vec<Step>) -> Result<(Vec<Step>, Deletions)> {
+    let mut out: Vec<Step> = Vec::new();
+    let mut deltas: Vec<i64> = Vec::new();
+    let mut at: HashMap<(&'static str, Key), usize> = HashMap::new();
+    for step in steps {
+        let id = (step.0.kind.table, step.0.key.clone());
+        match at.get(&id) {
+            Some(&i) => fold(&mut out[i], step, &mut deltas[i]).map_err(|()| {
+                StoreError::Internal(format!("{} {} written twice", id.0, id.1).into())
+            })?,
+            None => {
+                at.insert(id, out.len());
+                out.push(step);
+                deltas.push(0);
+            }
+        }
+    }
+    let deletes = deltas
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(out[*i].0.op, Op::Delete))
+        .collect();
+    Ok((out, deletes))
 }

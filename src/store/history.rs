@@ -1,5 +1,5 @@
 //! Change history: every change of a kind with `history` appends a revision in the same
-//! commit as the change itself (`rules::Db::write`), so a refused write leaves none and a
+//! commit as the change itself (`db::Db::write`), so a refused write leaves none and a
 //! successful one exactly one. Revisions are never changed; they go only when the retention
 //! runs out (DynamoDB's TTL on `expires_at`, and `Store::prune_history` on every engine).
 //!

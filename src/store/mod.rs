@@ -5,6 +5,7 @@ pub mod activities;
 mod apply;
 mod change;
 mod cursor;
+mod db;
 pub mod dynamodb;
 pub mod embedded;
 pub mod enc;
@@ -12,7 +13,6 @@ pub mod engine;
 pub mod history;
 pub mod instrumented;
 pub mod record;
-mod rules;
 pub mod sessions;
 pub mod tokens;
 
@@ -20,8 +20,8 @@ pub use apply::Planned;
 pub use change::Snapshot;
 pub use change::{Apply, By, TREE_OWNER, decode};
 pub use cursor::Cursor;
+pub use db::MAX_REFERRERS;
 pub use history::ChangeFilter;
-pub use rules::MAX_REFERRERS;
 
 use std::sync::Arc;
 
@@ -254,7 +254,7 @@ pub struct ActivityFilter {
 /// Everything enc keeps, over one engine. Writes are atomic and conditional: `expected` is
 /// the version the caller last saw (`If-Match`), and referential checks are in the same commit.
 pub struct Store {
-    db: rules::Db,
+    db: db::Db,
     /// The newest node-group tree this process read, for classifications.
     groups: enc::TreeCache,
 }
@@ -262,7 +262,7 @@ pub struct Store {
 impl Store {
     pub fn new(engine: Arc<dyn Engine>) -> Self {
         Self {
-            db: rules::Db::new(engine, &KINDS),
+            db: db::Db::new(engine, &KINDS),
             groups: enc::TreeCache::default(),
         }
     }

@@ -27,7 +27,7 @@ pub use crate::store::change::Snapshot;
 pub struct ClassificationInputs {
     /// The node's record exactly as stored: the same bytes mean the same node.
     pub node: Option<Record>,
-    /// The record of the token asked for, if it exists (checked by `Auth::admit`).
+    /// The record of the token asked for, if it exists (checked by `Auth::admitted`).
     pub token: Option<Record>,
     /// The node's rule view as stored, if it sent facts.
     pub view: Option<Record>,

@@ -136,7 +136,7 @@ impl Store {
             return Ok(None);
         };
         // The groups may name the same environment: one write per record.
-        let (steps, _) = crate::store::rules::merge(steps)?;
+        let (steps, _) = crate::store::change::merge(steps)?;
         let done = match by.dry_run {
             true => self.db.check(steps).await?,
             false => self.db.commit(steps).await?,

@@ -1,34 +1,24 @@
-//! The storage rules, written once over any engine: versions and `If-Match`, reference counts
-//! and who still refers to a record, retrying a write that lost a race, and listings cut into
-//! pages with cursors.
+//! The storage rules, written once over any engine (`Db`): versions and `If-Match`,
+//! reference counts, retrying a write that lost a race, commits within the engine's limits;
+//! reads and listings in `reads.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+mod reads;
+
+pub use reads::MAX_REFERRERS;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::change::{By, Guard, OnFail, Step, decode, retry};
-use super::engine::{CommitError, Engine, Expect, Key, Op, Position, Query, Record, Write};
+use super::change::{By, Guard, OnFail, Step, decode, merge, retry};
+use super::engine::{CommitError, Engine, Expect, Key, Op, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
 use super::record::{RecordKind, to_body};
-use super::{Cursor, Kind, Page, PageRequest, Result, StoreError};
+use super::{Kind, Result, StoreError};
 use crate::domain::{Meta, Operation, Stored, now};
-
-/// How many referrers of each kind a refused delete names.
-pub const MAX_REFERRERS: usize = 10;
-
-impl Page<Record> {
-    /// The page with each record decoded.
-    pub fn decode<T: DeserializeOwned>(self) -> Result<Page<T>> {
-        let items = self.items.iter().map(decode).collect::<Result<_>>()?;
-        Ok(Page {
-            items,
-            next_cursor: self.next_cursor,
-        })
-    }
-}
 
 /// Refuses a write whose `If-Match` version is not the stored one.
 fn check_version(kind: Kind, key: &Key, expected: Option<u64>, actual: u64) -> Result<()> {
@@ -145,47 +135,6 @@ impl Db {
 
     pub(super) fn backend(&self) -> &'static str {
         self.engine.backend()
-    }
-
-    /// The record holding an object, or `NotFound`.
-    pub(super) async fn record(&self, kind: &'static RecordKind, key: &Key) -> Result<Record> {
-        match self
-            .engine
-            .get(&[(kind, key.clone())])
-            .await?
-            .pop()
-            .flatten()
-        {
-            Some(record) => Ok(record),
-            None => Err(StoreError::NotFound {
-                kind: kind.kind,
-                key: key.to_string(),
-            }),
-        }
-    }
-
-    /// The count a counter record keeps (its reference count); 0 while it is absent.
-    pub(super) async fn count(&self, kind: &'static RecordKind, key: Key) -> Result<i64> {
-        let found = self.engine.get(&[(kind, key)]).await?;
-        Ok(found.first().and_then(Option::as_ref).map_or(0, |r| r.refs))
-    }
-
-    /// The object and the record holding it, or `NotFound`.
-    async fn require<T: DeserializeOwned>(
-        &self,
-        kind: &'static RecordKind,
-        key: &Key,
-    ) -> Result<(T, Record), StoreError> {
-        let record = self.record(kind, key).await?;
-        Ok((decode(&record)?, record))
-    }
-
-    pub(super) async fn get<T: DeserializeOwned>(
-        &self,
-        kind: &'static RecordKind,
-        key: &Key,
-    ) -> Result<T> {
-        Ok(self.require(kind, key).await?.0)
     }
 
     /// Refuses a commit larger than the engine takes, before it is sent.
@@ -446,175 +395,4 @@ impl Db {
             .await?;
         Ok(())
     }
-
-    /// Who refers to the record: up to `MAX_REFERRERS` of each kind that can, e.g.
-    /// `node web01`, then `more` if there are more.
-    pub(super) async fn referrers(&self, target: &RecordKind, key: &Key) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for kind in self.kinds {
-            for reference in kind.references.iter().filter(|r| r.target == target) {
-                let fields = reference.fields.iter().copied();
-                let filters: Vec<_> = fields.zip(key.0.iter().cloned()).collect();
-                let found = self.find(kind, &filters, (None, None), None, MAX_REFERRERS + 1);
-                for (i, record) in found.await?.iter().enumerate() {
-                    if i == MAX_REFERRERS {
-                        out.push("more".to_owned());
-                        break;
-                    }
-                    let name = kind.key_of(&decode(record)?).unwrap_or_default();
-                    out.push(format!("{} {name}", kind.kind));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Up to `limit` records matching the filters and sort range, after `after`.
-    async fn find(
-        &self,
-        kind: &'static RecordKind,
-        filters: &[(&'static str, String)],
-        (from, to): (Option<&str>, Option<&str>),
-        mut after: Option<Position>,
-        limit: usize,
-    ) -> Result<Vec<Record>> {
-        let (index, partition, filters) = kind.choose_index(filters);
-        let partition = &partition;
-        let mut found = Vec::new();
-        loop {
-            let (filters, limit) = (&filters[..], limit - found.len());
-            let query = Query {
-                kind,
-                index,
-                partition,
-                from,
-                to,
-                filters,
-                after,
-                limit,
-            };
-            let batch = self.engine.query(&query).await?;
-            found.extend(batch.records);
-            match batch.more {
-                Some(position) if found.len() < limit => after = Some(position),
-                _ => return Ok(found),
-            }
-        }
-    }
-
-    /// One page of a listing. The cursor names the listing (kind, filters and range), so a
-    /// cursor only continues the listing it came from.
-    pub(super) async fn list<T: DeserializeOwned>(
-        &self,
-        kind: &'static RecordKind,
-        filters: &[(&'static str, String)],
-        range: (Option<&str>, Option<&str>),
-        page: &PageRequest,
-    ) -> Result<Page<T>> {
-        self.list_records(kind, filters, range, page)
-            .await?
-            .decode()
-    }
-
-    /// [`Db::list`], the records as stored.
-    pub(super) async fn list_records(
-        &self,
-        kind: &'static RecordKind,
-        filters: &[(&'static str, String)],
-        range: (Option<&str>, Option<&str>),
-        page: &PageRequest,
-    ) -> Result<Page<Record>> {
-        let listing = format!("{}?{filters:?}&{range:?}", kind.name);
-        let backend = self.backend();
-        let after = match &page.cursor {
-            None => None,
-            Some(text) => {
-                let position: Position = Cursor::decode(backend, &listing, text)?;
-                let parts = &position.key.0;
-                let whole = parts.len() == kind.key.len() && parts.iter().all(|p| !p.is_empty());
-                if !whole || position.sort.is_empty() {
-                    return Err(StoreError::InvalidCursor);
-                }
-                Some(position)
-            }
-        };
-        let mut records = self
-            .find(kind, filters, range, after, page.limit + 1)
-            .await?;
-        let mut next_cursor = None;
-        if records.len() > page.limit {
-            records.truncate(page.limit);
-            if let Some(last) = records.last() {
-                let body = decode(last)?;
-                let index = kind.choose_index(filters).0;
-                let sort = kind.attribute(&body, index.sort).unwrap_or_default();
-                let key = kind.key_of(&body).unwrap_or_default();
-                next_cursor = Some(Cursor::encode(backend, &listing, Position { sort, key }));
-            }
-        }
-        Ok(Page {
-            items: records,
-            next_cursor,
-        })
-    }
-}
-
-/// Folds `next` into `into`, two writes to one record: reference-count changes add up, and
-/// join the object's own write if it is there. `Err(())`: both write the object.
-fn fold(into: &mut Step, next: Step, deltas: &mut i64) -> Result<(), ()> {
-    let (write, on_fail) = next;
-    match (&mut into.0.op, write.op) {
-        (Op::Adjust(a), Op::Adjust(b)) => {
-            *a += b;
-            into.0.expect = match (into.0.expect, write.expect) {
-                (Expect::Refs(n), _) | (_, Expect::Refs(n)) => Expect::Refs(n),
-                (Expect::Present, _) | (_, Expect::Present) => Expect::Present,
-                (kept, _) => kept,
-            };
-            if matches!(into.1, OnFail::Changed) {
-                into.1 = on_fail;
-            }
-        }
-        (Op::Put { refs, .. }, Op::Adjust(d)) => *refs += d,
-        (Op::Delete, Op::Adjust(d)) => *deltas += d,
-        (Op::Adjust(d), op @ (Op::Put { .. } | Op::Delete)) => {
-            let d = *d;
-            *into = (Write { op, ..write }, on_fail);
-            match &mut into.0.op {
-                Op::Put { refs, .. } => *refs += d,
-                _ => *deltas += d,
-            }
-        }
-        _ => return Err(()),
-    }
-    Ok(())
-}
-
-/// Deletions among merged steps: (step, reference-count change the others make to it).
-type Deletions = Vec<(usize, i64)>;
-
-/// The steps with one write per record (by table and key), in first-seen order.
-pub(super) fn merge(steps: Vec<Step>) -> Result<(Vec<Step>, Deletions)> {
-    let mut out: Vec<Step> = Vec::new();
-    let mut deltas: Vec<i64> = Vec::new();
-    let mut at: HashMap<(&'static str, Key), usize> = HashMap::new();
-    for step in steps {
-        let id = (step.0.kind.table, step.0.key.clone());
-        match at.get(&id) {
-            Some(&i) => fold(&mut out[i], step, &mut deltas[i]).map_err(|()| {
-                StoreError::Internal(format!("{} {} written twice", id.0, id.1).into())
-            })?,
-            None => {
-                at.insert(id, out.len());
-                out.push(step);
-                deltas.push(0);
-            }
-        }
-    }
-    let deletes = deltas
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| matches!(out[*i].0.op, Op::Delete))
-        .collect();
-    Ok((out, deletes))
 }
