@@ -3,7 +3,12 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use std::collections::BTreeMap;
+
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::ResponseBuilder;
 
 use crate::domain::FieldError;
 use crate::store::StoreError;
@@ -258,110 +263,65 @@ fn problem_response(status: StatusCode, problem: &Problem) -> Response {
     response
 }
 
+/// The problems any read can answer with (status, description), for the OpenAPI document.
+const READ_PROBLEMS: [(&str, &str); 6] = [
+    ("400", "Malformed request"),
+    (
+        "401",
+        "No identity, or one that is malformed, unknown, expired or revoked",
+    ),
+    ("403", "The identity lacks the scope this needs"),
+    ("404", "Not found"),
+    ("422", "Invalid parameters"),
+    (
+        "503",
+        "Store unavailable; retry after the `Retry-After` seconds",
+    ),
+];
+
+/// What a write can answer besides what a read can (the same statuses, said for a write, win).
+const WRITE_PROBLEMS: [(&str, &str); 5] = [
+    ("409", "Conflict: exists already, or still referenced"),
+    ("412", "`If-Match` names another version"),
+    ("413", "Body over 1 MiB"),
+    ("415", "Body is not JSON"),
+    ("422", "Invalid fields, each named in `errors`"),
+];
+
+/// Problem documents answered with these statuses.
+fn problems<'a>(
+    lists: impl IntoIterator<Item = &'a (&'a str, &'a str)>,
+) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+    let schema = <Problem as utoipa::PartialSchema>::schema();
+    let content = ContentBuilder::new().schema(Some(schema)).build();
+    lists
+        .into_iter()
+        .map(|&(status, description)| {
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(PROBLEM_JSON, content.clone())
+                .build();
+            (status.to_owned(), response.into())
+        })
+        .collect()
+}
+
 /// The problems any read can answer with, for the OpenAPI document.
-#[derive(utoipa::IntoResponses)]
-pub enum ReadProblems {
-    #[response(
-        status = 400,
-        description = "Malformed request",
-        content_type = "application/problem+json"
-    )]
-    BadRequest(#[to_schema] Problem),
-    #[response(
-        status = 401,
-        description = "No identity, or one that is malformed, unknown, expired or revoked",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(#[to_schema] Problem),
-    #[response(
-        status = 403,
-        description = "The identity lacks the scope this needs",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(#[to_schema] Problem),
-    #[response(
-        status = 404,
-        description = "Not found",
-        content_type = "application/problem+json"
-    )]
-    NotFound(#[to_schema] Problem),
-    #[response(
-        status = 422,
-        description = "Invalid parameters",
-        content_type = "application/problem+json"
-    )]
-    Invalid(#[to_schema] Problem),
-    #[response(
-        status = 503,
-        description = "Store unavailable; retry after the `Retry-After` seconds",
-        content_type = "application/problem+json"
-    )]
-    Unavailable(#[to_schema] Problem),
+pub struct ReadProblems;
+
+impl utoipa::IntoResponses for ReadProblems {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        problems(&READ_PROBLEMS)
+    }
 }
 
 /// The problems any write can answer with, for the OpenAPI document.
-#[derive(utoipa::IntoResponses)]
-pub enum WriteProblems {
-    #[response(
-        status = 400,
-        description = "Malformed request",
-        content_type = "application/problem+json"
-    )]
-    BadRequest(#[to_schema] Problem),
-    #[response(
-        status = 401,
-        description = "No identity, or one that is malformed, unknown, expired or revoked",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(#[to_schema] Problem),
-    #[response(
-        status = 403,
-        description = "The identity lacks the scope this needs",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(#[to_schema] Problem),
-    #[response(
-        status = 404,
-        description = "Not found",
-        content_type = "application/problem+json"
-    )]
-    NotFound(#[to_schema] Problem),
-    #[response(
-        status = 409,
-        description = "Conflict: exists already, or still referenced",
-        content_type = "application/problem+json"
-    )]
-    Conflict(#[to_schema] Problem),
-    #[response(
-        status = 412,
-        description = "`If-Match` names another version",
-        content_type = "application/problem+json"
-    )]
-    PreconditionFailed(#[to_schema] Problem),
-    #[response(
-        status = 413,
-        description = "Body over 1 MiB",
-        content_type = "application/problem+json"
-    )]
-    PayloadTooLarge(#[to_schema] Problem),
-    #[response(
-        status = 415,
-        description = "Body is not JSON",
-        content_type = "application/problem+json"
-    )]
-    UnsupportedMediaType(#[to_schema] Problem),
-    #[response(
-        status = 422,
-        description = "Invalid fields, each named in `errors`",
-        content_type = "application/problem+json"
-    )]
-    Invalid(#[to_schema] Problem),
-    #[response(
-        status = 503,
-        description = "Store unavailable; retry after the `Retry-After` seconds",
-        content_type = "application/problem+json"
-    )]
-    Unavailable(#[to_schema] Problem),
+pub struct WriteProblems;
+
+impl utoipa::IntoResponses for WriteProblems {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        problems(READ_PROBLEMS.iter().chain(&WRITE_PROBLEMS))
+    }
 }
 
 #[cfg(test)]

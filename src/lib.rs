@@ -12,7 +12,6 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod memo;
-pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod store;
@@ -25,10 +24,10 @@ use std::sync::Arc;
 use axum::http::HeaderValue;
 
 use crate::auth::{Access, Auth};
-use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::engine::Engine;
 use crate::store::instrumented::Instrumented;
+use crate::telemetry::prometheus::Metrics;
 
 /// What every handler shares.
 pub struct App {

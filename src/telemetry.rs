@@ -24,11 +24,12 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use self::prometheus::{Metrics, UNMATCHED};
 use crate::config::LogFormat;
-use crate::metrics::{Metrics, UNMATCHED};
 
 mod json;
 mod logs;
+pub mod prometheus;
 
 /// A static name: a name made from a `&str` is copied on every insert.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -317,7 +318,7 @@ impl Failure {
 }
 
 /// Keeps `http_requests_in_flight` right even when a request is dropped half way.
-struct InFlight(prometheus::IntGauge);
+struct InFlight(::prometheus::IntGauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

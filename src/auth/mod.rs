@@ -27,10 +27,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use crate::domain::{Scope, Stored, Token, TokenName, now};
 use crate::error::AppError;
 use crate::memo::Memo;
-use crate::metrics::Metrics;
 use crate::store::engine::Record;
 use crate::store::sessions::{Session, session_name};
 use crate::store::{Store, StoreError};
+use crate::telemetry::prometheus::Metrics;
 
 /// How identity is checked, from the configuration.
 pub struct Auth {

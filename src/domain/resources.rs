@@ -97,6 +97,21 @@ pub struct NodeFacts {
     pub with_trusted: bool,
 }
 
+#[cfg(test)]
+impl NodeFacts {
+    /// Facts as an agent sends them, without trusted facts, for tests.
+    pub(crate) fn sent(name: &str, facts: serde_json::Value) -> Self {
+        NodeFacts {
+            unique_name: super::Certname::parse(name).unwrap(),
+            facts: facts.as_object().unwrap().clone(),
+            trusted: serde_json::Map::new(),
+            received_at: super::now(),
+            posted_by: None,
+            with_trusted: false,
+        }
+    }
+}
+
 /// A Puppet node (agent), identified by its certname.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Node {

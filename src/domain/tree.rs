@@ -535,17 +535,7 @@ mod tests {
             classes: BTreeMap::new(),
             parameters: BTreeMap::new(),
         };
-        let facts = |os: &str| NodeFacts {
-            unique_name: node.unique_name.clone(),
-            facts: serde_json::json!({"os": os, "role": "web"})
-                .as_object()
-                .unwrap()
-                .clone(),
-            trusted: Map::new(),
-            received_at: crate::domain::now(),
-            posted_by: None,
-            with_trusted: false,
-        };
+        let facts = |os: &str| NodeFacts::sent("n1", serde_json::json!({"os": os, "role": "web"}));
         let names = |os: &str| -> Vec<String> {
             let facts = facts(os);
             tree.memberships(&node, Some(&facts))

@@ -334,17 +334,10 @@ mod collisions {
         let one = Lens::of(&rules[1..]);
         assert_ne!(both.id(), one.id());
         assert_eq!(both.paths().len(), 2);
-        let facts = NodeFacts {
-            unique_name: Certname::parse("web1").unwrap(),
-            facts: json!({"os.family": "Debian", "os": {"family": "Debian", "name": "x"}})
-                .as_object()
-                .unwrap()
-                .clone(),
-            trusted: Map::new(),
-            received_at: crate::domain::now(),
-            posted_by: None,
-            with_trusted: false,
-        };
+        let facts = NodeFacts::sent(
+            "web1",
+            json!({"os.family": "Debian", "os": {"family": "Debian", "name": "x"}}),
+        );
         let view = both.view(&facts);
         assert_eq!(
             Value::Object(view.facts),

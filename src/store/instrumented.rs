@@ -17,7 +17,7 @@ use prometheus::{Histogram, IntCounter};
 use super::engine::{Batch, CommitError, Engine, Key, Query, Record, Write};
 use super::record::RecordKind;
 use super::{Result, StoreError};
-use crate::metrics::Metrics;
+use crate::telemetry::prometheus::Metrics;
 
 pub struct Instrumented {
     inner: Arc<dyn Engine>,

@@ -1,4 +1,5 @@
-//! Prometheus metrics: one registry per application, rendered at `/metrics`.
+//! Prometheus metrics (not the metrics form): one registry per application, rendered at
+//! `/metrics`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
