@@ -77,10 +77,10 @@ pub enum AppError {
     Validation(Vec<FieldError>),
     /// Groups that give a node different values for the same key.
     #[error("{0}")]
-    Conflicts(String, serde_json::Value),
+    NodeConflicts(String, serde_json::Value),
     /// A conflict explained (`?explain=true`): the conflicts and the node's membership.
     #[error("{0}")]
-    ExplainedConflicts(String, serde_json::Value, serde_json::Value),
+    ExplainedNodeConflicts(String, serde_json::Value, serde_json::Value),
     #[error("the store is unavailable, try again shortly")]
     Unavailable(#[source] StoreError),
     #[error("{0}; try again shortly")]
@@ -107,7 +107,7 @@ impl AppError {
                 "Method not allowed",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            Conflicts(..) | ExplainedConflicts(..) => (
+            NodeConflicts(..) | ExplainedNodeConflicts(..) => (
                 StatusCode::CONFLICT,
                 "classification-conflict",
                 "Classification conflict",
@@ -220,8 +220,8 @@ impl IntoResponse for AppError {
         };
         let (errors, conflicts, membership) = match inner {
             AppError::Validation(errors) => (errors, None, None),
-            AppError::Conflicts(_, conflicts) => (Vec::new(), Some(conflicts), None),
-            AppError::ExplainedConflicts(_, conflicts, membership) => {
+            AppError::NodeConflicts(_, conflicts) => (Vec::new(), Some(conflicts), None),
+            AppError::ExplainedNodeConflicts(_, conflicts, membership) => {
                 (Vec::new(), Some(conflicts), Some(membership))
             }
             _ => (Vec::new(), None, None),

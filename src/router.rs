@@ -27,9 +27,10 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 use crate::auth::Access;
 use crate::error::AppError;
 use crate::extract::MAX_BODY_BYTES;
+use crate::handlers::form::{self as metrics_form, activities, sign_in};
 use crate::handlers::{
-    activities, classification, environments, health, history, import, lookups, metrics_form,
-    node_groups, nodes, session, tokens, views,
+    classification, environments, health, history, import, lookups, node_groups, nodes, tokens,
+    views,
 };
 use crate::{AppState, auth, browser, telemetry};
 
@@ -119,8 +120,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(history::restore_node))
         .routes(routes!(history::restore_node_group))
         .routes(routes!(history::restore_environment))
-        .routes(routes!(session::page_get, session::sign_in))
-        .routes(routes!(session::sign_out))
+        .routes(routes!(sign_in::page_get, sign_in::sign_in))
+        .routes(routes!(sign_in::sign_out))
         .routes(routes!(import::export))
         .merge(
             OpenApiRouter::new()

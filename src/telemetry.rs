@@ -327,13 +327,13 @@ impl Drop for InFlight {
 }
 
 /// What the task answering a request knows of it.
-struct Current {
+struct InRequest {
     /// The context holding the request's span, when spans are exported.
     trace: Option<opentelemetry::Context>,
 }
 
 tokio::task_local! {
-    static REQUEST: Current;
+    static REQUEST: InRequest;
 }
 
 /// The actor of a request, for its log event: put in the answer's extensions by whoever
@@ -425,7 +425,7 @@ where
             name,
         )
     });
-    let current = Current { trace };
+    let current = InRequest { trace };
 
     observer.metrics.http_in_flight.inc();
     let in_flight = InFlight(observer.metrics.http_in_flight.clone());

@@ -5,7 +5,16 @@
 //! when the token is revoked, after `MAX_AGE_SECONDS`, or idle for `IDLE`. The cookie counts
 //! only on the form's own pages and only on same-site requests; the JSON API never reads it.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, HeaderValue, header};
+
+use super::{Auth, Ground, Identity, Refused, TOUCH_EVERY, secret};
+use crate::domain::{Scope, now};
+use crate::error::AppError;
+use crate::store::sessions::{Session, session_name};
+use crate::store::{Store, StoreError};
 
 pub const COOKIE: &str = "enc_session";
 /// How long a session lasts: a working day.
@@ -78,6 +87,144 @@ pub fn start(id: &str, headers: &HeaderMap) -> String {
 pub fn end(headers: &HeaderMap) -> String {
     let secure = if over_https(headers) { "; Secure" } else { "" };
     format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+}
+
+impl Auth {
+    /// The identity a secret stands for, for the sign-in page.
+    pub async fn sign_in(&self, store: &Store, presented: &str) -> Result<Identity, AppError> {
+        self.token(store, presented)
+            .await
+            .map(|(identity, _)| identity)
+            .map_err(Refused::into_error)
+    }
+
+    /// Starts a session of the metrics form's pages for the secret `presented`: its id (for
+    /// the cookie, never stored) and who it is. The session grants only what the form needs
+    /// of what the token has; a token with neither of the form's scopes starts none.
+    pub async fn start_session(
+        &self,
+        ground: Ground<'_>,
+        presented: &str,
+    ) -> Result<(String, Identity), AppError> {
+        let (identity, stored) = self
+            .token(ground.store, presented)
+            .await
+            .map_err(Refused::into_error)?;
+        let scopes: BTreeSet<Scope> = [Scope::ActivitiesWrite, Scope::ActivitiesRead]
+            .into_iter()
+            .filter(|s| identity.grants(*s))
+            .collect();
+        if scopes.is_empty() {
+            return Err(AppError::Unauthorized(
+                "the token has neither activities:write nor activities:read, which the form's pages need"
+                    .into(),
+            ));
+        }
+        let id = new_id();
+        let at = now();
+        let max_age = chrono::Duration::seconds(MAX_AGE_SECONDS as i64);
+        let record = Session {
+            name: session_name(&secret::sha256_hex(&id)),
+            actor: identity.actor.clone(),
+            token: stored.as_ref().map(|t| t.item.name.clone()),
+            token_sha256: Some(match &stored {
+                Some(token) => token.item.secret_sha256.clone(),
+                None => secret::sha256_hex(presented),
+            }),
+            scopes: scopes.clone(),
+            started_at: at,
+            ends_at: at + max_age,
+            seen_at: at,
+        };
+        ground.store.create_session(record).await?;
+        if let Some(stored) = stored {
+            self.touch(ground, stored);
+        }
+        let identity = Identity {
+            actor: identity.actor,
+            scopes,
+            person: None,
+            clusters: None,
+        };
+        Ok((id, identity))
+    }
+
+    /// Ends the session the cookie `id` names, if any.
+    pub async fn end_session(&self, store: &Store, id: &str) -> Result<(), AppError> {
+        store
+            .end_session(&session_name(&secret::sha256_hex(id)))
+            .await?;
+        Ok(())
+    }
+
+    /// Who the session the cookie `id` names is, if it is still good: not past its end nor
+    /// idle too long, and its token (or the bootstrap secret) still the one signed in with.
+    /// A session no longer good is ended.
+    pub(super) async fn session(
+        &self,
+        ground: Ground<'_>,
+        id: &str,
+    ) -> Result<Option<Identity>, Refused> {
+        let name = session_name(&secret::sha256_hex(id));
+        let Some(stored) = ground.store.session(&name).await.map_err(Refused::Store)? else {
+            return Ok(None);
+        };
+        let at = now();
+        let session = &stored.item;
+        let idle = (at - session.seen_at)
+            .to_std()
+            .is_ok_and(|idle| idle > IDLE);
+        let mut good = session.ends_at > at && !idle;
+        if good {
+            good = match &session.token {
+                None => self.bootstrap.as_ref().is_some_and(|digest| {
+                    session
+                        .token_sha256
+                        .as_deref()
+                        .is_some_and(|signed_in| secret::matches_hex(digest, signed_in))
+                }),
+                Some(token) => match ground.store.get_token(token).await {
+                    Ok(token) => {
+                        let same = Some(&token.item.secret_sha256) == session.token_sha256.as_ref();
+                        let alive = same && !token.item.expired(at);
+                        if alive {
+                            self.touch(ground, Arc::new(token));
+                        }
+                        alive
+                    }
+                    Err(StoreError::NotFound { .. }) => false,
+                    Err(e) => return Err(Refused::Store(e)),
+                },
+            };
+        }
+        if !good {
+            let store = ground.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.end_session(&name).await {
+                    tracing::debug!(error = %e, "an ended session was not removed");
+                }
+            });
+            return Ok(None);
+        }
+        let identity = Identity {
+            actor: session.actor.clone(),
+            scopes: session.scopes.clone(),
+            person: None,
+            clusters: None,
+        };
+        let fresh = (at - session.seen_at)
+            .to_std()
+            .is_ok_and(|age| age < TOUCH_EVERY);
+        if !fresh {
+            let store = ground.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_session(stored, at).await {
+                    tracing::debug!(error = %e, "a session's use was not recorded");
+                }
+            });
+        }
+        Ok(Some(identity))
+    }
 }
 
 #[cfg(test)]

@@ -86,12 +86,12 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// Why a node does not classify.
-struct Failure {
+struct Unclassifiable {
     error: String,
     conflicts: Vec<Conflict>,
 }
 
-type Outcome = Result<Option<Classification>, Failure>;
+type Outcome = Result<Option<Classification>, Unclassifiable>;
 
 /// The node's classification under `tree` (`None`: no node), and the groups it is in: the
 /// rules judged once for both.
@@ -106,7 +106,7 @@ fn classified(
     let (groups, chains) = match tree.placed(node, facts) {
         Ok(placed) => placed,
         Err(e) => {
-            let failure = Failure {
+            let failure = Unclassifiable {
                 error: e.to_string(),
                 conflicts: Vec::new(),
             };
@@ -120,7 +120,7 @@ fn classified(
         .collect();
     let outcome = match classify_all(node, &chains) {
         Ok((classification, _)) => Ok(Some(classification)),
-        Err(conflicts) => Err(Failure {
+        Err(conflicts) => Err(Unclassifiable {
             error: format!(
                 "its groups would give different values for {}",
                 conflicts
@@ -428,7 +428,7 @@ pub(super) fn refuse_conflicts(
         .iter()
         .map(|f| f.unique_name.as_str())
         .collect();
-    Err(AppError::Conflicts(
+    Err(AppError::NodeConflicts(
         format!(
             "the change would give {} node(s) conflicting values ({}); send force=true to make it anyway",
             assessment.created_count,

@@ -8,9 +8,53 @@ use crate::domain::{
     GroupTree, Node, NodeFacts,
 };
 use crate::error::AppError;
+use crate::store::enc::ClassificationInputs;
+use crate::store::engine::Record;
 use crate::store::{By, StoreError};
 
+/// Who sent an agent run's facts.
+#[derive(Clone, Copy)]
+pub struct Sender<'a> {
+    /// Whether they may see and touch nodes of a cluster.
+    pub reaches: &'a (dyn Fn(&ClusterName) -> bool + Sync),
+    /// Whether they are bound to some clusters: a node they may not see is answered as absent,
+    /// and so is one no group of theirs would take in.
+    pub bound: bool,
+    pub by: By<'a>,
+}
+
 impl Classifier<'_> {
+    /// An agent run's facts taken for `name`: a node enc does not know is learnt from them
+    /// ([`Classifier::learn`]); then, if the sender may see the node, its rule view and
+    /// whole facts are kept when due. Answers what the node is classified by, as the facts
+    /// left it; `read` is the classification read made already (with a token's check), if
+    /// one was.
+    pub async fn take_facts(
+        self,
+        name: &Certname,
+        facts: &NodeFacts,
+        read: Option<ClassificationInputs>,
+        sender: Sender<'_>,
+    ) -> Result<ClassificationInputs, AppError> {
+        let mut inputs = match read {
+            Some(inputs) => inputs,
+            None => self.store.classification_inputs(name, None).await?,
+        };
+        if inputs.node.is_none() {
+            match self.learn(name, facts, sender.reaches, sender.by).await {
+                Err(AppError::NotFound(_)) if sender.bound => return Err(absent(name)),
+                learnt => learnt?,
+            }
+            inputs = self.store.classification_inputs(name, None).await?;
+        }
+        // A sender bound to other clusters learns nothing of the node and stores nothing.
+        let record = inputs.node.as_ref().ok_or_else(|| absent(name))?;
+        if sender.bound && !(sender.reaches)(&cluster_of(record)?) {
+            return Err(absent(name));
+        }
+        Ok(self.keeper.keep_facts(name, facts, inputs).await?)
+    }
+
     /// Records the node `name` enc does not know, from `facts`: in the environment of the
     /// nearest group with one on each leaf's chain, all the same. `reaches` says which
     /// clusters the caller may learn nodes into: any other is answered as no group at all.
@@ -107,4 +151,16 @@ fn learnt(
         puppet_cluster_name: environment.puppet_cluster_name,
         ..bare
     })
+}
+
+/// The cluster in a node's record, read without the rest of the node.
+fn cluster_of(record: &Record) -> Result<ClusterName, AppError> {
+    #[derive(serde::Deserialize)]
+    struct InCluster<'a> {
+        #[serde(borrow)]
+        puppet_cluster_name: std::borrow::Cow<'a, str>,
+    }
+    let node: InCluster<'_> =
+        serde_json::from_slice(&record.body).map_err(|e| AppError::Internal(Box::new(e)))?;
+    ClusterName::parse(&node.puppet_cluster_name).map_err(|e| AppError::Internal(e.into()))
 }

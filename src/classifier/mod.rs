@@ -9,6 +9,7 @@ pub mod explain;
 mod fleet;
 pub mod impact;
 mod learn;
+pub use learn::Sender;
 mod members;
 pub mod plan;
 pub mod views;
@@ -547,5 +548,5 @@ pub fn conflicted(name: &Certname, conflicts: Vec<Conflict>) -> AppError {
         "node {name}'s groups give different values for {}",
         keys.join(", ")
     );
-    AppError::Conflicts(detail, serde_json::to_value(conflicts).unwrap_or_default())
+    AppError::NodeConflicts(detail, serde_json::to_value(conflicts).unwrap_or_default())
 }

@@ -62,11 +62,11 @@ pub enum FactPath {
     /// The certname.
     Name,
     /// `["fact", ...]`, or `["trusted", ...]` when `trusted`; each step a key or an index.
-    Path { trusted: bool, steps: Vec<Step> },
+    Path { trusted: bool, steps: Vec<PathStep> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum PathStep {
     Key(String),
     Index(usize),
 }
@@ -234,7 +234,7 @@ fn fact_path(value: &Value, at: &[usize]) -> Result<FactPath, RuleError> {
         Value::String(name) if name == "name" => Ok(FactPath::Name),
         Value::String(fact) if !fact.is_empty() => Ok(FactPath::Path {
             trusted: false,
-            steps: vec![Step::Key(fact.clone())],
+            steps: vec![PathStep::Key(fact.clone())],
         }),
         Value::Array(parts) => {
             let trusted = match parts.first().and_then(Value::as_str) {
@@ -256,9 +256,9 @@ fn fact_path(value: &Value, at: &[usize]) -> Result<FactPath, RuleError> {
                     Value::String(key) if i == 1 && key.is_empty() => {
                         return refuse(&at_child(at, i), "a fact name is not empty");
                     }
-                    Value::String(key) => Step::Key(key.clone()),
+                    Value::String(key) => PathStep::Key(key.clone()),
                     Value::Number(n) if i > 1 && n.as_u64().is_some() => {
-                        Step::Index(n.as_u64().unwrap_or_default() as usize)
+                        PathStep::Index(n.as_u64().unwrap_or_default() as usize)
                     }
                     _ => {
                         return refuse(
@@ -298,13 +298,13 @@ impl Subject<'_> {
                 let root = if *trusted { self.trusted } else { self.facts };
                 let mut steps = steps.iter();
                 let mut current = match steps.next()? {
-                    Step::Key(key) => root.get(key)?,
-                    Step::Index(_) => return None,
+                    PathStep::Key(key) => root.get(key)?,
+                    PathStep::Index(_) => return None,
                 };
                 for step in steps {
                     current = match (step, current) {
-                        (Step::Key(key), Value::Object(map)) => map.get(key)?,
-                        (Step::Index(i), Value::Array(items)) => items.get(*i)?,
+                        (PathStep::Key(key), Value::Object(map)) => map.get(key)?,
+                        (PathStep::Index(i), Value::Array(items)) => items.get(*i)?,
                         _ => return None,
                     };
                 }
@@ -358,8 +358,8 @@ impl fmt::Display for FactPath {
                 f.write_str(if *trusted { "trusted" } else { "facts" })?;
                 for step in steps {
                     match step {
-                        Step::Key(key) => write!(f, ".{key}")?,
-                        Step::Index(i) => write!(f, "[{i}]")?,
+                        PathStep::Key(key) => write!(f, ".{key}")?,
+                        PathStep::Index(i) => write!(f, "[{i}]")?,
                     }
                 }
                 Ok(())

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::resources::rfc3339;
-use super::rule::{FactPath, Rule, Step};
+use super::rule::{FactPath, PathStep, Rule};
 use super::{Certname, NodeFacts};
 
 /// The fact paths a tree's rules read, and a short name for that set.
@@ -44,8 +44,8 @@ impl Lens {
                 let steps: Vec<serde_json::Value> = steps
                     .iter()
                     .map(|s| match s {
-                        Step::Key(k) => serde_json::Value::from(k.as_str()),
-                        Step::Index(i) => serde_json::Value::from(*i),
+                        PathStep::Key(k) => serde_json::Value::from(k.as_str()),
+                        PathStep::Index(i) => serde_json::Value::from(*i),
                     })
                     .collect();
                 by_key.insert(serde_json::json!([trusted, steps]).to_string(), path);
@@ -57,8 +57,8 @@ impl Lens {
                 let keys: Vec<String> = steps
                     .iter()
                     .map_while(|s| match s {
-                        Step::Key(k) => Some(k.clone()),
-                        Step::Index(_) => None,
+                        PathStep::Key(k) => Some(k.clone()),
+                        PathStep::Index(_) => None,
                     })
                     .collect();
                 if !keys.is_empty() {

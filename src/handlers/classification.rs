@@ -10,8 +10,8 @@ use crate::AppState;
 use crate::auth::{Asker, Caller, Deferred, Identity};
 pub use crate::classifier::explain::{GroupMembership, Membership, RuleResult};
 use crate::classifier::explain::{classified, membership};
-use crate::classifier::{absent, conflicted};
-use crate::domain::{Certname, Classification, Explanation, NodeFacts};
+use crate::classifier::{Sender, absent, conflicted};
+use crate::domain::{Certname, Classification, ClusterName, Explanation, NodeFacts};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Json, Path, Query};
 use crate::store::enc::{ClassificationInputs, MAX_FACTS_BYTES};
@@ -234,9 +234,9 @@ async fn answer(
         let classifiable = inputs.classifiable(&name, given)?;
         let classified = classified(&classifiable).map_err(|conflicts| {
             match (conflicted(&name, conflicts), query.explain) {
-                (AppError::Conflicts(detail, conflicts), true) => {
+                (AppError::NodeConflicts(detail, conflicts), true) => {
                     let why = serde_json::to_value(membership(&inputs.tree, &classifiable));
-                    AppError::ExplainedConflicts(detail, conflicts, why.unwrap_or_default())
+                    AppError::ExplainedNodeConflicts(detail, conflicts, why.unwrap_or_default())
                 }
                 (other, _) => other,
             }
@@ -330,27 +330,14 @@ pub async fn post(
             "the facts are {size} bytes as JSON; at most {MAX_FACTS_BYTES} are kept"
         )));
     }
-    let mut inputs = match inputs {
-        Some(inputs) => inputs,
-        None => state.store.classification_inputs(&name, None).await?,
+    let reaches = |cluster: &ClusterName| caller.0.reaches(cluster);
+    let sender = Sender {
+        reaches: &reaches,
+        bound: caller.0.clusters.is_some(),
+        by: caller.by(),
     };
-    if inputs.node.is_none() {
-        let reaches = |cluster: &crate::domain::ClusterName| caller.0.reaches(cluster);
-        let learnt = super::classifier(&state).learn(&name, &facts, reaches, caller.by());
-        match learnt.await {
-            // A token bound to clusters learns no more than that the node is absent: not
-            // whether some group (of another cluster) would have taken it in.
-            Err(AppError::NotFound(_)) if caller.0.clusters.is_some() => {
-                return Err(absent(&name));
-            }
-            learnt => learnt?,
-        }
-        inputs = state.store.classification_inputs(&name, None).await?;
-    }
-    // A token bound to other clusters learns nothing of the node and stores nothing for it.
-    let record = inputs.node.as_ref().ok_or_else(|| absent(&name))?;
-    super::nodes::reached(&caller.0, &name, record)?;
-    let inputs = state.views.keep_facts(&name, &facts, inputs).await?;
+    let classifier = super::classifier(&state);
+    let inputs = classifier.take_facts(&name, &facts, inputs, sender).await?;
     answer(&state, name, inputs, Some(facts), query, &headers).await
 }
 

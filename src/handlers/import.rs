@@ -21,7 +21,7 @@ use crate::classifier::Write;
 pub use crate::classifier::plan::{
     Applied, ApplyOutcome, Plan, PlanAction, PlanOrOutcome, PlanSummary, PlannedChange,
 };
-use crate::classifier::plan::{Current, Object, Proposal};
+use crate::classifier::plan::{AsStored, Object, Proposal};
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{Query, parse_body};
 
@@ -71,7 +71,7 @@ pub struct ImportQuery {
     responses((status = 200, body = Tree), ReadProblems))]
 pub async fn export(State(state): State<AppState>) -> Result<axum::Json<Tree>, AppError> {
     let _place = super::classifier(&state).fleet_work()?;
-    let current = Current::read(&state.store).await?;
+    let current = AsStored::read(&state.store).await?;
     let mut files = BTreeMap::new();
     for env in &current.environments {
         files.insert(env.item.path(), render(&env.item)?);

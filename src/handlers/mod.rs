@@ -1,16 +1,14 @@
 //! HTTP handlers, one module per resource.
 
-pub mod activities;
 pub mod classification;
 pub mod environments;
+pub mod form;
 pub mod health;
 pub mod history;
 pub mod import;
 pub mod lookups;
-pub mod metrics_form;
 pub mod node_groups;
 pub mod nodes;
-pub mod session;
 pub mod tokens;
 pub mod tree;
 pub mod views;

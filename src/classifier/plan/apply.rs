@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{Applied, ApplyOutcome, PlanSummary, Proposal, Step, entry, plan};
+use super::{Applied, ApplyOutcome, PlanStep, PlanSummary, Proposal, entry, plan};
 use crate::classifier::{
     Classifier, JUDGED_TRIES, Write, impact, kept_moving, moved_on, refuse_revived,
 };
@@ -24,11 +24,15 @@ fn stale(id: &str) -> AppError {
 
 /// The steps still to make of plan `id`, kept when its apply began, if every object it
 /// names is either as the plan read it or as this plan's apply left it.
-async fn resumed(store: &Store, id: &str, steps: &[Step]) -> Result<(Vec<Step>, usize), AppError> {
+async fn resumed(
+    store: &Store,
+    id: &str,
+    steps: &[PlanStep],
+) -> Result<(Vec<PlanStep>, usize), AppError> {
     let Some(kept) = store.kept_plan(id).await? else {
         return Err(stale(id));
     };
-    let mut now: HashMap<(String, Key), &Step> = steps
+    let mut now: HashMap<(String, Key), &PlanStep> = steps
         .iter()
         .map(|s| ((s.planned.kind.name.to_owned(), s.planned.key.clone()), s))
         .collect();
@@ -74,7 +78,7 @@ async fn resumed(store: &Store, id: &str, steps: &[Step]) -> Result<(Vec<Step>, 
 /// adding what each wrote to `applied`: `false` if the groups or nodes moved before one.
 async fn write(
     store: &Store,
-    batches: &[&[Step]],
+    batches: &[&[PlanStep]],
     mut by: By<'_>,
     applied: &mut Vec<Applied>,
 ) -> Result<bool, StoreError> {
@@ -183,7 +187,7 @@ impl Classifier<'_> {
             request_id: write.request_id,
             ..By::actor(write.actor)
         };
-        let batches: Vec<&[Step]> = store
+        let batches: Vec<&[PlanStep]> = store
             .commits(steps.iter().map(|s| &s.planned))
             .into_iter()
             .map(|commit| &steps[commit])

@@ -32,13 +32,13 @@ use crate::store::record::to_body;
 use crate::store::{EnvironmentFilter, Planned, Store, StoreError, TREE_OWNER, all};
 
 /// The classification as stored.
-pub struct Current {
+pub struct AsStored {
     pub environments: Vec<Stored<Environment>>,
     pub groups: Vec<Stored<NodeGroup>>,
     pub nodes: Vec<Stored<Node>>,
 }
 
-impl Current {
+impl AsStored {
     /// What is stored; the nodes as they are after every commit that finished before (a
     /// consistent scan: a plan is judged on them), by certname.
     pub async fn read(store: &Store) -> Result<Self, AppError> {
@@ -177,7 +177,7 @@ pub enum PlanOrOutcome {
 
 /// A planned change with what the store needs to make it.
 #[derive(Debug, Clone)]
-struct Step {
+struct PlanStep {
     change: PlannedChange,
     planned: Planned,
     /// Where it goes in the apply: (phase, depth).
@@ -202,7 +202,7 @@ fn plan_kind<T: Object>(
     prune: bool,
     (phase, depth): (usize, Option<&Depth<'_, T>>),
     summary: &mut PlanSummary,
-) -> Result<Vec<Step>, AppError> {
+) -> Result<Vec<PlanStep>, AppError> {
     let stored: HashMap<Key, &Stored<T>> = current.iter().map(|s| (s.item.key(), s)).collect();
     let mut steps = Vec::new();
     let mut step = |action: PlanAction, now: Option<&Stored<T>>, after: Option<&T>| {
@@ -215,7 +215,7 @@ fn plan_kind<T: Object>(
                 usize::MAX - depth.map_or(0, |d| d(object, false)),
             ),
         };
-        steps.push(Step {
+        steps.push(PlanStep {
             change: PlannedChange {
                 kind: T::KIND.name.to_owned(),
                 key: object.key().to_string(),
@@ -275,12 +275,12 @@ fn plan_kind<T: Object>(
 /// A plan and the steps that apply it.
 struct Planning {
     plan: Plan,
-    steps: Vec<Step>,
+    steps: Vec<PlanStep>,
     /// Nodes the plan would give conflicting values, which the apply refuses unless forced.
     conflicts: impact::Assessment,
 }
 
-fn plan_id(steps: &[Step], prune: bool, source_revision: Option<&str>) -> String {
+fn plan_id(steps: &[PlanStep], prune: bool, source_revision: Option<&str>) -> String {
     let entries: Vec<Value> = steps.iter().map(entry).collect();
     let hashed = json!({"prune": prune, "source_revision": source_revision, "entries": entries});
     let digest = Sha256::digest(serde_json::to_vec(&hashed).unwrap_or_default());
@@ -288,7 +288,7 @@ fn plan_id(steps: &[Step], prune: bool, source_revision: Option<&str>) -> String
 }
 
 /// A step as a plan keeps it: kind, key, version read and a digest of what it writes.
-fn entry(step: &Step) -> Value {
+fn entry(step: &PlanStep) -> Value {
     let after = serde_json::to_vec(&step.planned.after).unwrap_or_default();
     let digest = Sha256::digest(after);
     let digest: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -312,7 +312,7 @@ async fn plan(store: &Store, proposal: &Proposal, budget: usize) -> Result<Plann
     let (desired, body) = (&proposal.desired, proposal);
     // The snapshot first: a node or group written after it moves it.
     let (tree, snapshot) = store.snapshot().await?;
-    let current = Current::read(store).await?;
+    let current = AsStored::read(store).await?;
     let mut group_changes = Vec::new();
     for (key, group) in &desired.groups {
         let now = current.groups.iter().find(|s| s.item.key() == *key);

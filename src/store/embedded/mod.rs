@@ -4,7 +4,7 @@
 //! page lookups; reads by key share one read transaction until the next commit
 //! ([`Snapshot`]); commits (which sync the file) run on the blocking pool.
 
-mod migrate;
+mod layout;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -307,7 +307,7 @@ impl Embedded {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
             .map_err(internal)?;
         let txn = db.begin_write()?;
-        migrate::upgrade(&txn)?;
+        layout::upgrade(&txn)?;
         txn.commit()?;
         Ok(Self {
             db: Arc::new(db),

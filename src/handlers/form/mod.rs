@@ -1,4 +1,10 @@
-//! The metrics form: engineers record work for customer projects, by HTML form or JSON.
+//! The metrics form, one of enc's two products: engineers record work for customer projects,
+//! by HTML form or JSON (here); what was recorded, listed, summed and reported
+//! (`activities.rs`); signing in without the load balancer (`sign_in.rs`). Below the HTTP
+//! layer: `domain::activity`, `store::activities`, `store::sessions` and `auth::session`.
+
+pub mod activities;
+pub mod sign_in;
 
 use askama::Template;
 use axum::extract::State;

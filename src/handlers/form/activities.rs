@@ -8,8 +8,8 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::metrics_form::today;
-use super::{ListResponse, page_request};
+use super::super::{ListResponse, page_request};
+use super::today;
 use crate::AppState;
 use crate::domain::{Activity, Label, Summary, Total, summarize};
 use crate::error::{AppError, ReadProblems};
