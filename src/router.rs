@@ -138,11 +138,12 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
-/// What each create's answer leads to: the operations on the object made, and which of the
-/// answer's fields name it (path parameter, answer field).
-/// Pairs of what the next request names and the created object's field that holds it.
+/// Pairs of what the next request names (a path parameter) and the field of the created
+/// object's answer that holds it.
 type Fill = &'static [(&'static str, &'static str)];
 
+/// The OpenAPI links of each create's answer: the create's path, the operations on the
+/// object made (by operation id), and how their parameters are filled from the answer.
 const LINKS: &[(&str, &[&str], Fill)] = &[
     (
         "/nodes/",

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use super::{Auth, Ground, Identity, Needs, identity_of, now, secret, verdict};
 use crate::domain::TokenName;
 use crate::error::AppError;
+use crate::store::Record;
 use crate::store::StoreError;
-use crate::store::engine::Record;
 
 /// Who asks, on a route whose handler may check the token itself.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use crate::domain::{Scope, Stored, Token, TokenName, now};
 use crate::error::AppError;
 use crate::memo::Memo;
-use crate::store::engine::Record;
+use crate::store::Record;
 use crate::store::{Store, StoreError};
 use crate::telemetry::prometheus::Metrics;
 

@@ -4,7 +4,7 @@
 //! judgement holds at once is a page, not the fleet.
 
 use crate::domain::{Certname, Lens, Node, NodeFacts};
-use crate::store::engine::Position;
+use crate::store::Position;
 use crate::store::{PageRequest, Result, Store};
 
 /// Nodes read per store call.

@@ -8,8 +8,8 @@ use crate::domain::{
     GroupTree, Node, NodeFacts,
 };
 use crate::error::AppError;
+use crate::store::Record;
 use crate::store::enc::ClassificationInputs;
-use crate::store::engine::Record;
 use crate::store::{By, StoreError};
 
 /// Who sent an agent run's facts.

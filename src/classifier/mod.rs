@@ -26,9 +26,9 @@ pub use self::members::{Found, Page};
 pub use self::views::Keeper;
 use crate::domain::{Certname, Conflict, GroupName, Node, NodeGroup, Stored};
 use crate::error::AppError;
+use crate::store::Key;
+use crate::store::RecordKind;
 use crate::store::enc::{NODE, NODE_GROUP};
-use crate::store::engine::Key;
-use crate::store::record::RecordKind;
 use crate::store::{By, Kind, Snapshot, Store, StoreError};
 
 /// The most nodes one group may pin.

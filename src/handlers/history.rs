@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
@@ -21,10 +22,10 @@ use crate::domain::{
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Path, Query};
+use crate::store::Key;
+use crate::store::RecordKind;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
-use crate::store::engine::Key;
 use crate::store::history::kind_named;
-use crate::store::record::RecordKind;
 use crate::store::tokens::TOKEN;
 use crate::store::{ChangeFilter, StoreError};
 
@@ -238,21 +239,17 @@ pub async fn changes(
     responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_node(
     State(state): State<AppState>,
-    caller: Caller,
-    IfMatch(expected): IfMatch,
-    Query(options): Query<ForceQuery>,
-    Path((name, version)): Path<(String, u64)>,
+    asked: Restoring<(String, u64)>,
 ) -> Result<Response, AppError> {
-    let name = certname(&name)?;
+    let (name, version) = &asked.path;
     // Judged as any node write: its groups must not give it conflicting values it did not
     // have, unless forced.
     let change = Change::RestoreNode {
-        name,
-        version,
-        expected,
+        name: certname(name)?,
+        version: *version,
+        expected: asked.expected,
     };
-    let outcome = super::classifier(&state).write(&change, options.write(&caller));
-    Ok(answer(outcome.await?, None))
+    asked.write(&state, &change).await
 }
 
 /// The version's content written again as the group's next version (made again if the group
@@ -264,21 +261,17 @@ pub async fn restore_node(
     responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_node_group(
     State(state): State<AppState>,
-    caller: Caller,
-    IfMatch(expected): IfMatch,
-    Query(options): Query<ForceQuery>,
-    Path((name, version)): Path<(String, u64)>,
+    asked: Restoring<(String, u64)>,
 ) -> Result<Response, AppError> {
-    let name = group_name(&name)?;
+    let (name, version) = &asked.path;
     // Judged as any group write: the version restored must not give nodes conflicting
     // values, unless forced.
     let change = Change::RestoreGroup {
-        name,
-        version,
-        expected,
+        name: group_name(name)?,
+        version: *version,
+        expected: asked.expected,
     };
-    let outcome = super::classifier(&state).write(&change, options.write(&caller));
-    Ok(answer(outcome.await?, None))
+    asked.write(&state, &change).await
 }
 
 /// The version's content written again as the environment's next version (made again if it
@@ -290,17 +283,54 @@ pub async fn restore_node_group(
     responses((status = 200, body = Stored<crate::domain::Environment>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_environment(
     State(state): State<AppState>,
-    caller: Caller,
-    IfMatch(expected): IfMatch,
-    Query(options): Query<ForceQuery>,
-    Path((environment, cluster, version)): Path<(String, String, u64)>,
+    asked: Restoring<(String, String, u64)>,
 ) -> Result<Response, AppError> {
-    let key = environment_key(&environment, &cluster)?;
+    let (environment, cluster, version) = &asked.path;
+    let key = environment_key(environment, cluster)?;
+    let by = asked.options.by(&asked.caller);
     let restored = state
         .store
-        .restore_environment(&key, version, expected, options.by(&caller))
+        .restore_environment(&key, *version, asked.expected, by)
         .await?;
     Ok(stored(StatusCode::OK, &restored, &[]))
+}
+
+/// A request to restore a version: who asks, the version the object must be at
+/// (`If-Match`), whether forced, and the path naming the object and the version, extracted
+/// in that order.
+pub struct Restoring<P> {
+    caller: Caller,
+    expected: Option<u64>,
+    options: ForceQuery,
+    path: P,
+}
+
+impl<S: Send + Sync, P: DeserializeOwned + Send> FromRequestParts<S> for Restoring<P> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let IfMatch(expected) = IfMatch::from_request_parts(parts, state).await?;
+        let Query(options) = Query::<ForceQuery>::from_request_parts(parts, state).await?;
+        let Path(path) = Path::<P>::from_request_parts(parts, state).await?;
+        Ok(Restoring {
+            caller,
+            expected,
+            options,
+            path,
+        })
+    }
+}
+
+impl<P> Restoring<P> {
+    /// Makes the restore `change`, judged as any write of its kind.
+    async fn write(&self, state: &AppState, change: &Change) -> Result<Response, AppError> {
+        let write = self.options.write(&self.caller);
+        Ok(answer(
+            super::classifier(state).write(change, write).await?,
+            None,
+        ))
+    }
 }
 
 /// The object as it was at `at`: its last revision then, or, for an object whose history

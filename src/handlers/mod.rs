@@ -1,4 +1,7 @@
-//! HTTP handlers, one module per resource.
+//! HTTP handlers: each parses its request, is authorized (by the middleware, or by
+//! `auth::Asker` for a token it checks in its own read), calls the classifier or the store,
+//! and shapes the answer. One module per resource, the metrics form's under `form/`; here,
+//! what they share: page queries, write options, and the answers to writes.
 
 pub mod classification;
 pub mod environments;
@@ -29,6 +32,24 @@ use crate::store::{Page, PageRequest};
 const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit` accepted.
 const MAX_LIMIT: usize = 1000;
+
+/// The page a listing with no filter is asked for.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn page(self) -> Result<PageRequest, AppError> {
+        page_request(self.limit, self.cursor)
+    }
+}
 
 /// One page of a listing.
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,14 +1,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::State;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::{
-    IfMatchHeader, ListResponse, Preview, WriteQuery, answer, page_request, parse_name, stored,
+    IfMatchHeader, ListResponse, PageQuery, Preview, WriteQuery, answer, parse_name, stored,
     within_size,
 };
 use crate::AppState;
@@ -196,17 +196,6 @@ impl NodeGroupBody {
     }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Items per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 fn group_name(raw: &str) -> Result<GroupName, AppError> {
     parse_name("node_group_name", raw, GroupName::parse)
 }
@@ -248,13 +237,13 @@ pub async fn create(
 
 /// List node groups.
 #[utoipa::path(get, path = "/nodegroup", tag = "node groups", operation_id = "list_node_groups",
-    security(("bearer" = ["read"])), params(ListQuery),
+    security(("bearer" = ["read"])), params(PageQuery),
     responses((status = 200, body = ListResponse<Stored<NodeGroup>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<ListResponse<Stored<NodeGroup>>>, AppError> {
-    let page = page_request(query.limit, query.cursor)?;
+    let page = query.page()?;
     Ok(axum::Json(
         state.store.list_node_groups(&page).await?.into(),
     ))
@@ -328,25 +317,49 @@ pub struct PinBody {
     nodes: Vec<String>,
 }
 
-async fn change_pins(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
+/// A request to pin nodes to a group or unpin them: who asks, the group, the write's
+/// options and the nodes, extracted in that order.
+pub struct Pinning {
+    caller: Caller,
+    name: String,
     options: WriteQuery,
     body: PinBody,
-    pin: bool,
-) -> Result<Response, AppError> {
-    let name = group_name(name)?;
-    let mut f = Fields::default();
-    let nodes = pins(&mut f, "nodes", body.nodes);
-    f.finish(|| Some(())).map_err(AppError::Validation)?;
-    let change = Change::Pins {
-        group: name,
-        nodes,
-        pin,
-    };
-    let outcome = super::classifier(state).write(&change, options.write(caller));
-    Ok(answer(outcome.await?, None))
+}
+
+impl FromRequest<AppState> for Pinning {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, AppError> {
+        let (mut parts, body) = request.into_parts();
+        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        let Path(name) = Path::<String>::from_request_parts(&mut parts, state).await?;
+        let Query(options) = Query::<WriteQuery>::from_request_parts(&mut parts, state).await?;
+        let request = Request::from_parts(parts, body);
+        let Json(body) = Json::<PinBody>::from_request(request, state).await?;
+        Ok(Pinning {
+            caller,
+            name,
+            options,
+            body,
+        })
+    }
+}
+
+impl Pinning {
+    /// Pins (`pin`) or unpins the nodes, judged as any group write.
+    async fn write(self, state: &AppState, pin: bool) -> Result<Response, AppError> {
+        let name = group_name(&self.name)?;
+        let mut f = Fields::default();
+        let nodes = pins(&mut f, "nodes", self.body.nodes);
+        f.finish(|| Some(())).map_err(AppError::Validation)?;
+        let change = Change::Pins {
+            group: name,
+            nodes,
+            pin,
+        };
+        let outcome = super::classifier(state).write(&change, self.options.write(&self.caller));
+        Ok(answer(outcome.await?, None))
+    }
 }
 
 /// Pin nodes to a group: they are members whatever their facts (a new version of the group).
@@ -355,14 +368,8 @@ async fn change_pins(
     request_body = PinBody,
     responses((status = 200, description = "The group as stored or, with `dry_run`, a `Preview`",
         body = GroupOrPreview, headers(("ETag" = String))), WriteProblems))]
-pub async fn pin(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    Query(options): Query<WriteQuery>,
-    Json(body): Json<PinBody>,
-) -> Result<Response, AppError> {
-    change_pins(&state, &caller, &name, options, body, true).await
+pub async fn pin(State(state): State<AppState>, asked: Pinning) -> Result<Response, AppError> {
+    asked.write(&state, true).await
 }
 
 /// Unpin nodes from a group (a new version of the group).
@@ -371,14 +378,8 @@ pub async fn pin(
     request_body = PinBody,
     responses((status = 200, description = "The group as stored or, with `dry_run`, a `Preview`",
         body = GroupOrPreview, headers(("ETag" = String))), WriteProblems))]
-pub async fn unpin(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    Query(options): Query<WriteQuery>,
-    Json(body): Json<PinBody>,
-) -> Result<Response, AppError> {
-    change_pins(&state, &caller, &name, options, body, false).await
+pub async fn unpin(State(state): State<AppState>, asked: Pinning) -> Result<Response, AppError> {
+    asked.write(&state, false).await
 }
 
 /// unpin-from-all's answer: the groups changed, or with `dry_run` the preview.

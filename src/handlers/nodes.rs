@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Json, Path, Query};
 use crate::store::NodeFilter;
-use crate::store::engine::Record;
+use crate::store::Record;
 
 /// A node as clients send it to replace one.
 #[derive(Debug, Deserialize, ToSchema)]

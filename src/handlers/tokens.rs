@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::{IfMatchHeader, ListResponse, page_request, parse_name, stored};
+use super::{IfMatchHeader, ListResponse, PageQuery, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::auth::secret::{Secret, sha256_hex};
@@ -168,17 +168,6 @@ impl TokenBody {
     }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Items per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 fn token_name(raw: &str) -> Result<TokenName, AppError> {
     parse_name("name", raw, TokenName::parse)
 }
@@ -216,16 +205,13 @@ pub async fn create(
 
 /// List tokens (never their secrets).
 #[utoipa::path(get, path = "/tokens", tag = "tokens", operation_id = "list_tokens", security(("bearer" = ["admin"])),
-    params(ListQuery),
+    params(PageQuery),
     responses((status = 200, body = ListResponse<Stored<TokenView>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<ListResponse<Stored<TokenView>>>, AppError> {
-    let page = state
-        .store
-        .list_tokens(&page_request(query.limit, query.cursor)?)
-        .await?;
+    let page = state.store.list_tokens(&query.page()?).await?;
     Ok(axum::Json(ListResponse {
         items: page.items.into_iter().map(view).collect(),
         next_cursor: page.next_cursor,

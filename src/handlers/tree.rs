@@ -16,7 +16,7 @@ use crate::classifier::plan::{Desired, Object};
 use crate::domain::{Environment, FieldError, Node, NodeGroup};
 use crate::error::AppError;
 use crate::extract::parse_body;
-use crate::store::engine::Key;
+use crate::store::Key;
 
 /// An object's file text, as `GET /export` writes it.
 pub fn render<T: Serialize>(object: &T) -> Result<String, AppError> {

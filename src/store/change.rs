@@ -83,6 +83,13 @@ where
     ))
 }
 
+/// Which version of an object `Db::put` stores: the first, or the next after the one
+/// `If-Match` names (`None`: whichever is stored).
+pub(in crate::store) enum Version {
+    First,
+    Next(Option<u64>),
+}
+
 /// Who makes a change, and how.
 #[derive(Debug, Clone, Copy)]
 pub struct By<'a> {

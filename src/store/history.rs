@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::change::Version;
 use super::change::{By, Guard, OnFail, Step};
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{ITEM_TYPE, Index, RecordKind, to_body};
@@ -306,7 +307,7 @@ impl Store {
         };
         match self
             .db
-            .replace(kind, old.item.clone(), expected, by, guard)
+            .put(kind, old.item.clone(), Version::Next(expected), by, guard)
             .await
         {
             Err(StoreError::NotFound { .. }) => {
@@ -319,7 +320,7 @@ impl Store {
                         actual,
                     });
                 }
-                self.db.create(kind, old.item, by, guard).await
+                self.db.put(kind, old.item, Version::First, by, guard).await
             }
             other => other,
         }

@@ -21,14 +21,15 @@ pub use change::Snapshot;
 pub use change::{Apply, By, TREE_OWNER, decode};
 pub use cursor::Cursor;
 pub use db::MAX_REFERRERS;
+pub use engine::{Key, Position, Record};
 pub use history::ChangeFilter;
+pub use record::RecordKind;
 
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 
 use self::engine::Engine;
-use self::record::RecordKind;
 use crate::domain::{ClusterName, EnvironmentName, GroupName, Label};
 
 /// Every record kind, both products', in the order of their DynamoDB tables.

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::change::Version;
 use super::change::{By, NoGuard};
 use super::engine::Key;
 use super::record::RecordKind;
@@ -48,7 +49,13 @@ impl Store {
     pub async fn create_session(&self, session: Session) -> Result<Stored<Session>> {
         let actor = session.actor.clone();
         self.db
-            .create(&SESSION, session, By::actor(&actor), &NoGuard)
+            .put(
+                &SESSION,
+                session,
+                Version::First,
+                By::actor(&actor),
+                &NoGuard,
+            )
             .await
     }
 
@@ -71,7 +78,13 @@ impl Store {
             ..By::actor(&actor)
         };
         self.db
-            .replace(&SESSION, session, Some(used.meta.version), by, &NoGuard)
+            .put(
+                &SESSION,
+                session,
+                Version::Next(Some(used.meta.version)),
+                by,
+                &NoGuard,
+            )
             .await?;
         Ok(())
     }

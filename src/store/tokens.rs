@@ -1,6 +1,7 @@
 //! API tokens: who may call enc. Records hold each token's scopes and the SHA-256 of its
 //! secret, never the secret.
 
+use super::change::Version;
 use super::change::{By, NoGuard};
 use super::engine::{Key, Record};
 use super::record::{ITEM_TYPE, Index, RecordKind};
@@ -16,7 +17,9 @@ pub static TOKEN: RecordKind = RecordKind {
 
 impl Store {
     pub async fn create_token(&self, token: Token, by: impl Into<By<'_>>) -> Result<Stored<Token>> {
-        self.db.create(&TOKEN, token, by.into(), &NoGuard).await
+        self.db
+            .put(&TOKEN, token, Version::First, by.into(), &NoGuard)
+            .await
     }
 
     pub async fn get_token(&self, name: &TokenName) -> Result<Stored<Token>> {
@@ -47,7 +50,7 @@ impl Store {
             ..By::actor(&actor)
         };
         self.db
-            .replace(&TOKEN, token, version, by, &NoGuard)
+            .put(&TOKEN, token, Version::Next(version), by, &NoGuard)
             .await?;
         Ok(())
     }

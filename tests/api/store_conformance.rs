@@ -1,4 +1,5 @@
-//! The behaviour every `Store` backend must share, written once against the trait.
+//! The behaviour `Store` must have on every engine, written once and run on the engine under
+//! test (redb, or DynamoDB Local in the DynamoDB pass).
 
 use std::collections::BTreeMap;
 

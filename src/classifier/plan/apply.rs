@@ -10,9 +10,9 @@ use crate::classifier::{
     Classifier, JUDGED_TRIES, Write, impact, kept_moving, moved_on, refuse_revived,
 };
 use crate::error::AppError;
+use crate::store::Key;
+use crate::store::RecordKind;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
-use crate::store::engine::Key;
-use crate::store::record::RecordKind;
 use crate::store::{Apply, By, Planned, Snapshot, Store, StoreError};
 
 fn stale(id: &str) -> AppError {

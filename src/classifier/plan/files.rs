@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use crate::domain::{Environment, Node, NodeGroup};
+use crate::store::Key;
+use crate::store::RecordKind;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
-use crate::store::engine::Key;
-use crate::store::record::RecordKind;
 
 /// What a file name may hold as it is; anything else is percent-encoded.
 const FILE_NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

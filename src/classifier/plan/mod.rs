@@ -26,8 +26,8 @@ use super::Classifier;
 use super::impact::{self, Preview};
 use crate::domain::{Certname, Environment, FieldError, Node, NodeGroup, Stored};
 use crate::error::AppError;
+use crate::store::Key;
 use crate::store::enc::NODE;
-use crate::store::engine::Key;
 use crate::store::record::to_body;
 use crate::store::{EnvironmentFilter, Planned, Store, StoreError, TREE_OWNER, all};
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::change::{By, Guard, OnFail, Step, decode, merge, retry};
+use super::change::{By, Guard, OnFail, Step, Version, decode, merge, retry};
 use super::engine::{CommitError, Engine, Expect, Key, Op, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
 use super::record::{RecordKind, to_body};
@@ -320,12 +320,13 @@ impl Db {
         .await
     }
 
-    /// Stores the first version of an object; refused if its key exists or a record it
-    /// names is missing.
-    pub(super) async fn create<T>(
+    /// Stores an object: its first version (refused if its key exists) or its next (refused
+    /// if `If-Match` is stale); refused if a record it names is missing.
+    pub(in crate::store) async fn put<T>(
         &self,
         kind: &'static RecordKind,
         item: T,
+        version: Version,
         by: By<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<Stored<T>>
@@ -333,10 +334,14 @@ impl Db {
         T: Serialize + DeserializeOwned + Clone + Sync,
     {
         let key = key_of(kind, &item)?;
-        let stored = self.write(kind, &key, Change::Create(&item), by, guard);
+        let change = match version {
+            Version::First => Change::Create(&item),
+            Version::Next(expected) => Change::Replace(&item, expected),
+        };
+        let stored = self.write(kind, &key, change, by, guard);
         stored
             .await?
-            .ok_or_else(|| StoreError::Internal("created nothing".into()))
+            .ok_or_else(|| StoreError::Internal("wrote nothing".into()))
     }
 
     /// Stores an object that has no versions and is never changed.
@@ -358,25 +363,6 @@ impl Db {
             Ok(self.commit(steps).await?.then_some(()))
         })
         .await
-    }
-
-    /// Stores the next version of an object, refused if `expected` (`If-Match`) is stale.
-    pub(super) async fn replace<T>(
-        &self,
-        kind: &'static RecordKind,
-        item: T,
-        expected: Option<u64>,
-        by: By<'_>,
-        guard: &dyn Guard<T>,
-    ) -> Result<Stored<T>>
-    where
-        T: Serialize + DeserializeOwned + Clone + Sync,
-    {
-        let key = key_of(kind, &item)?;
-        let stored = self.write(kind, &key, Change::Replace(&item, expected), by, guard);
-        stored
-            .await?
-            .ok_or_else(|| StoreError::Internal("replaced nothing".into()))
     }
 
     /// Deletes an object, refused while others refer to it or if `expected` is stale.

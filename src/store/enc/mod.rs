@@ -12,6 +12,7 @@ pub use self::facts::{FACTS, MAX_FACTS_BYTES, VIEW, VIEW_PAST, VIEWS_TAKEN, View
 use self::pins::Unpin;
 pub use self::tree::{GENERATION, TreeCache};
 use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, judged, moved_fleet, raise};
+use super::change::Version;
 use super::change::{By, MAX_TRIES, NoGuard, decode};
 use super::engine::{Key, Position, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
@@ -199,7 +200,9 @@ impl Store {
         env: Environment,
         by: impl Into<By<'_>>,
     ) -> Result<Stored<Environment>> {
-        self.db.create(&ENVIRONMENT, env, by.into(), &NoGuard).await
+        self.db
+            .put(&ENVIRONMENT, env, Version::First, by.into(), &NoGuard)
+            .await
     }
 
     pub async fn get_environment(&self, key: &EnvironmentKey) -> Result<Stored<Environment>> {
@@ -239,7 +242,7 @@ impl Store {
     ) -> Result<Stored<NodeGroup>> {
         let by = by.into();
         self.db
-            .create(&NODE_GROUP, group, by, &self.tree_guard(by))
+            .put(&NODE_GROUP, group, Version::First, by, &self.tree_guard(by))
             .await
     }
 
@@ -259,7 +262,13 @@ impl Store {
     ) -> Result<Stored<NodeGroup>> {
         let by = by.into();
         self.db
-            .replace(&NODE_GROUP, group, expected, by, &self.tree_guard(by))
+            .put(
+                &NODE_GROUP,
+                group,
+                Version::Next(expected),
+                by,
+                &self.tree_guard(by),
+            )
             .await
     }
 
@@ -283,7 +292,7 @@ impl Store {
             store: self,
             judged: by.judged,
         };
-        self.db.create(&NODE, node, by, &held).await
+        self.db.put(&NODE, node, Version::First, by, &held).await
     }
 
     pub async fn get_node(&self, name: &Certname) -> Result<Stored<Node>> {
@@ -372,7 +381,9 @@ impl Store {
             store: self,
             judged: by.judged,
         };
-        self.db.replace(&NODE, node, expected, by, &held).await
+        self.db
+            .put(&NODE, node, Version::Next(expected), by, &held)
+            .await
     }
 
     /// Deletes a node and, in the same commit, takes it off every group that pins it.
