@@ -1,7 +1,10 @@
 //! A token checked by its route's handler, in the store read the handler makes anyway (the
 //! node, or everything its classification needs): an agent run's request costs one store
 //! call. `authorize` hands such a token over as a [`Deferred`], which the handler receives
-//! in an [`Asker`] and can turn into what it read only by having the token checked.
+//! in an [`Asker`]: a read made with the token's record is handed back only by
+//! [`Auth::admitted`], once the token is admitted, and the checks themselves are private
+//! here. A handler that answers without either (not reading through `admitted`, nor
+//! refusing through [`Auth::refuse`]) has its answer replaced by a 500.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -49,7 +49,7 @@ impl Classifier<'_> {
         }
         // A sender bound to other clusters learns nothing of the node and stores nothing.
         let record = inputs.node.as_ref().ok_or_else(|| absent(name))?;
-        if sender.bound && !(sender.reaches)(&cluster_of(record)?) {
+        if sender.bound && !reached(record, sender.reaches)? {
             return Err(absent(name));
         }
         Ok(self.keeper.keep_facts(name, facts, inputs).await?)
@@ -153,8 +153,9 @@ fn learnt(
     })
 }
 
-/// The cluster in a node's record, read without the rest of the node.
-fn cluster_of(record: &Record) -> Result<ClusterName, AppError> {
+/// Whether `reaches` takes the cluster in a node's record (read without the rest of the
+/// node); a name that is not a cluster's is reached by no one.
+fn reached(record: &Record, reaches: &dyn Fn(&ClusterName) -> bool) -> Result<bool, AppError> {
     #[derive(serde::Deserialize)]
     struct InCluster<'a> {
         #[serde(borrow)]
@@ -162,5 +163,5 @@ fn cluster_of(record: &Record) -> Result<ClusterName, AppError> {
     }
     let node: InCluster<'_> =
         serde_json::from_slice(&record.body).map_err(|e| AppError::Internal(Box::new(e)))?;
-    ClusterName::parse(&node.puppet_cluster_name).map_err(|e| AppError::Internal(e.into()))
+    Ok(ClusterName::parse(&node.puppet_cluster_name).is_ok_and(|c| reaches(&c)))
 }

@@ -120,7 +120,7 @@ pub async fn get(
     result
 }
 
-/// The node and query a request names: the path's errors first, then the query's, then the
+/// The node and query a GET names: the path's errors first, then the query's, then the
 /// name's.
 fn asked(
     path: Result<Path<String>, AppError>,
@@ -298,7 +298,12 @@ pub async fn post(
     // A stored token is checked with the node's read (one store call for an agent run),
     // and before anything else is said or done: a malformed request is refused after it,
     // and the body is read only then.
-    let (name, query, caller, inputs) = match (asked(path, query), asker) {
+    let asked = (|| {
+        let Path(name) = path?;
+        let name = parse_name("unique_name", &name, Certname::parse)?;
+        Ok::<_, AppError>((name, query?.0))
+    })();
+    let (name, query, caller, inputs) = match (asked, asker) {
         (Err(malformed), Asker::Deferred(deferred)) => {
             return Err(state.auth.refuse(state.ground(), deferred, malformed).await);
         }

@@ -1,6 +1,6 @@
-//! HTTP handlers: each parses its request, is authorized (by the middleware, or by
-//! `auth::Asker` for a token it checks in its own read), calls the classifier or the store,
-//! and shapes the answer. One module per resource, the metrics form's under `form/`; here,
+//! HTTP handlers: each parses its request, is authorized (by the middleware, or, for a token
+//! left to it in an `auth::Asker`, through `Auth::admitted` with its own read), calls the
+//! classifier or the store, and shapes the answer. One module per resource, the metrics form's under `form/`; here,
 //! what they share: page queries, write options, and the answers to writes.
 
 pub mod classification;

@@ -1,6 +1,7 @@
 //! What a change is made of, below the rules that check it: who makes it and how (`By`), the
-//! writes of its commit with what each one's failure means (`Step`), the checks a kind adds
-//! (`Guard`), and trying again when a write lost a race.
+//! version it writes (`Version`), the writes of its commit with what each one's failure means
+//! (`Step`, merged to one write per record by `merge`), the checks a kind adds (`Guard`), and
+//! trying again when a write lost a race.
 
 use std::collections::HashMap;
 use std::future::Future;
