@@ -91,6 +91,10 @@ fn metrics_form() -> OpenApiRouter<AppState> {
 
 /// Every documented route. A collection answers with and without its trailing slash.
 fn api() -> OpenApiRouter<AppState> {
+    // The handlers of the routes whose token `authorize` leaves to them take it.
+    auth::takes_the_token::<AppState, _, _>(nodes::get);
+    auth::takes_the_token::<AppState, _, _>(classification::get);
+    auth::takes_the_token::<AppState, _, _>(classification::post);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(nodes::list, nodes::create))
         .routes(routes!(nodes::get, nodes::replace, nodes::delete))

@@ -3,14 +3,17 @@
 //! call. `authorize` hands such a token over as a [`Deferred`], which the handler receives
 //! in an [`Asker`]: a read made with the token's record is handed back only by
 //! [`Auth::admitted`], once the token is admitted, and the checks themselves are private
-//! here. A handler that answers without either (not reading through `admitted`, nor
-//! refusing through [`Auth::refuse`]) has its answer replaced by a 500.
+//! here. The router holds each such route's handler to take the `Asker` ([`takes_the_token`]:
+//! a compile error otherwise), and a handler that answers without either (not reading
+//! through `admitted`, nor refusing through [`Auth::refuse`]) has its answer replaced by a
+//! 500.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
@@ -67,11 +70,34 @@ struct Check {
 }
 
 /// Routes whose GET handlers check a stored token themselves, in the read they make anyway:
-/// the classification, asked for on every agent run of every node, and the node itself.
+/// the classification, asked for on every agent run of every node, and the node itself
+/// (and the classification's POST, an agent run's facts). Their handlers are held by
+/// [`takes_the_token`] to take an [`Asker`].
 const DEFERRED_ROUTES: [&str; 2] = [
     "/nodes/{unique_name}/classification",
     "/nodes/{unique_name}",
 ];
+
+/// The arguments of a handler that takes an [`Asker`] right after its state (axum's
+/// `Handler<T, S>` names them `(M, T1, …, Tn)`).
+pub trait TakesAsker {}
+
+macro_rules! takes_asker {
+    ($($rest:ident),*) => {
+        impl<M, X, $($rest,)*> TakesAsker for (M, State<X>, Asker, $($rest,)*) {}
+    };
+}
+takes_asker!();
+takes_asker!(A);
+takes_asker!(A, B);
+takes_asker!(A, B, C);
+takes_asker!(A, B, C, D);
+takes_asker!(A, B, C, D, E);
+takes_asker!(A, B, C, D, E, F);
+
+/// Holds the handler of a route in [`DEFERRED_ROUTES`] to take the token left to it: a handler
+/// that stopped taking its [`Asker`] does not compile, rather than answering 500.
+pub fn takes_the_token<S, T: TakesAsker, H: Handler<T, S>>(_: H) {}
 
 impl Deferred {
     /// The token's name, for the read that fetches its record with the handler's data.

@@ -13,7 +13,7 @@ pub mod session;
 pub(crate) use access::is_documentation;
 pub use access::{Access, Needs};
 pub use caller::{Caller, Identity};
-pub use deferred::{Asker, Deferred};
+pub use deferred::{Asker, Deferred, TakesAsker, takes_the_token};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -288,8 +288,8 @@ async fn answer(
     ))]
 pub async fn post(
     State(state): State<AppState>,
-    caller: Caller,
     asker: Asker,
+    caller: Caller,
     path: Result<Path<String>, AppError>,
     query: Result<Query<ClassificationQuery>, AppError>,
     headers: HeaderMap,
