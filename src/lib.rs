@@ -1,6 +1,7 @@
 //! enc: an external node classifier for Puppet, with the metrics form and operations
 //! endpoints, on an embedded store or DynamoDB.
 
+pub mod activities;
 pub mod auth;
 mod browser;
 pub mod classifier;

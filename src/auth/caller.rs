@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 
 use crate::domain::{ClusterName, Scope};
 use crate::error::AppError;
-use crate::store::By;
+use crate::store::Edit;
 
 /// Who is calling, as the middleware found out.
 #[derive(Debug, Clone)]
@@ -58,10 +58,10 @@ impl Caller {
     }
 
     /// Who writes: the actor, in this request.
-    pub fn by(&self) -> By<'_> {
-        By {
+    pub fn by(&self) -> Edit<'_> {
+        Edit {
             request_id: self.request_id(),
-            ..By::actor(self.actor())
+            ..Edit::by(self.actor())
         }
     }
 

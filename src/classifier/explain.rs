@@ -5,12 +5,57 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::{Classifier, conflicted};
 use crate::domain::rule::RuleOutcome;
+use crate::domain::{Certname, NodeFacts};
 use crate::domain::{
     ChainExplanation, Classification, Conflict, Explanation, GroupName, GroupTree, NodeGroup, Why,
     classify_all, explain_chain,
 };
-use crate::store::enc::Classifiable;
+use crate::error::AppError;
+use crate::store::enc::{Classifiable, ClassificationInputs};
+
+impl Classifier<'_> {
+    /// The facts a read of `name`'s classification judges rules with: `given` (an agent
+    /// run's), else none where the stored rule view serves the rules (or every node with
+    /// facts has a view and this one has none), else the node's whole stored facts (its view
+    /// was taken through other rules' paths, or not yet taken).
+    pub async fn facts_for(
+        &self,
+        name: &Certname,
+        inputs: &ClassificationInputs,
+        given: Option<NodeFacts>,
+    ) -> Result<Option<NodeFacts>, AppError> {
+        Ok(match (given, inputs.view()?) {
+            (Some(given), _) => Some(given),
+            (None, Some((_, true))) => None,
+            (None, None) if self.keeper.every_node_viewed() => None,
+            (None, _) => self.store.facts(name).await?,
+        })
+    }
+}
+
+/// `name`'s classification from what was read (with `facts`, if any, in place of its view)
+/// and, when `explain`, its membership; a conflict is then explained with the membership too.
+pub fn classify_read(
+    name: &Certname,
+    inputs: &ClassificationInputs,
+    facts: Option<NodeFacts>,
+    explain: bool,
+) -> Result<(Classification, Explanation, Option<Membership>), AppError> {
+    let classifiable = inputs.classifiable(name, facts)?;
+    let (classification, explanation) = classified(&classifiable).map_err(|conflicts| {
+        match (conflicted(name, conflicts), explain) {
+            (AppError::NodeConflicts(detail, conflicts), true) => {
+                let why = serde_json::to_value(membership(&inputs.tree, &classifiable));
+                AppError::ExplainedNodeConflicts(detail, conflicts, why.unwrap_or_default())
+            }
+            (other, _) => other,
+        }
+    })?;
+    let membership = explain.then(|| membership(&inputs.tree, &classifiable));
+    Ok((classification, explanation, membership))
+}
 
 /// The node's classification merged from its leaf groups' chains, and where each part came
 /// from; the keys they disagree on if they do.

@@ -10,7 +10,7 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::store::Record;
 use crate::store::enc::ClassificationInputs;
-use crate::store::{By, StoreError};
+use crate::store::{Edit, StoreError};
 
 /// Who sent an agent run's facts.
 #[derive(Clone, Copy)]
@@ -20,7 +20,7 @@ pub struct Sender<'a> {
     /// Whether they are bound to some clusters: a node they may not see is answered as absent,
     /// and so is one no group of theirs would take in.
     pub bound: bool,
-    pub by: By<'a>,
+    pub by: Edit<'a>,
 }
 
 impl Classifier<'_> {
@@ -63,7 +63,7 @@ impl Classifier<'_> {
         name: &Certname,
         facts: &NodeFacts,
         reaches: impl Fn(&ClusterName) -> bool,
-        by: By<'_>,
+        by: Edit<'_>,
     ) -> Result<(), AppError> {
         if !self.learns {
             return Err(absent(name));
@@ -74,7 +74,7 @@ impl Classifier<'_> {
             }
             let (tree, snapshot) = self.store.snapshot().await?;
             let node = learnt(&tree, name, facts, &reaches)?;
-            let by = By {
+            let by = Edit {
                 judged: Some(snapshot),
                 ..by
             };

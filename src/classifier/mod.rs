@@ -2,7 +2,7 @@
 //! a write that would give nodes conflicting values. Every write that can change a node's
 //! classification comes here as a [`Change`]: it is judged on one snapshot of the groups and
 //! the nodes (`Store::snapshot`), and committed only while both are still as they were
-//! (`By::judged`); if either moved, it is judged again on the new ones. Handlers parse,
+//! (`Edit::judged`); if either moved, it is judged again on the new ones. Handlers parse,
 //! authorize, call [`Classifier::write`] and shape its [`Outcome`].
 
 pub mod explain;
@@ -11,6 +11,7 @@ pub mod impact;
 mod learn;
 pub use learn::Sender;
 mod members;
+mod past;
 pub mod plan;
 pub mod views;
 
@@ -29,7 +30,7 @@ use crate::error::AppError;
 use crate::store::Key;
 use crate::store::RecordKind;
 use crate::store::enc::{NODE, NODE_GROUP};
-use crate::store::{By, Kind, Snapshot, Store, StoreError};
+use crate::store::{Edit, Kind, Snapshot, Store, StoreError};
 
 /// The most nodes one group may pin.
 pub const MAX_PINS: usize = 10_000;
@@ -155,14 +156,14 @@ struct Judged<'a> {
 }
 
 impl Judged<'_> {
-    fn by(&self) -> By<'_> {
-        By {
+    fn by(&self) -> Edit<'_> {
+        Edit {
             dry_run: self.write.dry_run,
             force: self.write.force,
             conflicts: self.conflicts.as_ref(),
             judged: self.snapshot.filter(|_| !self.write.dry_run),
             request_id: self.write.request_id,
-            ..By::actor(self.write.actor)
+            ..Edit::by(self.write.actor)
         }
     }
 

@@ -8,9 +8,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::parse_name;
 use crate::AppState;
 use crate::auth::{Asker, Caller, Deferred, Identity};
+use crate::classifier::explain::classify_read;
 pub use crate::classifier::explain::{GroupMembership, Membership, RuleResult};
-use crate::classifier::explain::{classified, membership};
-use crate::classifier::{Sender, absent, conflicted};
+use crate::classifier::{Sender, absent};
 use crate::domain::{Certname, Classification, ClusterName, Explanation, NodeFacts};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Json, Path, Query};
@@ -213,7 +213,10 @@ async fn answer(
     };
     if let Some(at) = &query.at {
         let at = super::history::instant("at", at)?;
-        let Some(then) = super::history::classification_at(state, &name, &at).await? else {
+        let Some(then) = super::classifier(state)
+            .classification_at(&name, &at)
+            .await?
+        else {
             return Err(AppError::NotFound(format!(
                 "node {name} did not exist at {} (or the history does not reach back so far)",
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -221,30 +224,14 @@ async fn answer(
         };
         return Ok(respond(render(then, None)?.0));
     }
-    // A view that does not serve the rules (taken through other paths, or not yet taken):
-    // the node's whole facts are read, and the answer is made afresh.
-    let given = match (given, inputs.view()?) {
-        (Some(given), _) => Some(given),
-        (None, Some((_, true))) => None,
-        (None, None) if state.views.every_node_viewed() => None,
-        (None, _) => state.store.facts(&name).await?,
-    };
+    let given = super::classifier(state)
+        .facts_for(&name, &inputs, given)
+        .await?;
     let fresh = given.is_some();
     let make = || {
-        let classifiable = inputs.classifiable(&name, given)?;
-        let classified = classified(&classifiable).map_err(|conflicts| {
-            match (conflicted(&name, conflicts), query.explain) {
-                (AppError::NodeConflicts(detail, conflicts), true) => {
-                    let why = serde_json::to_value(membership(&inputs.tree, &classifiable));
-                    AppError::ExplainedNodeConflicts(detail, conflicts, why.unwrap_or_default())
-                }
-                (other, _) => other,
-            }
-        })?;
-        let membership = query
-            .explain
-            .then(|| membership(&inputs.tree, &classifiable));
-        render(classified, membership)
+        let (classification, explanation, membership) =
+            classify_read(&name, &inputs, given, query.explain)?;
+        render((classification, explanation), membership)
     };
     // The same node record and facts under the same groups classify the same: made once, kept.
     let body = match &inputs.node {
@@ -354,7 +341,7 @@ pub async fn post(
 #[utoipa::path(get, path = "/nodes/{unique_name}/facts", tag = "classification",
     operation_id = "node_facts", security(("bearer" = ["admin"])),
     params(("unique_name" = Certname, Path, description = "The node's certname")),
-    responses((status = 200, body = NodeFacts), ReadProblems))]
+    responses((status = 200, description = "The node's last facts", body = NodeFacts), ReadProblems))]
 pub async fn facts(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -1,7 +1,6 @@
-//! Change history: each object's revisions, the feed of every change, classifications as they
-//! were at an instant and how they changed between two, and restoring an earlier version.
-
-use std::collections::BTreeSet;
+//! Change history: each object's revisions, the feed of every change, how a node's classification
+//! changed between two instants (judged as it was by `Classifier::classification_at`), and
+//! restoring an earlier version.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
@@ -17,17 +16,17 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::classifier::Change;
 use crate::domain::{
-    Certname, Classification, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName,
-    Explanation, GroupName, GroupTree, Node, NodeGroup, Revision, Scope, Stored, classify_all,
+    Certname, ClassificationDiff, ClusterName, EnvironmentKey, EnvironmentName, GroupName, Node,
+    NodeGroup, Revision, Scope, Stored,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
 use crate::extract::{IfMatch, Path, Query};
+use crate::store::ChangeFilter;
 use crate::store::Key;
 use crate::store::RecordKind;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::history::kind_named;
 use crate::store::tokens::TOKEN;
-use crate::store::{ChangeFilter, StoreError};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +136,7 @@ fn env_key(key: &EnvironmentKey) -> Key {
 #[utoipa::path(get, path = "/nodes/{unique_name}/history", tag = "history", operation_id = "node_history",
     security(("bearer" = ["read"]), ("bearer" = ["classify"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"), HistoryQuery),
-    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+    responses((status = 200, description = "A page of the node's revisions, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn node(
     State(state): State<AppState>,
     caller: Caller,
@@ -154,7 +153,7 @@ pub async fn node(
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/history", tag = "history", operation_id = "node_group_history",
     security(("bearer" = ["read"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), HistoryQuery),
-    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+    responses((status = 200, description = "A page of the group's revisions, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn node_group(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -168,7 +167,7 @@ pub async fn node_group(
 #[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}/history", tag = "history",
     operation_id = "environment_history", security(("bearer" = ["read"])),
     params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), HistoryQuery),
-    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+    responses((status = 200, description = "A page of the environment's revisions, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn environment(
     State(state): State<AppState>,
     Path((environment, cluster)): Path<(String, String)>,
@@ -184,7 +183,7 @@ pub async fn environment(
 /// items than `limit`: follow `next_cursor` to the end.
 #[utoipa::path(get, path = "/changes", tag = "history", operation_id = "list_changes",
     security(("bearer" = ["read"])), params(ChangesQuery),
-    responses((status = 200, body = ListResponse<Revision>), ReadProblems))]
+    responses((status = 200, description = "A page of changes, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn changes(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,7 +235,7 @@ pub async fn changes(
     operation_id = "restore_node", security(("bearer" = ["write"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"),
         ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader, ForceQuery),
-    responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The node, as the version restored", body = Stored<Node>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_node(
     State(state): State<AppState>,
     asked: Restoring<(String, u64)>,
@@ -258,7 +257,7 @@ pub async fn restore_node(
     operation_id = "restore_node_group", security(("bearer" = ["write"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"),
         ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader, ForceQuery),
-    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The group, as the version restored", body = Stored<NodeGroup>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_node_group(
     State(state): State<AppState>,
     asked: Restoring<(String, u64)>,
@@ -280,7 +279,7 @@ pub async fn restore_node_group(
     tag = "history", operation_id = "restore_environment", security(("bearer" = ["write"])),
     params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path),
         ("version" = u64, Path, description = "The version to restore", minimum = 1), IfMatchHeader, ForceQuery),
-    responses((status = 200, body = Stored<crate::domain::Environment>, headers(("ETag" = String))), WriteProblems))]
+    responses((status = 200, description = "The environment, as the version restored", body = Stored<crate::domain::Environment>, headers(("ETag" = String))), WriteProblems))]
 pub async fn restore_environment(
     State(state): State<AppState>,
     asked: Restoring<(String, String, u64)>,
@@ -333,99 +332,6 @@ impl<P> Restoring<P> {
     }
 }
 
-/// The object as it was at `at`: its last revision then, or, for an object whose history
-/// begins later but which has not changed since before `at`, the object as it is.
-async fn as_of<T: DeserializeOwned>(
-    state: &AppState,
-    kind: &'static RecordKind,
-    key: &Key,
-    at: &DateTime<Utc>,
-) -> Result<Option<T>, AppError> {
-    let internal = |e: serde_json::Error| AppError::Internal(Box::new(e));
-    if let Some(revision) = state.store.revision_at(kind, key, at).await? {
-        return revision
-            .object
-            .map(|o| serde_json::from_value::<Stored<T>>(o).map(|s| s.item))
-            .transpose()
-            .map_err(internal);
-    }
-    let current = match state.store.record(kind, key).await {
-        Ok(record) => record,
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let object: Stored<T> = crate::store::decode(&current)?;
-    Ok((object.meta.updated_at <= *at).then_some(object.item))
-}
-
-/// The group tree as it was at `at`: every group that existed then (those that exist now,
-/// and those whose revisions since say they changed or went), each as it was.
-async fn tree_at(state: &AppState, at: &DateTime<Utc>) -> Result<GroupTree, AppError> {
-    let now = state.store.current_tree().await?;
-    let mut names: BTreeSet<GroupName> = now.names().cloned().collect();
-    let filter = ChangeFilter {
-        since: Some(*at),
-        kind: Some(&NODE_GROUP),
-        ..ChangeFilter::default()
-    };
-    let mut cursor = None;
-    loop {
-        let page = crate::store::PageRequest {
-            limit: 1000,
-            cursor,
-        };
-        let changes = state.store.changes(&filter, &page).await?;
-        for revision in &changes.items {
-            names.extend(GroupName::parse(&revision.key).ok());
-        }
-        match changes.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let mut groups = Vec::with_capacity(names.len());
-    for name in names {
-        let key = Key::one(name.as_str());
-        groups.extend(as_of::<NodeGroup>(state, &NODE_GROUP, &key, at).await?);
-    }
-    Ok(GroupTree::of_groups(groups))
-}
-
-/// The node's classification as it was at `at`, judged as it was then: the node, every
-/// group and the node's rule view as they were (so memberships by rule and pin are replayed);
-/// `None` if the node did not exist then.
-pub async fn classification_at(
-    state: &AppState,
-    name: &Certname,
-    at: &DateTime<Utc>,
-) -> Result<Option<(Classification, Explanation)>, AppError> {
-    let Some(node) = as_of::<Node>(state, &NODE, &Key::one(name.as_str()), at).await? else {
-        return Ok(None);
-    };
-    let Some(view) = state.store.view_at(name, at).await? else {
-        return Err(AppError::NotFound(format!(
-            "the facts node {name} had at {} are no longer in the history",
-            at.to_rfc3339_opts(SecondsFormat::Millis, true)
-        )));
-    };
-    let tree = tree_at(state, at).await?;
-    let facts = view.map(|v| v.into_facts());
-    // A group of its chains that is gone from the history: as for a node, not found.
-    let chains = tree.leaves(&node, facts.as_ref()).map_err(|e| {
-        AppError::NotFound(format!(
-            "node {name}'s groups at {} are not all in the history ({e})",
-            at.to_rfc3339_opts(SecondsFormat::Millis, true)
-        ))
-    })?;
-    let chains: Vec<Vec<&NodeGroup>> = chains
-        .iter()
-        .map(|chain| chain.iter().map(|g| &**g).collect())
-        .collect();
-    classify_all(&node, &chains)
-        .map(Some)
-        .map_err(|conflicts| crate::classifier::conflicted(name, conflicts))
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -457,7 +363,7 @@ pub struct DiffResponse {
 #[utoipa::path(get, path = "/nodes/{unique_name}/classification/diff", tag = "history",
     operation_id = "classification_diff", security(("bearer" = ["read"]), ("bearer" = ["classify"])),
     params(("unique_name" = Certname, Path, description = "The node's certname"), DiffQuery),
-    responses((status = 200, body = DiffResponse), ReadProblems))]
+    responses((status = 200, description = "How the classification changed", body = DiffResponse), ReadProblems))]
 pub async fn diff(
     State(state): State<AppState>,
     caller: Caller,
@@ -477,8 +383,12 @@ pub async fn diff(
     if from > to {
         return Err(AppError::invalid("to", "must not be before from"));
     }
-    let before = classification_at(&state, &name, &from).await?.map(|c| c.0);
-    let after = classification_at(&state, &name, &to).await?.map(|c| c.0);
+    let classifier = super::classifier(&state);
+    let before = classifier
+        .classification_at(&name, &from)
+        .await?
+        .map(|c| c.0);
+    let after = classifier.classification_at(&name, &to).await?.map(|c| c.0);
     if before.is_none() && after.is_none() {
         return Err(AppError::NotFound(format!(
             "node {name} has no classification at either instant"

@@ -93,8 +93,8 @@ pub struct ForceQuery {
 }
 
 impl ForceQuery {
-    pub fn by<'a>(&self, caller: &'a crate::auth::Caller) -> crate::store::By<'a> {
-        crate::store::By {
+    pub fn by<'a>(&self, caller: &'a crate::auth::Caller) -> crate::store::Edit<'a> {
+        crate::store::Edit {
             force: self.force,
             ..caller.by()
         }

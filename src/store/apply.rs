@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::change::merge;
-use super::change::{By, OnFail, Step, retry};
+use super::change::{Edit, OnFail, Step, retry};
 use super::db::{Db, references};
 use super::engine::{Expect, Key, Op, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
@@ -39,7 +39,7 @@ impl Db {
     pub(super) async fn write_set(
         &self,
         planned: &[Planned],
-        by: By<'_>,
+        by: Edit<'_>,
         extra: Vec<Step>,
     ) -> Result<Vec<u64>> {
         // A commit that lost a race (another transaction on the same records, or a record
@@ -78,7 +78,7 @@ impl Db {
     pub(super) async fn set_steps(
         &self,
         planned: &[Planned],
-        by: By<'_>,
+        by: Edit<'_>,
     ) -> Result<(Vec<Step>, Vec<u64>)> {
         let keys: Vec<_> = planned
             .iter()

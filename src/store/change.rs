@@ -1,4 +1,4 @@
-//! What a change is made of, below the rules that check it: who makes it and how (`By`), the
+//! What a change is made of, below the rules that check it: who makes it and how (`Edit`), the
 //! version it writes (`Version`), the writes of its commit with what each one's failure means
 //! (`Step`, merged to one write per record by `merge`), the checks a kind adds (`Guard`), and
 //! trying again when a write lost a race.
@@ -91,9 +91,12 @@ pub(in crate::store) enum Version {
     Next(Option<u64>),
 }
 
-/// Who makes a change, and how.
+/// An edit of the store: who makes it (`actor`, `request_id`, kept in its revision) and how
+/// it is made (a dry run, quietly, forced, as a restore, as part of an apply, judged on a
+/// snapshot). Write methods take it as `by`: the edit by `actor` (`Edit::by`), with how it
+/// is made set on top.
 #[derive(Debug, Clone, Copy)]
-pub struct By<'a> {
+pub struct Edit<'a> {
     pub actor: &'a str,
     /// The request that makes the change, if one does: its revision keeps the id.
     pub request_id: Option<&'a str>,
@@ -132,8 +135,9 @@ impl Apply<'_> {
     }
 }
 
-impl<'a> By<'a> {
-    pub fn actor(actor: &'a str) -> Self {
+impl<'a> Edit<'a> {
+    /// A plain edit by `actor`: stored, revised, not forced, outside any apply.
+    pub fn by(actor: &'a str) -> Self {
         Self {
             actor,
             request_id: None,
@@ -148,15 +152,15 @@ impl<'a> By<'a> {
     }
 }
 
-impl<'a> From<&'a str> for By<'a> {
+impl<'a> From<&'a str> for Edit<'a> {
     fn from(actor: &'a str) -> Self {
-        Self::actor(actor)
+        Self::by(actor)
     }
 }
 
-impl<'a> From<&'a String> for By<'a> {
+impl<'a> From<&'a String> for Edit<'a> {
     fn from(actor: &'a String) -> Self {
-        Self::actor(actor)
+        Self::by(actor)
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::change::Version;
-use super::change::{By, Guard, OnFail, Step};
+use super::change::{Edit, Guard, OnFail, Step};
 use super::engine::{Expect, Key, Op, Write};
 use super::record::{ITEM_TYPE, Index, RecordKind, to_body};
 use super::{Kind, Page, PageRequest, Result, Store, StoreError};
@@ -285,7 +285,7 @@ impl Store {
         key: &Key,
         version: u64,
         expected: Option<u64>,
-        by: By<'_>,
+        by: Edit<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<crate::domain::Stored<T>>
     where
@@ -301,7 +301,7 @@ impl Store {
         };
         let old: crate::domain::Stored<T> =
             serde_json::from_value(object).map_err(|e| StoreError::Internal(Box::new(e)))?;
-        let by = By {
+        let by = Edit {
             restored_from: Some(version),
             ..by
         };

@@ -18,7 +18,7 @@ pub mod tokens;
 
 pub use apply::Planned;
 pub use change::Snapshot;
-pub use change::{Apply, By, TREE_OWNER, decode};
+pub use change::{Apply, Edit, TREE_OWNER, decode};
 pub use cursor::Cursor;
 pub use db::MAX_REFERRERS;
 pub use engine::{Key, Position, Record};

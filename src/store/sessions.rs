@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::change::Version;
-use super::change::{By, NoGuard};
+use super::change::{Edit, NoGuard};
 use super::engine::Key;
 use super::record::RecordKind;
 use super::{Kind, Result, Store, StoreError};
@@ -53,7 +53,7 @@ impl Store {
                 &SESSION,
                 session,
                 Version::First,
-                By::actor(&actor),
+                Edit::by(&actor),
                 &NoGuard,
             )
             .await
@@ -73,9 +73,9 @@ impl Store {
         let mut session = used.item;
         session.seen_at = at;
         let actor = session.actor.clone();
-        let by = By {
+        let by = Edit {
             quiet: true,
-            ..By::actor(&actor)
+            ..Edit::by(&actor)
         };
         self.db
             .put(
@@ -91,9 +91,9 @@ impl Store {
 
     /// Ends the session named `name` (nothing if there is none).
     pub async fn end_session(&self, name: &str) -> Result<()> {
-        let by = By {
+        let by = Edit {
             quiet: true,
-            ..By::actor("enc")
+            ..Edit::by("enc")
         };
         match self
             .db

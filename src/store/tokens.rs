@@ -2,7 +2,7 @@
 //! secret, never the secret.
 
 use super::change::Version;
-use super::change::{By, NoGuard};
+use super::change::{Edit, NoGuard};
 use super::engine::{Key, Record};
 use super::record::{ITEM_TYPE, Index, RecordKind};
 use super::{Kind, Page, PageRequest, Result, Store};
@@ -16,7 +16,11 @@ pub static TOKEN: RecordKind = RecordKind {
 };
 
 impl Store {
-    pub async fn create_token(&self, token: Token, by: impl Into<By<'_>>) -> Result<Stored<Token>> {
+    pub async fn create_token(
+        &self,
+        token: Token,
+        by: impl Into<Edit<'_>>,
+    ) -> Result<Stored<Token>> {
         self.db
             .put(&TOKEN, token, Version::First, by.into(), &NoGuard)
             .await
@@ -45,9 +49,9 @@ impl Store {
         token.last_used_at = Some(at);
         let actor = token.name.to_string();
         let version = Some(used.meta.version);
-        let by = By {
+        let by = Edit {
             quiet: true,
-            ..By::actor(&actor)
+            ..Edit::by(&actor)
         };
         self.db
             .put(&TOKEN, token, Version::Next(version), by, &NoGuard)
@@ -59,7 +63,7 @@ impl Store {
         &self,
         name: &TokenName,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
         self.db

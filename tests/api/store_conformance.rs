@@ -520,7 +520,7 @@ async fn activities_list_by_date_with_filters_and_pages() {
     let label = |s: &str| Some(Label::parse(s).unwrap());
     let date = |s: &str| Some(s.parse().unwrap());
 
-    // By date, then in the order recorded.
+    // Edit date, then in the order recorded.
     let all = s
         .list_activities(&ActivityFilter::default(), &page(100, None))
         .await

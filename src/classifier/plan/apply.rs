@@ -13,7 +13,7 @@ use crate::error::AppError;
 use crate::store::Key;
 use crate::store::RecordKind;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
-use crate::store::{Apply, By, Planned, Snapshot, Store, StoreError};
+use crate::store::{Apply, Edit, Planned, Snapshot, Store, StoreError};
 
 fn stale(id: &str) -> AppError {
     AppError::PreconditionFailed(format!(
@@ -79,7 +79,7 @@ async fn resumed(
 async fn write(
     store: &Store,
     batches: &[&[PlanStep]],
-    mut by: By<'_>,
+    mut by: Edit<'_>,
     applied: &mut Vec<Applied>,
 ) -> Result<bool, StoreError> {
     for batch in batches.iter().filter(|b| !b.is_empty()) {
@@ -180,12 +180,12 @@ impl Classifier<'_> {
             plan_id: id,
             source_revision: proposal.source_revision.as_deref(),
         };
-        let by = By {
+        let by = Edit {
             apply: Some(apply),
             conflicts: conflicts.as_ref(),
             judged: Some(planning.conflicts.snapshot),
             request_id: write.request_id,
-            ..By::actor(write.actor)
+            ..Edit::by(write.actor)
         };
         let batches: Vec<&[PlanStep]> = store
             .commits(steps.iter().map(|s| &s.planned))

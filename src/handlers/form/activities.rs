@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::domain::{Activity, Label, Summary, Total, summarize};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::Query;
-use crate::store::{ActivityFilter, PageRequest};
+use crate::store::ActivityFilter;
 
 /// Days a summary covers when no range is given: the last 30, today included.
 const DEFAULT_DAYS: u64 = 30;
@@ -145,27 +145,10 @@ impl RangeQuery {
     }
 }
 
-/// Every entry the filter selects, read a page at a time.
-async fn all_entries(state: &AppState, filter: &ActivityFilter) -> Result<Vec<Activity>, AppError> {
-    let mut entries = Vec::new();
-    let mut page = PageRequest {
-        limit: 1000,
-        cursor: None,
-    };
-    loop {
-        let batch = state.store.list_activities(filter, &page).await?;
-        entries.extend(batch.items);
-        match batch.next_cursor {
-            Some(cursor) => page.cursor = Some(cursor),
-            None => return Ok(entries),
-        }
-    }
-}
-
 /// List recorded activities by date, filtered and paginated.
 #[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", operation_id = "list_activities",
     security(("bearer" = ["activities:read"])), params(EntriesQuery),
-    responses((status = 200, body = ListResponse<Activity>), ReadProblems))]
+    responses((status = 200, description = "A page of activities", body = ListResponse<Activity>), ReadProblems))]
 pub async fn entries(
     State(state): State<AppState>,
     Query(q): Query<EntriesQuery>,
@@ -261,29 +244,10 @@ pub async fn entries_csv(
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, AppError> {
     let filter = q.filter(false)?;
-    let page = |cursor| PageRequest {
-        limit: CSV_PAGE,
-        cursor,
-    };
-    // The first page is read before answering, so a store that fails fails the status.
-    let first = state.store.list_activities(&filter, &page(None)).await?;
-    let head = bytes::Bytes::from(csv(&first.items, true));
-    let store = state.store.clone();
-    let rest = futures_util::stream::unfold(first.next_cursor, move |cursor| {
-        let (store, filter) = (store.clone(), filter.clone());
-        async move {
-            let listed = store.list_activities(&filter, &page(Some(cursor?))).await;
-            Some(match listed {
-                Ok(next) => (
-                    Ok(bytes::Bytes::from(csv(&next.items, false))),
-                    next.next_cursor,
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %crate::error::cause_chain(&e), "CSV export cut short");
-                    (Err(e), None)
-                }
-            })
-        }
+    let (first, rest) = crate::activities::pages(&state.store, filter, CSV_PAGE).await?;
+    let head = bytes::Bytes::from(csv(&first, true));
+    let rest = futures_util::StreamExt::map(rest, |page| {
+        page.map(|p| bytes::Bytes::from(csv(&p, false)))
     });
     let body = futures_util::StreamExt::chain(futures_util::stream::once(async { Ok(head) }), rest);
     let mut response = axum::body::Body::from_stream(body).into_response();
@@ -312,7 +276,7 @@ pub struct SummaryResponse {
 
 async fn summary_of(state: &AppState, q: RangeQuery) -> Result<SummaryResponse, AppError> {
     let filter = q.filter(true)?;
-    let entries = all_entries(state, &filter).await?;
+    let entries = crate::activities::all(&state.store, &filter).await?;
     Ok(SummaryResponse {
         from: filter.from.unwrap_or_default(),
         to: filter.to.unwrap_or_default(),
@@ -323,7 +287,7 @@ async fn summary_of(state: &AppState, q: RangeQuery) -> Result<SummaryResponse, 
 /// Hours summed by customer, project and engineer over a date range.
 #[utoipa::path(get, path = "/metrics-form/summary", tag = "metrics form", operation_id = "summarize_activities",
     security(("bearer" = ["activities:read"])), params(RangeQuery),
-    responses((status = 200, body = SummaryResponse), ReadProblems))]
+    responses((status = 200, description = "Hours summed", body = SummaryResponse), ReadProblems))]
 pub async fn summary(
     State(state): State<AppState>,
     Query(q): Query<RangeQuery>,

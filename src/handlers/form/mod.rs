@@ -1,7 +1,8 @@
 //! The metrics form, one of enc's two products: engineers record work for customer projects,
 //! by HTML form or JSON (here); what was recorded, listed, summed and reported
 //! (`activities.rs`); signing in without the load balancer (`sign_in.rs`). Below the HTTP
-//! layer: `domain::activity`, `store::activities`, `store::sessions` and `auth::session`.
+//! layer: `crate::activities` (the service), `domain::activity`, `store::activities`,
+//! `store::sessions` and `auth::session`.
 
 pub mod activities;
 pub mod sign_in;
@@ -58,51 +59,6 @@ pub struct ActivityBody {
     /// `_`, `.` or `:`.
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     idempotency_key: Option<String>,
-}
-
-/// What makes a submission the same one: every field entered.
-fn fingerprint(a: &Activity) -> String {
-    let entered = (
-        a.engineer.as_str(),
-        a.customer.as_str(),
-        a.project.as_str(),
-        a.activity_type.as_str(),
-        a.date,
-        a.hours.quarters(),
-        &a.description,
-    );
-    crate::auth::secret::sha256_hex(&serde_json::to_string(&entered).unwrap_or_default())
-}
-
-fn valid_key(key: &str) -> bool {
-    (1..=128).contains(&key.len())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// Saves the entry; with an idempotency key, once for that key. `true` when it was new.
-async fn save(
-    state: &AppState,
-    activity: Activity,
-    key: Option<&str>,
-) -> Result<(Activity, bool), AppError> {
-    let Some(key) = key else {
-        return Ok((state.store.create_activity(activity).await?, true));
-    };
-    if !valid_key(key) {
-        return Err(AppError::invalid(
-            "idempotency_key",
-            "must be 1 to 128 letters, digits, '-', '_', '.' or ':'",
-        ));
-    }
-    let print = fingerprint(&activity);
-    Ok(
-        match state.store.record_activity(activity, key, &print).await? {
-            crate::store::activities::Recorded::New(a) => (a, true),
-            crate::store::activities::Recorded::Again(a) => (a, false),
-        },
-    )
 }
 
 /// Hours as JSON sends them (a number) or as a form does (text).
@@ -248,7 +204,7 @@ impl FormPage {
         let idempotency_key = values
             .idempotency_key
             .clone()
-            .filter(|k| valid_key(k))
+            .filter(|k| crate::activities::valid_key(k))
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         FormPage {
             saved,
@@ -408,7 +364,7 @@ async fn record(
             match values.clone().recorded_by(caller, today()) {
                 Ok(activity) => {
                     let key = values.idempotency_key.as_deref();
-                    let (saved, _) = save(state, activity, key).await?;
+                    let (saved, _) = crate::activities::save(&state.store, activity, key).await?;
                     // `Redirect::to` is 303 See Other: the browser GETs the form again.
                     Ok(Redirect::to(&format!("/metrics-form?saved={}", saved.id)).into_response())
                 }
@@ -427,7 +383,7 @@ async fn record(
             let activity = values
                 .recorded_by(caller, today())
                 .map_err(AppError::Validation)?;
-            let (saved, new) = save(state, activity, key.as_deref()).await?;
+            let (saved, new) = crate::activities::save(&state.store, activity, key.as_deref()).await?;
             let mut response = (StatusCode::CREATED, axum::Json(saved)).into_response();
             if !new {
                 response.headers_mut().insert(

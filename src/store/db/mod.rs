@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::change::{By, Guard, OnFail, Step, Version, decode, merge, retry};
+use super::change::{Edit, Guard, OnFail, Step, Version, decode, merge, retry};
 use super::engine::{CommitError, Engine, Expect, Key, Op, Record, Write};
 use super::history::{self, HEAD, Made, head_key};
 use super::record::{RecordKind, to_body};
@@ -73,7 +73,7 @@ pub(super) fn references(
 }
 
 /// Refuses an API write to an object a tree owns, unless forced.
-fn check_owner(kind: Kind, key: &Key, meta: &Meta, by: &By<'_>) -> Result<()> {
+fn check_owner(kind: Kind, key: &Key, meta: &Meta, by: &Edit<'_>) -> Result<()> {
     match &meta.managed_by {
         Some(owner) if by.apply.is_none() && !by.force => Err(StoreError::Managed {
             kind,
@@ -182,7 +182,7 @@ impl Db {
         kind: &'static RecordKind,
         key: &Key,
         change: Change<'_, T>,
-        by: By<'_>,
+        by: Edit<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<Option<Stored<T>>>
     where
@@ -327,7 +327,7 @@ impl Db {
         kind: &'static RecordKind,
         item: T,
         version: Version,
-        by: By<'_>,
+        by: Edit<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<Stored<T>>
     where
@@ -371,7 +371,7 @@ impl Db {
         kind: &'static RecordKind,
         key: &Key,
         expected: Option<u64>,
-        by: By<'_>,
+        by: Edit<'_>,
         guard: &dyn Guard<T>,
     ) -> Result<()>
     where

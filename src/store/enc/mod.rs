@@ -13,7 +13,7 @@ use self::pins::Unpin;
 pub use self::tree::{GENERATION, TreeCache};
 use self::tree::{Held, TreeGuard, generation_key, held_fleet, hold, judged, moved_fleet, raise};
 use super::change::Version;
-use super::change::{By, MAX_TRIES, NoGuard, decode};
+use super::change::{Edit, MAX_TRIES, NoGuard, decode};
 use super::engine::{Key, Position, Record};
 use super::record::{Derived, ITEM_TYPE, Index, RecordKind, Reference};
 use super::tokens::TOKEN;
@@ -145,7 +145,7 @@ fn env_key(key: &EnvironmentKey) -> Key {
 }
 
 impl Store {
-    fn tree_guard(&self, by: By<'_>) -> TreeGuard<'_> {
+    fn tree_guard(&self, by: Edit<'_>) -> TreeGuard<'_> {
         TreeGuard {
             store: self,
             judged: by.judged,
@@ -198,7 +198,7 @@ impl Store {
     pub async fn create_environment(
         &self,
         env: Environment,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<Environment>> {
         self.db
             .put(&ENVIRONMENT, env, Version::First, by.into(), &NoGuard)
@@ -228,7 +228,7 @@ impl Store {
         &self,
         key: &EnvironmentKey,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<()> {
         self.db
             .delete::<Environment>(&ENVIRONMENT, &env_key(key), expected, by.into(), &NoGuard)
@@ -238,7 +238,7 @@ impl Store {
     pub async fn create_node_group(
         &self,
         group: NodeGroup,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<NodeGroup>> {
         let by = by.into();
         self.db
@@ -258,7 +258,7 @@ impl Store {
         &self,
         group: NodeGroup,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<NodeGroup>> {
         let by = by.into();
         self.db
@@ -276,7 +276,7 @@ impl Store {
         &self,
         name: &GroupName,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
         let by = by.into();
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// Creates a node; with `by.judged`, only while the groups are the ones it was judged on.
-    pub async fn create_node(&self, node: Node, by: impl Into<By<'_>>) -> Result<Stored<Node>> {
+    pub async fn create_node(&self, node: Node, by: impl Into<Edit<'_>>) -> Result<Stored<Node>> {
         let by = by.into();
         let held = Held {
             store: self,
@@ -374,7 +374,7 @@ impl Store {
         &self,
         node: Node,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<Node>> {
         let by = by.into();
         let held = Held {
@@ -391,7 +391,7 @@ impl Store {
         &self,
         name: &Certname,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<()> {
         let key = Key::one(name.as_str());
         let by = by.into();
@@ -406,7 +406,7 @@ impl Store {
         key: &EnvironmentKey,
         version: u64,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<Environment>> {
         let key = env_key(key);
         self.restore(&ENVIRONMENT, &key, version, expected, by.into(), &NoGuard)
@@ -418,7 +418,7 @@ impl Store {
         name: &GroupName,
         version: u64,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<NodeGroup>> {
         let key = Key::one(name.as_str());
         let by = by.into();
@@ -432,7 +432,7 @@ impl Store {
         name: &Certname,
         version: u64,
         expected: Option<u64>,
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Stored<Node>> {
         let key = Key::one(name.as_str());
         let by = by.into();
@@ -480,7 +480,7 @@ impl Store {
     pub async fn apply_set(
         &self,
         planned: &[super::Planned],
-        by: impl Into<By<'_>>,
+        by: impl Into<Edit<'_>>,
     ) -> Result<Vec<u64>> {
         let by = by.into();
         let mut extra = Vec::new();

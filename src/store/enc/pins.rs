@@ -12,7 +12,7 @@ use super::tree::{held_fleet, hold, moved_fleet, raise};
 use super::{NODE, NODE_GROUP};
 use crate::domain::{Certname, GroupName, GroupTree, Node};
 use crate::store::Planned;
-use crate::store::change::{By, Guard, MAX_TRIES, Step};
+use crate::store::change::{Edit, Guard, MAX_TRIES, Step};
 use crate::store::engine::Key;
 use crate::store::history::{HEAD, head_key};
 use crate::store::{Kind, Result, Store, StoreError};
@@ -20,7 +20,7 @@ use crate::store::{Kind, Result, Store, StoreError};
 /// The guard of a node's deletion: the writes that take it off every group pinning it.
 pub(super) struct Unpin<'a> {
     pub(super) store: &'a Store,
-    pub(super) by: By<'a>,
+    pub(super) by: Edit<'a>,
 }
 
 #[async_trait]
@@ -74,7 +74,7 @@ impl Store {
         &self,
         tree: &GroupTree,
         nodes: &BTreeSet<Certname>,
-        by: By<'_>,
+        by: Edit<'_>,
     ) -> Result<Option<(Vec<Step>, Vec<GroupName>)>> {
         let names: BTreeSet<&GroupName> = nodes.iter().flat_map(|n| tree.pinning(n)).collect();
         // Judged (unpin-from-all), on the nodes as they were too.
@@ -130,7 +130,7 @@ impl Store {
         &self,
         tree: &GroupTree,
         nodes: &BTreeSet<Certname>,
-        by: By<'_>,
+        by: Edit<'_>,
     ) -> Result<Option<Vec<GroupName>>> {
         let Some((steps, groups)) = self.unpin_steps(tree, nodes, by).await? else {
             return Ok(None);
