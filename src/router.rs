@@ -222,7 +222,8 @@ fn link(document: &mut Document) {
     let answer = |field: &str| format!("$response.body#/{field}");
     // A write reached through a link is done, not previewed: a client that follows links
     // (schemathesis's stateful phase) must not take a dry run's answer for a change made,
-    // e.g. a group still there after a `DELETE ...?dry_run=true`.
+    // e.g. a group still there after a `DELETE ...?dry_run=true`. `"false"` as text: OpenAPI
+    // 3.1's schema has a link's parameters as strings (a query sends it as text anyway).
     let previewable = operations_with_query(document, "dry_run");
     for (path, targets, parameters) in LINKS {
         let Some(links) = created(document, path) else {
@@ -234,7 +235,7 @@ fn link(document: &mut Document) {
                 link = link.parameter(*parameter, answer(field));
             }
             if previewable.contains(*target) {
-                link = link.parameter("dry_run", false);
+                link = link.parameter("dry_run", "false");
             }
             links.insert(target.to_string(), RefOr::T(link.build()));
         }
@@ -251,7 +252,7 @@ fn link(document: &mut Document) {
             .operation_id(*target)
             .request_body(Some(body));
         if previewable.contains(*target) {
-            link = link.parameter("dry_run", false);
+            link = link.parameter("dry_run", "false");
         }
         links.insert(name.to_string(), RefOr::T(link.build()));
     }
@@ -276,42 +277,36 @@ fn operations_with_query(document: &Document, name: &str) -> std::collections::B
     found
 }
 
-/// Collections answer with and without a trailing slash: the document says so of each.
+/// Collections answer with and without a trailing slash; each operation is documented once,
+/// at the spelling the earlier ENC's clients use, and says it answers at the other too (so
+/// that Swagger UI lists it once).
 const COLLECTIONS: [&str; 4] = ["/nodes", "/nodegroup", "/environment", "/tokens"];
 
-/// Each collection's operations under both of its spellings (the copies' ids end `_slash`
-/// or `_bare`), so that the document lists every route there is.
+/// Says, in each collection operation's description, that it answers at both spellings.
 fn both_spellings(document: &mut Document) {
-    use utoipa::openapi::PathItem;
-    fn copy(from: &PathItem, into: &mut PathItem, suffix: &str, path: &str) {
-        let pairs = [
-            (&from.get, &mut into.get),
-            (&from.post, &mut into.post),
-            (&from.put, &mut into.put),
-            (&from.delete, &mut into.delete),
-        ];
-        for (source, target) in pairs {
-            if let (Some(operation), None) = (source, &target) {
-                let mut operation = operation.clone();
-                operation.operation_id = operation.operation_id.map(|id| format!("{id}{suffix}"));
-                let description = operation.description.take().unwrap_or_default();
-                operation.description = Some(format!(
-                    "The same operation as at `{path}`, for clients that spell it this way.\n\n{description}"
-                ));
-                *target = Some(operation);
-            }
-        }
-    }
     for bare in COLLECTIONS {
         let slashed = format!("{bare}/");
-        let paths = &mut document.paths.paths;
-        let a = paths.get(bare).cloned().unwrap_or_default();
-        let b = paths.get(&slashed).cloned().unwrap_or_default();
-        let (mut bare_item, mut slashed_item) = (a.clone(), b.clone());
-        copy(&b, &mut bare_item, "_bare", &slashed);
-        copy(&a, &mut slashed_item, "_slash", bare);
-        paths.insert(bare.to_owned(), bare_item);
-        paths.insert(slashed, slashed_item);
+        for (path, other) in [(bare, slashed.as_str()), (slashed.as_str(), bare)] {
+            let Some(item) = document.paths.paths.get_mut(path) else {
+                continue;
+            };
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let also =
+                    format!("Also answered at `{other}`: the collection takes both spellings.");
+                operation.description = Some(match operation.description.take() {
+                    Some(description) if !description.is_empty() => {
+                        format!("{description}\n\n{also}")
+                    }
+                    _ => also,
+                });
+            }
+        }
     }
 }
 
@@ -328,7 +323,7 @@ pub fn document() -> Document {
 
 /// The OpenAPI document as served at `/api-docs/openapi.json`: its JSON, made once. Only the
 /// text is kept: the document's own structure takes several MiB (every schema inlined into
-/// each path, and each path twice), the text about half a MiB.
+/// each path), the text about half a MiB.
 pub fn document_json() -> &'static Bytes {
     static JSON: LazyLock<Bytes> = LazyLock::new(|| {
         Bytes::from(serde_json::to_vec(&document()).expect("the document serializes"))

@@ -105,7 +105,7 @@ pub async fn create(
 /// List environments, optionally of one Puppet cluster.
 #[utoipa::path(get, path = "/environment", tag = "environments", operation_id = "list_environments",
     security(("bearer" = ["read"])), params(ListQuery),
-    responses((status = 200, body = ListResponse<Stored<Environment>>), ReadProblems))]
+    responses((status = 200, description = "A page of environments", body = ListResponse<Stored<Environment>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -126,7 +126,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}",
     tag = "environments", operation_id = "get_environment", security(("bearer" = ["read"])),
     params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path)),
-    responses((status = 200, body = Stored<Environment>, headers(("ETag" = String))), ReadProblems))]
+    responses((status = 200, description = "The environment", body = Stored<Environment>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     Path((environment_name, puppet_cluster_name)): Path<(String, String)>,

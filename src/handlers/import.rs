@@ -68,7 +68,7 @@ pub struct ImportQuery {
 /// form, so that a diff of two exports shows exactly what changed.
 #[utoipa::path(get, path = "/export", tag = "classification as code", operation_id = "export",
     security(("bearer" = ["read"])),
-    responses((status = 200, body = Tree), ReadProblems))]
+    responses((status = 200, description = "The tree: every object as a file", body = Tree), ReadProblems))]
 pub async fn export(State(state): State<AppState>) -> Result<axum::Json<Tree>, AppError> {
     let _place = super::classifier(&state).fleet_work()?;
     let current = AsStored::read(&state.store).await?;

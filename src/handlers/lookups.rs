@@ -97,7 +97,7 @@ where
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/nodes", tag = "node groups",
     operation_id = "node_group_members", security(("bearer" = ["read"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), LookupQuery),
-    responses((status = 200, body = ListResponse<Member>, headers(("Enc-Provisional" = String,
+    responses((status = 200, description = "A page of the group's nodes, each with why", body = ListResponse<Member>, headers(("Enc-Provisional" = String,
         description = "Present when some nodes were judged on rule views being taken again"))),
         ReadProblems))]
 pub async fn members(
@@ -122,7 +122,7 @@ pub async fn members(
 #[utoipa::path(get, path = "/classes/{class_name}/nodes", tag = "classification",
     operation_id = "class_holders", security(("bearer" = ["read"])),
     params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), LookupQuery),
-    responses((status = 200, body = ListResponse<Holder>, headers(("Enc-Provisional" = String,
+    responses((status = 200, description = "A page of the nodes that get the class, each with where it comes from", body = ListResponse<Holder>, headers(("Enc-Provisional" = String,
         description = "Present when some nodes were judged on rule views being taken again"))),
         ReadProblems))]
 pub async fn holders(

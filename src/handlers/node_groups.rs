@@ -238,7 +238,7 @@ pub async fn create(
 /// List node groups.
 #[utoipa::path(get, path = "/nodegroup", tag = "node groups", operation_id = "list_node_groups",
     security(("bearer" = ["read"])), params(PageQuery),
-    responses((status = 200, body = ListResponse<Stored<NodeGroup>>), ReadProblems))]
+    responses((status = 200, description = "A page of node groups", body = ListResponse<Stored<NodeGroup>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
@@ -252,7 +252,7 @@ pub async fn list(
 /// Read one node group.
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}", tag = "node groups", operation_id = "get_node_group",
     security(("bearer" = ["read"])), params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded")),
-    responses((status = 200, body = Stored<NodeGroup>, headers(("ETag" = String))), ReadProblems))]
+    responses((status = 200, description = "The node group", body = Stored<NodeGroup>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,

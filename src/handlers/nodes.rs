@@ -175,7 +175,7 @@ pub async fn create(
 /// List nodes, optionally filtered by environment, cluster or group.
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
     security(("bearer" = ["read"])), params(ListQuery),
-    responses((status = 200, body = ListResponse<Stored<Node>>), ReadProblems))]
+    responses((status = 200, description = "A page of nodes", body = ListResponse<Stored<Node>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -219,7 +219,7 @@ pub async fn list(
 /// Read one node.
 #[utoipa::path(get, path = "/nodes/{unique_name}", tag = "nodes", operation_id = "get_node",
     security(("bearer" = ["read"])), params(("unique_name" = Certname, Path, description = "The node's certname")),
-    responses((status = 200, body = Stored<Node>, headers(("ETag" = String))), ReadProblems))]
+    responses((status = 200, description = "The node", body = Stored<Node>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     // Not `Caller`: a request whose token is left to this handler has none, and makes none.

@@ -206,7 +206,7 @@ pub async fn create(
 /// List tokens (never their secrets).
 #[utoipa::path(get, path = "/tokens", tag = "tokens", operation_id = "list_tokens", security(("bearer" = ["admin"])),
     params(PageQuery),
-    responses((status = 200, body = ListResponse<Stored<TokenView>>), ReadProblems))]
+    responses((status = 200, description = "A page of tokens (never their secrets)", body = ListResponse<Stored<TokenView>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
@@ -221,7 +221,7 @@ pub async fn list(
 /// Read one token (never its secret).
 #[utoipa::path(get, path = "/tokens/{name}", tag = "tokens", operation_id = "get_token", security(("bearer" = ["admin"])),
     params(("name" = TokenName, Path)),
-    responses((status = 200, body = Stored<TokenView>, headers(("ETag" = String))), ReadProblems))]
+    responses((status = 200, description = "The token (never its secret)", body = Stored<TokenView>, headers(("ETag" = String))), ReadProblems))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -43,7 +43,7 @@ pub struct Taking {
 /// The paths rules read, and how far every node's rule view is taken through them.
 #[utoipa::path(get, path = "/rule-views", tag = "node groups",
     operation_id = "rule_views", security(("bearer" = ["read"])),
-    responses((status = 200, body = RuleViews), ReadProblems))]
+    responses((status = 200, description = "The rules' paths and how far views are taken", body = RuleViews), ReadProblems))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<RuleViews>, AppError> {
     let (tree, _) = state.store.snapshot().await?;
     let lens = tree.lens();

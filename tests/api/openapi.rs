@@ -15,6 +15,22 @@ async fn served_document_is_the_generated_one() {
     assert_eq!(served["openapi"], "3.1.0");
 }
 
+/// The document is valid OpenAPI 3.1, as `openapi-spec-validator` (PyPI) judges it: every
+/// response described, every link's parameters as the specification's schema has them.
+#[test]
+fn the_document_validates_as_openapi_3_1() {
+    const SCRIPT: &str = r#"
+import json, sys
+from openapi_spec_validator.validation import OpenAPIV31SpecValidator
+document = json.load(sys.stdin)
+errors = ["/".join(map(str, e.path)) + ": " + e.message
+          for e in OpenAPIV31SpecValidator(document).iter_errors()]
+print(json.dumps(errors))
+"#;
+    let errors = crate::helpers::python(SCRIPT, &document().to_string());
+    assert_eq!(errors, serde_json::json!([]), "{errors:#}");
+}
+
 #[test]
 fn openapi_snapshot() {
     insta::assert_json_snapshot!("openapi", document());
@@ -45,7 +61,7 @@ async fn every_documented_operation_is_routed() {
             count += 1;
         }
     }
-    assert_eq!(count, 57);
+    assert_eq!(count, 49, "operations documented (a collection's once)");
 }
 
 #[tokio::test]
@@ -251,7 +267,7 @@ fn every_link_to_a_previewable_write_says_it_is_not_a_dry_run() {
                     let target = link.1["operationId"].as_str().unwrap();
                     if previewable.contains(target) {
                         assert_eq!(
-                            link.1["parameters"]["dry_run"], false,
+                            link.1["parameters"]["dry_run"], "false",
                             "{}: {target}",
                             link.0
                         );
