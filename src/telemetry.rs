@@ -197,7 +197,13 @@ pub fn init(format: LogFormat, traces: bool) -> Telemetry {
     });
     // Log lines go to stderr from a thread of their own, so a request never waits for a write.
     let (writer, logs) = logs::to(std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colour only for a person at a terminal (and not with NO_COLOR): a file or a log
+    // driver gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(writer);
     let registry = tracing_subscriber::registry().with(events);
     let result = match format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
@@ -217,6 +223,11 @@ pub fn init(format: LogFormat, traces: bool) -> Telemetry {
         provider,
         _logs: logs,
     }
+}
+
+/// A duration in milliseconds to the microsecond (`0.418`, not `0.41781799999999997`).
+fn duration_ms(elapsed: std::time::Duration) -> f64 {
+    elapsed.as_micros() as f64 / 1000.0
 }
 
 /// A UUIDv7 for a request that brought no id: its time, then 74 random bits from this
@@ -453,7 +464,7 @@ where
                 route,
                 path,
                 status = status.as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = duration_ms(elapsed),
                 request_id,
                 store = observer.store,
                 error,
@@ -523,6 +534,13 @@ mod tests {
             span_names("other", UNMATCHED),
             (UNMATCHED, "other unmatched")
         );
+    }
+
+    #[test]
+    fn durations_are_logged_to_the_microsecond() {
+        use std::time::Duration;
+        assert_eq!(duration_ms(Duration::from_nanos(417_818)), 0.417);
+        assert_eq!(duration_ms(Duration::from_millis(1500)), 1500.0);
     }
 
     #[test]

@@ -109,6 +109,22 @@ impl Enc {
         env: &[(&str, &str)],
         capture: bool,
     ) -> Enc {
+        let stderr = if capture {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
+        Enc::start_logging_to(data, grace_seconds, env, stderr)
+    }
+
+    /// Starts enc with extra environment, its stderr (the logs) going to `stderr` (kept for
+    /// `logs()` if that is a pipe).
+    pub(crate) fn start_logging_to(
+        data: &EncData,
+        grace_seconds: u64,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Enc {
         let addr = free_addr();
         let mut command = data.command();
         command
@@ -116,11 +132,7 @@ impl Enc {
             .env("ENC_SHUTDOWN_GRACE_SECONDS", grace_seconds.to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(if capture {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
-            });
+            .stderr(stderr);
         let mut child = command.spawn().expect("start enc");
         let logs = Arc::new(Mutex::new(String::new()));
         let reader = child.stderr.take().map(|stderr| {
@@ -299,6 +311,37 @@ fn serves_over_tcp_stops_on_sigterm_and_keeps_data() {
     let enc = Enc::start(&data, 5);
     let (status, body) = enc.http("GET", "/environment/production/eu", None);
     assert_eq!(status, 200, "data survives a restart: {body}");
+}
+
+/// Text logs written to a file (not a terminal) are plain text: no colour codes, and a
+/// request's duration in milliseconds to the microsecond.
+#[test]
+fn text_logs_to_a_file_have_no_colour_codes_and_round_durations() {
+    let data = EncData::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enc.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let env = [("ENC_LOG_FORMAT", "text"), ("RUST_LOG", "info")];
+    let mut enc = Enc::start_logging_to(&data, 5, &env, file.into());
+    let (status, _) = enc.http("GET", "/environment/production/eu", None);
+    assert_eq!(status, 404);
+    enc.terminate();
+    assert!(enc.wait(Duration::from_secs(10)).success());
+    let logs = std::fs::read_to_string(&path).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("/environment/production/eu"))
+        .unwrap_or_else(|| panic!("no log line of the request in {logs}"));
+    assert!(!logs.contains('\u{1b}'), "colour codes in a file: {logs:?}");
+    let duration = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("duration_ms="))
+        .unwrap_or_else(|| panic!("no duration in {line}"));
+    let decimals = duration.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(
+        duration.parse::<f64>().is_ok() && decimals <= 3,
+        "duration_ms={duration} in {line}"
+    );
 }
 
 #[test]
