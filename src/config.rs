@@ -242,7 +242,8 @@ pub struct Config {
     )]
     pub shutdown_grace_seconds: u64,
 
-    /// Base URL of the enc service that `enc classify` asks (through the load balancer in AWS).
+    /// Base URL of the enc service that `enc classify`, `export`, `plan` and `apply` ask
+    /// (through the load balancer in AWS).
     #[arg(
         long,
         env = "ENC_URL",
@@ -326,7 +327,8 @@ pub struct Config {
     #[arg(long, env = "ENC_BOOTSTRAP_TOKEN_FILE", global = true)]
     pub bootstrap_token_file: Option<PathBuf>,
 
-    /// The file holding the token `enc classify` presents (scope `classify`).
+    /// The file holding the token `enc classify` (scope `classify`), `export` (`read`), `plan`
+    /// (`plan`) and `apply` (`write`) present.
     #[arg(long, env = "ENC_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
 

@@ -277,37 +277,79 @@ fn operations_with_query(document: &Document, name: &str) -> std::collections::B
     found
 }
 
-/// Collections answer with and without a trailing slash; each operation is documented once,
-/// at the spelling the earlier ENC's clients use, and says it answers at the other too (so
-/// that Swagger UI lists it once).
+/// Collections answer with and without a trailing slash: the document lists each route there
+/// is, the other spelling's under a tag of its own, so that Swagger UI shows each operation
+/// once under its resource and the other spellings once apart.
 const COLLECTIONS: [&str; 4] = ["/nodes", "/nodegroup", "/environment", "/tokens"];
 
-/// Says, in each collection operation's description, that it answers at both spellings.
+/// The tag of the operations at a collection's other spelling.
+const OTHER_SPELLING: &str = "other spellings";
+
+/// Each collection's operations under both of its spellings: the copies' ids end `_slash`
+/// or `_bare`, they carry the tag `OTHER_SPELLING`, and each original says where its copy is.
 fn both_spellings(document: &mut Document) {
-    for bare in COLLECTIONS {
-        let slashed = format!("{bare}/");
-        for (path, other) in [(bare, slashed.as_str()), (slashed.as_str(), bare)] {
-            let Some(item) = document.paths.paths.get_mut(path) else {
-                continue;
-            };
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-            ];
-            for operation in operations.into_iter().flatten() {
-                let also =
-                    format!("Also answered at `{other}`: the collection takes both spellings.");
+    use utoipa::openapi::PathItem;
+    use utoipa::openapi::path::Operation;
+    use utoipa::openapi::tag::TagBuilder;
+    fn slots(item: &mut PathItem) -> [&mut Option<Operation>; 4] {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ]
+    }
+    /// The copies of `item`'s operations (by slot), as at `path`'s other spelling.
+    fn copies(item: &mut PathItem, suffix: &str, path: &str) -> [Option<Operation>; 4] {
+        slots(item).map(|slot| {
+            let mut copy = slot.clone()?;
+            copy.operation_id = copy.operation_id.map(|id| format!("{id}{suffix}"));
+            copy.tags = Some(vec![OTHER_SPELLING.to_owned()]);
+            let same =
+                format!("The same operation as at `{path}`, for clients that spell it this way.");
+            copy.description = Some(match copy.description.take() {
+                Some(description) if !description.is_empty() => format!("{same}\n\n{description}"),
+                _ => same,
+            });
+            Some(copy)
+        })
+    }
+    /// Says in each of `item`'s operations where its copy is, and adds `copies` beside them.
+    fn join(item: &mut PathItem, other: &str, copies: [Option<Operation>; 4]) {
+        for (slot, copy) in slots(item).into_iter().zip(copies) {
+            if let Some(operation) = slot.as_mut() {
+                let also = format!("Also answered at `{other}` (listed under *{OTHER_SPELLING}*).");
                 operation.description = Some(match operation.description.take() {
                     Some(description) if !description.is_empty() => {
                         format!("{description}\n\n{also}")
                     }
                     _ => also,
                 });
+            } else {
+                *slot = copy;
             }
         }
     }
+    for bare in COLLECTIONS {
+        let slashed = format!("{bare}/");
+        let paths = &mut document.paths.paths;
+        let mut at_bare = paths.remove(bare).unwrap_or_default();
+        let mut at_slashed = paths.remove(&slashed).unwrap_or_default();
+        let from_bare = copies(&mut at_bare, "_slash", bare);
+        let from_slashed = copies(&mut at_slashed, "_bare", &slashed);
+        join(&mut at_bare, &slashed, from_slashed);
+        join(&mut at_slashed, bare, from_bare);
+        paths.insert(bare.to_owned(), at_bare);
+        paths.insert(slashed, at_slashed);
+    }
+    let tag = TagBuilder::new()
+        .name(OTHER_SPELLING)
+        .description(Some(
+            "Each collection at its other spelling (with or without the trailing slash): the \
+             same operations as under their resources, listed once here.",
+        ))
+        .build();
+    document.tags.get_or_insert_with(Vec::new).push(tag);
 }
 
 /// The OpenAPI document, made afresh from the routes.

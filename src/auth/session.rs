@@ -3,7 +3,8 @@
 //! (HttpOnly, SameSite=Strict, Secure over https, expiring) holds only the session's random
 //! id, never a token. The session grants only the form's scopes the token had, ends at sign-out,
 //! when the token is revoked, after `MAX_AGE_SECONDS`, or idle for `IDLE`. The cookie counts
-//! only on the form's own pages and only on same-site requests; the JSON API never reads it.
+//! only on the form's routes (`/metrics-form` and everything under it, its JSON and CSV
+//! answers too) and only on same-site requests; the rest of the API never reads it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -58,8 +58,9 @@ pub enum Command {
         tree: TreeArgs,
     },
     /// Apply exactly the plan <id> of the tree under --dir (with a token of scope write);
-    /// refused if anything the plan read has changed since. Asked again after an
-    /// interruption, it finishes the plan.
+    /// refused if anything the plan read has changed since. An apply cut short between its
+    /// commits (DynamoDB, more than one commit) is finished by asking it again; a finished
+    /// one asked again is refused (412).
     Apply {
         #[command(flatten)]
         tree: TreeArgs,

@@ -90,6 +90,7 @@ fn key(environment_name: &str, puppet_cluster_name: &str) -> Result<EnvironmentK
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    _: Query<super::NoQuery>,
     Json(body): Json<EnvironmentBody>,
 ) -> Result<Response, AppError> {
     let env = within_size(body.into_domain()?)?;

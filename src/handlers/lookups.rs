@@ -93,7 +93,7 @@ where
 /// The nodes a group holds now: by name, pin or rule (on each node's last facts); not those
 /// of the groups below it. Each page judges at most 5,000 nodes (`ENC_LOOKUP_JUDGED`; by
 /// certname, from the cursor on): a page of a group that holds few may hold fewer than `limit`, or none, and
-/// still have a `next_cursor`; the listing ends where `next_cursor` is absent.
+/// still have a `next_cursor`; the listing ends where `next_cursor` is null.
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/nodes", tag = "node groups",
     operation_id = "node_group_members", security(("bearer" = ["read"])),
     params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), LookupQuery),
@@ -118,7 +118,7 @@ pub async fn members(
 /// The nodes that get a class, each with the group (or the node) it comes from; nodes whose
 /// groups conflict are left out. Each page judges at most 5,000 nodes (`ENC_LOOKUP_JUDGED`; by
 /// certname, from the cursor on): it may hold fewer than `limit`, or none, and still have a `next_cursor`; the
-/// listing ends where `next_cursor` is absent.
+/// listing ends where `next_cursor` is null.
 #[utoipa::path(get, path = "/classes/{class_name}/nodes", tag = "classification",
     operation_id = "class_holders", security(("bearer" = ["read"])),
     params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), LookupQuery),

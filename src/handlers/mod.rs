@@ -51,11 +51,18 @@ impl PageQuery {
     }
 }
 
+/// The query of a route that takes none: any parameter is refused (400), as on every other
+/// route, so that `?dry_run=true` on a write without a preview is never taken for one and
+/// written for real.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 /// One page of a listing.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse<T> {
     pub items: Vec<T>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
+    /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 

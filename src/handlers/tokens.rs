@@ -183,6 +183,7 @@ fn token_name(raw: &str) -> Result<TokenName, AppError> {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    _: Query<super::NoQuery>,
     Json(body): Json<TokenBody>,
 ) -> Result<Response, AppError> {
     let (token, secret) = body.into_token(caller.actor())?;
@@ -238,6 +239,7 @@ pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     IfMatch(expected): IfMatch,
+    _: Query<super::NoQuery>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let name = token_name(&name)?;

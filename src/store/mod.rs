@@ -1,4 +1,4 @@
-//! Storage: the records enc keeps, the rules they follow (written once, in `rules`), and two
+//! Storage: the records enc keeps, the rules they follow (written once, in `db/`), and two
 //! small engines that hold them: an embedded redb file and DynamoDB.
 
 pub mod activities;
@@ -223,7 +223,7 @@ pub struct PageRequest {
     pub cursor: Option<String>,
 }
 
-/// One page of a listing; `next_cursor` is absent on the last page.
+/// One page of a listing; `next_cursor` is `None` on the last page.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
     pub items: Vec<T>,

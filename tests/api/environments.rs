@@ -171,3 +171,40 @@ async fn delete_honours_if_match() {
         .await
         .ok(StatusCode::NO_CONTENT);
 }
+
+/// Creating an environment or a token has no preview: `?dry_run=true` there is refused (400)
+/// and writes nothing, rather than being ignored and written for real; so is a token delete's.
+#[tokio::test]
+async fn a_query_on_a_write_without_one_is_refused_and_writes_nothing() {
+    let app = TestApp::new().await;
+    let problem = app
+        .post(
+            "/environment/?dry_run=true",
+            json!({"environment_name": "production", "puppet_cluster_name": "eu"}),
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("dry_run"),
+        "{problem}"
+    );
+    app.get("/environment/production/eu")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+
+    app.post(
+        "/tokens?dry_run=true",
+        json!({"name": "ci", "scopes": ["read"]}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST);
+    app.get("/tokens/ci").await.problem(StatusCode::NOT_FOUND);
+
+    app.post("/tokens", json!({"name": "ci", "scopes": ["read"]}))
+        .await
+        .ok(StatusCode::CREATED);
+    app.delete("/tokens/ci?dry_run=true", None)
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    app.get("/tokens/ci").await.ok(StatusCode::OK);
+}
