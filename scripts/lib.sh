@@ -129,6 +129,11 @@ ensure_shellcheck() {
   command -v shellcheck >/dev/null || ensure_apt shellcheck
 }
 
+# What the documentation's command blocks use besides enc: curl, jq, openssl (a test CA).
+ensure_doc_tools() {
+  { command -v curl && command -v jq && command -v openssl; } >/dev/null || ensure_apt curl jq openssl
+}
+
 # Debian's Puppet Server 7 (and its agent), for the end-to-end agent run; and curl, to poll it.
 ensure_puppetserver() {
   local missing=()

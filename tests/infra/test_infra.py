@@ -660,7 +660,7 @@ def test_the_service_stack_never_fights_codedeploy():
     for rule in resources("service", "AWS::ElasticLoadBalancingV2::ListenerRule").values():
         forward = [a for a in rule["Properties"]["Actions"] if a["Type"] == "forward"]
         assert forward and all(live_target(a["TargetGroupArn"]) for a in forward)
-    assert "ProductionTargetGroup" in (ROOT / "README.md").read_text()
+    assert "ProductionTargetGroup" in (ROOT / "docs" / "aws.md").read_text()
 
 
 def test_only_the_smoke_test_reaches_the_test_listener():
@@ -711,11 +711,11 @@ def test_ci_runs_the_readme_test_command_and_the_image_build():
     assert "cancel-in-progress: false" in deploy and "environment: ${{ inputs.stage }}" in deploy
 
 
-# The stacks in the order the README creates them.
+# The stacks in the order docs/aws.md creates them.
 
 def documented_order():
-    readme = (ROOT / "README.md").read_text()
-    created = readme[readme.index("### From a new AWS account"):readme.index("**Changing the service stack later.**")]
+    page = (ROOT / "docs" / "aws.md").read_text()
+    created = page[page.index("## From a new AWS account"):page.index("## Changing the service stack later")]
     return re.findall(r"--template-file cloudformation/([\w-]+)\.yaml", created)
 
 
@@ -752,7 +752,7 @@ def condition_implies(conditions, name, wanted):
 
 def test_every_import_is_exported_by_a_stack_made_before_it():
     order = documented_order()
-    assert sorted(order) == sorted(STACKS), f"the README creates every stack once: {order}"
+    assert sorted(order) == sorted(STACKS), f"docs/aws.md creates every stack once: {order}"
     made = {}
     for stack in order:
         body = template(stack)
@@ -800,12 +800,12 @@ def test_moto_creates_the_stacks_it_can_with_the_exports_the_others_import(monke
         assert {"enc-github-build", "enc-github-deploy-dev", "enc-github-deploy-prod"} <= roles
 
 
-def test_the_readmes_classification_workflow_passes_actionlint(tmp_path):
-    # The GitHub Actions example for classification as code: pull requests plan with a plan
-    # token, only main applies, with the write token of an environment.
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("```yaml\nname: classification\n") + len("```yaml\n")
-    example = readme[start:readme.index("```", start)]
+def test_the_docs_classification_workflow_passes_actionlint(tmp_path):
+    # The GitHub Actions example for classification as code (docs/as-code.md): pull requests
+    # plan with a plan token, only main applies, with the write token of an environment.
+    page = (ROOT / "docs" / "as-code.md").read_text()
+    start = page.index("```yaml\nname: classification\n") + len("```yaml\n")
+    example = page[start:page.index("```", start)]
     workflows = tmp_path / ".github" / "workflows"
     workflows.mkdir(parents=True)
     (workflows / "classification.yml").write_text(example)
