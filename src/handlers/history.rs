@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ForceQuery, IfMatchHeader, ListResponse, answer, page_request, parse_name, stored};
+use super::{
+    ForceQuery, IfMatchHeader, ListResponse, PageQuery, answer, page_request, parse_name, stored,
+};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::classifier::Change;
@@ -27,17 +29,6 @@ use crate::store::RecordKind;
 use crate::store::enc::{ENVIRONMENT, NODE, NODE_GROUP};
 use crate::store::history::kind_named;
 use crate::store::tokens::TOKEN;
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct HistoryQuery {
-    /// Revisions per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -104,10 +95,9 @@ async fn history_of(
     state: &AppState,
     kind: &'static RecordKind,
     key: Key,
-    query: HistoryQuery,
+    query: PageQuery,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
-    let page = page_request(query.limit, query.cursor)?;
-    Ok(list(state.store.history(kind, &key, &page).await?))
+    Ok(list(state.store.history(kind, &key, &query.page()?).await?))
 }
 
 fn certname(raw: &str) -> Result<Certname, AppError> {
@@ -135,13 +125,13 @@ fn env_key(key: &EnvironmentKey) -> Key {
 /// A node's revisions, newest first.
 #[utoipa::path(get, path = "/nodes/{unique_name}/history", tag = "history", operation_id = "node_history",
     security(("bearer" = ["read"]), ("bearer" = ["classify"])),
-    params(("unique_name" = Certname, Path, description = "The node's certname"), HistoryQuery),
+    params(("unique_name" = Certname, Path, description = "The node's certname"), PageQuery),
     responses((status = 200, description = "A page of the node's revisions, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn node(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
     let name = certname(&name)?;
     super::nodes::within_reach(&state, &caller.0, &name).await?;
@@ -152,12 +142,12 @@ pub async fn node(
 /// A node group's revisions, newest first.
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/history", tag = "history", operation_id = "node_group_history",
     security(("bearer" = ["read"])),
-    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), HistoryQuery),
+    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), PageQuery),
     responses((status = 200, description = "A page of the group's revisions, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn node_group(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
     let key = Key::one(group_name(&name)?.as_str());
     history_of(&state, &NODE_GROUP, key, query).await
@@ -166,12 +156,12 @@ pub async fn node_group(
 /// An environment's revisions, newest first.
 #[utoipa::path(get, path = "/environment/{environment_name}/{puppet_cluster_name}/history", tag = "history",
     operation_id = "environment_history", security(("bearer" = ["read"])),
-    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), HistoryQuery),
+    params(("environment_name" = EnvironmentName, Path), ("puppet_cluster_name" = ClusterName, Path), PageQuery),
     responses((status = 200, description = "A page of the environment's revisions, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn environment(
     State(state): State<AppState>,
     Path((environment, cluster)): Path<(String, String)>,
-    Query(query): Query<HistoryQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
     let key = env_key(&environment_key(&environment, &cluster)?);
     history_of(&state, &ENVIRONMENT, key, query).await
