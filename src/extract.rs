@@ -18,6 +18,37 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[from_request(via(axum::extract::Query), rejection(AppError))]
 pub struct Query<T>(pub T);
 
+/// A listing's query string: the page's parameters (`limit`, `cursor`) as `P`, every other
+/// as the filter `F`. Each refuses a parameter it does not know (400), as `Query` does, so
+/// one page type serves every listing, whatever its filter.
+pub struct Paged<P, F>(pub P, pub F);
+
+/// The parameters a listing's page takes.
+const PAGE_PARAMETERS: [&str; 2] = ["limit", "cursor"];
+
+impl<S: Send + Sync, P: DeserializeOwned, F: DeserializeOwned> FromRequestParts<S> for Paged<P, F> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        fn parse<T: DeserializeOwned>(pairs: &[&str]) -> Result<T, AppError> {
+            serde_urlencoded::from_str(&pairs.join("&")).map_err(|e| {
+                AppError::BadRequest(format!(
+                    "invalid query string: Failed to deserialize query string: {e}"
+                ))
+            })
+        }
+        let query = parts.uri.query().unwrap_or_default();
+        let (page, filter): (Vec<&str>, Vec<&str>) = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .partition(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                PAGE_PARAMETERS.contains(&name)
+            });
+        Ok(Paged(parse(&page)?, parse(&filter)?))
+    }
+}
+
 /// Path parameters, refused with 400 when malformed.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(AppError))]

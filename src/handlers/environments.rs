@@ -5,14 +5,14 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ForceQuery, IfMatchHeader, ListResponse, page_request, parse_filter, parse_name, stored,
+    ForceQuery, IfMatchHeader, ListResponse, PageQuery, parse_filter, parse_name, stored,
     within_size,
 };
 use crate::AppState;
 use crate::auth::Caller;
 use crate::domain::{ClusterName, Environment, EnvironmentKey, EnvironmentName, Fields, Stored};
 use crate::error::{AppError, ReadProblems, WriteProblems};
-use crate::extract::{IfMatch, Json, Path, Query};
+use crate::extract::{IfMatch, Json, Paged, Path, Query};
 use crate::store::EnvironmentFilter;
 
 /// An environment as clients send it.
@@ -57,11 +57,6 @@ impl EnvironmentBody {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
     /// Only environments of this Puppet cluster.
     #[param(value_type = Option<ClusterName>)]
     puppet_cluster_name: Option<String>,
@@ -105,11 +100,11 @@ pub async fn create(
 
 /// List environments, optionally of one Puppet cluster.
 #[utoipa::path(get, path = "/environment", tag = "environments", operation_id = "list_environments",
-    security(("bearer" = ["read"])), params(ListQuery),
+    security(("bearer" = ["read"])), params(ListQuery, PageQuery),
     responses((status = 200, description = "A page of environments", body = ListResponse<Stored<Environment>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    Paged(page, query): Paged<PageQuery, ListQuery>,
 ) -> Result<axum::Json<ListResponse<Stored<Environment>>>, AppError> {
     let filter = EnvironmentFilter {
         puppet_cluster_name: parse_filter(
@@ -118,8 +113,10 @@ pub async fn list(
             ClusterName::parse,
         )?,
     };
-    let page = page_request(query.limit, query.cursor)?;
-    let page = state.store.list_environments(&filter, &page).await?;
+    let page = state
+        .store
+        .list_environments(&filter, &page.page()?)
+        .await?;
     Ok(axum::Json(page.into()))
 }
 

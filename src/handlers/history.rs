@@ -11,9 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
-    ForceQuery, IfMatchHeader, ListResponse, PageQuery, answer, page_request, parse_name, stored,
-};
+use super::{ForceQuery, IfMatchHeader, ListResponse, PageQuery, answer, parse_name, stored};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::classifier::Change;
@@ -22,7 +20,7 @@ use crate::domain::{
     NodeGroup, Revision, Scope, Stored,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
-use crate::extract::{IfMatch, Path, Query};
+use crate::extract::{IfMatch, Paged, Path, Query};
 use crate::store::ChangeFilter;
 use crate::store::Key;
 use crate::store::RecordKind;
@@ -46,11 +44,6 @@ pub struct ChangesQuery {
     /// Changes of this kind of object.
     #[param(inline)]
     kind: Option<ChangeKind>,
-    /// Changes per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
 }
 
 /// The kinds of object whose changes are kept.
@@ -172,12 +165,12 @@ pub async fn environment(
 /// them, as it may not list tokens). A page left without its token revisions may hold fewer
 /// items than `limit`: follow `next_cursor` to the end.
 #[utoipa::path(get, path = "/changes", tag = "history", operation_id = "list_changes",
-    security(("bearer" = ["read"])), params(ChangesQuery),
+    security(("bearer" = ["read"])), params(ChangesQuery, PageQuery),
     responses((status = 200, description = "A page of changes, newest first", body = ListResponse<Revision>), ReadProblems))]
 pub async fn changes(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ChangesQuery>,
+    Paged(page, query): Paged<PageQuery, ChangesQuery>,
 ) -> Result<axum::Json<ListResponse<Revision>>, AppError> {
     let admin = caller.0.grants(Scope::Admin);
     if matches!(query.kind, Some(ChangeKind::Token)) && !admin {
@@ -211,8 +204,7 @@ pub async fn changes(
         actor: query.actor,
         kind: query.kind.map(ChangeKind::record_kind),
     };
-    let page = page_request(query.limit, query.cursor)?;
-    let mut found = state.store.changes(&filter, &page).await?;
+    let mut found = state.store.changes(&filter, &page.page()?).await?;
     if !admin {
         found.items.retain(|r| r.kind != TOKEN.name);
     }

@@ -8,8 +8,8 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    IfMatchHeader, ListResponse, Preview, WriteQuery, answer, page_request, parse_filter,
-    parse_name, stored_json, within_size,
+    IfMatchHeader, ListResponse, PageQuery, Preview, WriteQuery, answer, parse_filter, parse_name,
+    stored_json, within_size,
 };
 use crate::AppState;
 use crate::auth::{Asker, Caller, Identity};
@@ -18,7 +18,7 @@ use crate::domain::{
     Certname, ClassName, ClusterName, EnvironmentName, Fields, GroupName, Node, ParamName, Stored,
 };
 use crate::error::{AppError, ReadProblems, WriteProblems};
-use crate::extract::{IfMatch, Json, Path, Query};
+use crate::extract::{IfMatch, Json, Paged, Path, Query};
 use crate::store::NodeFilter;
 use crate::store::Record;
 
@@ -121,11 +121,6 @@ impl NodeBody {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
     /// Only nodes in this environment.
     #[param(value_type = Option<EnvironmentName>)]
     environment_name: Option<String>,
@@ -174,11 +169,11 @@ pub async fn create(
 
 /// List nodes, optionally filtered by environment, cluster or group.
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes",
-    security(("bearer" = ["read"])), params(ListQuery),
+    security(("bearer" = ["read"])), params(ListQuery, PageQuery),
     responses((status = 200, description = "A page of nodes", body = ListResponse<Stored<Node>>), ReadProblems))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    Paged(page, query): Paged<PageQuery, ListQuery>,
 ) -> Result<Response, AppError> {
     let filter = NodeFilter {
         environment_name: parse_filter(
@@ -193,8 +188,10 @@ pub async fn list(
         )?,
         node_group_name: parse_filter("node_group_name", query.node_group_name, GroupName::parse)?,
     };
-    let page = page_request(query.limit, query.cursor)?;
-    let page = state.store.list_node_records(&filter, &page).await?;
+    let page = state
+        .store
+        .list_node_records(&filter, &page.page()?)
+        .await?;
     // A `ListResponse` written out by hand: each node's JSON is the one a read of it
     // answers, made once per version of its record (decoding and encoding a node costs
     // more than everything else a page does).

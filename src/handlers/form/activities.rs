@@ -8,12 +8,12 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::super::{ListResponse, page_request};
+use super::super::{ListResponse, PageQuery};
 use super::today;
 use crate::AppState;
 use crate::domain::{Activity, Label, Summary, Total, summarize};
 use crate::error::{AppError, ReadProblems};
-use crate::extract::Query;
+use crate::extract::{Paged, Query};
 use crate::store::ActivityFilter;
 
 /// Days a summary covers when no range is given: the last 30, today included.
@@ -76,27 +76,6 @@ pub struct RangeQuery {
     to: Option<String>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct EntriesQuery {
-    #[param(value_type = Option<LabelFilter>)]
-    customer: Option<String>,
-    #[param(value_type = Option<LabelFilter>)]
-    project: Option<String>,
-    #[param(value_type = Option<LabelFilter>)]
-    engineer: Option<String>,
-    #[param(value_type = Option<DateFilter>)]
-    from: Option<String>,
-    #[param(value_type = Option<DateFilter>)]
-    to: Option<String>,
-    /// Items per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 impl RangeQuery {
     /// The filter; with `summary`, a missing range is the last 30 days, and a range is at most
     /// `MAX_SUMMARY_DAYS` long.
@@ -147,23 +126,19 @@ impl RangeQuery {
 
 /// List recorded activities by date, filtered and paginated.
 #[utoipa::path(get, path = "/metrics-form/entries", tag = "metrics form", operation_id = "list_activities",
-    security(("bearer" = ["activities:read"])), params(EntriesQuery),
+    security(("bearer" = ["activities:read"])), params(RangeQuery, PageQuery),
     responses((status = 200, description = "A page of activities", body = ListResponse<Activity>), ReadProblems))]
 pub async fn entries(
     State(state): State<AppState>,
-    Query(q): Query<EntriesQuery>,
+    Paged(page, range): Paged<PageQuery, RangeQuery>,
 ) -> Result<axum::Json<ListResponse<Activity>>, AppError> {
-    let page = page_request(q.limit, q.cursor)?;
-    let range = RangeQuery {
-        customer: q.customer,
-        project: q.project,
-        engineer: q.engineer,
-        from: q.from,
-        to: q.to,
-    };
     let filter = range.filter(false)?;
     Ok(axum::Json(
-        state.store.list_activities(&filter, &page).await?.into(),
+        state
+            .store
+            .list_activities(&filter, &page.page()?)
+            .await?
+            .into(),
     ))
 }
 
