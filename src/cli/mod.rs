@@ -58,9 +58,9 @@ pub enum Command {
         tree: TreeArgs,
     },
     /// Apply exactly the plan <id> of the tree under --dir (with a token of scope write);
-    /// refused if anything the plan read has changed since. An apply cut short between its
-    /// commits (DynamoDB, more than one commit) is finished by asking it again; a finished
-    /// one asked again is refused (412).
+    /// refused if anything the plan read has changed since. An apply of several commits
+    /// (DynamoDB) asked again finishes what an interruption left (or says all was written);
+    /// an apply of one commit asked again is refused (412).
     Apply {
         #[command(flatten)]
         tree: TreeArgs,
