@@ -13,9 +13,37 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 
-use crate::domain::{Certname, NodeFacts, RuleView};
+use crate::domain::{Certname, Lens, NodeFacts, RuleView};
 use crate::store::enc::{ClassificationInputs, ViewsTaken};
 use crate::store::{Result, Store, StoreError};
+
+/// How far rule views are taken through the paths rules read now.
+#[derive(Debug)]
+pub struct ViewsStatus {
+    /// The paths every group's rule reads now.
+    pub lens: Lens,
+    /// The last (or current) taking of every node's view again.
+    pub taken: Option<ViewsTaken>,
+    /// Whether that taking went through `lens` to the end: membership answers are exact.
+    pub current: bool,
+}
+
+impl ViewsStatus {
+    /// Reads where the taking of views is against the rules' paths now.
+    pub async fn read(store: &Store) -> Result<ViewsStatus> {
+        let (tree, _) = store.snapshot().await?;
+        let lens = tree.lens().clone();
+        let taken = store.views_taken().await?;
+        let current = taken
+            .as_ref()
+            .is_some_and(|t| t.lens == lens.id() && t.finished_at.is_some());
+        Ok(ViewsStatus {
+            lens,
+            taken,
+            current,
+        })
+    }
+}
 
 /// How views are kept, and the task that takes them again in the background.
 pub struct Keeper {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::classifier::views::ViewsStatus;
 use crate::error::{AppError, ReadProblems};
 
 /// The rules' paths, and how far views are taken through them.
@@ -45,17 +46,12 @@ pub struct Taking {
     operation_id = "rule_views", security(("bearer" = ["read"])),
     responses((status = 200, description = "The rules' paths and how far views are taken", body = RuleViews), ReadProblems))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<RuleViews>, AppError> {
-    let (tree, _) = state.store.snapshot().await?;
-    let lens = tree.lens();
-    let taken = state.store.views_taken().await?;
-    let current = taken
-        .as_ref()
-        .is_some_and(|t| t.lens == lens.id() && t.finished_at.is_some());
+    let status = ViewsStatus::read(&state.store).await?;
     Ok(Json(RuleViews {
-        paths: lens.paths().to_vec(),
-        lens: lens.id().to_owned(),
-        current,
-        taking: taken.map(|t| Taking {
+        paths: status.lens.paths().to_vec(),
+        lens: status.lens.id().to_owned(),
+        current: status.current,
+        taking: status.taken.map(|t| Taking {
             lens: t.lens,
             started_at: t.started_at,
             finished_at: t.finished_at,
