@@ -394,16 +394,30 @@ def test_health_checks_use_routes_that_exist():
         assert template_path in paths, path
 
 
+def default_of(flag):
+    """The default `enc --help` shows for a flag."""
+    found = re.search(rf"--{flag} .*?\[default: (\d+)\]", run(BIN, "--help").stdout, re.S)
+    assert found, f"enc --help shows no default for --{flag}"
+    return int(found.group(1))
+
+
 def test_shutdown_timings_line_up():
+    # ECS stops a task of a service behind a load balancer in this order: it deregisters the
+    # target and the load balancer drains it (new requests go elsewhere, those in flight get
+    # up to the deregistration delay), then it sends SIGTERM, then after stopTimeout SIGKILL.
+    # So draining must outlast enc's request timeout, and stopTimeout enc's grace period.
     grace = int(env_of(container())["ENC_SHUTDOWN_GRACE_SECONDS"])
     assert container()["stopTimeout"] > grace, "ECS must wait longer than enc's grace period"
     first = resources("service")["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
-    assert int({e.get("Name"): e.get("Value") for e in first["Environment"]}["ENC_SHUTDOWN_GRACE_SECONDS"]) == grace
+    environment = {e.get("Name"): e.get("Value") for e in first["Environment"]}
+    assert int(environment["ENC_SHUTDOWN_GRACE_SECONDS"]) == grace
     assert first["StopTimeout"] == container()["stopTimeout"]
-    for tg in ("BlueTargetGroup", "GreenTargetGroup"):
-        attributes = resources("service")[tg]["Properties"]["TargetGroupAttributes"]
-        delay = int(next(a["Value"] for a in attributes if a["Key"] == "deregistration_delay.timeout_seconds"))
-        assert grace <= delay < container()["stopTimeout"]
+    for env in (env_of(container()), environment):
+        request_timeout = int(env.get("ENC_REQUEST_TIMEOUT_SECONDS", default_of("request-timeout-seconds")))
+        for tg in ("BlueTargetGroup", "GreenTargetGroup"):
+            attributes = resources("service")[tg]["Properties"]["TargetGroupAttributes"]
+            delay = int(next(a["Value"] for a in attributes if a["Key"] == "deregistration_delay.timeout_seconds"))
+            assert delay >= request_timeout, f"{tg} drains for {delay} s; a request may take {request_timeout} s"
 
 
 def test_enc_keeps_idle_connections_longer_than_the_load_balancer():
@@ -505,35 +519,100 @@ def test_load_balancer_is_tls_only_and_tasks_are_private():
     assert service["Service"]["Properties"]["DeploymentController"] == {"Type": "CODE_DEPLOY"}
 
 
-def subjects(condition, has_ids):
-    """The subjects a trust condition admits, with the repository's ids given or not."""
-    value = condition["token.actions.githubusercontent.com:sub"]
+def resolved(value, has_ids):
+    """A condition's value with the template's parameters filled in: a list of strings."""
     if isinstance(value, dict) and "Fn::If" in value:
         assert value["Fn::If"][0] == "HasIds"
         value = value["Fn::If"][1 if has_ids else 2]
     values = value if isinstance(value, list) else [value]
     names = {"GitHubOrg": "o", "GitHubRepo": "r", "GitHubOrgId": "11", "GitHubRepoId": "22"}
-    return {sub(v, **names) for v in values}
+    return [sub(v, **names) for v in values]
 
 
-def test_github_roles_trust_only_their_repository_and_environment():
+def iam_string_like(pattern, value):
+    """IAM's StringLike: case-sensitive, `*` any run of characters, `?` any one."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value) is not None
+
+
+def trust_admits(role, claims, has_ids=False):
+    """Whether a role's trust policy lets a GitHub OIDC token with these claims assume it, as
+    IAM evaluates it: an Allow statement for sts:AssumeRoleWithWebIdentity whose every
+    condition operator holds; within an operator every key; a key with several values holds
+    when any of them matches; a claim the token lacks fails its key (no ...IfExists here)."""
+    operators = {"StringEquals": str.__eq__, "StringLike": iam_string_like}
+    for statement in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+        if statement["Effect"] != "Allow" or statement["Action"] != "sts:AssumeRoleWithWebIdentity":
+            continue
+        holds = True
+        for operator, keys in statement.get("Condition", {}).items():
+            assert operator in operators, f"the test does not know IAM's {operator}"
+            for key, value in keys.items():
+                provider, claim = key.rsplit(":", 1)
+                assert provider == "token.actions.githubusercontent.com", key
+                given = claims.get(claim)
+                if given is None or not any(operators[operator](v, given) for v in resolved(value, has_ids)):
+                    holds = False
+        if holds:
+            return True
+    return False
+
+
+def github_token(repo="o/r", environment=None, ref="refs/heads/main", pull_request=False, aud="sts.amazonaws.com"):
+    """The claims of a GitHub Actions OIDC token under the subject template the stacks need
+    (repo, context, ref: docs/aws.md): the context is the job's environment, else
+    `pull_request` for a pull request's run, else the ref; then the ref itself."""
+    context = f"environment:{environment}" if environment else "pull_request" if pull_request else f"ref:{ref}"
+    return {"aud": aud, "sub": f"repo:{repo}:{context}:ref:{ref}"}
+
+
+def test_github_roles_trust_only_their_repository_environment_and_branch():
     roles = resources("github-oidc", "AWS::IAM::Role")
     assert set(roles) == {"BuildRole", "DevDeployRole", "StagingDeployRole", "ProdDeployRole"}
+    main, branch, pr = "refs/heads/main", "refs/heads/feature", "refs/pull/7/merge"
     for name, role in roles.items():
-        statement = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
-        assert len(statement) == 1
-        condition = statement[0]["Condition"]["StringEquals"]
-        assert condition["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
-        context = "ref:refs/heads/main" if name == "BuildRole" else \
-            f"environment:{name.removesuffix('DeployRole').lower()}"
-        # The name-based subject, and once the ids are given the id-based one GitHub sends
-        # for repositories made since mid-2026: nothing else, no wildcard.
-        assert subjects(condition, has_ids=False) == {f"repo:o/r:{context}"}
-        assert subjects(condition, has_ids=True) == {f"repo:o/r:{context}", f"repo:o@11/r@22:{context}"}
+        stage = name.removesuffix("DeployRole").lower()
+        if name == "BuildRole":
+            admitted = [github_token(ref=main)]
+            refused = [github_token(ref=branch), github_token(ref=pr, pull_request=True),
+                       github_token(environment="prod", ref=main), github_token(ref="refs/tags/v1")]
+        else:
+            admitted = [github_token(environment=stage, ref=main)]
+            refused = [github_token(environment=stage, ref=pr), github_token(ref=main),
+                       github_token(environment=stage, ref="refs/tags/v1"),
+                       github_token(ref=pr, pull_request=True)]
+            # Dev takes any branch of this repository, so that a branch can be tried there;
+            # staging and prod only main: a branch's workflow naming their environment fails.
+            (admitted if stage == "dev" else refused).append(github_token(environment=stage, ref=branch))
+            refused += [github_token(environment=other, ref=main)
+                        for other in ("dev", "staging", "prod") if other != stage]
+        refused += [github_token(repo="o/other", environment=None if name == "BuildRole" else stage, ref=main),
+                    {**admitted[0], "aud": "sigstore"}, {"sub": admitted[0]["sub"]},
+                    # The default subject template (no ref) is not enough: the stacks need the ref.
+                    {"aud": "sts.amazonaws.com", "sub": admitted[0]["sub"].rsplit(":ref:", 1)[0]}]
+        for claims in admitted:
+            assert trust_admits(role, claims), f"{name} refuses {claims}"
+        for claims in refused:
+            assert not trust_admits(role, claims), f"{name} admits {claims}"
+        # Once the numeric ids are given, the id-based repository GitHub sends for
+        # repositories made since mid-2026 is admitted too, and another repository's is not.
+        with_ids = {**admitted[0], "sub": admitted[0]["sub"].replace("repo:o/r:", "repo:o@11/r@22:")}
+        assert trust_admits(role, with_ids, has_ids=True) and not trust_admits(role, with_ids)
+        other_ids = {**with_ids, "sub": with_ids["sub"].replace("r@22", "r@23")}
+        assert not trust_admits(role, other_ids, has_ids=True)
         if name != "BuildRole":
-            stage = context.removeprefix("environment:")
             passed = json.dumps(role["Properties"]["Policies"])
             assert f"role/enc-{stage}-task" in passed and "iam:PassedToService" in passed
+
+
+def test_the_trust_evaluation_follows_iam():
+    assert iam_string_like("a:*", "a:b:c") and iam_string_like("a?c", "abc")
+    assert not iam_string_like("a*", "A") and not iam_string_like("a.c", "abc")
+    role = {"Properties": {"AssumeRolePolicyDocument": {"Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+        "Condition": {"StringEquals": {"token.actions.githubusercontent.com:aud": ["x", "y"]}}}]}}}
+    assert trust_admits(role, {"aud": "y"}) and not trust_admits(role, {"aud": "z"})
+    assert not trust_admits(role, {}), "a claim the token lacks fails its condition"
 
 
 # aws-actions/amazon-ecs-deploy-task-definition v2.6.3 (README.md, "AWS CodeDeploy Support":
