@@ -674,9 +674,22 @@ def test_nothing_deploys_before_every_test_has_passed():
     callers = {name: job for name, job in jobs.items() if job.get("uses") == "./.github/workflows/deploy.yml"}
     assert list(callers) == ["deploy"], "ci.yml calls the deploy workflow once"
     deploy = callers["deploy"]
-    others = set(jobs) - {"deploy"}
+    # The image job runs on pull requests only: the deploy (on main) cannot wait for it, as a
+    # job that needs a skipped job is skipped; on main the deploy builds the image itself.
+    image = jobs["image"]
+    assert image["if"] == "github.event_name == 'pull_request'"
+    build = [s for s in image["steps"] if s.get("uses", "").startswith("docker/build-push-action@")]
+    assert len(build) == 1 and build[0]["with"]["push"] is False, "a pull request's image is never pushed"
+    assert "id-token" not in json.dumps(image.get("permissions", {})), "nor may it reach AWS"
+    others = set(jobs) - {"deploy", "image"}
     assert {"test", "release-build", "supply-chain"} <= others
     assert set(deploy["needs"]) == others, "the deploy waits for every other job"
+    # Runs on main never queue behind each other (one may wait days for a prod approval):
+    # deployments queue per stage in the deploy job, never cancelled.
+    group = ci["concurrency"]["group"]
+    assert "github.run_id" in group and "github.event_name == 'pull_request'" in group
+    stage_job = workflow("deploy-stage.yml")["jobs"]["deploy"]
+    assert stage_job["concurrency"] == {"group": "enc-deploy-${{ inputs.stage }}", "cancel-in-progress": False}
     assert deploy["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
     # The deploy workflows start only when called: no push, schedule or manual run of their own.
     assert set(triggers(workflow("deploy.yml"))) == {"workflow_call"}
@@ -740,6 +753,55 @@ def test_the_service_stack_never_fights_codedeploy():
         forward = [a for a in rule["Properties"]["Actions"] if a["Type"] == "forward"]
         assert forward and all(live_target(a["TargetGroupArn"]) for a in forward)
     assert "ProductionTargetGroup" in (ROOT / "docs" / "aws.md").read_text()
+
+
+def test_the_load_balancer_logs_to_a_private_bucket_and_reaches_only_the_tasks():
+    service = resources("service")
+    attributes = {a["Key"]: a["Value"] for a in service["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
+    assert attributes["access_logs.s3.enabled"] == "true"
+    assert attributes["access_logs.s3.bucket"] == {"Ref": "AccessLogBucket"}
+    bucket = service["AccessLogBucket"]["Properties"]
+    # SSE-S3: the only encryption access log delivery supports (AWS's "Enable access logs").
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"]
+    policy = service["AccessLogBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policy)
+    writes = [s for s in policy if s["Effect"] == "Allow"]
+    assert [s["Action"] for s in writes] == ["s3:PutObject"], "log delivery may only write"
+    skipped = {k["id"]: k["comment"] for k in service["LoadBalancer"].get("Metadata", {}).get("checkov", {}).get("skip", [])}
+    assert "CKV_AWS_91" not in skipped, "access logging is on: no skip for it"
+    # No default allow-all egress: the tasks' port, and the identity provider only with sign-in.
+    group = service["LoadBalancerSecurityGroup"]["Properties"]
+    assert group["SecurityGroupEgress"] == [{"IpProtocol": "-1", "CidrIp": "127.0.0.1/32",
+                                             "Description": "nothing (replaces the default allow-all)"}]
+    egress = resources("service", "AWS::EC2::SecurityGroupEgress")
+    to_lb = {k: v for k, v in egress.items() if v["Properties"]["GroupId"] == {"Ref": "LoadBalancerSecurityGroup"}}
+    assert set(to_lb) == {"LoadBalancerToTasks", "LoadBalancerToIdentityProvider"}
+    assert to_lb["LoadBalancerToTasks"]["Properties"]["DestinationSecurityGroupId"] == {"Ref": "TaskSecurityGroup"}
+    assert to_lb["LoadBalancerToTasks"]["Properties"]["FromPort"] == 8080 == to_lb["LoadBalancerToTasks"]["Properties"]["ToPort"]
+    assert to_lb["LoadBalancerToIdentityProvider"]["Condition"] == "HasOidc"
+    assert to_lb["LoadBalancerToIdentityProvider"]["Properties"]["FromPort"] == 443
+
+
+def test_image_layers_and_dynamodb_stay_off_the_nat_gateways():
+    endpoints = resources("network", "AWS::EC2::VPCEndpoint")
+    services = {e["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1] for e in endpoints.values()}
+    assert {"s3", "dynamodb"} <= services
+    for endpoint in endpoints.values():
+        assert endpoint["Properties"]["VpcEndpointType"] == "Gateway"
+        assert len(endpoint["Properties"]["RouteTableIds"]) == 2, "both private route tables"
+
+
+def test_the_image_context_holds_only_what_the_dockerfile_copies():
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert ignore[0] == "*", "everything is left out unless let in"
+    let_in = {line[1:].rstrip("/") for line in ignore[1:]}
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied.update(line.split()[1:-1])
+    assert copied == let_in, f"the Dockerfile copies {copied}, the context lets in {let_in}"
 
 
 def test_only_the_smoke_test_reaches_the_test_listener():
