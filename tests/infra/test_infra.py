@@ -496,6 +496,21 @@ def test_alarms_use_the_dimensions_their_metrics_have():
     assert sub(hook, Stage="dev") == sub(resources("deploy")["SmokeTestFunction"]["Properties"]["FunctionName"], Stage="dev")
 
 
+def test_each_stage_writes_and_watches_its_own_metrics():
+    # The collector writes enc's metrics under a namespace of the stage's own, and every
+    # dashboard search and alarm reads that stage's (or AWS's, by the stage's resource names).
+    config = env_of(container("adot-collector"))["AOT_CONFIG_CONTENT"]
+    assert re.findall(r"^\s*namespace: (\S+)$", config, re.M) == ["enc/{{STAGE}}"]
+    observability = template("observability")
+    body = observability["Resources"]["Dashboard"]["Properties"]["DashboardBody"]
+    text = json.dumps(body)
+    searches = re.findall(r"SEARCH\('\{([^,]+),", text)
+    assert searches and set(searches) == {"enc/${Stage}"}, searches
+    for name, alarm in resources("observability", "AWS::CloudWatch::Alarm").items():
+        for namespace in re.findall(r'"Namespace": "([^"]+)"', json.dumps(alarm)):
+            assert namespace.startswith("AWS/") or namespace == "enc/${Stage}", (name, namespace)
+
+
 def test_dashboard_takes_its_region_from_the_stack():
     body = resources("observability")["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
     assert "${AWS::Region}" in body
