@@ -511,6 +511,33 @@ def test_each_stage_writes_and_watches_its_own_metrics():
             assert namespace.startswith("AWS/") or namespace == "enc/${Stage}", (name, namespace)
 
 
+def test_every_table_and_index_is_watched_for_throttles_and_every_alarm_is_on_the_panel():
+    printed = json.loads(run(BIN, "dynamodb", "tables", env={"ENC_TABLE_PREFIX": "enc-${Stage}-"}).stdout)
+    wanted = {(t["TableName"], g) for t in printed
+              for g in [None] + [i["IndexName"] for i in t.get("GlobalSecondaryIndexes", [])]}
+    alarms = resources("observability", "AWS::CloudWatch::Alarm")
+    for kind in ("ReadThrottleEvents", "WriteThrottleEvents"):
+        alarmed = set()
+        for alarm in alarms.values():
+            for query in alarm["Properties"].get("Metrics", []):
+                metric = query.get("MetricStat", {}).get("Metric", {})
+                if metric.get("MetricName") == kind:
+                    dims = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+                    alarmed.add((sub(dims["TableName"]), dims.get("GlobalSecondaryIndexName")))
+        assert alarmed == wanted, f"{kind} alarms miss {wanted - alarmed}"
+        body = json.dumps(template("observability")["Resources"]["Dashboard"]["Properties"]["DashboardBody"])
+        shown = set()
+        for found in re.finditer(rf'\[\\"AWS/DynamoDB\\", \\"{kind}\\", \\"TableName\\", \\"([^\\]+)\\"(?:, \\"GlobalSecondaryIndexName\\", \\"([^\\]+)\\")?', body):
+            shown.add((found.group(1), found.group(2)))
+        assert shown == wanted, f"the {kind} panel misses {wanted - shown}"
+    names = {sub(a["Properties"]["AlarmName"]) for a in alarms.values()}
+    panel = set(re.findall(r"alarm:(enc-\$\{Stage\}-[\w-]+)", body))
+    assert panel == names, f"the alarm panel misses {names - panel}"
+    rollback = {sub(a["Name"]) for a in resources("deploy")["DeploymentGroup"]["Properties"]["AlarmConfiguration"]["Alarms"]}
+    listed = template("observability")["Outputs"]["DeploymentAlarmNames"]["Value"]["Fn::Join"][1]
+    assert {sub(alarms[r["Ref"]]["Properties"]["AlarmName"]) for r in listed} == rollback
+
+
 def test_dashboard_takes_its_region_from_the_stack():
     body = resources("observability")["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
     assert "${AWS::Region}" in body
