@@ -468,9 +468,21 @@ def test_alarms_use_the_dimensions_their_metrics_have():
     alarms = resources("observability", "AWS::CloudWatch::Alarm")
     assert len(alarms) >= 6
     imports = {"LoadBalancer": "lb-full-name", "TargetGroup": "tg-full-name"}
+    # enc's own metrics: the dimension sets the collector declares for each (taskdef.json),
+    # and the logged-errors metric filter's, which has none.
+    config = env_of(container("adot-collector"))["AOT_CONFIG_CONTENT"]
+    declared = {"logged_errors": [set()]}
+    for dims, selectors in re.findall(r"- dimensions: (\[\[.*?\]\])\n\s+metric_name_selectors: \[(.*?)\]", config):
+        sets = [set(filter(None, (d.strip() for d in group.split(",")))) for group in re.findall(r"\[([^\[\]]*)\]", dims)]
+        for selector in selectors.split(","):
+            declared[selector.strip()] = sets
     for name, alarm in alarms.items():
         for namespace, metric, dimensions in alarm_metrics(alarm["Properties"]):
             names = {d["Name"] for d in dimensions}
+            if isinstance(namespace, dict):
+                assert sub(namespace) == "enc/${Stage}", f"{name}: {namespace}"
+                assert names in declared[metric], f"{name}: {metric} has {names}, declared {declared[metric]}"
+                continue
             assert names and names <= ALARM_DIMENSIONS[namespace], f"{name}: {metric} {names}"
             if "TargetGroup" in names:
                 assert "LoadBalancer" in names, f"{name}: target group metrics need LoadBalancer too"
@@ -536,6 +548,24 @@ def test_every_table_and_index_is_watched_for_throttles_and_every_alarm_is_on_th
     rollback = {sub(a["Name"]) for a in resources("deploy")["DeploymentGroup"]["Properties"]["AlarmConfiguration"]["Alarms"]}
     listed = template("observability")["Outputs"]["DeploymentAlarmNames"]["Value"]["Fn::Join"][1]
     assert {sub(alarms[r["Ref"]]["Properties"]["AlarmName"]) for r in listed} == rollback
+
+
+def test_logged_errors_and_bursts_of_refusals_raise_alarms():
+    observability = resources("observability")
+    filter_ = observability["LoggedErrorsFilter"]["Properties"]
+    # The task's own log group, where enc writes JSON lines with a `level` field.
+    log_group = resources("service")["LogGroup"]["Properties"]["LogGroupName"] if "LogGroup" in resources("service") else None
+    groups = [r["Properties"]["LogGroupName"] for r in resources("service", "AWS::Logs::LogGroup").values()]
+    assert filter_["LogGroupName"] in groups and log_group in (None, filter_["LogGroupName"])
+    assert filter_["FilterPattern"] == '{ $.level = "ERROR" }'
+    assert env_of(container())["ENC_LOG_FORMAT"] == "json"
+    metric = filter_["MetricTransformations"][0]
+    errors = observability["LoggedErrorsAlarm"]["Properties"]
+    assert (errors["Namespace"], errors["MetricName"]) == (metric["MetricNamespace"], metric["MetricName"])
+    refused = observability["AuthFailuresAlarm"]["Properties"]
+    assert refused["MetricName"] == "http_requests_total" and refused["Dimensions"] == [{"Name": "status", "Value": "401"}]
+    for alarm in (errors, refused):
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
 def test_dashboard_takes_its_region_from_the_stack():
