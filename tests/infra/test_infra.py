@@ -700,7 +700,9 @@ DEPLOY_ACTION_NEEDS = {
     "codedeploy:RegisterApplicationRevision",
 }
 # deploy-stage.yml's own call: the service stack's outputs fill in the task definition.
-WORKFLOW_NEEDS = {"cloudformation:DescribeStacks"}
+# deploy-stage.yml's own calls: the service stack's outputs fill in the task definition, and
+# the deployed image is tagged deployed-<stage>-<commit> for the repository's lifecycle.
+WORKFLOW_NEEDS = {"cloudformation:DescribeStacks", "ecr:BatchGetImage", "ecr:DescribeImages", "ecr:PutImage"}
 
 
 def statements(role):
@@ -722,6 +724,10 @@ def test_deploy_roles_allow_what_the_deploy_action_needs_and_no_more():
         granted = {a for actions, _, _ in statements(role) for a in actions}
         assert granted == DEPLOY_ACTION_NEEDS | WORKFLOW_NEEDS, f"{stage}: {sorted(granted ^ (DEPLOY_ACTION_NEEDS | WORKFLOW_NEEDS))}"
         for actions, resources_, statement in statements(role):
+            if any(a.startswith("ecr:") for a in actions):
+                assert all(a.startswith("ecr:") for a in actions)
+                assert resources_ == [{"Fn::GetAtt": ["Repository", "Arn"]}], "the enc repository only"
+                continue
             for resource in resources_:
                 arn = sub(resource)
                 if actions == ["ecs:RegisterTaskDefinition"]:
@@ -874,6 +880,25 @@ def test_the_image_context_holds_only_what_the_dockerfile_copies():
         if line.startswith("COPY ") and "--from" not in line:
             copied.update(line.split()[1:-1])
     assert copied == let_in, f"the Dockerfile copies {copied}, the context lets in {let_in}"
+
+
+def test_the_repository_keeps_the_images_each_stage_runs_or_may_roll_back_to():
+    policy = json.loads(resources("github-oidc")["Repository"]["Properties"]["LifecyclePolicy"]["LifecyclePolicyText"])
+    rules = sorted(policy["rules"], key=lambda r: r["rulePriority"])
+    # ECR: an image a higher-priority rule's tags select is never expired by a lower one, and
+    # a rule of tagStatus any comes last. So each stage's deployed images are protected by
+    # their own rule, whatever the other stages or the builds push.
+    assert [r["selection"].get("tagPrefixList") for r in rules] == [
+        ["deployed-prod-"], ["deployed-staging-"], ["deployed-dev-"], None]
+    assert rules[-1]["selection"]["tagStatus"] == "any"
+    for rule in rules[:-1]:
+        assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["selection"]["countNumber"] >= 10
+    steps = workflow("deploy-stage.yml")["jobs"]["deploy"]["steps"]
+    names = [step.get("name") or step.get("uses") for step in steps]
+    deploy = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/amazon-ecs-deploy-task-definition@"))
+    tag = next(i for i, s in enumerate(steps) if "put-image" in s.get("run", ""))
+    assert tag > deploy, f"the image is tagged only once its deployment succeeded: {names}"
+    assert steps[tag]["env"]["TAG"] == "deployed-${{ inputs.stage }}-${{ github.sha }}"
 
 
 def test_only_the_smoke_test_reaches_the_test_listener():
