@@ -114,7 +114,11 @@ def test_actionlint_passes_the_workflows():
 
 
 def test_shellcheck_passes_the_scripts():
-    scripts = [p for p in (ROOT / "scripts").iterdir() if p.suffix in ("", ".sh")] + [ROOT / ".ci/run"]
+    # Every shell script: no suffix or .sh, and no Python interpreter line (stage-values).
+    candidates = [p for p in (ROOT / "scripts").iterdir() if p.suffix in ("", ".sh")]
+    pythons = [p for p in candidates if "python" in p.read_text().split("\n", 1)[0]]
+    assert [p.name for p in pythons] == ["stage-values"], pythons
+    scripts = [p for p in candidates if p not in pythons] + [ROOT / ".ci/run"]
     result = run(tool("shellcheck"), "-x", *scripts)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -1054,3 +1058,68 @@ def test_the_docs_classification_workflow_passes_actionlint(tmp_path):
     assert "secrets.ENC_PLAN_TOKEN" in str(document["jobs"]["plan"])
     assert "ENC_WRITE_TOKEN" not in str(document["jobs"]["plan"]), "a pull request never holds the write token"
     assert document["jobs"]["apply"]["environment"] == "classification"
+
+
+def test_stage_values_reads_the_image_and_the_live_target_group_and_never_guesses(monkeypatch, capsys):
+    """scripts/stage-values against moto: the newest image by digest from the repository the
+    GitHub stack made, and the target group the HTTPS listener sends traffic to; with no image,
+    or a listener sending traffic to no enc group, it fails instead of guessing."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("stage_values", str(ROOT / "scripts" / "stage-values"))
+    spec = importlib.util.spec_from_loader("stage_values", loader)
+    stage_values = importlib.util.module_from_spec(spec)
+    loader.exec_module(stage_values)
+
+    def values(*args):
+        """stage-values' exit status and the assignments it printed."""
+        status = stage_values.main(["stage-values", *args])
+        return status, capsys.readouterr().out.splitlines()
+
+    with mock_aws():
+        cloudformation = boto3.client("cloudformation")
+        cloudformation.create_stack(
+            StackName="enc-github", TemplateBody=(ROOT / "cloudformation" / "github-oidc.yaml").read_text(),
+            Parameters=[{"ParameterKey": "GitHubOrg", "ParameterValue": "o"}, {"ParameterKey": "GitHubRepo", "ParameterValue": "r"}],
+            Capabilities=["CAPABILITY_NAMED_IAM"])
+        assert values("image") == (1, []), "no image pushed yet"
+        ecr = boto3.client("ecr")
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                               "config": {"digest": "sha256:" + "1" * 64, "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
+                               "layers": []})
+        ecr.put_image(repositoryName="enc", imageManifest=manifest, imageTag="c1")
+        ec2 = boto3.client("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")["Subnet"]["SubnetId"]
+                   for i, z in ((1, "a"), (2, "b"))]
+        elbv2 = boto3.client("elbv2")
+        lb = elbv2.create_load_balancer(Name="enc-dev", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
+        groups = {c: elbv2.create_target_group(Name=f"enc-dev-{c}", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+                  for c in ("blue", "green", "other")}
+
+        def service_stack(live):
+            listener = elbv2.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80 + len(elbv2.describe_listeners(LoadBalancerArn=lb)["Listeners"]),
+                                             DefaultActions=[{"Type": "forward", "TargetGroupArn": groups[live]}])["Listeners"][0]["ListenerArn"]
+            body = {"Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                    "Outputs": {"HttpsListenerArn": {"Value": listener}}}
+            try:
+                cloudformation.delete_stack(StackName="enc-dev-service")
+            except Exception:
+                pass
+            cloudformation.create_stack(StackName="enc-dev-service", TemplateBody=json.dumps(body))
+
+        for live in ("green", "blue"):
+            service_stack(live)
+            assert values("live-target-group", "dev") == (0, [live])
+        digest = ecr.describe_images(repositoryName="enc")["imageDetails"][0]["imageDigest"]
+        status, printed = values("image")
+        assert status == 0 and len(printed) == 1 and printed[0].endswith(f"/enc@{digest}"), printed
+        service_stack("other")
+        assert values("live-target-group", "dev") == (1, []), "traffic to no enc group: no guess"
+        assert values("live-target-group", "qa")[0] == 2
