@@ -835,6 +835,14 @@ def test_the_service_stack_never_fights_codedeploy():
         forward = [a for a in rule["Properties"]["Actions"] if a["Type"] == "forward"]
         assert forward and all(live_target(a["TargetGroupArn"]) for a in forward)
     assert "ProductionTargetGroup" in (ROOT / "docs" / "aws.md").read_text()
+    # No property of the service takes a parameter or another resource's changing value: any
+    # change to it makes CloudFormation send a whole UpdateService, which ECS refuses for a
+    # CODE_DEPLOY service. Capacity moves with the scalable target instead.
+    properties = json.dumps(service["Service"]["Properties"])
+    parameters = set(template("service")["Parameters"]) - {"Stage"}
+    assert not [p for p in parameters if f'"Ref": "{p}"' in properties or "${" + p + "}" in properties], properties
+    assert service["Service"]["Properties"]["DesiredCount"] == 2
+    assert service["ScalableTarget"]["Properties"]["MinCapacity"] == {"Ref": "DesiredCount"}
 
 
 def test_the_load_balancer_logs_to_a_private_bucket_and_reaches_only_the_tasks():
