@@ -6,27 +6,16 @@
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{ListResponse, page_request, parse_name};
+use super::{ListResponse, PageQuery, parse_name};
 use crate::AppState;
 use crate::classifier::{Found, Page};
 use crate::domain::Why;
 use crate::domain::{Certname, ClassName, GroupName, Source};
 use crate::error::{AppError, ReadProblems};
 use crate::extract::{Path, Query};
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct LookupQuery {
-    /// Nodes per page (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page: the last certname it judged.
-    cursor: Option<String>,
-}
 
 /// A node in a group, and why.
 #[derive(Debug, Serialize, ToSchema)]
@@ -46,8 +35,8 @@ pub struct Holder {
 
 /// Which page a lookup asks for: its size, the certname it goes on after, and how many
 /// nodes it may judge (`ENC_LOOKUP_JUDGED`).
-fn requested(state: &AppState, query: LookupQuery) -> Result<Page, AppError> {
-    let request = page_request(query.limit, query.cursor)?;
+fn requested(state: &AppState, query: PageQuery) -> Result<Page, AppError> {
+    let request = query.page()?;
     let after = match &request.cursor {
         Some(text) => Some(Certname::parse(text).map_err(|_| {
             AppError::BadRequest("the pagination cursor is not valid for this listing".into())
@@ -96,14 +85,14 @@ where
 /// still have a `next_cursor`; the listing ends where `next_cursor` is null.
 #[utoipa::path(get, path = "/nodegroup/{node_group_name}/nodes", tag = "node groups",
     operation_id = "node_group_members", security(("bearer" = ["read"])),
-    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), LookupQuery),
+    params(("node_group_name" = GroupName, Path, description = "The group's name, percent-encoded"), PageQuery),
     responses((status = 200, description = "A page of the group's nodes, each with why", body = ListResponse<Member>, headers(("Enc-Provisional" = String,
         description = "Present when some nodes were judged on rule views being taken again"))),
         ReadProblems))]
 pub async fn members(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<LookupQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, AppError> {
     let name = parse_name("node_group_name", &name, GroupName::parse)?;
     let asked = requested(&state, query)?;
@@ -121,14 +110,14 @@ pub async fn members(
 /// listing ends where `next_cursor` is null.
 #[utoipa::path(get, path = "/classes/{class_name}/nodes", tag = "classification",
     operation_id = "class_holders", security(("bearer" = ["read"])),
-    params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), LookupQuery),
+    params(("class_name" = ClassName, Path, description = "A Puppet class, such as `profile::nginx`"), PageQuery),
     responses((status = 200, description = "A page of the nodes that get the class, each with where it comes from", body = ListResponse<Holder>, headers(("Enc-Provisional" = String,
         description = "Present when some nodes were judged on rule views being taken again"))),
         ReadProblems))]
 pub async fn holders(
     State(state): State<AppState>,
     Path(class): Path<String>,
-    Query(query): Query<LookupQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, AppError> {
     let class = parse_name("class_name", &class, ClassName::parse)?;
     let asked = requested(&state, query)?;
