@@ -30,22 +30,27 @@ impl<S: Send + Sync, P: DeserializeOwned, F: DeserializeOwned> FromRequestParts<
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        fn parse<T: DeserializeOwned>(pairs: &[&str]) -> Result<T, AppError> {
-            serde_urlencoded::from_str(&pairs.join("&")).map_err(|e| {
+        fn parse<T: DeserializeOwned>(query: &str) -> Result<T, AppError> {
+            serde_urlencoded::from_str(query).map_err(|e| {
                 AppError::BadRequest(format!(
                     "invalid query string: Failed to deserialize query string: {e}"
                 ))
             })
         }
         let query = parts.uri.query().unwrap_or_default();
-        let (page, filter): (Vec<&str>, Vec<&str>) = query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .partition(|pair| {
-                let name = pair.split('=').next().unwrap_or_default();
-                PAGE_PARAMETERS.contains(&name)
-            });
-        Ok(Paged(parse(&page)?, parse(&filter)?))
+        // Split by the decoded name (`lim%69t` is `limit`, as `Query` reads it), then each side
+        // encoded again for its own parse.
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
+            AppError::BadRequest(format!(
+                "invalid query string: Failed to deserialize query string: {e}"
+            ))
+        })?;
+        let (page, filter): (Vec<_>, Vec<_>) = pairs
+            .into_iter()
+            .partition(|(name, _)| PAGE_PARAMETERS.contains(&name.as_str()));
+        let encode =
+            |pairs: Vec<(String, String)>| serde_urlencoded::to_string(pairs).unwrap_or_default();
+        Ok(Paged(parse(&encode(page))?, parse(&encode(filter))?))
     }
 }
 

@@ -227,7 +227,7 @@ pub fn init(format: LogFormat, traces: bool) -> Telemetry {
 
 /// A duration in milliseconds to the microsecond (`0.418`, not `0.41781799999999997`).
 fn duration_ms(elapsed: std::time::Duration) -> f64 {
-    elapsed.as_micros() as f64 / 1000.0
+    (elapsed.as_nanos() as f64 / 1000.0).round() / 1000.0
 }
 
 /// A UUIDv7 for a request that brought no id: its time, then 74 random bits from this
@@ -539,7 +539,8 @@ mod tests {
     #[test]
     fn durations_are_logged_to_the_microsecond() {
         use std::time::Duration;
-        assert_eq!(duration_ms(Duration::from_nanos(417_818)), 0.417);
+        assert_eq!(duration_ms(Duration::from_nanos(417_818)), 0.418);
+        assert_eq!(duration_ms(Duration::from_nanos(417_418)), 0.417);
         assert_eq!(duration_ms(Duration::from_millis(1500)), 1500.0);
     }
 

@@ -173,7 +173,8 @@ async fn delete_honours_if_match() {
 }
 
 /// Creating an environment or a token has no preview: `?dry_run=true` there is refused (400)
-/// and writes nothing, rather than being ignored and written for real; so is a token delete's.
+/// and writes nothing, rather than being ignored and written for real; so is a token
+/// delete's, the metrics form's post and signing in and out.
 #[tokio::test]
 async fn a_query_on_a_write_without_one_is_refused_and_writes_nothing() {
     let app = TestApp::new().await;
@@ -207,4 +208,20 @@ async fn a_query_on_a_write_without_one_is_refused_and_writes_nothing() {
         .await
         .problem(StatusCode::BAD_REQUEST);
     app.get("/tokens/ci").await.ok(StatusCode::OK);
+
+    // The metrics form's post, and signing in and out, take none either.
+    let entry = json!({"engineer": "alice", "customer": "ACME", "project": "Web",
+        "activity_type": "development", "hours": 1});
+    app.post("/metrics-form?dry_run=true", entry.clone())
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let entries = app.get("/metrics-form/entries").await.ok(StatusCode::OK);
+    assert_eq!(entries["items"], json!([]), "nothing was recorded");
+    for path in ["/sign-in?x=1", "/sign-out?x=1"] {
+        let status = app.post(path, json!({})).await.status;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    app.post("/metrics-form", entry)
+        .await
+        .ok(StatusCode::CREATED);
 }

@@ -128,3 +128,35 @@ async fn a_cursor_from_another_listing_is_400() {
         .await
         .problem(StatusCode::BAD_REQUEST);
 }
+
+/// A listing's query is its page (`limit`, `cursor`) and its filter, read as `Query` reads a
+/// query string: names decoded (`lim%69t` is `limit`), and whatever neither knows refused.
+#[tokio::test]
+async fn a_listings_page_and_filter_are_read_from_one_query_string() {
+    let app = TestApp::new().await;
+    app.env("production", "eu").await;
+    for i in 0..3 {
+        app.node(&format!("n{i}"), None).await;
+    }
+    let page = app
+        .get("/nodes?lim%69t=2&environment_name=production")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+    assert!(page["next_cursor"].is_string());
+    let filtered = app
+        .get("/nodes?environment_name=staging&limit=2")
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(filtered["items"], json!([]));
+    for refused in [
+        "/nodes?limit=2&bogus=1",
+        "/nodes?limit=2&limit=3",
+        "/nodes?limit",
+        "/changes?limit=1&kind=nothing",
+        "/metrics-form/entries?limit=0",
+    ] {
+        let status = app.get(refused).await.status;
+        assert!(status.is_client_error(), "{refused}: {status}");
+    }
+}

@@ -28,6 +28,7 @@ def test_text_placeholders_stay_within_a_line_and_dots_take_lines():
     assert run.text_matches("a\n...\nz\n", "a\nz\n") == []
     assert run.text_matches("a\nz\n", "a\nb\nz\n") != []
     assert run.text_matches("a\n", "b\n") != []
+    assert run.text_matches("<h1>Report</h1>\n", "<p>real</p>\n") != [], "markup is text, not a placeholder"
 
 
 def test_blocks_are_read_with_their_kind_and_line(tmp_path):

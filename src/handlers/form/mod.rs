@@ -323,6 +323,7 @@ pub async fn form(
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    _: Query<super::NoQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {

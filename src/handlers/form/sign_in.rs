@@ -77,6 +77,7 @@ fn cookie(value: String) -> Result<HeaderValue, AppError> {
     ))]
 pub async fn sign_in(
     State(state): State<AppState>,
+    _: Query<super::super::NoQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
@@ -112,6 +113,7 @@ pub async fn sign_in(
     ))]
 pub async fn sign_out(
     State(state): State<AppState>,
+    _: Query<super::super::NoQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     refuse_cross_site(&headers)?;
