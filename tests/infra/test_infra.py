@@ -704,9 +704,9 @@ DEPLOY_ACTION_NEEDS = {
     "codedeploy:RegisterApplicationRevision",
 }
 # deploy-stage.yml's own call: the service stack's outputs fill in the task definition.
-# deploy-stage.yml's own calls: the service stack's outputs fill in the task definition, and
-# the deployed image is tagged deployed-<stage>-<commit> for the repository's lifecycle.
-WORKFLOW_NEEDS = {"cloudformation:DescribeStacks", "ecr:BatchGetImage", "ecr:DescribeImages", "ecr:PutImage"}
+# deploy-stage.yml's own call: the service stack's outputs fill in the task definition. (The
+# deployed image is tagged by the build role, main only: no stage's role writes to ECR.)
+WORKFLOW_NEEDS = {"cloudformation:DescribeStacks"}
 
 
 def statements(role):
@@ -728,10 +728,6 @@ def test_deploy_roles_allow_what_the_deploy_action_needs_and_no_more():
         granted = {a for actions, _, _ in statements(role) for a in actions}
         assert granted == DEPLOY_ACTION_NEEDS | WORKFLOW_NEEDS, f"{stage}: {sorted(granted ^ (DEPLOY_ACTION_NEEDS | WORKFLOW_NEEDS))}"
         for actions, resources_, statement in statements(role):
-            if any(a.startswith("ecr:") for a in actions):
-                assert all(a.startswith("ecr:") for a in actions)
-                assert resources_ == [{"Fn::GetAtt": ["Repository", "Arn"]}], "the enc repository only"
-                continue
             for resource in resources_:
                 arn = sub(resource)
                 if actions == ["ecs:RegisterTaskDefinition"]:
@@ -905,12 +901,18 @@ def test_the_repository_keeps_the_images_each_stage_runs_or_may_roll_back_to():
     assert rules[-1]["selection"]["tagStatus"] == "any"
     for rule in rules[:-1]:
         assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["selection"]["countNumber"] >= 10
-    steps = workflow("deploy-stage.yml")["jobs"]["deploy"]["steps"]
-    names = [step.get("name") or step.get("uses") for step in steps]
-    deploy = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/amazon-ecs-deploy-task-definition@"))
-    tag = next(i for i, s in enumerate(steps) if "put-image" in s.get("run", ""))
-    assert tag > deploy, f"the image is tagged only once its deployment succeeded: {names}"
-    assert steps[tag]["env"]["TAG"] == "deployed-${{ inputs.stage }}-${{ github.sha }}"
+    jobs = workflow("deploy-stage.yml")["jobs"]
+    # Tagged only once the deployment succeeded, by the build role (main only, in no
+    # environment): a branch's workflow may assume dev's role, never write to the repository.
+    keep = jobs["keep"]
+    assert keep["needs"] == "deploy" and "environment" not in keep
+    assert [s["with"]["role-to-assume"] for s in keep["steps"] if "role-to-assume" in s.get("with", {})] == ["${{ vars.AWS_BUILD_ROLE_ARN }}"]
+    tag = [s for s in keep["steps"] if "put-image" in s.get("run", "")]
+    assert len(tag) == 1 and tag[0]["env"]["TAG"] == "deployed-${{ inputs.stage }}-${{ github.sha }}"
+    assert not any("put-image" in s.get("run", "") for s in jobs["deploy"]["steps"])
+    for name, role in resources("github-oidc", "AWS::IAM::Role").items():
+        writes = {a for actions, _, _ in statements(role) for a in actions if a in ("ecr:PutImage", "ecr:UploadLayerPart")}
+        assert bool(writes) == (name == "BuildRole"), f"{name} writes to the repository: {writes}"
 
 
 def test_only_the_smoke_test_reaches_the_test_listener():
