@@ -706,7 +706,7 @@ DEPLOY_ACTION_NEEDS = {
 # deploy-stage.yml's own call: the service stack's outputs fill in the task definition.
 # deploy-stage.yml's own call: the service stack's outputs fill in the task definition. (The
 # deployed image is tagged by the build role, main only: no stage's role writes to ECR.)
-WORKFLOW_NEEDS = {"cloudformation:DescribeStacks"}
+WORKFLOW_NEEDS = {"cloudformation:DescribeStacks", "ecr:ListImages"}
 
 
 def statements(role):
@@ -728,6 +728,9 @@ def test_deploy_roles_allow_what_the_deploy_action_needs_and_no_more():
         granted = {a for actions, _, _ in statements(role) for a in actions}
         assert granted == DEPLOY_ACTION_NEEDS | WORKFLOW_NEEDS, f"{stage}: {sorted(granted ^ (DEPLOY_ACTION_NEEDS | WORKFLOW_NEEDS))}"
         for actions, resources_, statement in statements(role):
+            if actions == ["ecr:ListImages"]:
+                assert resources_ == [{"Fn::GetAtt": ["Repository", "Arn"]}], "the enc repository only"
+                continue
             for resource in resources_:
                 arn = sub(resource)
                 if actions == ["ecs:RegisterTaskDefinition"]:
@@ -910,6 +913,15 @@ def test_the_repository_keeps_the_images_each_stage_runs_or_may_roll_back_to():
     tag = [s for s in keep["steps"] if "put-image" in s.get("run", "")]
     assert len(tag) == 1 and tag[0]["env"]["TAG"] == "deployed-${{ inputs.stage }}-${{ github.sha }}"
     assert not any("put-image" in s.get("run", "") for s in jobs["deploy"]["steps"])
+    # And only what it deployed: an older commit arriving after a newer one's deployment
+    # (runs reach the stage in the order their tests finish) is not deployed over it.
+    assert keep["if"] == "needs.deploy.outputs.deployed == 'true'"
+    steps = jobs["deploy"]["steps"]
+    order = next(i for i, s in enumerate(steps) if s.get("id") == "order")
+    assert "git merge-base --is-ancestor" in steps[order]["run"]
+    assert steps[0]["with"]["fetch-depth"] == 0, "the order needs the history"
+    for step in steps[order + 1:]:
+        assert step.get("if") == "steps.order.outputs.deploy == 'true'", step
     for name, role in resources("github-oidc", "AWS::IAM::Role").items():
         writes = {a for actions, _, _ in statements(role) for a in actions if a in ("ecr:PutImage", "ecr:UploadLayerPart")}
         assert bool(writes) == (name == "BuildRole"), f"{name} writes to the repository: {writes}"
