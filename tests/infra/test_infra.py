@@ -546,6 +546,10 @@ def test_every_table_and_index_is_watched_for_throttles_and_every_alarm_is_on_th
         for found in re.finditer(rf'\[\\"AWS/DynamoDB\\", \\"{kind}\\", \\"TableName\\", \\"([^\\]+)\\"(?:, \\"GlobalSecondaryIndexName\\", \\"([^\\]+)\\")?', body):
             shown.add((found.group(1), found.group(2)))
         assert shown == wanted, f"the {kind} panel misses {wanted - shown}"
+    for name, alarm in alarms.items():
+        # CloudWatch's limit for a metric-math alarm: 10 metrics.
+        read = [q for q in alarm["Properties"].get("Metrics", []) if "MetricStat" in q]
+        assert len(read) <= 10, f"{name} reads {len(read)} metrics"
     names = {sub(a["Properties"]["AlarmName"]) for a in alarms.values()}
     panel = set(re.findall(r"alarm:(enc-\$\{Stage\}-[\w-]+)", body))
     assert panel == names, f"the alarm panel misses {names - panel}"
