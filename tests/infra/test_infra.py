@@ -525,6 +525,19 @@ def test_each_stage_writes_and_watches_its_own_metrics():
     for name, alarm in resources("observability", "AWS::CloudWatch::Alarm").items():
         for namespace in re.findall(r'"Namespace": "([^"]+)"', json.dumps(alarm)):
             assert namespace.startswith("AWS/") or namespace == "enc/${Stage}", (name, namespace)
+    # Every AWS metric a widget shows is the stage's: a dimension value made of the stage or of
+    # what the stage's stacks export (its load balancer, cluster, service).
+    source, stage_values = body["Fn::Sub"]
+    assert set(stage_values) == {"LoadBalancer", "Cluster", "Service"}
+    for name, value in stage_values.items():
+        assert "${Stage}" in json.dumps(value), f"{name} is not the stage's"
+    shown = 0
+    for widget in json.loads(source)["widgets"]:
+        for metric in widget["properties"].get("metrics", []):
+            if isinstance(metric[0], str) and metric[0].startswith("AWS/"):
+                shown += 1
+                assert any("${" in str(v) for v in metric[2:]), f"{widget['properties']['title']}: {metric[:4]}"
+    assert shown > 20
 
 
 def test_every_table_and_index_is_watched_for_throttles_and_every_alarm_is_on_the_panel():
