@@ -46,8 +46,19 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
+    /// The page asked for: `limit` 1 to `MAX_LIMIT` (default `DEFAULT_LIMIT`), and the cursor.
     fn page(self) -> Result<PageRequest, AppError> {
-        page_request(self.limit, self.cursor)
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(AppError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        Ok(PageRequest {
+            limit,
+            cursor: self.cursor,
+        })
     }
 }
 
@@ -178,17 +189,6 @@ fn answer(outcome: Outcome, created: Option<&[&str]>) -> Response {
         .into_response(),
         Outcome::Preview(preview) => axum::Json(preview).into_response(),
     }
-}
-
-fn page_request(limit: Option<usize>, cursor: Option<String>) -> Result<PageRequest, AppError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AppError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    Ok(PageRequest { limit, cursor })
 }
 
 pub use crate::classifier::{MAX_OBJECT_BYTES, within_size};

@@ -612,6 +612,32 @@ def test_load_balancer_is_tls_only_and_tasks_are_private():
     assert service["Service"]["Properties"]["DeploymentController"] == {"Type": "CODE_DEPLOY"}
 
 
+def moto_load_balancer(colours=("blue", "green")):
+    """In moto: a load balancer named enc-dev over two subnets, and a target group
+    enc-dev-<colour> for each colour; (elbv2 client, balancer ARN, {colour: group ARN})."""
+    import boto3
+    ec2 = boto3.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")["Subnet"]["SubnetId"]
+               for i, z in ((1, "a"), (2, "b"))]
+    elbv2 = boto3.client("elbv2")
+    lb = elbv2.create_load_balancer(Name="enc-dev", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
+    groups = {c: elbv2.create_target_group(Name=f"enc-dev-{c}", Protocol="HTTP", Port=8080, VpcId=vpc,
+                                           TargetType="ip")["TargetGroups"][0]["TargetGroupArn"] for c in colours}
+    return elbv2, lb, groups
+
+
+def load_inline_code(code, name, tmp_path):
+    """A Lambda's inline code as Lambda loads it: written as `index.py` and imported."""
+    import importlib.util
+    path = tmp_path / "index.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location(f"{name}_{id(path)}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def resolved(value, has_ids):
     """A condition's value with the template's parameters filled in: a list of strings."""
     if isinstance(value, dict) and "Fn::If" in value:
@@ -1133,14 +1159,7 @@ def test_stage_values_reads_the_image_and_the_live_target_group_and_never_guesse
                                "config": {"digest": "sha256:" + "1" * 64, "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
                                "layers": []})
         ecr.put_image(repositoryName="enc", imageManifest=manifest, imageTag="c1")
-        ec2 = boto3.client("ec2")
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")["Subnet"]["SubnetId"]
-                   for i, z in ((1, "a"), (2, "b"))]
-        elbv2 = boto3.client("elbv2")
-        lb = elbv2.create_load_balancer(Name="enc-dev", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
-        groups = {c: elbv2.create_target_group(Name=f"enc-dev-{c}", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
-                  for c in ("blue", "green", "other")}
+        elbv2, lb, groups = moto_load_balancer(("blue", "green", "other"))
 
         def service_stack(live):
             listener = elbv2.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80 + len(elbv2.describe_listeners(LoadBalancerArn=lb)["Listeners"]),

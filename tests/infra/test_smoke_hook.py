@@ -9,7 +9,6 @@ it checks the deployment exists (in moto) and records the verdict.
 """
 
 import http.server
-import importlib.util
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from moto import mock_aws
 from moto.codedeploy.responses import CodeDeployResponse
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_infra import resources  # noqa: E402
+from test_infra import load_inline_code, resources  # noqa: E402
 
 FUNCTION = resources("deploy")["SmokeTestFunction"]["Properties"]
 CODE = FUNCTION["Code"]["ZipFile"]
@@ -92,14 +91,9 @@ class Context:
 
 
 def load_hook(base_url, tmp_path):
-    """The template's code as Lambda loads it: `index.py`, environment from the template."""
-    path = tmp_path / "index.py"
-    path.write_text(CODE)
+    """The template's code as Lambda loads it, with its environment."""
     os.environ["SMOKE_BASE_URL"] = base_url
-    spec = importlib.util.spec_from_file_location(f"hook_{id(path)}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_inline_code(CODE, "hook", tmp_path)
 
 
 @pytest.fixture

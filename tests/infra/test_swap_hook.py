@@ -5,15 +5,12 @@ original one. The hook points the rule where the default action goes, keeps the 
 authentication, and reports its verdict exactly once (moto's CodeDeploy, with the one call
 it lacks added by test_smoke_hook)."""
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).parent))
-from test_infra import resources  # noqa: E402
+from test_infra import load_inline_code, moto_load_balancer, resources  # noqa: E402
 from test_smoke_hook import REPORTS, codedeploy  # noqa: E402,F401  (the fixture)
 
 FUNCTION = resources("deploy")["FollowTheSwapFunction"]["Properties"]
@@ -25,25 +22,13 @@ OIDC = {"Issuer": "https://idp.example.com", "AuthorizationEndpoint": "https://i
 
 
 def load_hook(listener_arn, tmp_path):
-    path = tmp_path / "index.py"
-    path.write_text(CODE)
     os.environ["HTTPS_LISTENER_ARN"] = listener_arn
-    spec = importlib.util.spec_from_file_location(f"swap_{id(path)}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_inline_code(CODE, "swap", tmp_path)
 
 
 def balancer():
     """A load balancer with blue and green groups, a listener and its sign-in rule on blue."""
-    ec2 = boto3.client("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")["Subnet"]["SubnetId"]
-               for i, z in ((1, "a"), (2, "b"))]
-    elbv2 = boto3.client("elbv2")
-    lb = elbv2.create_load_balancer(Name="enc-dev", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
-    groups = {c: elbv2.create_target_group(Name=f"enc-dev-{c}", Protocol="HTTP", Port=8080, VpcId=vpc,
-                                           TargetType="ip")["TargetGroups"][0]["TargetGroupArn"] for c in ("blue", "green")}
+    elbv2, lb, groups = moto_load_balancer()
     listener = elbv2.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=443,
                                      DefaultActions=[{"Type": "forward", "TargetGroupArn": groups["blue"]}])["Listeners"][0]["ListenerArn"]
     rule = elbv2.create_rule(ListenerArn=listener, Priority=10,
